@@ -1,0 +1,97 @@
+"""Argument validation shared by every public entry point.
+
+Every check raises ``ValueError`` or ``TypeError`` whose message names the offending argument
+and states what was expected, so bad input never travels further and turns into silent NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # np.ndarray | torch.Tensor | Sequence[float]
+
+
+def as_float_tensor(
+    value: ArrayLike,
+    name: str,
+    *,
+    ndim: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    allow_nonfinite: bool = False,
+) -> torch.Tensor:
+    """Converts ``value`` to a floating tensor and validates it.
+
+    Args:
+        value: array, tensor or nested sequence of numbers.
+        name: argument name used in error messages.
+        ndim: required number of dimensions, or ``None`` for any.
+        dtype: floating dtype to cast to; defaults to the input's floating dtype, else float32.
+        device: device to move to; defaults to the input's device.
+        allow_nonfinite: if ``False`` (default) NaN or inf raise ``ValueError``.
+
+    Returns:
+        The validated tensor.
+
+    Raises:
+        TypeError: ``value`` is not numeric.
+        ValueError: wrong number of dimensions, empty, or non-finite entries.
+    """
+    if isinstance(value, torch.Tensor):
+        t = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - numpy raises many types
+            raise TypeError(f"{name} must be numeric array-like, got {type(value).__name__}") from exc
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+            raise TypeError(f"{name} must be numeric array-like, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if dtype is None:
+        dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+    t = t.to(dtype=dtype, device=device if device is not None else t.device)
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if not allow_nonfinite and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
+    return t
+
+
+def check_same_length(**arrays: Sequence[Any] | np.ndarray | torch.Tensor) -> int:
+    """Checks that all named arrays have the same leading length and returns it.
+
+    Raises:
+        ValueError: lengths differ; the message names every argument and its length.
+    """
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        raise ValueError(f"mismatched lengths: {desc}")
+    return next(iter(lengths.values())) if lengths else 0
+
+
+def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
+    """Checks that ``value`` is one of ``choices``.
+
+    Raises:
+        ValueError: naming the argument, the bad value and the allowed ones.
+    """
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+    return value
+
+
+def check_positive_int(value: int, name: str, *, minimum: int = 1) -> int:
+    """Checks that ``value`` is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

@@ -1,0 +1,40 @@
+"""Tasks, episodes, loaders and molecule featurisers.
+
+Public names: :class:`Task`, :class:`Episode`, :class:`TaskSet`, :func:`sample_episode`,
+:func:`split_tasks`, :func:`load_moleculenet`, :func:`load_regression_csv`,
+:func:`load_regression_set`, :func:`load_fsmol_task`, :func:`load_fsmol_split`,
+:func:`load_chembl_assay_table`, :class:`MoleculeFeaturizer`, :func:`featurize_tasks`,
+:func:`load_rdkit_chembl_assay`, :func:`sinusoid_tasks`, :func:`latent_feature_tasks`.
+"""
+
+from probrec.data.embedded import load_rdkit_chembl_assay
+from probrec.data.featurize import MoleculeFeaturizer, featurize_tasks
+from probrec.data.moleculenet import load_moleculenet, load_regression_csv, load_regression_set
+from probrec.data.synthetic import latent_feature_tasks, sinusoid_tasks
+from probrec.data.tasks import (
+    Episode,
+    RowView,
+    Task,
+    TaskSet,
+    check_two_classes,
+    sample_episode,
+    split_tasks,
+)
+
+__all__ = [
+    "Episode",
+    "MoleculeFeaturizer",
+    "RowView",
+    "Task",
+    "TaskSet",
+    "check_two_classes",
+    "featurize_tasks",
+    "latent_feature_tasks",
+    "load_moleculenet",
+    "load_rdkit_chembl_assay",
+    "load_regression_csv",
+    "load_regression_set",
+    "sample_episode",
+    "sinusoid_tasks",
+    "split_tasks",
+]

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import Descriptors, rdFingerprintGenerator
+
+from probrec.data import MoleculeFeaturizer, Task, featurize_tasks
+from probrec.data.featurize import _descriptor_values
+
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1", "O=C(O)c1ccccc1OC(C)=O"]
+
+
+def test_descriptors_equal_rdkit_functions():
+    for s in SMILES:
+        ours = np.array(_descriptor_values(Chem.MolFromSmiles(s), Descriptors._descList))
+        ref = np.array([f(Chem.MolFromSmiles(s)) for _, f in Descriptors._descList], float)
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, equal_nan=True)
+
+
+def test_fingerprint_counts_and_standardisation(tmp_path):
+    f = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=1, progress=False)
+    x = f.fit_transform(SMILES)
+    assert x.shape == (5, 2048 + len(Descriptors._descList)) and x.dtype == np.float32
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    np.testing.assert_array_equal(x[1, :2048], gen.GetCountFingerprintAsNumPy(Chem.MolFromSmiles(SMILES[1])))
+    desc = x[:, 2048:]
+    assert np.isfinite(desc).all()
+    varying = desc.std(0) > 0
+    np.testing.assert_allclose(desc[:, varying].mean(0), 0, atol=1e-5)
+
+
+def test_statistics_come_from_training_molecules_only(tmp_path):
+    f = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=1, progress=False, fingerprint=False)
+    f.fit(SMILES[:3])
+    x_test = f.transform(SMILES[3:])
+    f_all = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=1, progress=False, fingerprint=False)
+    x_all = f_all.fit_transform(SMILES)[3:]
+    assert not np.allclose(x_test, x_all)
+    raw = f.raw_features(SMILES[3:])
+    st = f.stats_
+    manual = np.clip((np.where(np.isnan(raw), st["median"], raw) - st["mean"]) / st["std"], -10, 10)
+    np.testing.assert_allclose(x_test, manual, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_hit_returns_same_features(tmp_path):
+    f = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=2, batch_size=2, progress=False)
+    a = f.raw_features(SMILES)
+    files = list((tmp_path / "features").glob("*.npz"))
+    assert len(files) == 1
+    b = MoleculeFeaturizer(cache_dir=tmp_path, progress=False).raw_features(SMILES)
+    np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True)
+
+
+def test_invalid_smiles_named(tmp_path):
+    f = MoleculeFeaturizer(cache_dir=False, progress=False)
+    with pytest.raises(ValueError, match="index 1"):
+        f.raw_features(["CCO", "xx(", "CCC"])
+    with pytest.raises(ValueError, match="not fitted"):
+        f.transform(["CCO"])
+
+
+def test_featurize_tasks_shares_rows(tmp_path):
+    f = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=1, progress=False)
+    t1 = Task(np.array(SMILES[:3], dtype=object), [0, 1, 0], "classification", "a")
+    t2 = Task(np.array(SMILES[2:], dtype=object), [1, 0, 1], "classification", "b")
+    out = featurize_tasks([t1, t2], f, fit_on=[t1])
+    np.testing.assert_array_equal(out[0].inputs[2], out[1].inputs[0])
+    assert out[1].inputs.shape == (3, f.dim)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_toxcast_featurises(shared_data):
+    from probrec.data import load_moleculenet
+
+    ts = load_moleculenet(shared_data / "molecules/moleculenet/toxcast_500.csv.gz")
+    out = featurize_tasks(ts, MoleculeFeaturizer(progress=False), fit_on=ts)
+    assert out[0].inputs.matrix.shape == (8576, 2048 + len(Descriptors._descList))

@@ -1,0 +1,86 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from probrec.data import (
+    latent_feature_tasks,
+    load_moleculenet,
+    load_rdkit_chembl_assay,
+    load_regression_csv,
+    load_regression_set,
+    sample_episode,
+    sinusoid_tasks,
+)
+
+
+def test_wide_csv_tasks_nan_unlabelled_and_invalid_smiles(tmp_path):
+    p = tmp_path / "wide.csv.gz"
+    rows = [
+        "smiles,A,B",
+        "CCO,1,",
+        "c1ccccc1,0,1",
+        "not_a_smiles,1,0",
+        "CC(=O)O,,0",
+        "CCN,0,1",
+    ]
+    with gzip.open(p, "wt") as fh:
+        fh.write("\n".join(rows) + "\n")
+    ts = load_moleculenet(p)
+    assert ts.names == ["A", "B"]
+    assert ts.skipped == ["not_a_smiles"]
+    a, b = ts.get("A"), ts.get("B")
+    assert list(a.inputs) == ["CCO", "c1ccccc1", "CCN"]
+    np.testing.assert_array_equal(a.labels, [1, 0, 0])
+    assert list(b.inputs) == ["c1ccccc1", "CC(=O)O", "CCN"]
+    with pytest.raises(ValueError, match="unknown task name"):
+        load_moleculenet(p, tasks=["C"])
+    with pytest.raises(FileNotFoundError):
+        load_moleculenet(tmp_path / "missing.csv")
+
+
+def test_regression_csv(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("smiles,y\nCCO,1.5\nCCC,\nCCN,-2\n")
+    t = load_regression_csv(p, "y", transform=lambda v: 2 * v)[0]
+    assert t.kind == "regression"
+    np.testing.assert_allclose(t.labels, [3.0, -4.0])
+    with pytest.raises(ValueError, match="label_column 'z'"):
+        load_regression_csv(p, "z")
+
+
+def test_embedded_chembl_assay():
+    reg = load_rdkit_chembl_assay()
+    assert len(reg) == 1017 and reg.kind == "regression"
+    cls = load_rdkit_chembl_assay("classification")
+    assert 0.4 < cls.positive_fraction < 0.6
+    ep = sample_episode(cls, 16, seed=0)
+    assert ep.support_y.sum() == 8
+
+
+def test_synthetic_families_are_seeded():
+    a = latent_feature_tasks(5, 64, dim=8, seed=3)
+    b = latent_feature_tasks(5, 64, dim=8, seed=3)
+    assert all(np.array_equal(x.inputs, y.inputs) for x, y in zip(a, b))
+    assert all(0.1 < t.positive_fraction < 0.6 for t in a)
+    s = sinusoid_tasks(3, 10, seed=0)
+    assert s[0].inputs.shape == (10, 1)
+    assert np.abs(s[0].labels).max() <= 5.0
+
+
+@pytest.mark.data
+def test_toxcast_500_tasks(shared_data):
+    ts = load_moleculenet(shared_data / "molecules/moleculenet/toxcast_500.csv.gz")
+    assert len(ts) == 500
+    assert len({s for t in ts for s in t.inputs}) == 8576 - len(ts.skipped)
+    assert all(t.kind == "classification" for t in ts)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    "name,n", [("esol", 1128), ("freesolv", 642), ("lipophilicity", 4200),
+               ("covid_moonshot", 1926), ("dockstring_esr2", 2312), ("cep_pce", 2012)]
+)
+def test_regression_sets(shared_data, name, n):
+    t = load_regression_set(name, shared_data)
+    assert len(t) == n and np.isfinite(t.labels).all()

@@ -1,0 +1,41 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from probrec.cli import COMMANDS, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+    assert main(["nope"]) == 2
+
+
+def test_cli_does_not_import_siblings():
+    code = "import sys, probrec.cli, probrec.data; print('metalearn' in sys.modules, 'samplers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    test_cmd = next(b for b in blocks if "pytest" in b)
+    assert "torch==2.13.0" in test_cmd
+    assert test_cmd.strip() in (REPO / ".ci" / "run").read_text()
+
+
+def test_demo_data_section(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--sections", "data", "--no-progress"]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    d = rep["sections"]["data"]
+    assert d["n_molecules"] == 1017
+    assert (tmp_path / d["figure"]).stat().st_size > 1000
+    # random forest on Morgan counts beats chance on this assay
+    assert d["delta_auprc"]["64"]["random_forest"]["mean"] > 0.1
