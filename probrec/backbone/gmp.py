@@ -1,0 +1,294 @@
+r"""Geometric parameterization (GmP) of linear layers.
+
+Chen & Ge, "Neural Characteristic Activation Analysis and Geometric Parameterization for ReLU
+Networks" (NeurIPS 2024, arXiv:2305.15912). Each output neuron's weight vector
+:math:`w \in \mathbb{R}^n` is written in hyperspherical coordinates,
+:math:`w = \lambda\, u(\theta)`, with a radial part :math:`\lambda` and :math:`n - 1` angles
+:math:`\theta`:
+
+.. math::
+
+    u_1 = \cos\theta_1,\quad
+    u_k = \Big(\prod_{j<k} \sin\theta_j\Big) \cos\theta_k \;(1<k<n),\quad
+    u_n = \prod_{j<n} \sin\theta_j ,
+
+so :math:`\lVert u(\theta) \rVert = 1` for *any* real angles. A GmP layer computes
+:math:`y = \lambda \odot (U(\theta)\, x + \beta)`; for a ReLU unit with :math:`\lambda > 0`
+this equals :math:`\lambda\,\mathrm{ReLU}(u^\top x + \beta)`, so the unit's activation boundary
+:math:`\{x : u^\top x + \beta = 0\}` depends on the angles and the offset :math:`\beta` only,
+not on :math:`\lambda`: radial and angular parts are learned separately. The equivalent standard
+layer has :math:`W = \mathrm{diag}(\lambda) U` and :math:`b = \lambda \odot \beta`.
+
+Numerical approach (wide inputs, e.g. 2048 + 217 molecular features):
+
+* **Angles to unit vector.** The prefix products :math:`\prod_{j<k}\sin\theta_j` are computed by
+  a log-depth (Hillis-Steele) scan of pairwise products instead of a sequential cumulative
+  product: every output passes through at most :math:`\lceil\log_2 n\rceil` roundings (12 at
+  :math:`n = 2265`) instead of :math:`n - 1`, so the forward relative error bound drops from
+  :math:`(n-1)\,\epsilon` to :math:`\lceil\log_2 n\rceil\,\epsilon`. Autograd differentiates
+  the scan through multiplications only. ``torch.cumprod``'s backward divides by its inputs,
+  which returns wrong or zero gradients when some :math:`\sin\theta_j` is tiny (subnormal) and
+  the product underflows; the scan returns the exact product of the other factors. Products
+  are not taken in log space because :math:`\log\lvert\sin\theta\rvert` has an unbounded
+  derivative at :math:`\sin\theta = 0`. Underflow of a prefix product itself is harmless:
+  :math:`\lVert u\rVert = 1`, so such a component is below the dtype's smallest normal number.
+  Cost: :math:`\lceil\log_2 n\rceil` elementwise passes over the ``[out, n]`` angle matrix
+  (kept for the backward pass), small next to the matrix product with a batch.
+* **Unit vector to angles** (:func:`cartesian_to_hyperspherical`): each row is scaled by its
+  largest magnitude (no overflow or underflow of squares), tail norms
+  :math:`\lVert w_{k:}\rVert` are reverse cumulative sums of squares (accumulated from the
+  small end), and :math:`\theta_k = \operatorname{atan2}(\lVert w_{k+1:}\rVert, w_k)` (last angle
+  :math:`\operatorname{atan2}(w_n, w_{n-1})`), which is well conditioned everywhere, unlike
+  :math:`\arccos`. Conversions run in float64 (except on devices without it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from probrec.checks import check_positive_int
+
+__all__ = [
+    "GmPLinear",
+    "cartesian_to_hyperspherical",
+    "hyperspherical_to_cartesian",
+    "prefix_product",
+]
+
+
+def prefix_product(x: Tensor) -> Tensor:
+    r"""Inclusive prefix products along the last dimension by a log-depth scan.
+
+    ``out[..., k] = x[..., 0] * ... * x[..., k]``. Uses :math:`\lceil\log_2 n\rceil` passes of
+    pairwise products (Hillis & Steele, 1986), so each output carries at most that many
+    roundings, and the gradient is formed from products only (no division by ``x``), which
+    keeps it exact where some factors are zero or tiny.
+
+    Args:
+        x: ``[..., n]`` tensor.
+
+    Returns:
+        ``[..., n]`` tensor of prefix products.
+    """
+    n = x.shape[-1]
+    shift = 1
+    while shift < n:
+        x = torch.cat([x[..., :shift], x[..., shift:] * x[..., :-shift]], dim=-1)
+        shift *= 2
+    return x
+
+
+def hyperspherical_to_cartesian(angles: Tensor, radius: Tensor | None = None) -> Tensor:
+    r"""Maps hyperspherical angles to (scaled) unit vectors.
+
+    Args:
+        angles: ``[..., n - 1]`` angles :math:`\theta` (any real values).
+        radius: optional ``[...]`` radial part :math:`\lambda`; omitted means 1.
+
+    Returns:
+        ``[..., n]`` vectors :math:`\lambda\, u(\theta)` (unit norm when ``radius`` is omitted).
+    """
+    ones = angles.new_ones(angles.shape[:-1] + (1,))
+    prefix = torch.cat([ones, prefix_product(torch.sin(angles))], dim=-1)
+    u = prefix * torch.cat([torch.cos(angles), ones], dim=-1)
+    return u if radius is None else radius.unsqueeze(-1) * u
+
+
+def _work_dtype(t: Tensor) -> torch.dtype:
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
+def cartesian_to_hyperspherical(w: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Inverse of :func:`hyperspherical_to_cartesian`.
+
+    Angles are :math:`\theta_k = \operatorname{atan2}(\lVert w_{k+1:}\rVert, w_k)` in
+    :math:`[0, \pi]` for :math:`k < n - 1` and :math:`\theta_{n-1} = \operatorname{atan2}(w_n,
+    w_{n-1})` in :math:`(-\pi, \pi]`; the radius is :math:`\lVert w\rVert \ge 0`. For ``n == 1``
+    there are no angles and the radius is ``w`` itself (signed, since :math:`u = 1`). A zero
+    vector maps to radius 0 and zero angles. Computed in float64 and cast back.
+
+    Args:
+        w: ``[..., n]`` vectors (finite).
+
+    Returns:
+        ``(radius [...], angles [..., n - 1])`` in the dtype of ``w``.
+    """
+    if w.shape[-1] == 0:
+        raise ValueError("w must have at least one entry along its last dimension")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("w contains non-finite values (NaN or inf)")
+    x = w.to(_work_dtype(w))
+    if x.shape[-1] == 1:
+        return x[..., 0].to(w.dtype), x[..., :0].to(w.dtype)
+    scale = x.abs().amax(dim=-1, keepdim=True)
+    x = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    tail_sq = torch.flip(torch.cumsum(torch.flip(x * x, dims=[-1]), dim=-1), dims=[-1])
+    tail = torch.sqrt(tail_sq)  # tail[..., k] = ||x[..., k:]||
+    angles = torch.cat(
+        [torch.atan2(tail[..., 1:-1], x[..., :-2]), torch.atan2(x[..., -1:], x[..., -2:-1])],
+        dim=-1,
+    )
+    radius = tail[..., 0] * scale[..., 0]
+    return radius.to(w.dtype), angles.to(w.dtype)
+
+
+class GmPLinear(nn.Module):
+    r"""Linear layer in geometric parameterization: :math:`y = \lambda \odot (U(\theta) x + \beta)`.
+
+    Parameters: ``angles`` ``[out, in - 1]`` (row :math:`i` gives the unit direction
+    :math:`u_i`), ``radius`` ``[out]`` (:math:`\lambda`) and ``offset`` ``[out]``
+    (:math:`\beta`, the signed distance-like offset of each unit's activation boundary; ``None``
+    without bias). Computes the same function as ``nn.Linear`` with weight
+    :attr:`weight` ``= diag(λ) U`` and bias :attr:`bias` ``= λ β``; see :meth:`from_linear` and
+    :meth:`to_linear`. Reference: Chen & Ge, NeurIPS 2024 (arXiv:2305.15912).
+
+    Example:
+        >>> lin = nn.Linear(5, 3)
+        >>> gmp = GmPLinear.from_linear(lin)
+        >>> x = torch.randn(4, 5)
+        >>> bool(torch.allclose(gmp(x), lin(x), atol=1e-5))
+        True
+
+    Args:
+        in_features: input width ``n``.
+        out_features: number of units.
+        bias: learn an offset per unit.
+        device: device of the parameters.
+        dtype: floating dtype of the parameters.
+        generator: random generator of the initialisation (same distribution as
+            ``nn.Linear``'s default: weights and biases uniform on
+            :math:`\pm 1/\sqrt{n}`, then converted).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        kw = {"device": device, "dtype": dtype}
+        self.angles = nn.Parameter(torch.empty(self.out_features, self.in_features - 1, **kw))
+        self.radius = nn.Parameter(torch.empty(self.out_features, **kw))
+        self.offset = nn.Parameter(torch.empty(self.out_features, **kw)) if bias else None
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draws weights as ``nn.Linear`` does (uniform on ``±1/sqrt(in)``) and converts them."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        p = self.radius
+        w = torch.empty(self.out_features, self.in_features, dtype=p.dtype, device=p.device)
+        w.uniform_(-bound, bound, generator=generator)
+        b = None
+        if self.offset is not None:
+            b = torch.empty(self.out_features, dtype=p.dtype, device=p.device)
+            b.uniform_(-bound, bound, generator=generator)
+        self.set_standard_parameters(w, b)
+
+    @torch.no_grad()
+    def set_standard_parameters(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        r"""Sets the parameters so the layer equals ``nn.Linear`` with ``weight`` and ``bias``.
+
+        Args:
+            weight: ``[out, in]`` standard weight matrix.
+            bias: ``[out]`` standard bias (required iff the layer has an offset).
+
+        Raises:
+            ValueError: wrong shapes, non-finite values, or a zero weight row with a non-zero
+                bias (a unit with :math:`\lambda = 0` outputs 0, which no offset can change).
+        """
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"weight must have shape {(self.out_features, self.in_features)}, "
+                f"got {tuple(weight.shape)}"
+            )
+        if (bias is None) != (self.offset is None):
+            raise ValueError("bias must be given exactly when the layer has an offset (bias=True)")
+        radius, angles = cartesian_to_hyperspherical(weight)
+        self.angles.copy_(angles)
+        self.radius.copy_(radius)
+        if bias is not None:
+            if tuple(bias.shape) != (self.out_features,):
+                raise ValueError(f"bias must have shape ({self.out_features},), got "
+                                 f"{tuple(bias.shape)}")
+            if not bool(torch.isfinite(bias).all()):
+                raise ValueError("bias contains non-finite values (NaN or inf)")
+            r64, b64 = radius.to(_work_dtype(bias)), bias.to(_work_dtype(bias))
+            dead = (r64 == 0) & (b64 != 0)
+            if bool(dead.any()):
+                i = int(torch.nonzero(dead)[0, 0])
+                raise ValueError(
+                    f"weight row {i} is zero but bias[{i}] = {float(bias[i])} is not: "
+                    "GmP cannot represent a constant non-zero unit"
+                )
+            self.offset.copy_(torch.where(r64 == 0, torch.zeros_like(b64), b64 / r64))
+
+    @property
+    def direction(self) -> Tensor:
+        r"""Unit directions :math:`U(\theta)`, ``[out, in]``."""
+        return hyperspherical_to_cartesian(self.angles)
+
+    @property
+    def weight(self) -> Tensor:
+        r"""Equivalent standard weight :math:`\mathrm{diag}(\lambda)\, U(\theta)`, ``[out, in]``."""
+        return hyperspherical_to_cartesian(self.angles, self.radius)
+
+    @property
+    def bias(self) -> Tensor | None:
+        r"""Equivalent standard bias :math:`\lambda \odot \beta`, ``[out]`` (or ``None``)."""
+        return None if self.offset is None else self.radius * self.offset
+
+    def forward(self, x: Tensor) -> Tensor:
+        r"""Applies the layer.
+
+        Args:
+            x: ``[..., in_features]`` inputs.
+
+        Returns:
+            ``[..., out_features]`` outputs :math:`\lambda \odot (U x + \beta)`.
+        """
+        return F.linear(x, self.direction, self.offset) * self.radius
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> GmPLinear:
+        """A GmP layer computing the same function as ``linear`` (same device and dtype).
+
+        Raises:
+            TypeError: ``linear`` is not an ``nn.Linear``.
+            ValueError: see :meth:`set_standard_parameters`.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=w.device, dtype=w.dtype)
+        layer.set_standard_parameters(w.detach(), None if linear.bias is None
+                                      else linear.bias.detach())
+        layer.train(linear.training)
+        return layer
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (same device and dtype)."""
+        p = self.radius
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.offset is not None,
+                        device=p.device, dtype=p.dtype)
+        lin.weight.copy_(self.weight)
+        if self.offset is not None:
+            lin.bias.copy_(self.bias)
+        lin.train(self.training)
+        return lin
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.offset is not None}")

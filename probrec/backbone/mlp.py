@@ -1,0 +1,167 @@
+"""Multilayer-perceptron feature encoder, with optional geometric parameterization (GmP).
+
+The encoder is the default feature backbone of the few-shot heads: a stack of
+``Linear -> [BatchNorm | LayerNorm] -> activation -> [Dropout]`` blocks followed by an optional
+linear output layer. With ``gmp=True`` every linear layer is a
+:class:`~probrec.backbone.gmp.GmPLinear` (Chen & Ge, NeurIPS 2024, arXiv:2305.15912);
+:meth:`MLPEncoder.as_gmp` and :meth:`MLPEncoder.as_standard` convert a trained encoder
+between the two parameterizations without changing the function it computes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from probrec.backbone.gmp import GmPLinear
+from probrec.checks import check_choice, check_positive_int
+from probrec.seeding import torch_generator
+
+__all__ = ["ACTIVATIONS", "MLPEncoder"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "identity": nn.Identity,
+}
+_NORMS = ("none", "batch", "layer")
+
+
+class MLPEncoder(nn.Module):
+    """MLP mapping ``[..., in_dim]`` inputs to ``[..., out_dim]`` features.
+
+    Hidden block ``i``: ``Linear(d_i, hidden[i])``, then the normalisation (``"batch"``:
+    ``BatchNorm1d`` over the flattened leading dimensions, ``"layer"``: ``LayerNorm``), the
+    activation and dropout. If ``out_dim`` is given a final ``Linear(hidden[-1], out_dim)``
+    without activation follows; otherwise the last hidden block's activations are the features.
+
+    Example:
+        >>> enc = MLPEncoder(2265, hidden=(512, 256), out_dim=64, gmp=True, seed=0)
+        >>> enc(torch.randn(3, 7, 2265)).shape
+        torch.Size([3, 7, 64])
+
+    Args:
+        in_dim: input width.
+        hidden: widths of the hidden blocks (may be empty if ``out_dim`` is given).
+        out_dim: width of an extra linear output layer; ``None`` means no output layer and
+            ``out_dim = hidden[-1]``.
+        activation: one of :data:`ACTIVATIONS`.
+        dropout: dropout probability after each hidden activation, in ``[0, 1)``.
+        norm: ``None`` (or ``"none"``), ``"batch"`` or ``"layer"``.
+        gmp: use geometric parameterization for every linear layer.
+        bias: learn biases in the linear layers.
+        seed: seed (or ``torch.Generator``) of the weight initialisation; ``None`` uses torch's
+            global generator. Dropout masks use torch's global generator as usual.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int] = (512, 512),
+        out_dim: int | None = None,
+        *,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        norm: str | None = None,
+        gmp: bool = False,
+        bias: bool = True,
+        seed: int | torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_dim = check_positive_int(in_dim, "in_dim")
+        if isinstance(hidden, int):
+            hidden = (hidden,)
+        self.hidden = tuple(check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+        if out_dim is None and not self.hidden:
+            raise ValueError("MLPEncoder needs hidden layers or an out_dim; both are empty")
+        self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
+        self.norm = check_choice("none" if norm is None else norm, "norm", _NORMS)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self.gmp = bool(gmp)
+        self.out_dim = self.hidden[-1] if out_dim is None else check_positive_int(out_dim,
+                                                                                 "out_dim")
+        self.has_output_layer = out_dim is not None
+
+        gen = torch_generator(seed) if seed is not None else None
+        layers: list[nn.Module] = []
+        width = self.in_dim
+        for h in self.hidden:
+            layers.append(self._linear(width, h, bias, gen))
+            if self.norm == "batch":
+                layers.append(nn.BatchNorm1d(h))
+            elif self.norm == "layer":
+                layers.append(nn.LayerNorm(h))
+            layers.append(ACTIVATIONS[self.activation]())
+            if self.dropout > 0:
+                layers.append(nn.Dropout(self.dropout))
+            width = h
+        if self.has_output_layer:
+            layers.append(self._linear(width, self.out_dim, bias, gen))
+        self.net = nn.Sequential(*layers)
+
+    def _linear(self, n_in: int, n_out: int, bias: bool, gen: torch.Generator | None) -> nn.Module:
+        if self.gmp:
+            return GmPLinear(n_in, n_out, bias=bias, generator=gen)
+        lin = nn.Linear(n_in, n_out, bias=bias)
+        if gen is not None:  # same distribution as nn.Linear's default init, from `gen`
+            bound = n_in**-0.5
+            with torch.no_grad():
+                lin.weight.uniform_(-bound, bound, generator=gen)
+                if bias:
+                    lin.bias.uniform_(-bound, bound, generator=gen)
+        return lin
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encodes inputs.
+
+        Args:
+            x: ``[..., in_dim]`` floating tensor (same dtype as the parameters).
+
+        Returns:
+            ``[..., out_dim]`` features.
+
+        Raises:
+            ValueError: the last dimension of ``x`` is not ``in_dim``.
+        """
+        if x.dim() == 0 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"x must have shape [..., {self.in_dim}], got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        y = self.net(x.reshape(-1, self.in_dim))
+        return y.reshape(*lead, self.out_dim)
+
+    def linear_layers(self) -> list[nn.Module]:
+        """The linear layers (``nn.Linear`` or ``GmPLinear``) in order."""
+        return [m for m in self.net if isinstance(m, (nn.Linear, GmPLinear))]
+
+    def _converted(self, gmp: bool) -> MLPEncoder:
+        new = copy.deepcopy(self)
+        for i, m in enumerate(new.net):
+            if gmp and isinstance(m, nn.Linear):
+                new.net[i] = GmPLinear.from_linear(m)
+            elif not gmp and isinstance(m, GmPLinear):
+                new.net[i] = m.to_linear()
+        new.gmp = gmp
+        return new
+
+    def as_gmp(self) -> MLPEncoder:
+        """A copy with every linear layer in GmP form, computing the same function."""
+        return self._converted(True)
+
+    def as_standard(self) -> MLPEncoder:
+        """A copy with every linear layer a standard ``nn.Linear``, computing the same function."""
+        return self._converted(False)
+
+    def extra_repr(self) -> str:
+        return (f"in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, "
+                f"activation={self.activation!r}, norm={self.norm!r}, dropout={self.dropout}, "
+                f"gmp={self.gmp}")
