@@ -9,6 +9,15 @@ Public names: :class:`Task`, :class:`Episode`, :class:`TaskSet`, :func:`sample_e
 
 from probrec.data.embedded import load_rdkit_chembl_assay
 from probrec.data.featurize import MoleculeFeaturizer, featurize_tasks
+from probrec.data.fsmol import (
+    CleanedAssay,
+    ExcludedTaskError,
+    clean_chembl_assay_table,
+    load_chembl_assay_table,
+    load_fsmol_dir,
+    load_fsmol_split,
+    load_fsmol_task,
+)
 from probrec.data.moleculenet import load_moleculenet, load_regression_csv, load_regression_set
 from probrec.data.synthetic import latent_feature_tasks, sinusoid_tasks
 from probrec.data.tasks import (
@@ -22,14 +31,21 @@ from probrec.data.tasks import (
 )
 
 __all__ = [
+    "CleanedAssay",
     "Episode",
+    "ExcludedTaskError",
     "MoleculeFeaturizer",
     "RowView",
     "Task",
     "TaskSet",
     "check_two_classes",
+    "clean_chembl_assay_table",
     "featurize_tasks",
     "latent_feature_tasks",
+    "load_chembl_assay_table",
+    "load_fsmol_dir",
+    "load_fsmol_split",
+    "load_fsmol_task",
     "load_moleculenet",
     "load_rdkit_chembl_assay",
     "load_regression_csv",
