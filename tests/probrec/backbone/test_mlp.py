@@ -1,0 +1,129 @@
+"""MLP encoder: shapes, options, GmP <-> standard equivalence, seeding, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from probrec.backbone import GmPLinear, MLPEncoder
+
+WIDE = 2048 + 217
+
+
+def test_shapes_and_out_dim() -> None:
+    enc = MLPEncoder(12, hidden=(16, 8), out_dim=5, seed=0)
+    assert enc.out_dim == 5
+    assert enc(torch.randn(3, 12)).shape == (3, 5)
+    assert enc(torch.randn(2, 4, 12)).shape == (2, 4, 5)
+    assert enc(torch.randn(12)).shape == (5,)
+    features = MLPEncoder(12, hidden=(16, 8))
+    assert features.out_dim == 8 and features(torch.randn(3, 12)).shape == (3, 8)
+    linear = MLPEncoder(12, hidden=(), out_dim=3)
+    assert len(linear.linear_layers()) == 1 and linear(torch.randn(2, 12)).shape == (2, 3)
+
+
+def test_leading_dimensions_are_independent_rows() -> None:
+    enc = MLPEncoder(6, hidden=(10,), out_dim=4, norm="layer", seed=1)
+    x = torch.randn(2, 3, 6)
+    np.testing.assert_allclose(enc(x).detach().reshape(6, 4).numpy(),
+                               enc(x.reshape(6, 6)).detach().numpy(), atol=1e-6)
+
+
+def test_layer_structure_follows_options() -> None:
+    enc = MLPEncoder(5, hidden=(7, 7), out_dim=2, activation="gelu", dropout=0.2, norm="batch")
+    kinds = [type(m) for m in enc.net]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Dropout,
+                     nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Dropout, nn.Linear]
+    gmp = MLPEncoder(5, hidden=(7,), norm="layer", gmp=True)
+    assert [type(m) for m in gmp.net] == [GmPLinear, nn.LayerNorm, nn.ReLU]
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+def test_gmp_and_standard_compute_the_same_function(norm: str | None, activation: str) -> None:
+    std = MLPEncoder(40, hidden=(32, 16), out_dim=3, activation=activation, norm=norm,
+                     seed=3).double()
+    gmp = std.as_gmp()
+    assert all(isinstance(m, GmPLinear) for m in gmp.linear_layers()) and gmp.gmp
+    x = torch.randn(25, 40, dtype=torch.float64)
+    for mode in ("train", "eval"):  # batch norm: batch statistics, then running statistics
+        getattr(std, mode)()
+        getattr(gmp, mode)()
+        np.testing.assert_allclose(gmp(x).detach().numpy(), std(x).detach().numpy(),
+                                   rtol=0, atol=1e-10)
+    back = gmp.as_standard()
+    assert all(isinstance(m, nn.Linear) for m in back.linear_layers())
+    np.testing.assert_allclose(back(x).detach().numpy(), std(x).detach().numpy(), atol=1e-10)
+
+
+def test_wide_gmp_mlp_matches_standard_in_float32_and_float64() -> None:
+    std = MLPEncoder(WIDE, hidden=(128,), out_dim=16, seed=0).double()
+    gmp = std.as_gmp()
+    x = torch.randn(8, WIDE, dtype=torch.float64)
+    with torch.no_grad():
+        ref = std(x)
+        assert float((gmp(x) - ref).abs().max()) < 1e-10
+        y32 = gmp.float()(x.float()).double()
+        assert float((y32 - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_seed_controls_initialisation() -> None:
+    for gmp in (False, True):
+        a = MLPEncoder(9, hidden=(6,), out_dim=2, gmp=gmp, seed=11)
+        b = MLPEncoder(9, hidden=(6,), out_dim=2, gmp=gmp, seed=11)
+        c = MLPEncoder(9, hidden=(6,), out_dim=2, gmp=gmp, seed=12)
+        for (_, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(),
+                                             c.named_parameters()):
+            assert torch.equal(pa, pb)
+            assert not torch.equal(pa, pc) or pa.numel() == 0
+
+
+def test_dropout_is_active_only_in_training() -> None:
+    enc = MLPEncoder(10, hidden=(64,), out_dim=4, dropout=0.5, seed=0)
+    x = torch.randn(5, 10)
+    enc.eval()
+    assert torch.equal(enc(x), enc(x))
+    enc.train()
+    torch.manual_seed(0)
+    y1 = enc(x)
+    y2 = enc(x)
+    assert not torch.equal(y1, y2)
+
+
+def test_gmp_encoder_trains() -> None:
+    """A GmP MLP fits a smooth regression target (gradients reach every parameter)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 3, generator=g)
+    y = torch.sin(2 * x[:, :1]) + x[:, 1:2] * x[:, 2:3]
+    enc = MLPEncoder(3, hidden=(32, 32), out_dim=1, gmp=True, seed=0)
+    opt = torch.optim.Adam(enc.parameters(), lr=2e-2)
+    first = None
+    for _ in range(100):
+        loss = ((enc(x) - y) ** 2).mean()
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all())
+               for p in enc.parameters())
+    assert float(loss.detach()) < 0.05 * first
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="activation"):
+        MLPEncoder(3, activation="swishy")
+    with pytest.raises(ValueError, match="norm"):
+        MLPEncoder(3, norm="group")
+    with pytest.raises(ValueError, match="dropout"):
+        MLPEncoder(3, dropout=1.0)
+    with pytest.raises(ValueError, match="hidden layers or an out_dim"):
+        MLPEncoder(3, hidden=())
+    with pytest.raises(ValueError, match=r"hidden\[1\]"):
+        MLPEncoder(3, hidden=(4, 0))
+    with pytest.raises(TypeError, match="in_dim"):
+        MLPEncoder(3.5)
+    enc = MLPEncoder(3, hidden=(4,))
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 3\]"):
+        enc(torch.randn(2, 4))

@@ -1,0 +1,201 @@
+"""Frozen-embedding store: keys, lookup, save / load (memory-mapped), chunked writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from probrec.backbone import EmbeddingStore, MissingKeyError, canonical_key
+
+
+def _vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+MIXED_KEYS = ["user-7", 7, ("u1", 42, 1700000000), ("u1", 42, 1700000001), "7", (3, ("a", 1))]
+
+
+def test_lookup_returns_rows_in_request_order_for_mixed_keys() -> None:
+    vec = _vectors(len(MIXED_KEYS), 5)
+    store = EmbeddingStore.from_arrays(MIXED_KEYS, vec)
+    assert len(store) == 6 and store.dim == 5
+    order = [4, 0, 2, 2, 5, 1, 3]
+    out = store.lookup([MIXED_KEYS[i] for i in order])
+    assert out.shape == (7, 5) and out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy(), vec[order])
+    # 7 and "7" are different keys; lists are read as tuples
+    np.testing.assert_array_equal(store["7"], vec[4])
+    np.testing.assert_array_equal(store[7], vec[1])
+    np.testing.assert_array_equal(store[["u1", 42, 1700000000]], vec[2])
+    assert ("u1", 42, 1700000001) in store and ("u1", 42, 5) not in store and 3.5 not in store
+
+
+def test_numpy_and_torch_integers_are_the_same_keys() -> None:
+    vec = _vectors(3, 2)
+    store = EmbeddingStore.from_arrays(np.array([10, 20, 30]), vec)
+    np.testing.assert_array_equal(store.lookup(torch.tensor([30, 10])).numpy(), vec[[2, 0]])
+    np.testing.assert_array_equal(store.lookup([np.int32(20)]).numpy(), vec[[1]])
+    np.testing.assert_array_equal(store[torch.tensor(30)], vec[2])
+
+
+def test_missing_keys_raise_a_clear_error_or_give_zeros() -> None:
+    vec = _vectors(3, 4)
+    store = EmbeddingStore.from_arrays(["a", "b", "c"], vec)
+    with pytest.raises(MissingKeyError, match=r"keys\[1\] = 'zz'") as info:
+        store.lookup(["a", "zz", "b", "yy"])
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+    assert info.value.missing == ["zz", "yy"] and info.value.positions == [1, 3]
+    out = store.lookup(["a", "zz", "c"], missing="zeros")
+    np.testing.assert_array_equal(out.numpy(), np.stack([vec[0], np.zeros(4), vec[2]]))
+    np.testing.assert_array_equal(store.contains(["a", "zz", "c"]), [True, False, True])
+    with pytest.raises(KeyError):
+        store["nope"]
+    with pytest.raises(ValueError, match="missing"):
+        store.lookup(["a"], missing="skip")
+
+
+def test_bad_keys_and_vectors() -> None:
+    with pytest.raises(TypeError, match="float"):
+        EmbeddingStore.from_arrays([1.5], np.ones((1, 2)))
+    with pytest.raises(TypeError, match="bool"):
+        EmbeddingStore.from_arrays([True], np.ones((1, 2)))
+    with pytest.raises(TypeError, match=r"keys\[1\]\[0\]"):
+        EmbeddingStore.from_arrays(["a", (None, 1)], np.ones((2, 2)))
+    with pytest.raises(ValueError, match="more than once"):
+        EmbeddingStore.from_arrays(["a", "b", "a"], np.ones((3, 2)))
+    with pytest.raises(ValueError, match="mismatched lengths"):
+        EmbeddingStore.from_arrays(["a", "b"], np.ones((3, 2)))
+    with pytest.raises(ValueError, match="non-finite"):
+        EmbeddingStore.from_arrays(["a"], np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match=r"shape \[n, d\]"):
+        EmbeddingStore.from_arrays(["a"], np.ones(3))
+    with pytest.raises(ValueError, match="dtype"):
+        EmbeddingStore(4, dtype="int8")
+    with pytest.raises(TypeError):
+        canonical_key({"a": 1})
+
+
+def test_add_and_overwrite() -> None:
+    store = EmbeddingStore(3)
+    store.add([1, 2], np.ones((2, 3)))
+    with pytest.raises(ValueError, match="already in the store"):
+        store.add([2, 3], np.zeros((2, 3)))
+    store.add([2, 3], np.zeros((2, 3)), overwrite=True)
+    np.testing.assert_array_equal(store.lookup([1, 2, 3]).numpy(),
+                                  [[1, 1, 1], [0, 0, 0], [0, 0, 0]])
+    store.add(["s"], np.full((1, 3), 2.0))  # switching from integer keys to general keys
+    assert store.keys() == [1, 2, 3, "s"]
+    np.testing.assert_array_equal(store.lookup(["s", 1]).numpy(), [[2, 2, 2], [1, 1, 1]])
+
+
+@pytest.mark.parametrize("keys", [list(range(100, 140)), [f"item{i}" for i in range(40)],
+                                  [("u", i, i * 10) for i in range(40)]])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_identical(tmp_path: Path, keys: list, mmap: bool) -> None:
+    vec = _vectors(40, 16, seed=3)
+    store = EmbeddingStore.from_arrays(keys, vec, metadata={"model": "fm-v1", "layer": 12})
+    store.save(tmp_path / "s")
+    key_file = "keys.npy" if isinstance(keys[0], int) else "keys.json"
+    assert (tmp_path / "s" / key_file).is_file()
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary folder left behind
+    loaded = EmbeddingStore.load(tmp_path / "s", mmap=mmap)
+    assert loaded.is_memory_mapped == mmap
+    assert loaded.keys() == store.keys() and loaded.metadata == {"model": "fm-v1", "layer": 12}
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 40, size=25)
+    req = [keys[i] for i in idx]
+    assert torch.equal(loaded.lookup(req), store.lookup(req))
+    np.testing.assert_array_equal(np.asarray(loaded.vectors), vec)
+
+
+def test_memory_mapped_store_is_read_only_and_cannot_overwrite_itself(tmp_path: Path) -> None:
+    EmbeddingStore.from_arrays(["a"], np.ones((1, 2))).save(tmp_path / "s")
+    loaded = EmbeddingStore.load(tmp_path / "s")
+    assert isinstance(loaded.vectors, np.memmap)
+    with pytest.raises(ValueError, match="read-only"):
+        loaded.add(["b"], np.ones((1, 2)))
+    with pytest.raises(ValueError, match="its own folder"):
+        loaded.save(tmp_path / "s", overwrite=True)
+    with pytest.raises(FileExistsError):
+        EmbeddingStore.from_arrays(["z"], np.ones((1, 2))).save(tmp_path / "s")
+    EmbeddingStore.from_arrays(["z"], np.zeros((1, 2))).save(tmp_path / "s2")
+    copy = EmbeddingStore.load(tmp_path / "s2", mmap=False)
+    copy.add(["y"], np.ones((1, 2)))  # a store read into memory can grow
+    copy.save(tmp_path / "s2", overwrite=True)
+    assert EmbeddingStore.load(tmp_path / "s2").keys() == ["z", "y"]
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        EmbeddingStore.load(tmp_path / "nothing")
+    EmbeddingStore.from_arrays([1, 2], np.ones((2, 3))).save(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    meta["dim"] = 4
+    (tmp_path / "s" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="shape"):
+        EmbeddingStore.load(tmp_path / "s")
+
+
+def test_writer_builds_a_store_chunk_by_chunk(tmp_path: Path) -> None:
+    n, d = 1000, 8
+    vec = _vectors(n, d, seed=5)
+    keys = [("user", i // 10, i % 10) for i in range(n)]
+    with EmbeddingStore.writer(tmp_path / "big", n, d, dtype="float16",
+                               metadata={"fm": "x"}) as w:
+        for start in range(0, n, 128):
+            w.write(keys[start : start + 128], vec[start : start + 128])
+        assert w.written == n
+    store = EmbeddingStore.load(tmp_path / "big")
+    assert store.dtype == np.float16 and len(store) == n and store.is_memory_mapped
+    got = store.lookup(keys[::-7], dtype=torch.float32)
+    np.testing.assert_array_equal(got.numpy(), vec[::-7].astype(np.float16).astype(np.float32))
+
+
+def test_writer_discards_incomplete_or_failed_stores(tmp_path: Path) -> None:
+    w = EmbeddingStore.writer(tmp_path / "s", 3, 2)
+    w.write([1, 2], np.ones((2, 2)))
+    with pytest.raises(ValueError, match="only 2 of n = 3"):
+        w.close()
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(RuntimeError):
+        with EmbeddingStore.writer(tmp_path / "s", 3, 2) as w:
+            w.write([1], np.ones((1, 2)))
+            raise RuntimeError("boom")
+    assert not (tmp_path / "s").exists() and not list(tmp_path.iterdir())
+    w = EmbeddingStore.writer(tmp_path / "s", 2, 2)
+    with pytest.raises(ValueError, match="more than once"):
+        w.write([1, 1], np.ones((2, 2)))
+    w.abort()
+    w = EmbeddingStore.writer(tmp_path / "s", 1, 2)
+    with pytest.raises(ValueError, match="exceed n = 1"):
+        w.write([1, 2], np.ones((2, 2)))
+    w.abort()
+
+
+def test_integer_lookup_matches_a_dictionary_at_scale() -> None:
+    rng = np.random.default_rng(1)
+    keys = rng.choice(10**12, size=50_000, replace=False)
+    vec = rng.standard_normal((50_000, 4)).astype(np.float32)
+    store = EmbeddingStore.from_arrays(keys, vec)
+    query = np.concatenate([rng.choice(keys, 3000), rng.integers(0, 10**12, 50)])
+    ref = {int(k): i for i, k in enumerate(keys)}
+    expected_rows = np.array([ref.get(int(q), -1) for q in query])
+    np.testing.assert_array_equal(store.rows(query), expected_rows)
+    out = store.lookup(query, missing="zeros").numpy()
+    hit = expected_rows >= 0
+    np.testing.assert_array_equal(out[hit], vec[expected_rows[hit]])
+    assert not out[~hit].any()
+
+
+def test_lookup_device_and_dtype() -> None:
+    store = EmbeddingStore.from_arrays(["a", "b"], _vectors(2, 3))
+    out = store.lookup(["b"], device="cpu", dtype=torch.float64)
+    assert out.dtype == torch.float64 and out.device.type == "cpu"
+    if torch.cuda.is_available():
+        cuda = store.lookup(["b", "a"], device="cuda")
+        assert cuda.device.type == "cuda"
+        assert torch.equal(cuda.cpu(), store.lookup(["b", "a"]))
