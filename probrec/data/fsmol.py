@@ -44,10 +44,17 @@ standard_relation, activity_comment, chembl_id, assay_type, ...``) are cleaned a
 3. threshold: the assay median of ``log_standard_value`` if it lies in [4, 6] ([5, 7] for enzyme
    targets), else 5.0; for percentage assays the median if it is at least 50, else 50. Rows
    get ``active`` / ``weak active`` / ``weak inactive`` / ``inactive`` from their value, the
-   threshold, a buffer of a tenth of the assay's standard deviation and the relation; the
-   binary label is 1 for (weak) actives, which is ``value > threshold``.
+   threshold, a buffer of a tenth of the assay's standard deviation and the relation (rows
+   inside the buffer with an unknown relation get no class and are dropped); the binary label
+   is 1 for (weak) actives, i.e. ``value > threshold`` (``>=`` when the buffer is zero).
 
-FS-Mol aborts an assay when one SMILES fails to parse; here such rows are skipped and counted.
+Checked against FS-Mol's own outputs: its ``CHEMBL1002396`` test fixture (same rows, log
+values, threshold and labels; its four-class strings were written by an FS-Mol revision whose
+buffer was one standard deviation, ``buffer_fraction=1.0``) and the CHEMBL1001235 table its
+pipeline test writes. Differences from FS-Mol: a SMILES RDKit cannot parse is skipped and
+counted (FS-Mol aborts the whole assay); an assay mixing percentages and concentrations raises
+``ValueError`` (FS-Mol thresholds it by the unit of its first row). Like FS-Mol, exact repeats
+are found before uM is converted to nM.
 """
 
 from __future__ import annotations

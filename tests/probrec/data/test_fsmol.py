@@ -211,6 +211,7 @@ def test_fsmol_dir_and_split_layout(tmp_path):
 # FS-Mol split file
 
 
+@pytest.mark.data
 def test_fsmol_split_file(shared_data):
     split = load_fsmol_split(shared_data / "molecules/fsmol/fsmol-0.1.json")
     assert {k: len(v) for k, v in split.items()} == {"train": 4938, "valid": 40, "test": 157}
@@ -253,6 +254,7 @@ def _read_processed(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.data
 def test_chembl_table_reproduces_fsmol_processed_fixture(shared_data):
     ref = _read_processed(shared_data / FIXTURES / "processed_CHEMBL1002396.csv")
     assay = clean_chembl_assay_table(shared_data / FIXTURES / "raw_CHEMBL1002396.csv")
@@ -287,6 +289,7 @@ def test_chembl_table_reproduces_fsmol_processed_fixture(shared_data):
     np.testing.assert_allclose(reg.labels, [float(r["log_standard_value"]) for r in ref])
 
 
+@pytest.mark.data
 def test_chembl_table_activity_classes_and_buffer(shared_data):
     """The fixture's four-class strings come from an FS-Mol revision whose weak-class buffer was
     one standard deviation; FS-Mol's current rule (a tenth, our default) moves rows between the
@@ -305,6 +308,7 @@ def test_chembl_table_activity_classes_and_buffer(shared_data):
     assert len(hard) == sum(r["activity_string"] in ("active", "inactive") for r in ref)
 
 
+@pytest.mark.data
 def test_chembl_table_matches_fsmol_pipeline_output_for_chembl1001235(shared_data):
     path = shared_data / FIXTURES / "raw_CHEMBL1001235.csv"
     assay = clean_chembl_assay_table(path)
@@ -318,6 +322,7 @@ def test_chembl_table_matches_fsmol_pipeline_output_for_chembl1001235(shared_dat
     np.testing.assert_allclose(reg.labels, np.log(CHEMBL1001235_VALUES))
 
 
+@pytest.mark.data
 def test_chembl_table_mass_units(shared_data):
     """FS-Mol keeps nM, uM and % only, so CHEMBL1000114 (ug.mL-1) is dropped by FS-Mol."""
     path = shared_data / FIXTURES / "raw_CHEMBL1000114.csv"
@@ -333,6 +338,7 @@ def test_chembl_table_mass_units(shared_data):
     assert assay.standard_value[i] == pytest.approx(2.1e6 / mw, rel=1e-4)
 
 
+@pytest.mark.data
 def test_chembl_table_round_trips_through_fsmol_task_file(shared_data, tmp_path):
     """The FS-Mol task file FS-Mol would write for the assay loads into the same tasks."""
     path = shared_data / FIXTURES / "raw_CHEMBL1002396.csv"
@@ -458,6 +464,10 @@ def test_chembl_thresholds(tmp_path):
                   zip(MOLS, [6.0, 6.5, 8.0]))
     )
     assert clean_chembl_assay_table(with_desc).threshold == pytest.approx(6.5)
+    # identical values: zero buffer and every row at the threshold, which FS-Mol calls active
+    same = [(m, _nm(5.5), "nM", "=") for m in MOLS[:3]]
+    flat = clean_chembl_assay_table(_table(tmp_path, same))
+    assert flat.buffer == 0.0 and list(flat.activity_string) == ["active"] * 3
     # inhibition percentages: median 30 < 50 -> 50; median 65 -> 65
     pct = [(m, v, "%", "=") for m, v in zip(MOLS, [10, 20, 30, 40, 80])]
     a = clean_chembl_assay_table(_table(tmp_path, pct))
