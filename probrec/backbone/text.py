@@ -123,7 +123,9 @@ class TextEmbedder:
             self._model = _load_sentence_transformer(self.model_path, self.device)
             if self.max_seq_length is not None:
                 self._model.max_seq_length = self.max_seq_length
-            dim = getattr(self._model, "get_sentence_embedding_dimension", lambda: None)()
+            get_dim = (getattr(self._model, "get_embedding_dimension", None)
+                       or getattr(self._model, "get_sentence_embedding_dimension", None))
+            dim = get_dim() if get_dim is not None else None
             if dim:
                 self._dim = int(dim)
         return self._model
