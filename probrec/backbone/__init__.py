@@ -15,7 +15,6 @@ from probrec.backbone.gmp import (
     GmPLinear,
     cartesian_to_hyperspherical,
     hyperspherical_to_cartesian,
-    prefix_product,
 )
 from probrec.backbone.history import HistoryBatch, HistoryEncoder, build_history_batch, recency_rank
 from probrec.backbone.mlp import ACTIVATIONS, MLPEncoder
@@ -43,6 +42,5 @@ __all__ = [
     "canonical_key",
     "cartesian_to_hyperspherical",
     "hyperspherical_to_cartesian",
-    "prefix_product",
     "recency_rank",
 ]

@@ -70,16 +70,23 @@ def build_history_batch(
         max_len = check_positive_int(max_len, "max_len")
     if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
         raise TypeError("histories must be a sequence of key sequences")
-    rows: list[list[Any]] = []
+    rows: list[Any] = []
     for b, h in enumerate(histories):
         if isinstance(h, (str, bytes)):
             raise TypeError(f"histories[{b}] must be a sequence of keys, got a string")
-        h = h.tolist() if isinstance(h, (np.ndarray, Tensor)) else list(h)
-        rows.append(h)
-    flat = [k for h in rows for k in h]
+        if isinstance(h, Tensor):
+            h = h.detach().cpu().numpy()
+        rows.append(h if isinstance(h, np.ndarray) else list(h))
+    flat: Any
+    if rows and all(isinstance(h, np.ndarray) and h.ndim == 1 and h.dtype.kind == "i"
+                    for h in rows):
+        flat = np.concatenate(rows).astype(np.int64)  # integer ids: vectorised lookups
+    else:
+        flat = [k for h in rows for k in (h.tolist() if isinstance(h, np.ndarray) else h)]
     lengths = np.fromiter((len(h) for h in rows), dtype=np.int64, count=len(rows))
     row_of = np.repeat(np.arange(len(rows)), lengths)
-    found = store.contains(flat) if flat else np.zeros(0, dtype=bool)
+    key_rows = store.rows(flat) if len(flat) else np.zeros(0, dtype=np.int64)
+    found = key_rows >= 0
     if missing == "error" and not found.all():
         pos = np.flatnonzero(~found)
         first = int(pos[0])
@@ -107,7 +114,9 @@ def build_history_batch(
     length = int(max(1, n_kept.max(initial=0)))
     pos_in_row = n_kept[row_of] - 1 - rank_from_end  # left-aligned, oldest first
     idx = np.flatnonzero(keep)
-    emb = store.lookup([flat[i] for i in idx], missing="zeros", dtype=dtype)
+    emb = torch.from_numpy(store.take_rows(key_rows[idx]))
+    if dtype is not None:
+        emb = emb.to(dtype)
     out_dtype = emb.dtype
     values = torch.zeros(len(rows), length, store.dim, dtype=out_dtype)
     mask = torch.zeros(len(rows), length, dtype=torch.bool)

@@ -325,9 +325,6 @@ class EmbeddingStore:
                      missing: str = "error") -> np.ndarray:
         """Vectors of ``keys`` as a NumPy array ``[n, d]`` (storage dtype).
 
-        Rows are read in sorted, de-duplicated order, so a memory-mapped store touches each
-        page it needs once.
-
         Args:
             keys: ``n`` keys (a sequence, or an integer array / tensor for integer keys).
             missing: ``"error"`` (raise :class:`MissingKeyError`) or ``"zeros"``.
@@ -345,8 +342,22 @@ class EmbeddingStore:
                 f"{bad[0]!r}; missing: {bad}{more}. Pass missing='zeros' to get zero vectors",
                 [canonical_key(key_list[i]) for i in pos], pos.tolist(),
             )
+        return self.take_rows(rows)
+
+    def take_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors at row indices ``[n]`` (from :meth:`rows`; ``-1`` gives a zero row).
+
+        Rows are read in sorted, de-duplicated order, so a memory-mapped store touches each
+        page it needs once.
+
+        Returns:
+            ``[n, d]`` array in the storage dtype.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (len(rows) and (rows.max() >= len(self) or rows.min() < -1)):
+            raise ValueError(f"rows must be a 1-d array of indices in [-1, {len(self)})")
         out = np.zeros((len(rows), self._dim), dtype=self._dtype)
-        present = ~absent
+        present = rows >= 0
         if present.any():
             uniq, inv = np.unique(rows[present], return_inverse=True)
             out[present] = self.vectors[uniq][inv.reshape(-1)]

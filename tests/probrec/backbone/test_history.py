@@ -242,6 +242,11 @@ def test_store_to_encoder_end_to_end() -> None:
     assert out.shape == (32, 4) and bool(torch.isfinite(out).all())
     out.pow(2).sum().backward()
     assert all(p.grad is not None for p in enc.parameters())
+    # integer histories as tensors or lists give the same batch
+    as_tensors = build_history_batch(store, [torch.from_numpy(h) for h in hist], max_len=8)
+    as_lists = build_history_batch(store, [h.tolist() for h in hist], max_len=8)
+    for other in (as_tensors, as_lists):
+        assert torch.equal(other.values, batch.values) and torch.equal(other.mask, batch.mask)
     # each row equals encoding that row alone (no leakage between rows)
     for b in (0, 5):
         one = build_history_batch(store, [hist[b]], max_len=8)

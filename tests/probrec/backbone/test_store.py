@@ -199,3 +199,14 @@ def test_lookup_device_and_dtype() -> None:
         cuda = store.lookup(["b", "a"], device="cuda")
         assert cuda.device.type == "cuda"
         assert torch.equal(cuda.cpu(), store.lookup(["b", "a"]))
+
+
+def test_take_rows() -> None:
+    vec = _vectors(4, 3)
+    store = EmbeddingStore.from_arrays(["a", "b", "c", "d"], vec)
+    rows = store.rows(["d", "x", "a", "d"])
+    np.testing.assert_array_equal(rows, [3, -1, 0, 3])
+    out = store.take_rows(rows)
+    np.testing.assert_array_equal(out, np.stack([vec[3], np.zeros(3), vec[0], vec[3]]))
+    with pytest.raises(ValueError, match="rows must be"):
+        store.take_rows(np.array([4]))
