@@ -54,7 +54,7 @@ def build_history_batch(
 
     Args:
         store: where the embeddings are.
-        histories: ``B`` sequences of keys (may be empty).
+        histories: ``B`` sequences of keys (may be empty), or a ``[B, L]`` integer array.
         max_len: keep at most this many events per row (the last ones).
         missing: ``"error"`` (raise :class:`~probrec.backbone.store.MissingKeyError`),
             ``"skip"`` (drop unknown keys before truncation) or ``"zeros"`` (keep them as
@@ -68,8 +68,10 @@ def build_history_batch(
     check_choice(missing, "missing", ("error", "skip", "zeros"))
     if max_len is not None:
         max_len = check_positive_int(max_len, "max_len")
+    if isinstance(histories, (np.ndarray, Tensor)) and histories.ndim == 2:
+        histories = list(histories)  # [B, L] ids: one row per history
     if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
-        raise TypeError("histories must be a sequence of key sequences")
+        raise TypeError("histories must be a sequence of key sequences or a [B, L] array")
     rows: list[Any] = []
     for b, h in enumerate(histories):
         if isinstance(h, (str, bytes)):

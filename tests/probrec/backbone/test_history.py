@@ -247,6 +247,9 @@ def test_store_to_encoder_end_to_end() -> None:
     as_lists = build_history_batch(store, [h.tolist() for h in hist], max_len=8)
     for other in (as_tensors, as_lists):
         assert torch.equal(other.values, batch.values) and torch.equal(other.mask, batch.mask)
+    square = np.stack([h[:3] for h in hist if len(h) >= 3])
+    assert torch.equal(build_history_batch(store, square).values,
+                       build_history_batch(store, list(square)).values)
     # each row equals encoding that row alone (no leakage between rows)
     for b in (0, 5):
         one = build_history_batch(store, [hist[b]], max_len=8)
