@@ -1,0 +1,98 @@
+"""Smoke tests of the benchmark scripts: each ``main()`` runs end to end at the smallest sizes.
+
+They keep the scripts from rotting as the library changes. They check what the scripts
+compute besides time (the same MAP optimum as gpytorch + BoTorch, the IFT hypergradient equal
+to an unrolled inner loop that has converged, a JSON file with every field), never wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TINY = ["--data", "none", "--threads", "1", "--repeats", "1", "--warmup", "0", "--dim", "32"]
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """Imports a benchmark script by name (the scripts import ``_common`` from their folder)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module
+
+
+@pytest.mark.parametrize("name", ["inner_loop", "adkf_ift_step", "adapt_latency"])
+def test_help(bench, name: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench(name).main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--device" in out and "--threads" in out and "--out" in out
+
+
+def test_inner_loop(bench, tmp_path: Path) -> None:
+    out = tmp_path / "inner.json"
+    payload = bench("inner_loop").main(TINY + ["--tasks", "2", "--support", "10", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "inner_loop" and len(saved["times_s"]["ours"]) == 1
+    # the batched Newton fit and the per-task gpytorch / BoTorch fit find the same MAP optimum
+    assert all(saved["ours"]["converged"])
+    assert max(saved["ours"]["grad_norm"]) <= saved["tolerance"]
+    assert saved["agreement"]["max_abs_objective_diff"] < 1e-6
+    assert saved["agreement"]["max_abs_objective_vs_gpytorch_mll"] < 1e-6
+    assert math.isfinite(payload["speedup"]["ratio_of_medians"])
+
+
+def test_adkf_ift_step(bench, tmp_path: Path) -> None:
+    out = tmp_path / "step.json"
+    args = TINY + ["--tasks", "2", "--support", "8", "--query", "12", "--hidden", "16",
+                   "--unroll-steps", "4", "--check-steps", "200", "--no-rss", "--out", str(out)]
+    bench("adkf_ift_step").main(args)
+    saved = json.loads(out.read_text())
+    check = saved["hypergradient_check"]
+    # an unrolled loop run to convergence gives the IFT hypergradient; 4 steps do not quite
+    assert check["long"]["inner_grad_norm_max"] < 1e-6
+    assert check["long"]["cosine"] > 0.99999 and check["long"]["relative_diff"] < 1e-3
+    assert check["long"]["relative_diff"] < check["timed"]["relative_diff"]
+    mem = saved["peak_memory_bytes"]
+    assert set(mem) == {"ift", "unrolled", "shared", "encoder"}
+    # the unrolled step keeps the graph of every inner step on top of the shared work
+    assert mem["unrolled"] > mem["shared"] > 0
+    assert all(len(v) == 1 for v in saved["times_s"].values())
+
+
+def test_adapt_latency(bench, tmp_path: Path) -> None:
+    out = tmp_path / "latency.json"
+    args = TINY + ["--tasks", "2", "--support", "8", "--query", "12", "--hidden", "16",
+                   "--out", str(out)]
+    bench("adapt_latency").main(args)
+    saved = json.loads(out.read_text())
+    res = saved["results"]["support=8,query=12"]
+    assert set(res) == {"ADKF-IFT", "ADKF-IFT batched", "DKT", "GP-ST", "RF"}
+    assert all(r["ms_per_task"]["median"] > 0 for r in res.values())
+    assert set(saved["ratio_rf_over_adkf_ift"]) == {"support=8,query=12"}
+
+
+@pytest.mark.slow
+def test_inner_loop_real_data(bench, tmp_path: Path, shared_data: Path) -> None:
+    data = shared_data / "molecules" / "moleculenet" / "toxcast_500.csv.gz"
+    args = ["--data", str(data), "--threads", "1", "--repeats", "1", "--warmup", "0",
+            "--tasks", "3", "--support", "16", "--out", str(tmp_path / "real.json")]
+    saved = bench("inner_loop").main(args)
+    assert saved["agreement"]["max_abs_objective_diff"] < 1e-6
+    assert saved["data"]["dim"] == 2048
+
+
+@pytest.mark.slow
+def test_adkf_ift_step_rss_probe(bench, tmp_path: Path) -> None:
+    args = TINY + ["--tasks", "2", "--support", "8", "--query", "12", "--hidden", "16",
+                   "--unroll-steps", "4", "--check-steps", "0", "--rss", "--out",
+                   str(tmp_path / "rss.json")]
+    saved = bench("adkf_ift_step").main(args)
+    assert set(saved["peak_rss"]) == {"ift", "unrolled"}
+    assert all(v["peak_growth_bytes"] >= 0 for v in saved["peak_rss"].values())
