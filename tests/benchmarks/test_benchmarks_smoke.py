@@ -37,7 +37,8 @@ def test_help(bench, name: str, capsys: pytest.CaptureFixture) -> None:
 
 def test_inner_loop(bench, tmp_path: Path) -> None:
     out = tmp_path / "inner.json"
-    payload = bench("inner_loop").main(TINY + ["--tasks", "2", "--support", "10", "--out", str(out)])
+    args = TINY + ["--tasks", "2", "--support", "10", "--out", str(out)]
+    payload = bench("inner_loop").main(args)
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "inner_loop" and len(saved["times_s"]["ours"]) == 1
     # the batched Newton fit and the per-task gpytorch / BoTorch fit find the same MAP optimum
