@@ -1,0 +1,38 @@
+"""samplers: batched MCMC, parallel tempering and diffusive Gibbs sampling for multimodal targets.
+
+Every sampler is configured once and called as ``run(target, n_samples, seed)``, returning a
+:class:`SamplerResult` with the samples, the target evaluations spent, wall time and diagnostics:
+
+- :class:`RandomWalkMetropolis`, :class:`MALA`, :class:`HMC` (:mod:`samplers.mcmc`);
+- :class:`ParallelTempering` (:mod:`samplers.tempering`);
+- :class:`DiGS`, diffusive Gibbs sampling (Chen et al., ICML 2024; :mod:`samplers.digs`).
+
+Targets live in :mod:`samplers.targets`, quality metrics in :mod:`samplers.metrics`, the
+benchmark runner in :mod:`samplers.bench` (``probrec bench samplers``).
+"""
+
+from . import targets
+from .base import RunPlan, Sampler, SamplerResult
+from .digs import DiGS
+from .kernels import ChainState, HMCKernel, Kernel, MALAKernel, RandomWalkKernel, StepInfo
+from .mcmc import HMC, MALA, MCMC, RandomWalkMetropolis
+from .tempering import ParallelTempering
+
+__all__ = [
+    "targets",
+    "Sampler",
+    "SamplerResult",
+    "RunPlan",
+    "MCMC",
+    "RandomWalkMetropolis",
+    "MALA",
+    "HMC",
+    "ParallelTempering",
+    "DiGS",
+    "Kernel",
+    "RandomWalkKernel",
+    "MALAKernel",
+    "HMCKernel",
+    "ChainState",
+    "StepInfo",
+]
