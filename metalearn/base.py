@@ -33,7 +33,11 @@ class Predictor(Protocol):
 
 
 def check_support(
-    support_x: Any, support_y: Any, kind: str, *, dtype: torch.dtype = torch.float32,
+    support_x: Any,
+    support_y: Any,
+    kind: str,
+    *,
+    dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validates a support set and returns it as tensors ``([n, d], [n])``.
@@ -74,8 +78,13 @@ class MetaLearner(abc.ABC):
         if not getattr(cls, "__abstractmethods__", None):
             _REGISTRY[cls.name] = cls
 
-    def __init__(self, kind: str = "classification", seed: int = 0,
-                 device: torch.device | str | None = None, **config: Any) -> None:
+    def __init__(
+        self,
+        kind: str = "classification",
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        **config: Any,
+    ) -> None:
         check_choice(kind, "kind", self.supports)
         self.kind = kind
         self.seed = int(seed)
@@ -101,10 +110,10 @@ class MetaLearner(abc.ABC):
         """Other learned state to checkpoint (tensors or JSON-able values)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restores :meth:`extra_state`."""
 
-    def build(self, in_dim: int) -> None:
+    def build(self, in_dim: int) -> None:  # noqa: B027 - optional hook
         """Creates the learner's modules for inputs of width ``in_dim`` (before loading)."""
 
     def state(self) -> dict[str, Any]:
@@ -130,7 +139,9 @@ class MetaLearner(abc.ABC):
         return path
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device | str | None = None) -> MetaLearner:
+    def from_state(
+        cls, state: dict[str, Any], device: torch.device | str | None = None
+    ) -> MetaLearner:
         klass = _REGISTRY.get(state["class"])
         if klass is None:
             raise ValueError(f"unknown learner class {state['class']!r} in checkpoint")

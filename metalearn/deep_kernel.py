@@ -85,10 +85,20 @@ class _DeepKernelBase(MetaLearner):
     """
 
     defaults: dict[str, Any] = {
-        "hidden": (512, 256), "out_dim": None, "activation": "relu", "dropout": 0.0,
-        "norm": None, "gmp": False, "kernel": "matern52", "mean": "zero",
-        "lengthscale_prior": True, "noise_prior": True, "joint_outer": True,
-        "inner_tol": 1e-6, "inner_max_iter": 50, "gp_dtype": "float64",
+        "hidden": (512, 256),
+        "out_dim": None,
+        "activation": "relu",
+        "dropout": 0.0,
+        "norm": None,
+        "gmp": False,
+        "kernel": "matern52",
+        "mean": "zero",
+        "lengthscale_prior": True,
+        "noise_prior": True,
+        "joint_outer": True,
+        "inner_tol": 1e-6,
+        "inner_max_iter": 50,
+        "gp_dtype": "float64",
     }
 
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
@@ -100,8 +110,11 @@ class _DeepKernelBase(MetaLearner):
             full["hidden"] = tuple(full["hidden"])
         super().__init__(kind, seed, device, **full)
         self.gp_config = GPConfig(
-            kernel=full["kernel"], mean=full["mean"], kind=kind,
-            lengthscale_prior=full["lengthscale_prior"], noise_prior=full["noise_prior"],
+            kernel=full["kernel"],
+            mean=full["mean"],
+            kind=kind,
+            lengthscale_prior=full["lengthscale_prior"],
+            noise_prior=full["noise_prior"],
         )
         self.gp_dtype = getattr(torch, full["gp_dtype"])
         self.encoder: torch.nn.Module | None = None
@@ -112,8 +125,14 @@ class _DeepKernelBase(MetaLearner):
         c = self.config
         self.in_dim = int(in_dim)
         self.encoder = MLPEncoder(
-            in_dim, hidden=c["hidden"], out_dim=c["out_dim"], activation=c["activation"],
-            dropout=c["dropout"], norm=c["norm"], gmp=c["gmp"], seed=self.seed,
+            in_dim,
+            hidden=c["hidden"],
+            out_dim=c["out_dim"],
+            activation=c["activation"],
+            dropout=c["dropout"],
+            norm=c["norm"],
+            gmp=c["gmp"],
+            seed=self.seed,
         ).to(self.device)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
@@ -126,11 +145,19 @@ class _DeepKernelBase(MetaLearner):
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{k: self.config[k] for k in _TRAIN_KEYS})
 
-    def meta_fit(self, train_tasks, valid_tasks=None, *, checkpoint_dir=None, resume=True,
-                 progress=None) -> dict[str, list]:
+    def meta_fit(
+        self, train_tasks, valid_tasks=None, *, checkpoint_dir=None, resume=True, progress=None
+    ) -> dict[str, list]:
         """Meta-trains the encoder (and DKT's hyperparameters) episodically."""
-        return meta_train(self, list(train_tasks), list(valid_tasks or []), self.train_config,
-                          checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+        return meta_train(
+            self,
+            list(train_tasks),
+            list(valid_tasks or []),
+            self.train_config,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ episodes
     def _features(self, batch: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +181,12 @@ class _DeepKernelBase(MetaLearner):
         c = self.gp_config
         joint = bool(self.config["joint_outer"])
         post = posterior_from_geometry(
-            theta, c, geometry(c, z_s, z_s), geometry(c, z_s, z_q), t_s, None,
+            theta,
+            c,
+            geometry(c, z_s, z_s),
+            geometry(c, z_s, z_q),
+            t_s,
+            None,
             geometry(c, z_q, z_q) if joint else None,
         )
         nll = predictive_nll(post, t_q, mask_q, joint=joint)
@@ -172,7 +204,9 @@ class _DeepKernelBase(MetaLearner):
         self.encoder.eval()
         with torch.no_grad():
             z = self.encoder(x).to(self.gp_dtype)
-        head = GPHead(self.gp_config, tol=self.config["inner_tol"], max_iter=self.config["inner_max_iter"])
+        head = GPHead(
+            self.gp_config, tol=self.config["inner_tol"], max_iter=self.config["inner_max_iter"]
+        )
         theta = self._fixed_theta()
         gp = head.fit(z, y.to(self.gp_dtype), theta=None if theta is None else theta.detach()[None])
         return DeepKernelPredictor(self.encoder, gp, self.device)
@@ -207,8 +241,13 @@ class ADKFIFT(_DeepKernelBase):
         t_s, t_q = self._targets(batch)
         centres = prior_centres(c, z_s)
         fit = fit_hyperparameters(
-            c, geometry(c, z_s.detach(), z_s.detach()), t_s, None, centres,
-            tol=self.config["inner_tol"], max_iter=self.config["inner_max_iter"],
+            c,
+            geometry(c, z_s.detach(), z_s.detach()),
+            t_s,
+            None,
+            centres,
+            tol=self.config["inner_tol"],
+            max_iter=self.config["inner_max_iter"],
         )
         self.last_fit = fit
         theta = fit.theta.to(self.gp_dtype)
@@ -262,4 +301,3 @@ class DKT(_DeepKernelBase):
         theta = self.hyper.theta[None].expand(z.shape[0], -1)
         nlml = neg_log_marginal_likelihood(theta, c, geometry(c, z, z), t, mask)
         return (nlml / mask.sum(-1).to(nlml.dtype)).sum()
-

@@ -30,8 +30,15 @@ class DKL(MetaLearner):
     """
 
     name = "DKL"
-    defaults = {"hidden": (128,), "out_dim": None, "activation": "relu", "kernel": "matern52",
-                "steps": 200, "lr": 1e-3, "weight_decay": 1e-4}
+    defaults = {
+        "hidden": (128,),
+        "out_dim": None,
+        "activation": "relu",
+        "kernel": "matern52",
+        "steps": 200,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+    }
 
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
         unknown = set(config) - set(self.defaults)
@@ -48,8 +55,13 @@ class DKL(MetaLearner):
         c = self.config
         x, y = check_support(support_x, support_y, self.kind, device=self.device)
         gen = torch.Generator().manual_seed(self.seed)
-        enc = MLPEncoder(x.shape[1], hidden=c["hidden"], out_dim=c["out_dim"],
-                         activation=c["activation"], seed=gen).to(self.device)
+        enc = MLPEncoder(
+            x.shape[1],
+            hidden=c["hidden"],
+            out_dim=c["out_dim"],
+            activation=c["activation"],
+            seed=gen,
+        ).to(self.device)
         targets, _, _ = encode_labels(y[None].double(), self.kind)
         with torch.no_grad():
             centres = prior_centres(self.gp_config, enc(x).double()[None])
@@ -60,14 +72,17 @@ class DKL(MetaLearner):
             theta0[0, names.index("log_lengthscale")] = centres.lengthscale_mode.log()[0]
         theta0[0, names.index("log_noise")] = math.log(self.gp_config.noise_prior_mode)
         theta = torch.nn.Parameter(theta0)
-        opt = torch.optim.Adam([{"params": enc.parameters(), "weight_decay": c["weight_decay"]},
-                                {"params": [theta]}], lr=c["lr"])
+        opt = torch.optim.Adam(
+            [{"params": enc.parameters(), "weight_decay": c["weight_decay"]}, {"params": [theta]}],
+            lr=c["lr"],
+        )
         enc.train()
         for _ in range(int(c["steps"])):
             opt.zero_grad()
             z = enc(x).double()[None]
-            loss = inner_objective(theta, self.gp_config, geometry(self.gp_config, z, z),
-                                   targets, None, centres).sum()
+            loss = inner_objective(
+                theta, self.gp_config, geometry(self.gp_config, z, z), targets, None, centres
+            ).sum()
             loss.backward()
             opt.step()
         enc.eval()

@@ -37,16 +37,24 @@ class MetaBatch:
 
     def to(self, device: torch.device | str) -> MetaBatch:
         return MetaBatch(
-            self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
-            self.query_y.to(device), self.query_mask.to(device), self.names,
+            self.support_x.to(device),
+            self.support_y.to(device),
+            self.query_x.to(device),
+            self.query_y.to(device),
+            self.query_mask.to(device),
+            self.names,
         )
 
     def select(self, index: Sequence[int]) -> MetaBatch:
         """The episodes ``index`` of the batch (for splitting across processes)."""
         idx = torch.as_tensor(list(index), dtype=torch.long)
         return MetaBatch(
-            self.support_x[idx], self.support_y[idx], self.query_x[idx], self.query_y[idx],
-            self.query_mask[idx], [self.names[i] for i in idx.tolist()],
+            self.support_x[idx],
+            self.support_y[idx],
+            self.query_x[idx],
+            self.query_y[idx],
+            self.query_mask[idx],
+            [self.names[i] for i in idx.tolist()],
         )
 
 

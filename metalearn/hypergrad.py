@@ -70,13 +70,17 @@ def conjugate_gradient(
     return x
 
 
-def _solve(spec: _Spec, theta: torch.Tensor, grad_fn_theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``H^-1 v`` at ``theta`` by the configured solver. ``grad_fn_theta`` = dL_in/dtheta (graph)."""
+def _solve(
+    spec: _Spec, theta: torch.Tensor, grad_fn_theta: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """``H^-1 v`` at ``theta``; ``grad_fn_theta`` is dL_in/dtheta with its graph."""
     solver = spec.solver
     n = theta.numel()
     if solver == "auto":
-        solver = "block" if spec.hessian is not None and spec.hessian.dim() == 3 else (
-            "exact" if n <= 256 else "cg"
+        solver = (
+            "block"
+            if spec.hessian is not None and spec.hessian.dim() == 3
+            else ("exact" if n <= 256 else "cg")
         )
 
     def hvp(vec: torch.Tensor, retain: bool = True) -> torch.Tensor:
@@ -87,14 +91,21 @@ def _solve(spec: _Spec, theta: torch.Tensor, grad_fn_theta: torch.Tensor, v: tor
         return conjugate_gradient(hvp, v, tol=spec.cg_tol, max_iter=spec.cg_max_iter)
     if solver == "block":
         if theta.dim() != 2:
-            raise ValueError(f"the block solver needs theta of shape [T, p], got {tuple(theta.shape)}")
+            raise ValueError(
+                f"the block solver needs theta of shape [T, p], got {tuple(theta.shape)}"
+            )
         h = spec.hessian
         if h is None:  # p HVPs give all T blocks (separable objective)
             p = theta.shape[-1]
-            cols = [hvp(torch.nn.functional.one_hot(torch.full(theta.shape[:1], j), p).to(theta)) for j in range(p)]
+            cols = [
+                hvp(torch.nn.functional.one_hot(torch.full(theta.shape[:1], j), p).to(theta))
+                for j in range(p)
+            ]
             h = torch.stack(cols, dim=-1)
         else:
-            h = h.to(theta.dtype) + spec.damping * torch.eye(h.shape[-1], dtype=theta.dtype, device=theta.device)
+            h = h.to(theta.dtype) + spec.damping * torch.eye(
+                h.shape[-1], dtype=theta.dtype, device=theta.device
+            )
         return torch.linalg.solve(h, v[..., None])[..., 0]
     # exact dense solve
     if spec.hessian is not None:
@@ -128,7 +139,9 @@ class _ImplicitArgmin(torch.autograd.Function):
             (g,) = torch.autograd.grad(f, theta, create_graph=True)
             w = _solve(spec, theta, g, grad_theta.detach().to(theta.dtype))
             wanted = [p for p, nd in zip(phi_d, needs) if nd]
-            grads = torch.autograd.grad(g, wanted, grad_outputs=-w, allow_unused=True) if wanted else ()
+            grads = (
+                torch.autograd.grad(g, wanted, grad_outputs=-w, allow_unused=True) if wanted else ()
+            )
         it = iter(grads)
         out = []
         for p, nd in zip(phi, needs):

@@ -62,7 +62,9 @@ class ProtoNet(_DeepKernelBase):
         z_s = z[: b * n_s].reshape(b, n_s, -1)
         z_q = z[b * n_s :].reshape(b, batch.query_x.shape[1], -1)
         logits = _logits(z_s, batch.support_y.to(z.dtype), z_q)
-        ce = F.cross_entropy(logits.reshape(-1, 2), batch.query_y.long().reshape(-1), reduction="none")
+        ce = F.cross_entropy(
+            logits.reshape(-1, 2), batch.query_y.long().reshape(-1), reduction="none"
+        )
         m = batch.query_mask.to(ce.dtype)
         return ((ce.reshape(b, -1) * m).sum(-1) / m.sum(-1)).sum()
 

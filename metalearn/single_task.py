@@ -23,10 +23,15 @@ from probrec.gp.exact import GPConfig
 from probrec.gp.head import FittedGP, GPHead
 
 
-def _columns(x: torch.Tensor, columns: list[int] | tuple[int, int] | None) -> torch.Tensor:
+def _columns(x: Any, columns: tuple[int, int] | None) -> Any:
+    """Columns ``start:stop`` of ``x [n, d]`` (all of them for ``None``)."""
     if columns is None:
         return x
-    if isinstance(columns, (tuple, list)) and len(columns) == 2 and all(isinstance(c, int) for c in columns):
+    if (
+        isinstance(columns, (tuple, list))
+        and len(columns) == 2
+        and all(isinstance(c, int) for c in columns)
+    ):
         return x[:, columns[0] : columns[1]]
     raise ValueError(f"columns must be None or a (start, stop) pair, got {columns!r}")
 
@@ -75,21 +80,23 @@ class GPST(MetaLearner):
 class SklearnPredictor:
     """A fitted scikit-learn estimator behind the :class:`~metalearn.base.Predictor` API."""
 
-    def __init__(self, model: Any, kind: str) -> None:
-        self.model, self.kind = model, kind
+    def __init__(self, model: Any, kind: str, columns: tuple[int, int] | None = None) -> None:
+        self.model, self.kind, self.columns = model, kind, columns
 
     def predict_proba(self, x: Any) -> torch.Tensor:
         if self.kind != "classification":
             raise ValueError("predict_proba is only defined for classification")
-        return torch.as_tensor(self.model.predict_proba(np.asarray(x))[:, 1])
+        return torch.as_tensor(
+            self.model.predict_proba(_columns(np.asarray(x), self.columns))[:, 1]
+        )
 
     def predict(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Classification: ``(p, p (1 - p))``. Regression: mean and, for forests, the variance
         across trees (zeros otherwise)."""
-        x = np.asarray(x)
         if self.kind == "classification":
             p = self.predict_proba(x)
             return p, p * (1 - p)
+        x = _columns(np.asarray(x), self.columns)
         est = getattr(self.model, "best_estimator_", self.model)
         mean = est.predict(x)
         if hasattr(est, "estimators_"):
@@ -100,33 +107,52 @@ class SklearnPredictor:
 
 
 class _SklearnBaseline(MetaLearner):
-    """Grid-searched scikit-learn model per task (subclasses give the estimator and grid)."""
+    """Grid-searched scikit-learn model per task (subclasses give the estimator and grid).
+
+    Config: ``columns`` -- ``(start, stop)`` feature block to use (e.g. the fingerprint
+    counts), ``cv`` -- folds of the grid search (3).
+    """
+
+    def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
+        if isinstance(config.get("columns"), list):
+            config["columns"] = tuple(config["columns"])
+        super().__init__(kind, seed, device, **config)
 
     def _estimator(self) -> tuple[Any, dict[str, list]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def adapt(self, support_x: Any, support_y: Any) -> SklearnPredictor:
         x, y = check_support(support_x, support_y, self.kind, dtype=torch.float64)
-        xn, yn = x.numpy(), y.numpy()
+        columns = self.config.get("columns")
+        xn, yn = _columns(x.numpy(), columns), y.numpy()
         est, grid = self._estimator()
         if self.kind == "classification":
             yn = yn.astype(int)
             n_min = int(min(yn.sum(), len(yn) - yn.sum()))
             folds = min(self.config.get("cv", 3), n_min)
-            cv = StratifiedKFold(folds, shuffle=True, random_state=self.seed) if folds >= 2 else None
+            cv = (
+                StratifiedKFold(folds, shuffle=True, random_state=self.seed) if folds >= 2 else None
+            )
             scoring = "average_precision"
         else:
             folds = min(self.config.get("cv", 3), len(yn) // 2)
             cv = KFold(folds, shuffle=True, random_state=self.seed) if folds >= 2 else None
             scoring = "r2"
-        grid = {k: [v for v in vals if not (k == "n_neighbors" and v >= len(yn) * (folds - 1) / max(folds, 1))]
-                or vals[:1] for k, vals in grid.items()}
+        grid = {
+            k: [
+                v
+                for v in vals
+                if not (k == "n_neighbors" and v >= len(yn) * (folds - 1) / max(folds, 1))
+            ]
+            or vals[:1]
+            for k, vals in grid.items()
+        }
         if cv is not None and any(len(v) > 1 for v in grid.values()):
             model = GridSearchCV(est, grid, cv=cv, scoring=scoring, n_jobs=1, error_score=0.0)
         else:
             model = est.set_params(**{k: v[0] for k, v in grid.items()})
         model.fit(xn, yn)
-        return SklearnPredictor(model, self.kind)
+        return SklearnPredictor(model, self.kind, columns)
 
 
 class RandomForest(_SklearnBaseline):
@@ -137,7 +163,9 @@ class RandomForest(_SklearnBaseline):
 
     def _estimator(self):
         cls = RandomForestClassifier if self.kind == "classification" else RandomForestRegressor
-        est = cls(n_estimators=self.config.get("n_estimators", 200), random_state=self.seed, n_jobs=1)
+        est = cls(
+            n_estimators=self.config.get("n_estimators", 200), random_state=self.seed, n_jobs=1
+        )
         grid = ["sqrt", 0.1] if self.config.get("grid", False) else ["sqrt"]
         return est, {"max_features": grid}
 

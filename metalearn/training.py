@@ -11,6 +11,7 @@ uninterrupted single-process run.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,6 +104,30 @@ def _all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
+def meta_gradient(
+    learner: EpisodicLearner, batch: MetaBatch, batch_size: int, params: list[torch.nn.Parameter]
+) -> float:
+    """Backpropagates the meta-loss of ``batch`` into ``params`` (``.grad`` accumulates).
+
+    Under ``torch.distributed`` each rank takes the episodes ``rank, rank + world, ...`` of the
+    batch, and the gradients and the loss are summed across ranks, so every rank ends with the
+    gradient of the mean loss over the whole meta-batch -- the same as one process.
+
+    Returns:
+        The meta-loss (mean over the ``batch_size`` tasks).
+    """
+    rank, world = _dist_info()
+    if world > 1:
+        batch = batch.select(range(rank, len(batch), world))
+    loss = learner.episode_loss(batch.to(learner.device)) / batch_size
+    loss.backward()
+    value = loss.detach().clone()
+    if world > 1:
+        _all_reduce_grads(params)
+        dist.all_reduce(value)
+    return float(value)
+
+
 def meta_train(
     learner: EpisodicLearner,
     train_tasks: list[Task],
@@ -142,9 +167,16 @@ def meta_train(
     modules = learner.trainable_modules()
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    hist: dict[str, Any] = {"step": [], "loss": [], "valid_step": [], "valid_score": [],
-                            "best_step": -1, "best_score": float("-inf"), "seconds": 0.0,
-                            "config": asdict(config)}
+    hist: dict[str, Any] = {
+        "step": [],
+        "loss": [],
+        "valid_step": [],
+        "valid_score": [],
+        "best_step": -1,
+        "best_score": float("-inf"),
+        "seconds": 0.0,
+        "config": asdict(config),
+    }
     best_state = None
     start = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
@@ -157,38 +189,41 @@ def meta_train(
         best_state = saved["best_modules"]
         start = int(saved["step"])
     t0 = time.perf_counter() - float(hist.get("seconds", 0.0))
-    bar = track(range(start, config.n_steps), progress=progress if rank == 0 else False,
-                desc=f"meta-train {type(learner).__name__}", initial=start, total=config.n_steps)
+    bar = track(
+        range(start, config.n_steps),
+        progress=progress if rank == 0 else False,
+        desc=f"meta-train {type(learner).__name__}",
+        initial=start,
+        total=config.n_steps,
+    )
     for step in bar:
         for m in modules.values():
             m.train()
         rng = np.random.default_rng([learner.seed, step])
-        batch = sample_meta_batch(train, config.batch_size, config.support_size, config.query_size, rng)
-        if world > 1:
-            batch = batch.select(range(rank, len(batch), world))
+        batch = sample_meta_batch(
+            train, config.batch_size, config.support_size, config.query_size, rng
+        )
         opt.zero_grad(set_to_none=True)
-        loss = learner.episode_loss(batch.to(learner.device)) / config.batch_size
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"meta-loss is not finite at step {step} (tasks {batch.names})")
-        loss.backward()
-        if world > 1:
-            _all_reduce_grads(params)
-            lt = loss.detach().clone()
-            dist.all_reduce(lt)
-            loss = lt
+        loss = meta_gradient(learner, batch, config.batch_size, params)
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"meta-loss is not finite at step {step} (tasks {batch.names})"
+            )
         if config.clip_norm:
             torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
         opt.step()
         hist["step"].append(step)
-        hist["loss"].append(float(loss))
+        hist["loss"].append(loss)
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{float(loss):.4f}", best=f"{hist['best_score']:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", best=f"{hist['best_score']:.4f}")
         last = step + 1 == config.n_steps
         if (step + 1) % config.eval_every == 0 or last:
             for m in modules.values():
                 m.eval()
             if valid:
-                score = validation_score(learner, valid, config.valid_support_size, config.valid_seeds)
+                score = validation_score(
+                    learner, valid, config.valid_support_size, config.valid_seeds
+                )
                 hist["valid_step"].append(step + 1)
                 hist["valid_score"].append(score)
                 if np.isfinite(score) and score > hist["best_score"]:
@@ -198,8 +233,16 @@ def meta_train(
             if ckpt is not None and rank == 0:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt.with_suffix(".tmp")
-                torch.save({"learner": learner.state(), "optimizer": opt.state_dict(),
-                            "history": hist, "best_modules": best_state, "step": step + 1}, tmp)
+                torch.save(
+                    {
+                        "learner": learner.state(),
+                        "optimizer": opt.state_dict(),
+                        "history": hist,
+                        "best_modules": best_state,
+                        "step": step + 1,
+                    },
+                    tmp,
+                )
                 tmp.replace(ckpt)
     if best_state is not None:
         for k, m in modules.items():

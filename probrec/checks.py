@@ -47,7 +47,9 @@ def as_float_tensor(
         try:
             arr = np.asarray(value)
         except Exception as exc:  # pragma: no cover - numpy raises many types
-            raise TypeError(f"{name} must be numeric array-like, got {type(value).__name__}") from exc
+            raise TypeError(
+                f"{name} must be numeric array-like, got {type(value).__name__}"
+            ) from exc
         if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
             raise TypeError(f"{name} must be numeric array-like, got dtype {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))

@@ -20,7 +20,16 @@ from typing import Any
 
 # (name, "module:function", one-line description)
 SECTIONS: list[tuple[str, str, str]] = [
-    ("data", "probrec.demo:data_section", "embedded ChEMBL assay, featurised, single-task baselines"),
+    (
+        "data",
+        "probrec.demo:data_section",
+        "embedded ChEMBL assay, featurised, single-task baselines",
+    ),
+    (
+        "fewshot",
+        "metalearn.demo:run_section",
+        "meta-train ADKF-IFT / DKT on NCI pretext tasks, adapt to ChEMBL",
+    ),
 ]
 
 
@@ -57,8 +66,11 @@ def data_section(ctx: DemoContext) -> dict[str, Any]:
     x = feat.fit_transform(list(task.inputs))
     task = task.with_inputs(x)
     results: dict[str, Any] = {
-        "task": task.name, "n_molecules": len(task), "n_features": int(x.shape[1]),
-        "threshold": task.metadata["threshold"], "delta_auprc": {},
+        "task": task.name,
+        "n_molecules": len(task),
+        "n_features": int(x.shape[1]),
+        "threshold": task.metadata["threshold"],
+        "delta_auprc": {},
     }
     n_rep = 3 if ctx.quick else 10
     for size in (16, 64):
@@ -98,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smaller settings (for tests)")
     parser.add_argument(
-        "--sections", default=",".join(n for n, _, _ in SECTIONS),
+        "--sections",
+        default=",".join(n for n, _, _ in SECTIONS),
         help=f"comma-separated subset of: {', '.join(n for n, _, _ in SECTIONS)}",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -118,8 +131,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out, args.seed, False if args.no_progress else True, args.quick)
     report: dict[str, Any] = {
-        "probrec": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "seed": args.seed, "quick": args.quick, "sections": {},
+        "probrec": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "seed": args.seed,
+        "quick": args.quick,
+        "sections": {},
     }
     print(f"probrec demo: writing the report to {out}")
     t_all = time.perf_counter()

@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# small tensors on a shared 2-core machine: one thread avoids oversubscription stalls
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PROBREC_DATA", REPO.parent / "shared" / "data"))

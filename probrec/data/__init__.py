@@ -4,10 +4,12 @@ Public names: :class:`Task`, :class:`Episode`, :class:`TaskSet`, :func:`sample_e
 :func:`split_tasks`, :func:`load_moleculenet`, :func:`load_regression_csv`,
 :func:`load_regression_set`, :func:`load_fsmol_task`, :func:`load_fsmol_split`,
 :func:`load_chembl_assay_table`, :class:`MoleculeFeaturizer`, :func:`featurize_tasks`,
-:func:`load_rdkit_chembl_assay`, :func:`sinusoid_tasks`, :func:`latent_feature_tasks`.
+:func:`load_fsmol_dir`, :func:`clean_chembl_assay_table`, :class:`CleanedAssay`,
+:class:`ExcludedTaskError`, :func:`load_rdkit_chembl_assay`, :func:`load_nci_smiles`,
+:func:`sinusoid_tasks`, :func:`latent_feature_tasks`, :func:`descriptor_tasks`.
 """
 
-from probrec.data.embedded import load_rdkit_chembl_assay
+from probrec.data.embedded import load_nci_smiles, load_rdkit_chembl_assay
 from probrec.data.featurize import MoleculeFeaturizer, featurize_tasks
 from probrec.data.fsmol import (
     CleanedAssay,
@@ -19,7 +21,7 @@ from probrec.data.fsmol import (
     load_fsmol_task,
 )
 from probrec.data.moleculenet import load_moleculenet, load_regression_csv, load_regression_set
-from probrec.data.synthetic import latent_feature_tasks, sinusoid_tasks
+from probrec.data.synthetic import descriptor_tasks, latent_feature_tasks, sinusoid_tasks
 from probrec.data.tasks import (
     Episode,
     RowView,
@@ -40,6 +42,7 @@ __all__ = [
     "TaskSet",
     "check_two_classes",
     "clean_chembl_assay_table",
+    "descriptor_tasks",
     "featurize_tasks",
     "latent_feature_tasks",
     "load_chembl_assay_table",
@@ -47,6 +50,7 @@ __all__ = [
     "load_fsmol_split",
     "load_fsmol_task",
     "load_moleculenet",
+    "load_nci_smiles",
     "load_rdkit_chembl_assay",
     "load_regression_csv",
     "load_regression_set",

@@ -1,7 +1,8 @@
 """Real data that ships with the installed dependencies, for demos and offline tests.
 
 The RDKit wheel carries one ChEMBL assay (``rdkit/Contrib/FreeWilson/data``):
-CHEMBL2321810, 1,017 molecules with pIC50-like activities, used by RDKit's Free-Wilson example.
+CHEMBL2321810, 1,017 molecules with pIC50-like activities, used by RDKit's Free-Wilson example;
+and the first 5,000 molecules of the NCI open database (``rdkit/Data/NCI/first_5K.smi``).
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ def rdkit_data_dir() -> Path:
     try:
         import rdkit
     except ImportError as exc:  # pragma: no cover
-        raise ImportError("the embedded ChEMBL assay ships with RDKit: pip install 'probrec[mol]'") from exc
+        raise ImportError(
+            "the embedded ChEMBL assay ships with RDKit: pip install 'probrec[mol]'"
+        ) from exc
     path = Path(rdkit.__file__).parent / "Contrib" / "FreeWilson" / "data"
     if not (path / f"{CHEMBL_ASSAY}.smi").exists():
         raise FileNotFoundError(f"{CHEMBL_ASSAY}.smi not found under {path}; is RDKit complete?")
     return path
 
 
-def load_rdkit_chembl_assay(
-    kind: str = "regression", threshold: float | None = None
-) -> Task:
+def load_rdkit_chembl_assay(kind: str = "regression", threshold: float | None = None) -> Task:
     """Loads ChEMBL assay CHEMBL2321810 from the RDKit wheel.
 
     Args:
@@ -65,3 +66,21 @@ def load_rdkit_chembl_assay(
         meta["threshold"] = thr
         y = (y >= thr).astype(np.float64)
     return Task(x, y, kind, CHEMBL_ASSAY, meta)
+
+
+def load_nci_smiles(n: int | None = None) -> list[str]:
+    """The first ``n`` (default all 5,000) valid SMILES of the NCI set shipped with RDKit."""
+    from probrec.data.featurize import parse_smiles
+
+    try:
+        import rdkit
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("the NCI molecules ship with RDKit: pip install 'probrec[mol]'") from exc
+    path = Path(rdkit.__file__).parent / "Data" / "NCI" / "first_5K.smi"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; is RDKit complete?")
+    smiles = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    _, bad = parse_smiles(smiles)
+    bad_set = set(bad)
+    valid = [s for i, s in enumerate(smiles) if i not in bad_set]
+    return valid if n is None else valid[:n]

@@ -21,7 +21,7 @@ import numpy as np
 
 from probrec.progress import track
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -36,9 +36,7 @@ def _require_rdkit():
         RDLogger.DisableLog("rdApp.*")
         return Chem
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "molecule featurisation needs RDKit: pip install 'probrec[mol]'"
-        ) from exc
+        raise ImportError("molecule featurisation needs RDKit: pip install 'probrec[mol]'") from exc
 
 
 def parse_smiles(smiles: Sequence[str]) -> tuple[list[Any], list[int]]:
@@ -77,8 +75,10 @@ def _descriptor_values(mol: Any, funcs: Sequence[tuple[str, Any]]) -> list[float
         est = EStateIndices(mol, force=True)
         if len(est):
             shared.update(
-                MaxEStateIndex=float(max(est)), MinEStateIndex=float(min(est)),
-                MaxAbsEStateIndex=float(max(abs(est))), MinAbsEStateIndex=float(min(abs(est))),
+                MaxEStateIndex=float(max(est)),
+                MinEStateIndex=float(min(est)),
+                MaxAbsEStateIndex=float(max(abs(est))),
+                MinAbsEStateIndex=float(min(abs(est))),
             )
         adj = np.equal(_distance_matrix(mol), 1)
         cpoly = abs(Graphs.CharacteristicPolynomial(mol, adj))
@@ -262,8 +262,11 @@ class MoleculeFeaturizer:
             tmp = path.with_suffix(".tmp.npz")
             fp = raw[:, : self.n_bits] if self.fingerprint else np.zeros((len(raw), 0))
             desc = raw[:, -self.n_desc :] if self.descriptors else np.zeros((len(raw), 0))
-            np.savez(tmp, fp=fp.astype(np.uint16 if fp.max(initial=0) < 65535 else np.float32),
-                     desc=desc.astype(np.float32))
+            np.savez(
+                tmp,
+                fp=fp.astype(np.uint16 if fp.max(initial=0) < 65535 else np.float32),
+                desc=desc.astype(np.float64),
+            )
             os.replace(tmp, path)
         return raw
 
@@ -286,9 +289,11 @@ class MoleculeFeaturizer:
         return self
 
     def transform_raw(self, raw: np.ndarray) -> np.ndarray:
-        """Applies the fitted standardisation to :meth:`raw_features` output; ``[n, dim]`` float32."""
+        """Standardises :meth:`raw_features` output; returns ``[n, dim]`` float32."""
         if self.n_desc and self.stats_ is None:
-            raise ValueError("MoleculeFeaturizer is not fitted: call fit() on training SMILES first")
+            raise ValueError(
+                "MoleculeFeaturizer is not fitted: call fit() on training SMILES first"
+            )
         out = np.empty(raw.shape, dtype=np.float32)
         n_fp = raw.shape[1] - self.n_desc
         fp = raw[:, :n_fp]
@@ -312,11 +317,16 @@ class MoleculeFeaturizer:
         """Configuration and fitted statistics (for checkpoints)."""
         return {
             "config": {
-                "fingerprint": self.fingerprint, "descriptors": self.descriptors,
-                "radius": self.radius, "n_bits": self.n_bits,
-                "count_transform": self.count_transform, "clip": self.clip,
+                "fingerprint": self.fingerprint,
+                "descriptors": self.descriptors,
+                "radius": self.radius,
+                "n_bits": self.n_bits,
+                "count_transform": self.count_transform,
+                "clip": self.clip,
             },
-            "stats": None if self.stats_ is None else {k: v.tolist() for k, v in self.stats_.items()},
+            "stats": None
+            if self.stats_ is None
+            else {k: v.tolist() for k, v in self.stats_.items()},
         }
 
     @classmethod
@@ -345,12 +355,16 @@ def featurize_tasks(
     """
     from probrec.data.tasks import RowView
 
-    unique = sorted({s for t in tasks for s in t.inputs} | {s for t in (fit_on or []) for s in t.inputs})
+    unique = sorted(
+        {s for t in tasks for s in t.inputs} | {s for t in (fit_on or []) for s in t.inputs}
+    )
     index = {s: i for i, s in enumerate(unique)}
     raw = featurizer.raw_features(unique)
     if fit_on is not None:
         rows = sorted({index[s] for t in fit_on for s in t.inputs})
         featurizer.fit_raw(raw[rows])
     feats = featurizer.transform_raw(raw)
-    return [t.with_inputs(RowView(feats, np.fromiter((index[s] for s in t.inputs), np.int64, len(t))))
-            for t in tasks]
+    return [
+        t.with_inputs(RowView(feats, np.fromiter((index[s] for s in t.inputs), np.int64, len(t))))
+        for t in tasks
+    ]

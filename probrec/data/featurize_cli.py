@@ -12,7 +12,9 @@ import numpy as np
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("csv", help="CSV (or .csv.gz) with a SMILES column")
     parser.add_argument("--smiles-column", default=None, help="name of the SMILES column")
-    parser.add_argument("--out", default=None, help="output .npy (default: <csv stem>.features.npy)")
+    parser.add_argument(
+        "--out", default=None, help="output .npy (default: <csv stem>.features.npy)"
+    )
     parser.add_argument("--no-descriptors", action="store_true", help="fingerprints only")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes")
     parser.add_argument("--no-progress", action="store_true")
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     _, bad = parse_smiles(smiles)
     valid = [s for i, s in enumerate(smiles) if i not in set(bad)]
     f = MoleculeFeaturizer(
-        descriptors=not args.no_descriptors, n_jobs=args.jobs,
+        descriptors=not args.no_descriptors,
+        n_jobs=args.jobs,
         progress=False if args.no_progress else None,
     )
     t = time.perf_counter()

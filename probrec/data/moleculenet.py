@@ -36,7 +36,9 @@ def _read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
 def _find_smiles_column(header: Sequence[str], smiles_column: str | None) -> int:
     if smiles_column is not None:
         if smiles_column not in header:
-            raise ValueError(f"smiles_column {smiles_column!r} not in the CSV columns {list(header)}")
+            raise ValueError(
+                f"smiles_column {smiles_column!r} not in the CSV columns {list(header)}"
+            )
         return header.index(smiles_column)
     for i, h in enumerate(header):
         if h.lower() in ("smiles", "canonical_smiles", "mol"):
@@ -113,9 +115,7 @@ def load_moleculenet(
         mask = keep & np.isfinite(labels[:, j])
         if mask.sum() < min_size:
             continue
-        out.append(
-            Task(smiles_arr[mask], labels[mask, j], kind, header[c], {"source": str(path)})
-        )
+        out.append(Task(smiles_arr[mask], labels[mask, j], kind, header[c], {"source": str(path)}))
     return TaskSet(out, skipped=[smiles[i] for i in bad], source=str(path))
 
 
@@ -145,7 +145,9 @@ def load_regression_csv(
     header, rows = _read_csv(path)
     if label_column not in header:
         raise ValueError(f"label_column {label_column!r} not in the CSV columns {header}")
-    ts = load_moleculenet(path, smiles_column=smiles_column, tasks=[label_column], kind="regression")
+    ts = load_moleculenet(
+        path, smiles_column=smiles_column, tasks=[label_column], kind="regression"
+    )
     task = ts[0]
     y = task.labels if transform is None else np.asarray(transform(task.labels), dtype=float)
     finite = np.isfinite(y)

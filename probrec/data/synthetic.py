@@ -9,6 +9,9 @@ Two families with shared structure that meta-learning can exploit:
   latent features ``h = tanh(W x)`` shared by every task of the family, each task with its own
   linear read-out: ``y = w_t^T h + noise`` (regression) or ``1[w_t^T h + b_t > 0]``
   (classification). A feature extractor meta-learned across tasks can recover ``h``.
+* :func:`descriptor_tasks`: a family over real molecules whose labels are thresholded random
+  nonlinear combinations of a few standardised RDKit descriptors (a pretext family for
+  meta-training a molecule encoder without assay data).
 """
 
 from __future__ import annotations
@@ -83,3 +86,45 @@ def latent_feature_tasks(
             y = f
         out.append(Task(x, y, kind, f"latent-{kind[:3]}-{t}", {"readout": w.tolist()}))
     return TaskSet(out, source=f"latent_feature_tasks(seed={seed})")
+
+
+def descriptor_tasks(
+    smiles: list[str],
+    n_tasks: int,
+    n_points: int = 128,
+    *,
+    n_terms: int = 3,
+    noise: float = 0.2,
+    seed: int = 0,
+    cache_dir=None,
+) -> TaskSet:
+    """Classification tasks over molecules from RDKit descriptors.
+
+    Task ``t`` draws ``n_points`` molecules, a random combination
+    ``s = sum_k w_k tanh(d_k)`` of ``n_terms`` standardised descriptors ``d_k`` plus Gaussian
+    noise, and labels the molecules above a random quantile (50-80 %) of ``s`` positive.
+    Inputs are SMILES (featurise them, e.g. with Morgan counts, to learn from structure).
+
+    Returns:
+        ``n_tasks`` classification tasks named ``descriptor-<t>``.
+    """
+    from probrec.data.featurize import MoleculeFeaturizer
+
+    check_positive_int(n_tasks, "n_tasks")
+    if n_points > len(smiles):
+        raise ValueError(f"n_points {n_points} exceeds the {len(smiles)} molecules given")
+    feat = MoleculeFeaturizer(fingerprint=False, cache_dir=cache_dir, progress=False)
+    desc = feat.fit_transform(smiles).astype(np.float64)
+    informative = np.flatnonzero(desc.std(0) > 0.3)
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(smiles, dtype=object)
+    out = []
+    for t in range(n_tasks):
+        rows = rng.choice(len(smiles), n_points, replace=False)
+        cols = rng.choice(informative, n_terms, replace=False)
+        w = rng.standard_normal(n_terms)
+        s = np.tanh(desc[np.ix_(rows, cols)]) @ w + noise * rng.standard_normal(n_points)
+        y = (s > np.quantile(s, rng.uniform(0.5, 0.8))).astype(np.float64)
+        meta = {"descriptors": [feat.feature_names[c] for c in cols], "weights": w.tolist()}
+        out.append(Task(arr[rows], y, "classification", f"descriptor-{t}", meta))
+    return TaskSet(out, source=f"descriptor_tasks(seed={seed})")

@@ -123,8 +123,12 @@ class Task:
             )
         if self.kind == "classification" and not np.isin(labels, (0.0, 1.0)).all():
             raise ValueError(f"classification labels of task {self.name!r} must be 0 or 1")
-        if isinstance(inputs, np.ndarray) and inputs.dtype != object and inputs.ndim == 2 \
-                and not np.isfinite(inputs).all():
+        if (
+            isinstance(inputs, np.ndarray)
+            and inputs.dtype != object
+            and inputs.ndim == 2
+            and not np.isfinite(inputs).all()
+        ):
             raise ValueError(f"inputs of task {self.name!r} contain NaN/inf features")
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "labels", labels)
@@ -133,7 +137,9 @@ class Task:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        extra = f", positive_fraction={self.positive_fraction:.3f}" if self.is_classification else ""
+        extra = (
+            f", positive_fraction={self.positive_fraction:.3f}" if self.is_classification else ""
+        )
         return f"Task(name={self.name!r}, kind={self.kind!r}, n={len(self)}{extra})"
 
     @property
@@ -330,7 +336,9 @@ class TaskSet(list):
         source: where the tasks came from (path or description).
     """
 
-    def __init__(self, tasks: Iterable[Task] = (), *, skipped: Sequence[str] = (), source: str = ""):
+    def __init__(
+        self, tasks: Iterable[Task] = (), *, skipped: Sequence[str] = (), source: str = ""
+    ):
         super().__init__(tasks)
         self.skipped = list(skipped)
         self.source = source

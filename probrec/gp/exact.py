@@ -152,7 +152,9 @@ def kernel_from_geometry(theta: torch.Tensor, config: GPConfig, geom: torch.Tens
     return h.outputscale[:, None, None] * correlation_from_geometry(config, geom, h.lengthscale)
 
 
-def kernel_matrix(theta: torch.Tensor, config: GPConfig, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+def kernel_matrix(
+    theta: torch.Tensor, config: GPConfig, x1: torch.Tensor, x2: torch.Tensor
+) -> torch.Tensor:
     """``outputscale * correlation(x1, x2)``, ``[T, n, m]``, from features ``[T, n, d]``."""
     return kernel_from_geometry(theta, config, geometry(config, x1, x2))
 
@@ -187,7 +189,9 @@ class PriorCentres:
     lengthscale_mode: torch.Tensor | None
 
 
-def prior_centres(config: GPConfig, z: torch.Tensor, mask: torch.Tensor | None = None) -> PriorCentres:
+def prior_centres(
+    config: GPConfig, z: torch.Tensor, mask: torch.Tensor | None = None
+) -> PriorCentres:
     """Per-task prior modes: the lengthscale prior's mode is the median heuristic of ``z``.
 
     As in the reference implementation the centre is computed from detached features and
@@ -266,7 +270,9 @@ def train_covariance(
     if mask is None:
         return k + h.noise[:, None, None] * eye
     m = mask.to(k.dtype)
-    return k * (m[:, :, None] * m[:, None, :]) + eye * (h.noise[:, None] * m + (1.0 - m))[:, :, None]
+    return (
+        k * (m[:, :, None] * m[:, None, :]) + eye * (h.noise[:, None] * m + (1.0 - m))[:, :, None]
+    )
 
 
 def _n_valid(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -396,7 +402,9 @@ def inner_objective_derivatives(
     for i in range(p_k):
         g[:, i] = 0.5 * mats[i].diagonal(dim1=-2, dim2=-1).sum(-1) - 0.5 * (alpha * bs[i]).sum(-1)
         for j in range(i, p_k):
-            val = -0.5 * (mats[i] * mats[j].transpose(-1, -2)).sum((-1, -2)) + (bs[i] * cs[j]).sum(-1)
+            val = -0.5 * (mats[i] * mats[j].transpose(-1, -2)).sum((-1, -2)) + (bs[i] * cs[j]).sum(
+                -1
+            )
             if i == j or (h.lengthscale is not None and i == 0 and j == 1):
                 # second-derivative matrices: D_ll, D_ls = D_l, D_ss = D_s, D_nn = D_n
                 if h.lengthscale is not None and i == 0 and j == 0:
@@ -511,7 +519,12 @@ def posterior(
     full_cov: bool = False,
 ) -> Posterior:
     """:func:`posterior_from_geometry` from features ``z_s [T, n, d]`` and ``z_q [T, m, d]``."""
-    if z_s.dim() != 3 or z_q.dim() != 3 or z_q.shape[0] != z_s.shape[0] or z_q.shape[-1] != z_s.shape[-1]:
+    if (
+        z_s.dim() != 3
+        or z_q.dim() != 3
+        or z_q.shape[0] != z_s.shape[0]
+        or z_q.shape[-1] != z_s.shape[-1]
+    ):
         raise ValueError(
             f"support and query features must be [T, n, d] and [T, m, d] with the same T and d, "
             f"got {tuple(z_s.shape)} and {tuple(z_q.shape)}"
@@ -546,7 +559,10 @@ def predictive_nll(
     if post.cov is None:
         raise ValueError("the joint predictive NLL needs a posterior computed with full_cov=True")
     eye = torch.eye(post.cov.shape[-1], dtype=post.cov.dtype, device=post.cov.device)
-    cov = post.cov * (m[:, :, None] * m[:, None, :]) + eye * (post.noise[:, None] * m + (1 - m))[:, :, None]
+    cov = (
+        post.cov * (m[:, :, None] * m[:, None, :])
+        + eye * (post.noise[:, None] * m + (1 - m))[:, :, None]
+    )
     chol = robust_cholesky(cov)
     w = torch.linalg.solve_triangular(chol, (r * m).to(chol.dtype)[..., None], upper=False)[..., 0]
     logdet = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)

@@ -86,7 +86,9 @@ def fit_hyperparameters(
     dt = dtype or geom.dtype
     g = geom.detach().to(dt)
     yy = y.detach().to(dt)
-    cen = PriorCentres(None if centres.lengthscale_mode is None else centres.lengthscale_mode.to(dt))
+    cen = PriorCentres(
+        None if centres.lengthscale_mode is None else centres.lengthscale_mode.to(dt)
+    )
     th0 = initial_theta(config, yy, mask, cen) if theta0 is None else theta0.detach().to(dt)
     t = g.shape[0]
 
@@ -94,7 +96,10 @@ def fit_hyperparameters(
         k = theta.shape[0] // t
         if k == 1:
             return inner_objective(theta, config, g, yy, mask, cen)
-        rep = (lambda a: None if a is None else a.repeat(k, *([1] * (a.dim() - 1))))
+
+        def rep(a: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None else a.repeat(k, *([1] * (a.dim() - 1)))
+
         c = PriorCentres(rep(cen.lengthscale_mode))
         return inner_objective(theta, config, rep(g), rep(yy), rep(mask), c)
 
@@ -106,5 +111,11 @@ def fit_hyperparameters(
         objective, th0, derivatives=derivatives, tol=tol, max_iter=max_iter
     )
     return FitResult(
-        res.theta.to(out_dtype), config.names, res.value, res.grad_norm, res.converged, res.n_iter, res.hessian
+        res.theta.to(out_dtype),
+        config.names,
+        res.value,
+        res.grad_norm,
+        res.converged,
+        res.n_iter,
+        res.hessian,
     )

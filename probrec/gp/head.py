@@ -100,8 +100,12 @@ class FittedGP:
         z = self._query(z_q)
         c = self.config
         post = posterior_from_geometry(
-            self.theta, c, geometry(c, self.z_s, self.z_s), geometry(c, self.z_s, z),
-            self.targets, self.mask,
+            self.theta,
+            c,
+            geometry(c, self.z_s, self.z_s),
+            geometry(c, self.z_s, z),
+            self.targets,
+            self.mask,
         )
         if not self.batched:
             return post.mean[0], post.var[0]
@@ -137,7 +141,9 @@ class FittedGP:
             out["lengthscale"] = h.lengthscale
         return {k: (v if self.batched else v[0]) for k, v in out.items()}
 
-    def to_gpytorch(self) -> tuple[gpytorch.models.ExactGP, gpytorch.likelihoods.GaussianLikelihood]:
+    def to_gpytorch(
+        self,
+    ) -> tuple[gpytorch.models.ExactGP, gpytorch.likelihoods.GaussianLikelihood]:
         """An equivalent gpytorch exact GP (single task, in eval mode) and its likelihood.
 
         The model is trained on the encoded targets, so its predictions are on the encoded
@@ -164,10 +170,18 @@ class FittedGP:
 
 
 class _ExactGP(gpytorch.models.ExactGP):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, lik: gpytorch.likelihoods.Likelihood, config: GPConfig):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        lik: gpytorch.likelihoods.Likelihood,
+        config: GPConfig,
+    ):
         super().__init__(x, y, lik)
         self.mean_module = (
-            gpytorch.means.ConstantMean() if config.mean == "constant" else gpytorch.means.ZeroMean()
+            gpytorch.means.ConstantMean()
+            if config.mean == "constant"
+            else gpytorch.means.ZeroMean()
         )
         self.covar_module = gpytorch_kernel(config.kernel)
         self.to(x)

@@ -62,7 +62,9 @@ def rbf(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor) -> torch.
     return rbf_from_sqdist(squared_distance(x1, x2), lengthscale)
 
 
-def tanimoto(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor | None = None) -> torch.Tensor:
+def tanimoto(
+    x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor | None = None
+) -> torch.Tensor:
     """MinMax (Tanimoto) similarity ``sum_i min(x_i, y_i) / sum_i max(x_i, y_i)``.
 
     For non-negative inputs (fingerprint counts); equals the Jaccard index on binary vectors.
@@ -113,14 +115,17 @@ class TanimotoKernel(gpytorch.kernels.Kernel):
 
     has_lengthscale = False
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params) -> torch.Tensor:
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params
+    ) -> torch.Tensor:
         if diag:
             return torch.ones(x1.shape[:-1], dtype=x1.dtype, device=x1.device)
         return tanimoto(x1, x2)
 
 
-def gpytorch_kernel(name: str, batch_shape: torch.Size = torch.Size()) -> gpytorch.kernels.Kernel:
+def gpytorch_kernel(name: str, batch_shape: torch.Size | None = None) -> gpytorch.kernels.Kernel:
     """The gpytorch equivalent of a named kernel, with an outputscale (``ScaleKernel``)."""
+    batch_shape = torch.Size() if batch_shape is None else torch.Size(batch_shape)
     if name == "matern52":
         base = gpytorch.kernels.MaternKernel(nu=2.5, batch_shape=batch_shape)
     elif name == "rbf":

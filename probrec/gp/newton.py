@@ -100,7 +100,9 @@ def batched_newton(
     f, g, h = derivs(theta)
     if not bool(torch.isfinite(f).all()):
         bad = torch.nonzero(~torch.isfinite(f)).flatten().tolist()
-        raise ValueError(f"inner objective is not finite at the starting point for tasks {bad[:10]}")
+        raise ValueError(
+            f"inner objective is not finite at the starting point for tasks {bad[:10]}"
+        )
     steps = torch.tensor(STEP_SIZES, dtype=theta.dtype, device=theta.device)
     for _ in range(max_iter):
         gnorm = g.norm(dim=-1)
@@ -118,10 +120,17 @@ def batched_newton(
         trial = (theta[None] + steps[:, None, None] * d[None]).reshape(k * t, -1)
         with torch.no_grad():
             f_trial = fn_tiled(fn, trial, k, t)
-        f_trial = torch.where(torch.isfinite(f_trial), f_trial, torch.full_like(f_trial, float("inf")))
+        f_trial = torch.where(
+            torch.isfinite(f_trial), f_trial, torch.full_like(f_trial, float("inf"))
+        )
         slope = (g * d).sum(-1)  # negative for descent directions
-        ok = f_trial <= f[None] + 1e-4 * steps[:, None] * slope[None]
-        first_ok = torch.where(ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(gnorm, k, dtype=torch.long))
+        # Armijo condition, with slack at the level of round-off so that the final,
+        # quadratically convergent steps (predicted decrease ~ 1e-17) are not rejected
+        slack = 4 * torch.finfo(f.dtype).eps * (1.0 + f.abs())
+        ok = f_trial <= f[None] + 1e-4 * steps[:, None] * slope[None] + slack[None]
+        first_ok = torch.where(
+            ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(gnorm, k, dtype=torch.long)
+        )
         has_step = (first_ok < k) & active
         if not bool(has_step.any()):
             break

@@ -18,7 +18,10 @@ def test_help_lists_commands(capsys):
 
 
 def test_cli_does_not_import_siblings():
-    code = "import sys, probrec.cli, probrec.data; print('metalearn' in sys.modules, 'samplers' in sys.modules)"
+    code = (
+        "import sys, probrec.cli, probrec.data; "
+        "print('metalearn' in sys.modules, 'samplers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
 
@@ -32,7 +35,10 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_demo_data_section(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--quick", "--sections", "data", "--no-progress"]) == 0
+    assert (
+        main(["demo", "--out", str(tmp_path), "--quick", "--sections", "data", "--no-progress"])
+        == 0
+    )
     rep = json.loads((tmp_path / "report.json").read_text())
     d = rep["sections"]["data"]
     assert d["n_molecules"] == 1017

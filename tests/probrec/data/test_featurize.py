@@ -21,7 +21,9 @@ def test_fingerprint_counts_and_standardisation(tmp_path):
     x = f.fit_transform(SMILES)
     assert x.shape == (5, 2048 + len(Descriptors._descList)) and x.dtype == np.float32
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
-    np.testing.assert_array_equal(x[1, :2048], gen.GetCountFingerprintAsNumPy(Chem.MolFromSmiles(SMILES[1])))
+    np.testing.assert_array_equal(
+        x[1, :2048], gen.GetCountFingerprintAsNumPy(Chem.MolFromSmiles(SMILES[1]))
+    )
     desc = x[:, 2048:]
     assert np.isfinite(desc).all()
     varying = desc.std(0) > 0

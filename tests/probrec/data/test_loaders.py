@@ -78,8 +78,15 @@ def test_toxcast_500_tasks(shared_data):
 
 @pytest.mark.data
 @pytest.mark.parametrize(
-    "name,n", [("esol", 1128), ("freesolv", 642), ("lipophilicity", 4200),
-               ("covid_moonshot", 1926), ("dockstring_esr2", 2312), ("cep_pce", 2012)]
+    "name,n",
+    [
+        ("esol", 1128),
+        ("freesolv", 642),
+        ("lipophilicity", 4200),
+        ("covid_moonshot", 1926),
+        ("dockstring_esr2", 2312),
+        ("cep_pce", 2012),
+    ],
 )
 def test_regression_sets(shared_data, name, n):
     t = load_regression_set(name, shared_data)

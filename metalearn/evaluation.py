@@ -1,0 +1,198 @@
+"""The FS-Mol evaluation protocol for few-shot learners (Stanley et al., NeurIPS 2021).
+
+For every test task and support size (16, 32, 64, 128 by default), support sets are drawn
+stratified with several seeds and the query set is the rest of the task. Classification is
+scored by delta-AUPRC, regression by out-of-sample R^2 (training mean as zero). Per task the
+seeds are averaged; the summary is the mean and standard error across tasks. Tasks too small
+for a support size, or whose query set would miss a class, are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metalearn.base import MetaLearner
+from metalearn.metrics import delta_auprc, mean_and_se, r2_os
+from probrec.data.tasks import Task, sample_episode
+from probrec.progress import track
+
+
+@dataclass
+class EvalResult:
+    """Scores of several learners on several tasks.
+
+    Attributes:
+        metric: ``"delta_auprc"`` or ``"r2_os"``.
+        rows: one dict per (learner, task, support size, seed) with its score.
+        skipped: per support size, the tasks that could not be evaluated.
+        seconds: wall time per learner.
+    """
+
+    metric: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[int, list[str]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def per_task(self) -> dict[tuple[str, int], dict[str, float]]:
+        """``(learner, size) -> {task: score averaged over seeds}``."""
+        acc: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in self.rows:
+            acc[(r["learner"], r["size"])][r["task"]].append(r["score"])
+        return {k: {t: float(np.mean(v)) for t, v in d.items()} for k, d in acc.items()}
+
+    def summary(self) -> dict[str, dict[int, dict[str, float]]]:
+        """``learner -> size -> {"mean", "se", "n_tasks"}`` across tasks."""
+        out: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+        for (learner, size), scores in self.per_task().items():
+            m, se = mean_and_se(list(scores.values()))
+            out[learner][size] = {"mean": m, "se": se, "n_tasks": len(scores)}
+        return dict(out)
+
+    def to_markdown(self) -> str:
+        """A table: learners as rows, support sizes as columns, ``mean +- se``."""
+        summ = self.summary()
+        sizes = sorted({s for d in summ.values() for s in d})
+        head = "| learner | " + " | ".join(str(s) for s in sizes) + " |"
+        lines = [head, "|---" * (len(sizes) + 1) + "|"]
+        order = sorted(summ, key=lambda k: -np.nanmean([summ[k][s]["mean"] for s in summ[k]]))
+        for name in order:
+            cells = []
+            for s in sizes:
+                c = summ[name].get(s)
+                cells.append(
+                    "-" if c is None else f"{c['mean']:.3f} +- {c['se']:.3f} ({c['n_tasks']})"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return (
+            f"metric: {self.metric} (mean +- s.e. across tasks, number of tasks)\n\n"
+            + "\n".join(lines)
+        )
+
+    def to_json(self, path: str | Path | None = None) -> dict[str, Any]:
+        data = {
+            "metric": self.metric,
+            "summary": {k: {str(s): v for s, v in d.items()} for k, d in self.summary().items()},
+            "skipped": {str(k): v for k, v in self.skipped.items()},
+            "seconds": self.seconds,
+            "rows": self.rows,
+        }
+        if path is not None:
+            Path(path).write_text(json.dumps(data, indent=1))
+        return data
+
+    def plot(self, path: str | Path, title: str = "") -> None:
+        """Metric against support size with standard-error bars, one line per learner."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        summ = self.summary()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, d in sorted(summ.items()):
+            sizes = sorted(d)
+            ax.errorbar(
+                sizes,
+                [d[s]["mean"] for s in sizes],
+                yerr=[d[s]["se"] for s in sizes],
+                marker="o",
+                capsize=3,
+                label=name,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="support set size", ylabel=self.metric.replace("_", " "), title=title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _usable(task: Task, size: int) -> bool:
+    if len(task) <= size:
+        return False
+    if task.is_classification:
+        n_pos = int(task.labels.sum())
+        n_neg = len(task) - n_pos
+        if n_pos < 1 or n_neg < 1:
+            return False
+    return True
+
+
+def evaluate(
+    learners: Mapping[str, MetaLearner] | Sequence[MetaLearner],
+    tasks: Sequence[Task],
+    support_sizes: Sequence[int] = (16, 32, 64, 128),
+    n_seeds: int = 5,
+    *,
+    progress: bool | None = None,
+) -> EvalResult:
+    """Scores already meta-trained ``learners`` on ``tasks`` by the FS-Mol protocol.
+
+    Args:
+        learners: learners by display name (or a list, named by ``learner.name``).
+        tasks: featurised test tasks, all classification or all regression.
+        support_sizes: support set sizes.
+        n_seeds: support sets drawn per task and size (seeds ``0 .. n_seeds - 1``; the same
+            episodes for every learner).
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`EvalResult` (``to_markdown``, ``to_json``, ``plot``).
+    """
+    if not isinstance(learners, Mapping):
+        learners = {m.name: m for m in learners}
+    kinds = {t.kind for t in tasks}
+    if len(kinds) != 1:
+        raise ValueError(f"tasks must all have one kind, got {sorted(kinds)}")
+    kind = kinds.pop()
+    res = EvalResult("delta_auprc" if kind == "classification" else "r2_os")
+    episodes = []
+    for size in support_sizes:
+        res.skipped[size] = []
+        for t in tasks:
+            if not _usable(t, size):
+                res.skipped[size].append(t.name)
+                continue
+            eps = []
+            for seed in range(n_seeds):
+                try:
+                    ep = sample_episode(t, size, seed=seed)
+                except ValueError:
+                    break
+                if kind == "classification" and ep.query_y.min() == ep.query_y.max():
+                    break
+                eps.append(ep)
+            if len(eps) < n_seeds:
+                res.skipped[size].append(t.name)
+                continue
+            episodes += [(size, ep) for ep in eps]
+    for name, learner in learners.items():
+        t0 = time.perf_counter()
+        for size, ep in track(episodes, progress=progress, desc=f"evaluate {name}"):
+            pred = learner.adapt(ep.support_x, ep.support_y)
+            if kind == "classification":
+                score = delta_auprc(
+                    ep.query_y, np.asarray(pred.predict_proba(ep.query_x), dtype=float)
+                )
+            else:
+                mean = np.asarray(pred.predict(ep.query_x)[0], dtype=float)
+                score = r2_os(ep.query_y, mean, float(ep.support_y.mean()))
+            res.rows.append(
+                {
+                    "learner": name,
+                    "task": ep.task.name,
+                    "size": size,
+                    "seed": ep.seed,
+                    "score": score,
+                }
+            )
+        res.seconds[name] = time.perf_counter() - t0
+    return res

@@ -1,0 +1,37 @@
+"""Worker for the two-process gloo test (run with torch.multiprocessing)."""
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def make_learner_and_batch():
+    from metalearn import ADKFIFT
+    from metalearn.episodes import eligible_tasks, sample_meta_batch
+    from probrec.data import latent_feature_tasks
+
+    tasks = latent_feature_tasks(12, 64, dim=10, seed=0)
+    learner = ADKFIFT(hidden=(16,), support_size=12, query_size=20, batch_size=6, seed=0)
+    learner.build(10)
+    batch = sample_meta_batch(eligible_tasks(tasks, 12), 6, 12, 20, np.random.default_rng(0))
+    return learner, batch
+
+
+def gradients(learner, batch):
+    from metalearn.training import meta_gradient
+
+    params = list(learner.encoder.parameters())
+    loss = meta_gradient(learner, batch, len(batch), params)
+    return loss, [p.grad.detach().clone() for p in params]
+
+
+def run(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        learner, batch = make_learner_and_batch()
+        loss, grads = gradients(learner, batch)
+        if rank == 0:
+            torch.save({"loss": loss, "grads": grads}, out)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,162 @@
+"""Meta-learners: the shared interface, checkpoints, resume, distributed gradients."""
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from metalearn import ADKF, ADKFIFT, DKT, MetaLearner
+from metalearn.dkl import DKL
+from metalearn.metrics import delta_auprc, r2_os
+from metalearn.protonet import ProtoNet
+from metalearn.single_task import GPST, KNN, LogisticRegression, RandomForest
+from probrec.data import latent_feature_tasks, sample_episode, split_tasks
+
+SMALL = dict(
+    n_steps=12, batch_size=4, support_size=16, query_size=32, lr=1e-3, hidden=(24,), eval_every=6
+)
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return split_tasks(latent_feature_tasks(40, 96, dim=12, seed=0), (30, 5, 5), seed=0)
+
+
+@pytest.fixture(scope="module")
+def reg_tasks():
+    return split_tasks(
+        latent_feature_tasks(30, 80, dim=12, kind="regression", seed=1), (22, 4, 4), seed=0
+    )
+
+
+def _learners(kind):
+    out = [
+        ADKFIFT(kind, **SMALL),
+        ADKF(kind, **SMALL),
+        DKT(kind, **SMALL),
+        DKL(kind, steps=15),
+        GPST(kind, mean="constant" if kind == "regression" else "zero"),
+        RandomForest(kind, n_estimators=20),
+        KNN(kind),
+    ]
+    if kind == "classification":
+        out += [ProtoNet(kind, **SMALL), LogisticRegression(kind)]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_every_learner_follows_the_interface_and_reloads_identically(
+    kind, tasks, reg_tasks, tmp_path
+):
+    tr, va, te = tasks if kind == "classification" else reg_tasks
+    for learner in _learners(kind):
+        learner.meta_fit(tr, va, progress=False)
+        task = te[0]
+        if isinstance(learner, GPST):  # Tanimoto needs non-negative inputs
+            task = task.with_inputs(np.abs(task.inputs))
+        ep = sample_episode(task, 16, seed=0)
+        pred = learner.adapt(ep.support_x, ep.support_y)
+        mean, var = pred.predict(ep.query_x)
+        assert mean.shape == var.shape == (len(ep.query_index),)
+        assert bool(torch.isfinite(mean).all()) and bool((var >= 0).all())
+        if kind == "classification":
+            p = pred.predict_proba(ep.query_x)
+            assert bool(((p >= 0) & (p <= 1)).all())
+        path = learner.save(tmp_path / f"{learner.name}-{kind}.pt")
+        again = MetaLearner.load(path)
+        mean2, var2 = again.adapt(ep.support_x, ep.support_y).predict(ep.query_x)
+        torch.testing.assert_close(mean2, mean, rtol=0, atol=0)
+        torch.testing.assert_close(var2, var, rtol=0, atol=0)
+
+
+def test_support_errors_name_the_problem(tasks):
+    tr, va, _ = tasks
+    m = ADKFIFT(**SMALL)
+    m.meta_fit(tr, va, progress=False)
+    x = np.random.default_rng(0).normal(size=(10, 12))
+    with pytest.raises(ValueError, match="single-class"):
+        m.adapt(x, np.ones(10))
+    with pytest.raises(ValueError, match="empty"):
+        m.adapt(x[:0], np.ones(0))
+    with pytest.raises(ValueError, match="mismatched lengths"):
+        m.adapt(x, np.ones(9))
+    y = np.r_[np.ones(5), np.zeros(5)]
+    y[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        m.adapt(x, y)
+    with pytest.raises(ValueError, match="unknown option"):
+        ADKFIFT(n_step=3)
+    with pytest.raises(ValueError, match="unknown kind"):
+        ProtoNet("regression")
+    with pytest.raises(RuntimeError, match="not meta-trained"):
+        DKT().adapt(x, np.r_[np.ones(5), np.zeros(5)])
+
+
+def test_meta_training_beats_the_untrained_encoder():
+    tr, va, te = split_tasks(latent_feature_tasks(120, 128, dim=32, seed=2), (100, 10, 10), seed=0)
+    trained = ADKFIFT(
+        n_steps=60,
+        batch_size=8,
+        support_size=16,
+        query_size=64,
+        lr=3e-3,
+        hidden=(64,),
+        eval_every=30,
+        seed=0,
+    )
+    untrained = ADKFIFT(n_steps=0, hidden=(64,), seed=0)
+    trained.meta_fit(tr, va, progress=False)
+    untrained.build(32)
+
+    def score(m):
+        s = []
+        for t in te:
+            for seed in range(3):
+                ep = sample_episode(t, 16, seed=seed)
+                s.append(
+                    delta_auprc(
+                        ep.query_y, m.adapt(ep.support_x, ep.support_y).predict_proba(ep.query_x)
+                    )
+                )
+        return np.mean(s)
+
+    assert score(trained) > score(untrained) + 0.03
+
+
+def test_resume_continues_to_the_same_parameters(tasks, tmp_path):
+    tr, va, _ = tasks
+    full = ADKFIFT(**{**SMALL, "n_steps": 12, "eval_every": 4})
+    full.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "a")
+    part = ADKFIFT(**{**SMALL, "n_steps": 8, "eval_every": 4})
+    part.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
+    resumed = ADKFIFT(**{**SMALL, "n_steps": 12, "eval_every": 4})
+    resumed.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
+    assert resumed.history["loss"] == pytest.approx(full.history["loss"], rel=1e-9)
+    for a, b in zip(full.encoder.parameters(), resumed.encoder.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_two_gloo_processes_give_the_single_process_gradient(tmp_path):
+    from tests.metalearn import _ddp_worker as w
+
+    mp.start_processes(
+        w.run,
+        args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt")),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    dist_res = torch.load(tmp_path / "out.pt")
+    learner, batch = w.make_learner_and_batch()
+    loss, grads = w.gradients(learner, batch)
+    assert dist_res["loss"] == pytest.approx(loss, rel=1e-6)
+    for a, b in zip(dist_res["grads"], grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_metrics_known_values():
+    assert delta_auprc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == pytest.approx(0.5)
+    assert r2_os([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 2.0) == pytest.approx(1.0)
+    assert r2_os([1.0, 3.0], [2.0, 2.0], 2.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="positive"):
+        delta_auprc([0, 0], [0.1, 0.2])

@@ -1,0 +1,270 @@
+"""The GP head against independent exact GPs (scikit-learn, gpytorch, torch.distributions)."""
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern
+
+from probrec.gp import (
+    GPConfig,
+    GPHead,
+    NotPositiveDefiniteError,
+    geometry,
+    inner_objective,
+    inner_objective_derivatives,
+    neg_log_marginal_likelihood,
+    posterior,
+    predictive_nll,
+    prior_centres,
+    robust_cholesky,
+)
+from probrec.gp.exact import initial_theta
+from probrec.gp.kernels import matern52, rbf, tanimoto
+from probrec.gp.newton import value_grad_hessian
+
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """These checks compare against closed forms and finite differences: work in float64."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _data(seed=0, n=25, d=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.sin(x[:, 0]) + 0.3 * x[:, 1] + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)
+    return x, y
+
+
+@pytest.mark.parametrize("kernel", ["matern52", "rbf"])
+def test_posterior_matches_sklearn(kernel):
+    x, y = _data()
+    xq = torch.randn(7, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    head = GPHead(GPConfig(kernel=kernel, kind="regression"))
+    gp = head.fit(x, y)
+    assert (
+        gp.fit.all_converged if hasattr(gp.fit, "all_converged") else bool(gp.fit.converged.all())
+    )
+    h = {k: float(v) for k, v in gp.hyperparameters().items()}
+    base = (
+        Matern(h["lengthscale"], "fixed", nu=2.5)
+        if kernel == "matern52"
+        else RBF(h["lengthscale"], "fixed")
+    )
+    sk = GaussianProcessRegressor(
+        ConstantKernel(h["outputscale"], "fixed") * base, alpha=h["noise"], optimizer=None
+    ).fit(x.numpy(), gp.targets[0].numpy())
+    mu, sd = sk.predict(xq.numpy(), return_std=True)
+    lm, lv = gp.latent(xq)
+    np.testing.assert_allclose(lm.numpy(), mu, atol=1e-5)
+    np.testing.assert_allclose(lv.numpy(), sd**2, atol=1e-5)
+    # predictive in original units: mean * scale + shift, variance (latent + noise) * scale^2
+    m, v = gp.predict(xq)
+    np.testing.assert_allclose(m.numpy(), mu * float(gp.scale[0]) + float(gp.shift[0]), atol=1e-5)
+    np.testing.assert_allclose(v.numpy(), (sd**2 + h["noise"]) * float(gp.scale[0]) ** 2, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel,mean", [("matern52", "constant"), ("tanimoto", "zero"), ("rbf", "zero")]
+)
+def test_posterior_matches_gpytorch(kernel, mean):
+    x, y = _data(2)
+    if kernel == "tanimoto":
+        x = x.abs().round()
+    xq = x[:5] + 0.5
+    gp = GPHead(GPConfig(kernel=kernel, mean=mean, kind="regression")).fit(x, y)
+    model, lik = gp.to_gpytorch()
+    with torch.no_grad(), gpytorch.settings.fast_computations(False, False, False):
+        pred = model(xq)
+    lm, lv = gp.latent(xq)
+    np.testing.assert_allclose(lm.numpy(), pred.mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(lv.numpy(), pred.variance.numpy(), atol=1e-5)
+
+
+def test_kernels_match_gpytorch():
+    x1, x2 = torch.randn(6, 4), torch.randn(5, 4)
+    ls = torch.tensor(1.3)
+    km = gpytorch.kernels.MaternKernel(nu=2.5)
+    km.lengthscale = ls
+    kr = gpytorch.kernels.RBFKernel()
+    kr.lengthscale = ls
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            matern52(x1, x2, ls).numpy(), km(x1, x2).to_dense().numpy(), atol=1e-10
+        )
+        np.testing.assert_allclose(
+            rbf(x1, x2, ls).numpy(), kr(x1, x2).to_dense().numpy(), atol=1e-10
+        )
+
+
+def test_tanimoto_is_jaccard_on_bits_and_minmax_on_counts():
+    from rdkit import DataStructs
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2, size=(5, 64))
+    k = tanimoto(
+        torch.as_tensor(bits, dtype=torch.float64), torch.as_tensor(bits, dtype=torch.float64)
+    )
+    for i in range(5):
+        for j in range(5):
+            a, b = DataStructs.ExplicitBitVect(64), DataStructs.ExplicitBitVect(64)
+            a.SetBitsFromList([int(t) for t in np.flatnonzero(bits[i])])
+            b.SetBitsFromList([int(t) for t in np.flatnonzero(bits[j])])
+            assert abs(float(k[i, j]) - DataStructs.TanimotoSimilarity(a, b)) < 1e-12
+    c = torch.tensor([[2.0, 0.0, 1.0], [1.0, 3.0, 1.0]])
+    assert abs(float(tanimoto(c, c)[0, 1]) - (1 + 0 + 1) / (2 + 3 + 1)) < 1e-12
+    with pytest.raises(ValueError, match="non-negative"):
+        tanimoto(-c, c)
+
+
+def test_nlml_matches_multivariate_normal_and_masking_is_exact():
+    x, y = _data(3, n=12)
+    cfg = GPConfig(kind="regression", mean="constant")
+    theta = torch.tensor([[0.2, -0.1, -2.0, 0.3]])
+    geom = geometry(cfg, x[None], x[None])
+    nlml = neg_log_marginal_likelihood(theta, cfg, geom, y[None])
+    k = torch.exp(theta[0, 1]) * matern52(x, x, theta[0, 0].exp()) + (
+        theta[0, 2].exp() + cfg.min_noise
+    ) * torch.eye(12)
+    ref = -torch.distributions.MultivariateNormal(torch.full((12,), 0.3), k).log_prob(y)
+    assert abs(float(nlml[0] - ref)) < 1e-9
+    # padding a second, shorter task gives that task's exact value
+    xp = torch.cat([x[:8], torch.randn(4, 3) * 100])
+    yp = torch.cat([y[:8], torch.randn(4) * 100])
+    mask = torch.tensor([[True] * 12, [True] * 8 + [False] * 4])
+    zz = torch.stack([x, xp])
+    both = neg_log_marginal_likelihood(
+        theta.repeat(2, 1), cfg, geometry(cfg, zz, zz), torch.stack([y, yp]), mask
+    )
+    single = neg_log_marginal_likelihood(
+        theta, cfg, geometry(cfg, x[None, :8], x[None, :8]), y[None, :8]
+    )
+    assert abs(float(both[0] - nlml[0])) < 1e-9 and abs(float(both[1] - single[0])) < 1e-9
+
+
+@pytest.mark.parametrize("kernel", ["matern52", "rbf", "tanimoto"])
+@pytest.mark.parametrize("mean", ["zero", "constant"])
+def test_closed_form_derivatives_equal_autograd(kernel, mean):
+    cfg = GPConfig(kernel=kernel, mean=mean, kind="regression")
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 10, 5, generator=g)
+    if kernel == "tanimoto":
+        z = z.abs()
+    y = torch.randn(3, 10, generator=g)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    geom = geometry(cfg, z, z)
+    cen = prior_centres(cfg, z, mask)
+    th = 0.3 * torch.randn(3, cfg.n_params, generator=g)
+    f1, g1, h1 = inner_objective_derivatives(th, cfg, geom, y, mask, cen)
+    f2, g2, h2 = value_grad_hessian(lambda t: inner_objective(t, cfg, geom, y, mask, cen), th)
+    torch.testing.assert_close(f1, f2, atol=1e-10, rtol=0)
+    torch.testing.assert_close(g1, g2, atol=1e-10, rtol=0)
+    torch.testing.assert_close(h1, h2, atol=1e-10, rtol=0)
+
+
+def test_batched_fit_equals_one_by_one_and_reaches_tolerance():
+    cfg = GPConfig(kind="classification")
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(5, 16, 6, generator=g)
+    y = (torch.rand(5, 16, generator=g) > 0.6).double()
+    y[:, 0], y[:, 1] = 1.0, 0.0
+    gp = GPHead(cfg, tol=1e-8).fit(z, y)
+    assert bool(gp.fit.converged.all()) and float(gp.fit.grad_norm.max()) < 1e-8
+    for t in range(5):
+        one = GPHead(cfg, tol=1e-8).fit(z[t], y[t])
+        torch.testing.assert_close(one.theta[0], gp.theta[t], atol=1e-6, rtol=0)
+
+
+def test_fit_matches_botorch_map():
+    """Our Newton optimum is the MAP that botorch's L-BFGS finds for the same model + priors."""
+    from botorch.fit import fit_gpytorch_mll
+
+    x, y = _data(5, n=30)
+    cfg = GPConfig(kind="regression")
+    gp = GPHead(cfg, tol=1e-9).fit(x, y)
+    from botorch.models import SingleTaskGP
+
+    t = gp.targets[0]
+    lik = gpytorch.likelihoods.GaussianLikelihood(
+        noise_prior=gpytorch.priors.LogNormalPrior(np.log(0.01) + 0.0625, 0.25)
+    )
+    mode = float(prior_centres(cfg, x[None]).lengthscale_mode[0])
+    base = gpytorch.kernels.MaternKernel(
+        nu=2.5, lengthscale_prior=gpytorch.priors.LogNormalPrior(np.log(mode) + 0.0625, 0.25)
+    )
+    base.lengthscale = mode
+    model = SingleTaskGP(
+        x,
+        t[:, None],
+        likelihood=lik,
+        covar_module=gpytorch.kernels.ScaleKernel(base),
+        mean_module=gpytorch.means.ZeroMean(),
+        outcome_transform=None,
+    )
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
+    with gpytorch.settings.fast_computations(False, False, False):
+        fit_gpytorch_mll(mll)
+    ours = gp.hyperparameters()
+    assert (
+        abs(float(model.covar_module.base_kernel.lengthscale) / float(ours["lengthscale"]) - 1)
+        < 2e-2
+    )
+    assert abs(float(model.covar_module.outputscale) / float(ours["outputscale"]) - 1) < 2e-2
+    assert abs(float(lik.noise) / (float(ours["noise"]) - cfg.min_noise) - 1) < 5e-2
+
+
+def test_classification_head_probabilities_and_errors():
+    x, _ = _data(6, n=20)
+    y = (x[:, 0] > 0).double()
+    gp = GPHead(GPConfig()).fit(x, y)
+    p = gp.predict_proba(x)
+    assert ((p > 0.5) == (y == 1)).double().mean() > 0.9
+    with pytest.raises(ValueError, match="single-class"):
+        GPHead(GPConfig()).fit(x, torch.ones(20))
+    with pytest.raises(ValueError, match="non-finite"):
+        GPHead(GPConfig()).fit(x, torch.full((20,), float("nan")))
+    with pytest.raises(ValueError, match="y_s must have shape"):
+        GPHead(GPConfig()).fit(x, y[:5])
+
+
+def test_robust_cholesky_jitter_float64_and_clear_errors():
+    v = torch.randn(6, 2, dtype=torch.float32)
+    k = (v @ v.T)[None]  # rank 2: singular
+    chol = robust_cholesky(k)
+    assert bool(torch.isfinite(chol).all())
+    with pytest.raises(ValueError, match="NaN"):
+        robust_cholesky(torch.full((1, 3, 3), float("nan")))
+    with pytest.raises(NotPositiveDefiniteError, match="batch index"):
+        robust_cholesky(-torch.eye(3)[None] * 100)
+
+
+def test_duplicate_points_do_not_give_nan():
+    x = torch.ones(10, 3)  # every point identical
+    y = torch.tensor([1.0, 0.0] * 5)
+    gp = GPHead(GPConfig()).fit(x, y)
+    assert bool(torch.isfinite(gp.predict_proba(x)).all())
+
+
+def test_joint_and_marginal_predictive_nll():
+    x, y = _data(7, n=20)
+    cfg = GPConfig(kind="regression")
+    theta = initial_theta(cfg, y[None], None, prior_centres(cfg, x[None]))
+    post = posterior(theta, cfg, x[None, :12], y[None, :12], x[None, 12:], full_cov=True)
+    joint = predictive_nll(post, y[None, 12:])
+    cov = post.cov[0] + post.noise[0] * torch.eye(8)
+    ref = -torch.distributions.MultivariateNormal(post.mean[0], cov).log_prob(y[12:])
+    assert abs(float(joint[0] - ref)) < 1e-8
+    marg = predictive_nll(post, y[None, 12:], joint=False)
+    ref_m = (
+        -torch.distributions.Normal(post.mean[0], (post.var[0] + post.noise[0]).sqrt())
+        .log_prob(y[12:])
+        .sum()
+    )
+    assert abs(float(marg[0] - ref_m)) < 1e-8
