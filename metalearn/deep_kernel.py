@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 
 from metalearn.base import MetaLearner, check_support
@@ -32,6 +33,7 @@ from probrec.gp.exact import (
     GPConfig,
     geometry,
     inner_objective,
+    median_lengthscale,
     neg_log_marginal_likelihood,
     posterior_from_geometry,
     predictive_nll,
@@ -43,24 +45,36 @@ from probrec.gp.head import FittedGP, GPHead, encode_labels
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 
 
+def encode_in_chunks(
+    encoder: torch.nn.Module, x: Any, device: torch.device, chunk: int = 4096
+) -> torch.Tensor:
+    """Frozen features ``[m, k]`` of inputs ``x [m, d]`` (eval mode, no graph, in chunks)."""
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if xt.dim() != 2:
+        raise ValueError(f"x must have shape [m, d], got {tuple(xt.shape)}")
+    encoder.eval()
+    with torch.no_grad():
+        parts = [encoder(xt[i : i + chunk].to(device)) for i in range(0, max(len(xt), 1), chunk)]
+    return torch.cat(parts)
+
+
 class DeepKernelPredictor:
     """A deep-kernel GP adapted to one task: features from the frozen encoder, then the GP.
 
     Attributes:
         gp: the fitted GP on the support features.
+        encoder: the frozen encoder, or ``None`` when inputs are already encoded features.
     """
 
-    def __init__(self, encoder: torch.nn.Module, gp: FittedGP, device: torch.device) -> None:
+    def __init__(self, encoder: torch.nn.Module | None, gp: FittedGP, device: torch.device) -> None:
         self.encoder = encoder
         self.gp = gp
         self.device = device
 
     def features(self, x: Any) -> torch.Tensor:
-        with torch.no_grad():
-            xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
-            if xt.dim() != 2:
-                raise ValueError(f"x must have shape [m, d], got {tuple(xt.shape)}")
-            return self.encoder(xt).to(self.gp.z_s.dtype)
+        if self.encoder is None:
+            return torch.as_tensor(np.asarray(x), dtype=self.gp.z_s.dtype, device=self.device)
+        return encode_in_chunks(self.encoder, x, self.device).to(self.gp.z_s.dtype)
 
     def predict(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and variance ``([m], [m])`` (latent +-1 scale for classification)."""
@@ -196,20 +210,34 @@ class _DeepKernelBase(MetaLearner):
     def _fixed_theta(self) -> torch.Tensor | None:
         return None
 
-    def adapt(self, support_x: Any, support_y: Any) -> DeepKernelPredictor:
-        """Fits the GP head on the encoded support set (``x [n, d]``, ``y [n]``)."""
+    def encode(self, x: Any) -> torch.Tensor:
+        """Features of the meta-learned (frozen) encoder, ``[m, k]``.
+
+        ``adapt(encode(x_s), y_s, encoded=True)`` equals ``adapt(x_s, y_s)``; evaluation uses
+        it to encode each task's molecules once instead of once per episode.
+        """
+        if self.encoder is None:
+            raise RuntimeError(f"{type(self).__name__} is not meta-trained yet: call meta_fit()")
+        return encode_in_chunks(self.encoder, x, self.device)
+
+    def adapt(
+        self, support_x: Any, support_y: Any, *, encoded: bool = False
+    ) -> DeepKernelPredictor:
+        """Fits the GP head on the encoded support set (``x [n, d]``, ``y [n]``).
+
+        With ``encoded=True`` the inputs (support and later query) are already features from
+        :meth:`encode`.
+        """
         if self.encoder is None:
             raise RuntimeError(f"{type(self).__name__} is not meta-trained yet: call meta_fit()")
         x, y = check_support(support_x, support_y, self.kind, device=self.device)
-        self.encoder.eval()
-        with torch.no_grad():
-            z = self.encoder(x).to(self.gp_dtype)
+        z = (x if encoded else self.encode(x)).to(self.gp_dtype)
         head = GPHead(
             self.gp_config, tol=self.config["inner_tol"], max_iter=self.config["inner_max_iter"]
         )
         theta = self._fixed_theta()
         gp = head.fit(z, y.to(self.gp_dtype), theta=None if theta is None else theta.detach()[None])
-        return DeepKernelPredictor(self.encoder, gp, self.device)
+        return DeepKernelPredictor(None if encoded else self.encoder, gp, self.device)
 
 
 class ADKFIFT(_DeepKernelBase):
@@ -281,6 +309,8 @@ class DKT(_DeepKernelBase):
         init[names.index("log_noise")] = math.log(self.gp_config.noise_prior_mode)
         self.hyper = torch.nn.Module()
         self.hyper.theta = torch.nn.Parameter(init.to(self.device))
+        # the lengthscale starts at the median heuristic of the first meta-batch's features
+        self.hyper.register_buffer("initialised", torch.tensor(False, device=self.device))
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         if self.encoder is None:
@@ -298,6 +328,11 @@ class DKT(_DeepKernelBase):
         z = torch.cat([z_s, z_q], dim=1)
         t = torch.cat([t_s, t_q], dim=1)
         mask = torch.cat([torch.ones_like(t_s, dtype=torch.bool), batch.query_mask], dim=1)
+        if not bool(self.hyper.initialised) and "log_lengthscale" in c.names:
+            with torch.no_grad():
+                i = c.names.index("log_lengthscale")
+                self.hyper.theta[i] = median_lengthscale(z_s.detach()).median().log()
+                self.hyper.initialised.fill_(True)
         theta = self.hyper.theta[None].expand(z.shape[0], -1)
         nlml = neg_log_marginal_likelihood(theta, c, geometry(c, z, z), t, mask)
         return (nlml / mask.sum(-1).to(nlml.dtype)).sum()

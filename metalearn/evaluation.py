@@ -21,7 +21,7 @@ import numpy as np
 
 from metalearn.base import MetaLearner
 from metalearn.metrics import delta_auprc, mean_and_se, r2_os
-from probrec.data.tasks import Task, sample_episode
+from probrec.data.tasks import Episode, RowView, Task, sample_episode
 from probrec.progress import track
 
 
@@ -115,6 +115,27 @@ class EvalResult:
         plt.close(fig)
 
 
+def _encoded_tasks(learner: MetaLearner, tasks: Sequence[Task]) -> dict[str, Task] | None:
+    """Tasks with inputs replaced by the learner's frozen features, if it has an encoder.
+
+    Tasks sharing one feature matrix (:class:`RowView`) share one encoded matrix.
+    """
+    encode = getattr(learner, "encode", None)
+    if encode is None:
+        return None
+    cache: dict[int, np.ndarray] = {}
+    out = {}
+    for t in tasks:
+        if isinstance(t.inputs, RowView):
+            key = id(t.inputs.matrix)
+            if key not in cache:
+                cache[key] = encode(t.inputs.matrix).cpu().numpy()
+            out[t.name] = t.with_inputs(RowView(cache[key], t.inputs.index))
+        else:
+            out[t.name] = t.with_inputs(encode(np.asarray(t.inputs)).cpu().numpy())
+    return out
+
+
 def _usable(task: Task, size: int) -> bool:
     if len(task) <= size:
         return False
@@ -176,8 +197,13 @@ def evaluate(
             episodes += [(size, ep) for ep in eps]
     for name, learner in learners.items():
         t0 = time.perf_counter()
+        encoded = _encoded_tasks(learner, tasks)
         for size, ep in track(episodes, progress=progress, desc=f"evaluate {name}"):
-            pred = learner.adapt(ep.support_x, ep.support_y)
+            if encoded is not None:  # frozen encoder: every molecule encoded once per learner
+                ep = Episode(encoded[ep.task.name], ep.support_index, ep.query_index, ep.seed)
+                pred = learner.adapt(ep.support_x, ep.support_y, encoded=True)
+            else:
+                pred = learner.adapt(ep.support_x, ep.support_y)
             if kind == "classification":
                 score = delta_auprc(
                     ep.query_y, np.asarray(pred.predict_proba(ep.query_x), dtype=float)

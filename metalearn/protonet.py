@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from metalearn.base import check_support
-from metalearn.deep_kernel import _DeepKernelBase
+from metalearn.deep_kernel import _DeepKernelBase, encode_in_chunks
 from metalearn.episodes import MetaBatch
 
 
@@ -27,15 +28,23 @@ def _logits(z_s: torch.Tensor, y_s: torch.Tensor, z_q: torch.Tensor) -> torch.Te
 
 
 class ProtoNetPredictor:
-    """Prototypes of one task; ``predict_proba`` is the softmax over prototype distances."""
+    """Prototypes of one task; ``predict_proba`` is the softmax over prototype distances.
 
-    def __init__(self, encoder: torch.nn.Module, z_s: torch.Tensor, y_s: torch.Tensor, device):
+    ``encoder`` is ``None`` when the inputs are already encoded features.
+    """
+
+    def __init__(
+        self, encoder: torch.nn.Module | None, z_s: torch.Tensor, y_s: torch.Tensor, device
+    ):
         self.encoder, self.z_s, self.y_s, self.device = encoder, z_s, y_s, device
 
     def predict_proba(self, x: Any) -> torch.Tensor:
         """``P(y = 1)``, ``[m]``."""
+        if self.encoder is None:
+            z = torch.as_tensor(np.asarray(x), dtype=self.z_s.dtype, device=self.device)
+        else:
+            z = encode_in_chunks(self.encoder, x, self.device)
         with torch.no_grad():
-            z = self.encoder(torch.as_tensor(x, dtype=torch.float32, device=self.device))
             return torch.softmax(_logits(self.z_s[None], self.y_s[None], z[None])[0], -1)[:, 1]
 
     def predict(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,11 +77,10 @@ class ProtoNet(_DeepKernelBase):
         m = batch.query_mask.to(ce.dtype)
         return ((ce.reshape(b, -1) * m).sum(-1) / m.sum(-1)).sum()
 
-    def adapt(self, support_x: Any, support_y: Any) -> ProtoNetPredictor:
+    def adapt(self, support_x: Any, support_y: Any, *, encoded: bool = False) -> ProtoNetPredictor:
+        """Prototypes of the encoded support set (``encoded=True``: inputs are features)."""
         if self.encoder is None:
             raise RuntimeError("ProtoNet is not meta-trained yet: call meta_fit()")
         x, y = check_support(support_x, support_y, self.kind, device=self.device)
-        self.encoder.eval()
-        with torch.no_grad():
-            z = self.encoder(x)
-        return ProtoNetPredictor(self.encoder, z, y, self.device)
+        z = x if encoded else self.encode(x)
+        return ProtoNetPredictor(None if encoded else self.encoder, z, y, self.device)

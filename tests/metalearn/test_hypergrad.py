@@ -18,7 +18,6 @@ from probrec.gp.head import encode_labels
 from probrec.gp.newton import batched_newton
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """These checks compare against closed forms and finite differences: work in float64."""
@@ -30,7 +29,9 @@ def _float64():
 
 # a small nonlinear bilevel problem: theta in R^3, phi in R^4
 A0 = torch.tensor([[3.0, 0.5, 0.1], [0.5, 2.0, 0.3], [0.1, 0.3, 1.5]], dtype=torch.float64)
-B = torch.tensor([[1.0, -0.5, 0.2, 0.0], [0.3, 0.8, -0.1, 0.4], [0.0, 0.2, 0.5, -0.7]], dtype=torch.float64)
+B = torch.tensor(
+    [[1.0, -0.5, 0.2, 0.0], [0.3, 0.8, -0.1, 0.4], [0.0, 0.2, 0.5, -0.7]], dtype=torch.float64
+)
 
 
 def inner(theta, phi):

@@ -160,3 +160,32 @@ def test_metrics_known_values():
     assert r2_os([1.0, 3.0], [2.0, 2.0], 2.0) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="positive"):
         delta_auprc([0, 0], [0.1, 0.2])
+
+
+def test_encoded_adaptation_equals_plain_and_evaluate_matches_a_manual_loop(tasks):
+    from metalearn import evaluate
+    from probrec.data import RowView, Task
+
+    tr, va, te = tasks
+    m = ADKFIFT(**SMALL)
+    m.meta_fit(tr, va, progress=False)
+    ep = sample_episode(te[1], 16, seed=0)
+    plain = m.adapt(ep.support_x, ep.support_y).predict_proba(ep.query_x)
+    enc = m.adapt(m.encode(ep.support_x), ep.support_y, encoded=True).predict_proba(
+        m.encode(ep.query_x)
+    )
+    torch.testing.assert_close(enc, plain, rtol=1e-6, atol=1e-6)
+    # tasks sharing a matrix through RowView are evaluated as the manual loop would
+    shared = np.concatenate([np.asarray(t.inputs) for t in te])
+    starts = np.cumsum([0] + [len(t) for t in te])
+    views = [
+        Task(RowView(shared, np.arange(a, b)), t.labels, t.kind, t.name)
+        for t, a, b in zip(te, starts, starts[1:])
+    ]
+    res = evaluate({"m": m}, views, (16,), 2, progress=False)
+    for row in res.rows:
+        t = next(v for v in te if v.name == row["task"])
+        e = sample_episode(t, 16, seed=row["seed"])
+        p = m.adapt(e.support_x, e.support_y).predict_proba(e.query_x).numpy()
+        assert row["score"] == pytest.approx(delta_auprc(e.query_y, p), abs=1e-6)
+    assert res.summary()["m"][16]["n_tasks"] == len(te)
