@@ -249,25 +249,35 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
+def _malloc_trim() -> None:
+    """Returns glibc's free heap pages to the system, so that reusing them shows as growth."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def rss_probe(fn: Callable[[], Any]) -> dict[str, int]:
     """Inside a fresh process: peak RSS growth of one call of ``fn`` after one warm-up call.
 
-    The warm-up pays one-time costs (thread pools, lazy initialisation); the kernel's
-    high-water mark is then reset through ``/proc/self/clear_refs`` so that ``VmHWM`` minus the
-    ``VmRSS`` before the call is the call's own peak. Run with ``MALLOC_MMAP_THRESHOLD_`` set
-    (see :func:`rss_peak_of_subprocess`) so that freed tensors go back to the system.
+    The warm-up pays one-time costs (thread pools, lazy initialisation); free heap pages are
+    handed back (``malloc_trim``) and the kernel's high-water mark is reset through
+    ``/proc/self/clear_refs``, so that ``VmHWM`` minus the ``VmRSS`` before the call is the
+    call's own peak (tensors and any other memory the call touches). Run with
+    ``MALLOC_MMAP_THRESHOLD_`` set (see :func:`rss_peak_of_subprocess`) so that freed tensors go
+    back to the system.
     """
     fn()
     gc.collect()
+    _malloc_trim()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
     base = _status_kib("VmRSS")
     fn()
-    return {
-        "rss_before_kib": base,
-        "peak_rss_kib": _status_kib("VmHWM"),
-        "peak_growth_bytes": (_status_kib("VmHWM") - base) * 1024,
-    }
+    peak = _status_kib("VmHWM")
+    return {"rss_before_kib": base, "peak_rss_kib": peak, "peak_growth_bytes": (peak - base) * 1024}
 
 
 def rss_peak_of_subprocess(argv: Sequence[str], timeout: float = 1800.0) -> dict[str, Any]:

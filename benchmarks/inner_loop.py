@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     obj_diff = (f_ours - f_ref).abs()
     theta_diff = (fit.theta.to(theta_ref.dtype) - theta_ref).abs()
-    neg_mll = torch.tensor([r["neg_mll"] for r in ref_info], dtype=f_ref.dtype)
+    neg_mll = torch.tensor([r["neg_mll"] for r in ref_info], dtype=f_ref.dtype, device=f_ref.device)
     rows = [
         [
             "ours (batched Newton, all tasks)",
