@@ -64,12 +64,9 @@ from metalearn.episodes import MetaBatch
 from probrec.gp import (
     geometry,
     inner_objective,
-    posterior_from_geometry,
-    predictive_nll,
     prior_centres,
 )
-from probrec.gp.exact import GPConfig, initial_theta
-from probrec.gp.head import encode_labels
+from probrec.gp.exact import initial_theta
 
 NAME = "adkf_ift_step"
 VARIANTS = ("ift", "unrolled", "shared", "encoder")
@@ -112,24 +109,6 @@ def unroll(
     return theta
 
 
-def outer_loss(
-    config: GPConfig,
-    theta: torch.Tensor,
-    geom_ss: torch.Tensor,
-    z_s: torch.Tensor,
-    z_q: torch.Tensor,
-    t_s: torch.Tensor,
-    t_q: torch.Tensor,
-    mask_q: torch.Tensor,
-) -> torch.Tensor:
-    """ADKF-IFT's outer loss: joint query predictive NLL per query point, summed over tasks."""
-    post = posterior_from_geometry(
-        theta, config, geom_ss, geometry(config, z_s, z_q), t_s, None, geometry(config, z_q, z_q)
-    )
-    nll = predictive_nll(post, t_q, mask_q, joint=True)
-    return (nll / mask_q.sum(-1).to(nll.dtype)).sum()
-
-
 def unrolled_episode_loss(
     learner: ADKFIFT,
     batch: MetaBatch,
@@ -141,21 +120,17 @@ def unrolled_episode_loss(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The meta-loss of ``learner`` on ``batch`` with ``theta`` from an unrolled inner loop.
 
-    Same features, targets, prior centres, starting point and outer loss as
-    ``ADKFIFT.episode_loss``; only the inner solution and its derivative differ. With
-    ``steps=0`` the outer loss is taken at the starting point: the work every variant shares.
+    Features, targets and the outer loss come from the learner itself (the methods
+    ``ADKFIFT.episode_loss`` uses), as do the prior centres and the starting point, so only the
+    inner solution and its derivative differ. With ``steps=0`` the outer loss is taken at the
+    starting point: the work every variant shares.
 
     Returns:
         ``(loss, inner gradient norm per task at the last iterate [B] if report else None)``.
     """
     c = learner.gp_config
-    b, n_s, d = batch.support_x.shape
-    flat = torch.cat([batch.support_x.reshape(-1, d), batch.query_x.reshape(-1, d)])
-    z = learner.encoder(flat).to(learner.gp_dtype)
-    z_s, z_q = z[: b * n_s].reshape(b, n_s, -1), z[b * n_s :].reshape(b, -1, z.shape[-1])
-    t_s, _, _ = encode_labels(batch.support_y.to(z.dtype), c.kind)
-    mask_q = batch.query_mask
-    t_q = (2.0 * batch.query_y.to(z.dtype) - 1.0) * mask_q.to(z.dtype)
+    z_s, z_q = learner._features(batch)
+    t_s, t_q = learner._targets(batch)
     centres = prior_centres(c, z_s)  # detached, as in ADKF-IFT
     geom = geometry(c, z_s, z_s)  # keeps the graph to the encoder
 
@@ -171,7 +146,7 @@ def unrolled_episode_loss(
             inner_objective(th, c, geom.detach(), t_s, None, centres).sum(), th
         )
         gnorm = g.norm(dim=-1)
-    return outer_loss(c, theta, geom, z_s, z_q, t_s, t_q, mask_q), gnorm
+    return learner._outer_loss(theta, z_s, z_q, t_s, t_q, batch.query_mask), gnorm
 
 
 def to_meta_batch(batch: TaskBatch, device: torch.device) -> MetaBatch:
@@ -233,12 +208,12 @@ def step_fn(
             )
             (loss / len(batch)).backward()
     elif variant == "encoder":
-        d = batch.support_x.shape[-1]
-        flat = torch.cat([batch.support_x.reshape(-1, d), batch.query_x.reshape(-1, d)])
 
         def fn() -> None:
             zero()
-            learner.encoder(flat).to(learner.gp_dtype).pow(2).mean().backward()
+            z_s, z_q = learner._features(batch)
+            (z_s.pow(2).mean() + z_q.pow(2).mean()).backward()
+
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
     return fn
