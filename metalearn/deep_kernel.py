@@ -175,11 +175,17 @@ class _DeepKernelBase(MetaLearner):
 
     # ------------------------------------------------------------------ episodes
     def _features(self, batch: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded support ``[B, n_s, k]`` and query ``[B, n_q, k]`` features (GP dtype)."""
         b, n_s, d = batch.support_x.shape
         n_q = batch.query_x.shape[1]
-        flat = torch.cat([batch.support_x.reshape(-1, d), batch.query_x.reshape(-1, d)])
-        z = self.encoder(flat).to(self.gp_dtype)
-        return z[: b * n_s].reshape(b, n_s, -1), z[b * n_s :].reshape(b, n_q, -1)
+        if self.config["norm"] == "batch":  # one call, so batch statistics cover the episode
+            flat = torch.cat([batch.support_x.reshape(-1, d), batch.query_x.reshape(-1, d)])
+            z = self.encoder(flat).to(self.gp_dtype)
+            return z[: b * n_s].reshape(b, n_s, -1), z[b * n_s :].reshape(b, n_q, -1)
+        # two calls avoid a concatenated copy of the inputs being kept for backward
+        z_s = self.encoder(batch.support_x.reshape(-1, d)).to(self.gp_dtype)
+        z_q = self.encoder(batch.query_x.reshape(-1, d)).to(self.gp_dtype)
+        return z_s.reshape(b, n_s, -1), z_q.reshape(b, n_q, -1)
 
     def _targets(self, batch: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
         ys = batch.support_y.to(self.gp_dtype)
@@ -267,10 +273,12 @@ class ADKFIFT(_DeepKernelBase):
         c = self.gp_config
         z_s, z_q = self._features(batch)
         t_s, t_q = self._targets(batch)
-        centres = prior_centres(c, z_s)
+        zd = z_s.detach()
+        geom = geometry(c, zd, zd)
+        centres = prior_centres(c, zd, geom=geom)
         fit = fit_hyperparameters(
             c,
-            geometry(c, z_s.detach(), z_s.detach()),
+            geom,
             t_s,
             None,
             centres,

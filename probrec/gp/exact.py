@@ -160,13 +160,16 @@ def kernel_matrix(
 
 
 # ---------------------------------------------------------------------------- priors
-def median_lengthscale(z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def median_lengthscale(
+    z: torch.Tensor, mask: torch.Tensor | None = None, *, sq: torch.Tensor | None = None
+) -> torch.Tensor:
     """Median heuristic per task ``sqrt(median_{i<j} ||z_i - z_j||^2 / 2)``, shape ``[T]``.
 
-    Pairs with a padded point and coincident pairs are excluded, as in ADKF-IFT.
+    Pairs with a padded point and coincident pairs are excluded, as in ADKF-IFT. ``sq``:
+    precomputed ``[T, n, n]`` squared distances of ``z`` (saves recomputing them).
     """
     with torch.no_grad():
-        sq = squared_distance(z, z)
+        sq = squared_distance(z, z) if sq is None else sq.detach()
         n = z.shape[-2]
         valid = torch.triu(torch.ones(n, n, dtype=torch.bool, device=z.device), diagonal=1)
         valid = valid & (sq > 0)
@@ -190,15 +193,20 @@ class PriorCentres:
 
 
 def prior_centres(
-    config: GPConfig, z: torch.Tensor, mask: torch.Tensor | None = None
+    config: GPConfig,
+    z: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    geom: torch.Tensor | None = None,
 ) -> PriorCentres:
     """Per-task prior modes: the lengthscale prior's mode is the median heuristic of ``z``.
 
     As in the reference implementation the centre is computed from detached features and
-    held fixed while the hyperparameters are fitted and differentiated.
+    held fixed while the hyperparameters are fitted and differentiated. ``geom``: the support
+    geometry of ``z`` (squared distances) if already computed.
     """
     if config.lengthscale_prior and has_lengthscale(config.kernel):
-        return PriorCentres(median_lengthscale(z.detach(), mask))
+        return PriorCentres(median_lengthscale(z.detach(), mask, sq=geom))
     return PriorCentres(None)
 
 
@@ -558,11 +566,13 @@ def predictive_nll(
         return (0.5 * (r.pow(2) / var + var.log() + LOG_2PI) * m).sum(-1)
     if post.cov is None:
         raise ValueError("the joint predictive NLL needs a posterior computed with full_cov=True")
-    eye = torch.eye(post.cov.shape[-1], dtype=post.cov.dtype, device=post.cov.device)
-    cov = (
-        post.cov * (m[:, :, None] * m[:, None, :])
-        + eye * (post.noise[:, None] * m + (1 - m))[:, :, None]
-    )
+    if mask_q is None or bool(mask_q.all()):
+        cov = post.cov.clone()
+        cov.diagonal(dim1=-2, dim2=-1).add_(post.noise[:, None])
+    else:
+        eye = torch.eye(post.cov.shape[-1], dtype=post.cov.dtype, device=post.cov.device)
+        pad = (post.noise[:, None] * m + (1 - m))[:, :, None]
+        cov = post.cov * (m[:, :, None] * m[:, None, :]) + eye * pad
     chol = robust_cholesky(cov)
     w = torch.linalg.solve_triangular(chol, (r * m).to(chol.dtype)[..., None], upper=False)[..., 0]
     logdet = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)

@@ -255,8 +255,9 @@ class GPHead:
         targets, shift, scale = encode_labels(y, self.config.kind, mask)
         fit = None
         if theta is None:
-            geom = geometry(self.config, z.detach(), z.detach())
-            centres = prior_centres(self.config, z, mask)
+            zd = z.detach()
+            geom = geometry(self.config, zd, zd)
+            centres = prior_centres(self.config, zd, mask, geom=geom)
             fit = fit_hyperparameters(
                 self.config, geom, targets, mask, centres, tol=self.tol, max_iter=self.max_iter
             )

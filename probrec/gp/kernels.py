@@ -29,10 +29,13 @@ def squared_distance(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     the mean of ``x1`` first, which keeps cancellation error small, as gpytorch does.
     """
     mu = x1.mean(dim=-2, keepdim=True)
-    a, b = x1 - mu, x2 - mu
+    same = x2 is x1
+    a = x1 - mu
+    b = a if same else x2 - mu
     a2 = a.pow(2).sum(-1, keepdim=True)
-    b2 = b.pow(2).sum(-1, keepdim=True)
-    sq = a2 - 2.0 * a @ b.transpose(-1, -2) + b2.transpose(-1, -2)
+    b2 = a2 if same else b.pow(2).sum(-1, keepdim=True)
+    # in-place accumulation: one [.., n, m] buffer instead of four temporaries
+    sq = (a @ b.transpose(-1, -2)).mul_(-2.0).add_(a2).add_(b2.transpose(-1, -2))
     return sq.clamp_min(0.0)
 
 

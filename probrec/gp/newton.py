@@ -115,19 +115,23 @@ def batched_newton(
         dn = d.norm(dim=-1, keepdim=True)
         d = d * torch.where(dn > max_step, max_step / dn, torch.ones_like(dn))
         d = d * active[:, None].to(d.dtype)
-        # batched Armijo line search: all step sizes for all tasks in one call
+        # Armijo line search. The full Newton step is tried first (it is accepted in almost
+        # every iteration); only if an active task rejects it are the shorter steps evaluated,
+        # for all tasks and step sizes in one batched call. The iterates are the same as
+        # evaluating every step size at once.
         k = len(STEP_SIZES)
-        trial = (theta[None] + steps[:, None, None] * d[None]).reshape(k * t, -1)
-        with torch.no_grad():
-            f_trial = fn_tiled(fn, trial, k, t)
-        f_trial = torch.where(
-            torch.isfinite(f_trial), f_trial, torch.full_like(f_trial, float("inf"))
-        )
         slope = (g * d).sum(-1)  # negative for descent directions
-        # Armijo condition, with slack at the level of round-off so that the final,
-        # quadratically convergent steps (predicted decrease ~ 1e-17) are not rejected
+        # slack at the level of round-off so that the final, quadratically convergent steps
+        # (predicted decrease ~ 1e-17) are not rejected
         slack = 4 * torch.finfo(f.dtype).eps * (1.0 + f.abs())
-        ok = f_trial <= f[None] + 1e-4 * steps[:, None] * slope[None] + slack[None]
+
+        ok_full = _armijo(fn, theta, d, f, slope, slack, steps[:1])
+        if bool((ok_full[0] | ~active).all()):
+            ok = torch.cat(
+                [ok_full, torch.zeros(k - 1, t, dtype=torch.bool, device=ok_full.device)]
+            )
+        else:
+            ok = torch.cat([ok_full, _armijo(fn, theta, d, f, slope, slack, steps[1:])])
         first_ok = torch.where(
             ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(gnorm, k, dtype=torch.long)
         )
@@ -140,6 +144,24 @@ def batched_newton(
         f, g, h = derivs(theta)
     gnorm = g.norm(dim=-1)
     return NewtonResult(theta.detach(), f, gnorm, gnorm <= tol, n_iter, h)
+
+
+def _armijo(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    theta: torch.Tensor,
+    d: torch.Tensor,
+    f: torch.Tensor,
+    slope: torch.Tensor,
+    slack: torch.Tensor,
+    trial_steps: torch.Tensor,
+) -> torch.Tensor:
+    """``[len(trial_steps), T]`` bool: Armijo sufficient decrease at ``theta + step * d``."""
+    n, t = len(trial_steps), theta.shape[0]
+    trial = (theta[None] + trial_steps[:, None, None] * d[None]).reshape(n * t, -1)
+    with torch.no_grad():
+        f_trial = fn_tiled(fn, trial, n, t)
+    f_trial = torch.where(torch.isfinite(f_trial), f_trial, torch.full_like(f_trial, float("inf")))
+    return f_trial <= f[None] + 1e-4 * trial_steps[:, None] * slope[None] + slack[None]
 
 
 def fn_tiled(
