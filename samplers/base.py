@@ -60,6 +60,12 @@ class RunPlan:
         """Whether the state after transition ``t`` (1-based) is kept."""
         return t > self.burn_in and (t - self.burn_in) % self.thin == 0
 
+    def next_keep(self, t: int) -> int:
+        """The first transition after ``t`` whose state is kept."""
+        if t < self.burn_in + self.thin:
+            return self.burn_in + self.thin
+        return t + self.thin - (t - self.burn_in) % self.thin
+
 
 @dataclass
 class SamplerResult:
@@ -154,6 +160,9 @@ class Sampler:
     """
 
     name = "sampler"
+    # after warm-up the compiled path fuses transitions into blocks of about this many
+    # evaluations per chain (one compiled call per block)
+    block_evals = 8
     # "auto" compiles when a run evaluates at least this many rows, or this many sequential
     # evaluations (the per-step Python overhead dominates long runs of few chains)
     compile_min_row_evals = 2_000_000
@@ -223,6 +232,13 @@ class Sampler:
     def _transition(self, state: Any, t: int, adapting: bool) -> Any:
         """One transition (``t`` is 1-based); returns the new state."""
         raise NotImplementedError
+
+    def _advance(self, state: Any, t: int, n: int) -> Any:
+        """``n`` transitions after warm-up starting with transition ``t``; samplers with a fused
+        path override this (the default repeats :meth:`_transition`)."""
+        for i in range(n):
+            state = self._transition(state, t + i, False)
+        return state
 
     def _end_warmup(self) -> None:
         """Freezes adapted step sizes."""
@@ -353,16 +369,24 @@ class Sampler:
             leave=False,
         )
         every = max(1, plan.n_transitions // 200)
-        for t in range(1, plan.n_transitions + 1):
-            adapting = t <= plan.warmup
-            state = self._transition(state, t, adapting)
+        block = max(1, self.block_evals // sum(plan.cost)) if plan.compiled else 1
+        t, shown = 0, 0
+        while t < plan.n_transitions:
+            if t >= plan.warmup and block > 1 and plan.next_keep(t) - t >= block:
+                # after warm-up, fuse full blocks of transitions (a fixed size: no recompilation)
+                state = self._advance(state, t + 1, block)
+                t += block
+            else:
+                state = self._transition(state, t + 1, t < plan.warmup)
+                t += 1
             if t == plan.warmup:
                 self._end_warmup()
             if plan.keep(t):
                 kept[:, k] = self._positions(state)
                 k += 1
-            if t % every == 0:
-                bar.update(every)
+            if t - shown >= every:
+                bar.update(t - shown)
+                shown = t
         bar.close()
         wall = time.perf_counter() - t_start
         n_samples = check_positive_int(n_samples, "n_samples")

@@ -111,6 +111,55 @@ def digs_sweep(
     return x, lp, grad, prob0, acc_sum / max(n_mala, 1)
 
 
+def digs_block(
+    fn: Callable[[Tensor], tuple[Tensor, Tensor]],
+    x: Tensor,
+    lp: Tensor,
+    grad: Tensor,
+    alphas: Tensor,
+    sigmas: Tensor,
+    step_sizes: Tensor,
+    normals: Tensor,
+    log_u: Tensor,
+    n_mala: int,
+    mwg_init: bool,
+    n_sweeps: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``n_sweeps`` DiGS sweeps in one call (one compiled graph on the compiled path).
+
+    Args:
+        alphas, sigmas, step_sizes: ``n_sweeps``-dim noise levels and step sizes per sweep.
+        normals: ``n_sweeps x (K + 2) x n x d`` and ``log_u``: ``n_sweeps x (K + 1) x n`` draws,
+            laid out as in :meth:`DiGS._transition`.
+        Other arguments as in :func:`digs_sweep`.
+
+    Returns:
+        ``(x, lp, grad, init_accept, mala_accept)`` with the acceptance probabilities averaged
+        over chains, one value per sweep (``n_sweeps``).
+    """
+    p0s, p1s = [], []
+    for i in range(n_sweeps):
+        x, lp, grad, p0, p1 = digs_sweep(
+            fn,
+            x,
+            lp,
+            grad,
+            alphas[i],
+            sigmas[i],
+            step_sizes[i],
+            normals[i, 0],
+            normals[i, 1],
+            log_u[i, 0],
+            normals[i, 2:],
+            log_u[i, 1:],
+            n_mala,
+            mwg_init,
+        )
+        p0s.append(p0.mean())
+        p1s.append(p1.mean())
+    return x, lp, grad, torch.stack(p0s), torch.stack(p1s)
+
+
 class DiGS(Sampler):
     """Diffusive Gibbs sampler (see the module docstring).
 
@@ -170,6 +219,7 @@ class DiGS(Sampler):
         self.target_accept = float(target_accept)
         self.mwg_init = bool(mwg_init)
         self._sweep = CompiledFn(digs_sweep)
+        self._block = CompiledFn(digs_block)
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
@@ -186,7 +236,7 @@ class DiGS(Sampler):
         return (0, self.n_mala + int(self.mwg_init))
 
     def _start(self, target: Target, x0: Tensor, lp: Tensor, grad: Tensor | None, plan: RunPlan):
-        self._sweep.enabled = plan.compiled
+        self._sweep.enabled = self._block.enabled = plan.compiled
         self._fn = target.log_prob_and_grad
         dt, dev = x0.dtype, x0.device
         self._dtype, self._device = dt, dev
@@ -202,16 +252,21 @@ class DiGS(Sampler):
         self._level_steps = [0] * levels
         return (x0, lp, grad)
 
+    def _draw(self, n: int, d: int) -> tuple[Tensor, Tensor]:
+        """Random numbers of one sweep: ``(K+2) x n x d`` normals, ``(K+1) x n`` log-uniforms."""
+        g, dt, dev = self._gen, self._dtype, self._device
+        normals = torch.randn(2 + self.n_mala, n, d, generator=g, dtype=dt, device=dev)
+        log_u = torch.log(torch.rand(1 + self.n_mala, n, generator=g, dtype=dt, device=dev))
+        return normals, log_u
+
     def _transition(self, state, t: int, adapting: bool):
         x, lp, grad = state
         n, d = x.shape
         lev = (t - 1) % len(self.alphas)
-        g, dt, dev = self._gen, self._dtype, self._device
         k = self.n_mala
-        normals = torch.randn(2 + k, n, d, generator=g, dtype=dt, device=dev)
-        log_u = torch.log(torch.rand(1 + k, n, generator=g, dtype=dt, device=dev))
+        normals, log_u = self._draw(n, d)
         if adapting:
-            eps = self._adapter.step_size()[lev].to(dt).to(dev)
+            eps = self._adapter.step_size()[lev].to(self._dtype).to(self._device)
         else:
             eps = self._eps[lev]
         x, lp, grad, p0, p1 = self._sweep(
@@ -237,6 +292,36 @@ class DiGS(Sampler):
             self._init_acc[lev] += p0.mean().double()
             self._mala_acc[lev] += p1.mean().double()
             self._level_steps[lev] += 1
+        return (x, lp, grad)
+
+    def _advance(self, state, t: int, n_sweeps: int):
+        x, lp, grad = state
+        n, d = x.shape
+        levels = [(t - 1 + i) % len(self.alphas) for i in range(n_sweeps)]
+        draws = [self._draw(n, d) for _ in range(n_sweeps)]
+        normals = torch.stack([dr[0] for dr in draws])
+        log_u = torch.stack([dr[1] for dr in draws])
+        pick = lambda ts: torch.stack([ts[lv] for lv in levels])  # noqa: E731
+        x, lp, grad, p0, p1 = self._block(
+            self._fn,
+            x,
+            lp,
+            grad,
+            pick(self._alpha_t),
+            pick(self._sigma_t),
+            pick(self._eps),
+            normals,
+            log_u,
+            self.n_mala,
+            self.mwg_init,
+            n_sweeps,
+        )
+        self._count(0, n * n_sweeps * (self.n_mala + int(self.mwg_init)))
+        idx = torch.tensor(levels, device=self._device)
+        self._init_acc.index_add_(0, idx, p0.double())
+        self._mala_acc.index_add_(0, idx, p1.double())
+        for lv in levels:
+            self._level_steps[lv] += 1
         return (x, lp, grad)
 
     def _end_warmup(self) -> None:

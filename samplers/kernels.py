@@ -39,6 +39,7 @@ __all__ = [
     "rwm_transition",
     "mala_transition",
     "hmc_transition",
+    "run_block",
     "make_kernel",
 ]
 
@@ -103,30 +104,33 @@ def rwm_transition(
     fn_args: tuple,
     x: Tensor,
     lp: Tensor,
+    grad: None,
     beta: Tensor | None,
     step_size: Tensor,
     noise: Tensor,
     log_u: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n_leapfrog: int = 0,
+) -> tuple[Tensor, Tensor, None, Tensor, Tensor]:
     """One random-walk Metropolis step: ``x' = x + step_size * noise``.
 
     Args:
         fn: ``fn(x, *fn_args) -> log p`` (``n x d`` -> ``n``).
         fn_args: extra arguments of ``fn``.
-        x: ``n x d`` states; ``lp``: their ``n`` log-densities.
+        x: ``n x d`` states; ``lp``: their ``n`` log-densities; ``grad``: unused (``None``).
         beta: ``n`` inverse temperatures or ``None``.
         step_size: ``n`` (or scalar) proposal scales.
         noise: ``n x d`` standard normal draws; ``log_u``: ``n`` log-uniform draws.
+        n_leapfrog: unused (uniform signature of the transitions).
 
     Returns:
-        ``(x, lp, accept_prob, accepted)`` after the step.
+        ``(x, lp, None, accept_prob, accepted)`` after the step.
     """
     prop = x + _col(step_size) * noise
     lp_p = fn(prop, *fn_args)
     diff = lp_p - lp
     log_alpha = diff if beta is None else beta * diff
     prob, acc = _accept(log_alpha, _finite_rows(lp_p, prop), log_u)
-    return torch.where(acc[:, None], prop, x), torch.where(acc, lp_p, lp), prob, acc
+    return torch.where(acc[:, None], prop, x), torch.where(acc, lp_p, lp), None, prob, acc
 
 
 def mala_transition(
@@ -139,6 +143,7 @@ def mala_transition(
     step_size: Tensor,
     noise: Tensor,
     log_u: Tensor,
+    n_leapfrog: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One MALA step on ``beta * log p``.
 
@@ -153,6 +158,7 @@ def mala_transition(
         beta: ``n`` inverse temperatures or ``None``.
         step_size: ``n`` (or scalar) step sizes ``h``.
         noise: ``n x d`` standard normal draws; ``log_u``: ``n`` log-uniform draws.
+        n_leapfrog: unused (uniform signature of the transitions).
 
     Returns:
         ``(x, lp, grad, accept_prob, accepted)`` after the step.
@@ -232,8 +238,43 @@ def hmc_transition(
     )
 
 
+def run_block(
+    transition: Callable[..., tuple],
+    fn: Callable,
+    fn_args: tuple,
+    x: Tensor,
+    lp: Tensor,
+    grad: Tensor | None,
+    beta: Tensor | None,
+    step_size: Tensor,
+    noise: Tensor,
+    log_u: Tensor,
+    n_leapfrog: int,
+    n_steps: int,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """``n_steps`` transitions in one call (one compiled graph on the compiled path).
+
+    Args:
+        transition: one of the ``*_transition`` functions.
+        noise: ``n_steps x n x d`` draws; ``log_u``: ``n_steps x n`` draws; other arguments as
+            in the transition.
+
+    Returns:
+        ``(x, lp, grad, accept_prob_sum)`` with the acceptance probabilities summed over steps.
+    """
+    acc = torch.zeros_like(lp)
+    for i in range(n_steps):
+        x, lp, grad, prob, _ = transition(
+            fn, fn_args, x, lp, grad, beta, step_size, noise[i], log_u[i], n_leapfrog
+        )
+        acc = acc + prob
+    return x, lp, grad, acc
+
+
 class Kernel:
     """Base class of the transition kernels.
+
+    Subclasses set ``transition`` (a pure ``*_transition`` function) and the class attributes.
 
     Attributes:
         name: short name.
@@ -246,25 +287,24 @@ class Kernel:
     needs_grad = True
     target_accept = 0.5
     default_step_size = 0.1
+    n_leapfrog = 0
+    transition: Callable[..., tuple] = staticmethod(mala_transition)
 
     def __init__(self, compile: bool = False) -> None:
         self._compiled = compile
-        self._fns: dict[str, CompiledFn] = {}
+        self._step_fn = CompiledFn(type(self).transition)
+        self._block_fn = CompiledFn(run_block)
 
     def cost(self) -> tuple[int, int]:
         """``(log-density evaluations, gradient evaluations)`` per chain and step."""
-        return (0, 1) if self.needs_grad else (1, 0)
+        if not self.needs_grad:
+            return (1, 0)
+        return (0, max(1, self.n_leapfrog))
 
     def set_compile(self, enabled: bool) -> None:
         """Switches the compiled step path on or off (eager fallback stays automatic)."""
         self._compiled = bool(enabled)
-
-    def _fn(self, key: str, fn: Callable) -> CompiledFn:
-        if key not in self._fns:
-            self._fns[key] = CompiledFn(fn)
-        cf = self._fns[key]
-        cf.enabled = self._compiled
-        return cf
+        self._step_fn.enabled = self._block_fn.enabled = self._compiled
 
     def init(self, position: Tensor, fn: Callable, fn_args: tuple = ()) -> ChainState:
         """Evaluates the target at ``position`` (``n x d``) and returns the state."""
@@ -272,6 +312,13 @@ class Kernel:
             lp, g = fn(position, *fn_args)
             return ChainState(position, lp, g)
         return ChainState(position, fn(position, *fn_args), None)
+
+    @staticmethod
+    def _draw(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The random numbers of one step: ``n x d`` normals and ``n`` log-uniforms."""
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+        return noise, torch.log(u)
 
     def step(
         self,
@@ -296,7 +343,66 @@ class Kernel:
         Returns:
             ``(new_state, info)``.
         """
-        raise NotImplementedError
+        x = state.position
+        noise, log_u = self._draw(x, generator)
+        self._step_fn.enabled = self._compiled
+        pos, lp, g, prob, acc = self._step_fn(
+            fn,
+            fn_args,
+            x,
+            state.log_prob,
+            state.grad,
+            beta,
+            step_size,
+            noise,
+            log_u,
+            self.n_leapfrog,
+        )
+        c_lp, c_g = self.cost()
+        n = x.shape[0]
+        return ChainState(pos, lp, g), StepInfo(prob, acc, c_lp * n, c_g * n)
+
+    def step_many(
+        self,
+        state: ChainState,
+        fn: Callable,
+        step_size: Tensor,
+        generator: torch.Generator,
+        n_steps: int,
+        beta: Tensor | None = None,
+        fn_args: tuple = (),
+    ) -> tuple[ChainState, Tensor, int, int]:
+        """``n_steps`` transitions with a fixed step size, fused into one call.
+
+        Random numbers are drawn in the same order as ``n_steps`` calls of :meth:`step`, so both
+        paths give the same chains.
+
+        Returns:
+            ``(new_state, accept_prob_sum, n_log_prob, n_grad)``: the acceptance probabilities
+            summed over the steps (``n``) and the evaluations spent.
+        """
+        x = state.position
+        draws = [self._draw(x, generator) for _ in range(n_steps)]
+        noise = torch.stack([d[0] for d in draws])
+        log_u = torch.stack([d[1] for d in draws])
+        self._block_fn.enabled = self._compiled
+        pos, lp, g, acc = self._block_fn(
+            type(self).transition,
+            fn,
+            fn_args,
+            x,
+            state.log_prob,
+            state.grad,
+            beta,
+            step_size,
+            noise,
+            log_u,
+            self.n_leapfrog,
+            n_steps,
+        )
+        c_lp, c_g = self.cost()
+        n = x.shape[0] * n_steps
+        return ChainState(pos, lp, g), acc, c_lp * n, c_g * n
 
 
 class RandomWalkKernel(Kernel):
@@ -306,16 +412,7 @@ class RandomWalkKernel(Kernel):
     needs_grad = False
     target_accept = 0.234
     default_step_size = 0.5
-
-    def step(self, state, fn, step_size, generator, beta=None, fn_args=()):
-        x = state.position
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        log_u = torch.log(
-            torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-        )
-        f = self._fn("rwm", rwm_transition)
-        pos, lp, prob, acc = f(fn, fn_args, x, state.log_prob, beta, step_size, noise, log_u)
-        return ChainState(pos, lp, None), StepInfo(prob, acc, x.shape[0], 0)
+    transition = staticmethod(rwm_transition)
 
 
 class MALAKernel(Kernel):
@@ -325,18 +422,7 @@ class MALAKernel(Kernel):
     name = "mala"
     target_accept = 0.574
     default_step_size = 0.1
-
-    def step(self, state, fn, step_size, generator, beta=None, fn_args=()):
-        x = state.position
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        log_u = torch.log(
-            torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-        )
-        f = self._fn("mala", mala_transition)
-        pos, lp, g, prob, acc = f(
-            fn, fn_args, x, state.log_prob, state.grad, beta, step_size, noise, log_u
-        )
-        return ChainState(pos, lp, g), StepInfo(prob, acc, 0, x.shape[0])
+    transition = staticmethod(mala_transition)
 
 
 class HMCKernel(Kernel):
@@ -350,27 +436,13 @@ class HMCKernel(Kernel):
     name = "hmc"
     target_accept = 0.65
     default_step_size = 0.1
+    transition = staticmethod(hmc_transition)
 
     def __init__(self, n_leapfrog: int = 10, compile: bool = False) -> None:
-        super().__init__(compile)
         if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
             raise ValueError(f"n_leapfrog must be a positive int, got {n_leapfrog!r}")
         self.n_leapfrog = n_leapfrog
-
-    def cost(self) -> tuple[int, int]:
-        return (0, self.n_leapfrog)
-
-    def step(self, state, fn, step_size, generator, beta=None, fn_args=()):
-        x = state.position
-        mom = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        log_u = torch.log(
-            torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-        )
-        f = self._fn("hmc", hmc_transition)
-        pos, lp, g, prob, acc = f(
-            fn, fn_args, x, state.log_prob, state.grad, beta, step_size, mom, log_u, self.n_leapfrog
-        )
-        return ChainState(pos, lp, g), StepInfo(prob, acc, 0, x.shape[0] * self.n_leapfrog)
+        super().__init__(compile)
 
 
 def make_kernel(kernel: Kernel | str, **kwargs) -> Kernel:

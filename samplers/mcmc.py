@@ -109,6 +109,13 @@ class MCMC(Sampler):
             self._acc_steps += info.accept_prob.shape[0]
         return state
 
+    def _advance(self, state: ChainState, t: int, n: int) -> ChainState:
+        state, acc, n_lp, n_grad = self.kernel.step_many(state, self._fn, self._eps, self._gen, n)
+        self._count(n_lp, n_grad)
+        self._acc_sum += acc.sum()
+        self._acc_steps += acc.shape[0] * n
+        return state
+
     def _end_warmup(self) -> None:
         eps = float(self._adapter.final_step_size()[0])
         self._eps = torch.tensor(eps, dtype=self._dtype, device=self._device)

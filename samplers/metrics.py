@@ -145,11 +145,16 @@ def _check_mixture(target: GaussianMixture) -> GaussianMixture:
 
 
 def mode_weights(x: Tensor, target: GaussianMixture) -> Tensor:
-    """Fraction of samples whose most responsible component is ``k`` (``K``-dim)."""
+    """Empirical component weights ``w_hat_k = mean_i r_k(x_i)`` (``K``-dim).
+
+    Soft assignment by the responsibilities ``r_k(x) = w_k N_k(x) / p(x)``: since
+    ``E_p[r_k(x)] = w_k`` exactly, exact samples give unbiased weights even where components
+    overlap (several MoG-40 means are less than one standard deviation apart, where a hard
+    nearest-mode assignment would be biased).
+    """
     mix = _check_mixture(target)
     xa = _as_2d(x, "x").to(mix.means.dtype)
-    counts = torch.bincount(mix.assign(xa), minlength=mix.n_components)
-    return counts.double() / xa.shape[0]
+    return mix.responsibilities(xa).double().mean(0)
 
 
 def mode_coverage(
@@ -160,7 +165,8 @@ def mode_coverage(
     A sample counts for component ``k`` when ``k`` is its most responsible component and its
     Mahalanobis distance to the mean of ``k`` is inside the ``quantile`` radius of that
     component (chi distribution with ``d`` degrees of freedom), so samples stranded between
-    modes do not count.
+    modes do not count. Components closer than about one standard deviation are not
+    distinguishable this way (MoG-40 has two such pairs): samples of one may cover the other.
     """
     mix = _check_mixture(target)
     xa = _as_2d(x, "x").to(mix.means.dtype)

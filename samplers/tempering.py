@@ -217,6 +217,18 @@ class ParallelTempering(Sampler):
             )
         return state
 
+    def _advance(self, state: ChainState, t: int, n: int) -> ChainState:
+        if self.n_temperatures > 1:
+            return super()._advance(state, t, n)
+        # one temperature: no swaps, the fused path of the inner kernel
+        state, acc, n_lp, n_grad = self.kernel.step_many(
+            state, self._fn, self._eps_rows, self._gen, n
+        )
+        self._count(n_lp, n_grad)
+        self._acc_sum += acc.mean().double()
+        self._acc_steps += n
+        return state
+
     def _end_warmup(self) -> None:
         self._eps_rows = self._rows(self._adapter.final_step_size())
         self._final_eps = self._adapter.final_step_size()

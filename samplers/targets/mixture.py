@@ -79,13 +79,16 @@ class GaussianMixture(Target):
         self.register_buffer("means", means.clone())
         self.register_buffer("scales", s.contiguous().clone())
         self.register_buffer("weights", w)
-        prec = 1.0 / s**2
+        # derived constants in float64 (cast to the input's dtype when used), so that float64
+        # inputs get float64 accuracy even when the parameters are float32 numbers
+        s64, m64 = s.double(), means.double()
+        prec = 1.0 / s64**2
         self.register_buffer("_prec", prec)  # K x d
-        self.register_buffer("_mean_prec", means * prec)  # K x d
+        self.register_buffer("_mean_prec", m64 * prec)  # K x d
         const = (
-            torch.log(w)
-            - 0.5 * (means**2 * prec).sum(-1)
-            - torch.log(s).sum(-1)
+            torch.log(w.double())
+            - 0.5 * (m64**2 * prec).sum(-1)
+            - torch.log(s64).sum(-1)
             - 0.5 * d * LOG_2PI
         )
         self.register_buffer("_const", const)  # K
