@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .metrics import mmd, mode_coverage, mode_weight_tv
 from .digs import DiGS
-from .tempering import ParallelTempering
+from .metrics import mmd, mode_coverage, mode_weight_tv
 from .targets import MoG40
+from .tempering import ParallelTempering
 
 __all__ = ["run_section"]
 

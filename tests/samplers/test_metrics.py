@@ -51,7 +51,8 @@ def test_mmd_matches_brute_force_and_is_block_invariant():
 
 def test_mmd_matches_the_closed_form_between_gaussians():
     # for N(m1, s^2 I) vs N(m2, s^2 I) in d dims with an RBF of bandwidth h:
-    # E k(x, x') = (h^2 / (h^2 + 2 s^2))^(d/2); E k(x, y) = same * exp(-|m1-m2|^2 / (2 (h^2 + 2 s^2)))
+    # E k(x, x') = (h^2 / (h^2 + 2 s^2))^(d/2) = c,
+    # E k(x, y) = c exp(-|m1 - m2|^2 / (2 (h^2 + 2 s^2)))
     d, s, shift = 2, 1.0, torch.tensor([1.5, 0.0])
     truth = 0.0
     for h in (1.0, 2.0, 5.0, 10.0, 20.0):
