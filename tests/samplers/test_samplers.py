@@ -163,7 +163,7 @@ class TestParallelTemperingMALA(SamplerContract):
 
 class TestParallelTemperingHMC(SamplerContract):
     exact_start_transitions = 8
-    adapt_chains, adapt_burn_in = 200, 150
+    adapt_chains, adapt_burn_in = 150, 400
 
     def make(self, **kw):
         return samplers.ParallelTempering(
@@ -268,8 +268,9 @@ def test_plan_spends_the_budget_with_burn_in_and_thinning():
     assert plan.samples_per_chain == 1000
     per_chain = 1 + plan.n_transitions * 10
     assert per_chain <= 1000 * 1000 and per_chain > 0.99 * 1000 * 1000
-    assert plan.burn_in == pytest.approx(0.1 * plan.n_transitions, rel=0.02)
-    assert plan.thin == (plan.n_transitions - plan.burn_in) // 1000
+    # burn-in: the first 10% of the transitions plus what does not divide into equal spacings
+    assert 0.1 * plan.n_transitions - 1 <= plan.burn_in <= 0.1 * plan.n_transitions + 1000
+    assert plan.burn_in + plan.thin * 1000 == plan.n_transitions
     one = samplers.DiGS(n_mala=1, budget=100.0).plan(target, 50)
     assert one.samples_per_chain == 1 and one.n_chains == 50
     assert one.n_transitions == (100 - 1) // 2 and one.burn_in == one.n_transitions - 1
