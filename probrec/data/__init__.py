@@ -9,6 +9,17 @@ Public names: :class:`Task`, :class:`Episode`, :class:`TaskSet`, :func:`sample_e
 :func:`sinusoid_tasks`, :func:`latent_feature_tasks`, :func:`descriptor_tasks`.
 """
 
+from probrec.data.annotations import (
+    LEWIDI_DATASETS,
+    AnnotationSet,
+    annotation_counts,
+    check_label_values,
+    load_lewidi,
+    load_popquorn,
+    pad_annotations,
+    split_items,
+    synthetic_annotations,
+)
 from probrec.data.embedded import load_nci_smiles, load_rdkit_chembl_assay
 from probrec.data.featurize import MoleculeFeaturizer, featurize_tasks
 from probrec.data.fsmol import (
@@ -33,6 +44,15 @@ from probrec.data.tasks import (
 )
 
 __all__ = [
+    "LEWIDI_DATASETS",
+    "AnnotationSet",
+    "annotation_counts",
+    "check_label_values",
+    "load_lewidi",
+    "load_popquorn",
+    "pad_annotations",
+    "split_items",
+    "synthetic_annotations",
     "CleanedAssay",
     "Episode",
     "ExcludedTaskError",

@@ -1,0 +1,44 @@
+"""Human annotator simulation: conditional distributions over labels given an input.
+
+Wu, Chen, Zhang & Woodland, "It HAS to be Subjective: Human Annotator Simulation via Zero-shot
+Density Estimation" (2023): the labels different annotators give an item are draws from
+``p(y | x)``; one conditional density model, learned across items, simulates annotators
+(their disagreement, not only the majority) on items it has never seen.
+
+* :class:`ConditionalIntegerFlow` -- ordinal labels; an exact distribution over the integers
+  from a conditional monotone spline flow, ``P(y = k | x) = F_x(k + 1/2) - F_x(k - 1/2)``.
+* :class:`ConditionalSoftmaxFlow` -- categorical labels; latent ``v ~ p(v | x)`` from a
+  conditional flow, ``y ~ softmax(v)``; trained with an importance-weighted variational bound
+  using ``q(v | y, x)``, evaluated by importance sampling with standard errors.
+* Baselines: :class:`GaussianHead` (the original Gaussian + rounding approach, discretised),
+  :class:`OrdinalLogisticHead` (cumulative link), :class:`SoftmaxHead`,
+  :class:`MCDropoutHead`, :class:`DeepEnsemble`.
+* :mod:`probrec.flows.metrics` -- NLL of individual annotations, RMSE of the mean and of the
+  per-item standard deviation, Wasserstein-1, majority-vote accuracy, Fleiss' kappa.
+
+Every model shares :class:`AnnotatorModel`'s interface: ``fit``, ``label_log_probs``,
+``predict_proba``, ``log_prob``, ``nll``, ``sample``, ``save`` / ``load``.
+"""
+
+from probrec.flows.base import AnnotatorModel, load_model
+from probrec.flows.baselines import (
+    DeepEnsemble,
+    GaussianHead,
+    MCDropoutHead,
+    OrdinalLogisticHead,
+    SoftmaxHead,
+)
+from probrec.flows.integer import ConditionalIntegerFlow
+from probrec.flows.softmax import ConditionalSoftmaxFlow
+
+__all__ = [
+    "AnnotatorModel",
+    "ConditionalIntegerFlow",
+    "ConditionalSoftmaxFlow",
+    "DeepEnsemble",
+    "GaussianHead",
+    "MCDropoutHead",
+    "OrdinalLogisticHead",
+    "SoftmaxHead",
+    "load_model",
+]

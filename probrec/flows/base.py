@@ -1,0 +1,588 @@
+"""The annotator-simulator contract shared by every model of :mod:`probrec.flows`.
+
+An annotator simulator is a conditional distribution ``p(y | x)`` over a finite, ordered set
+of ``K`` integer labels, learned from many items' individual annotations and used zero-shot
+on new items (Wu, Chen, Zhang & Woodland, "It HAS to be Subjective: Human Annotator Simulation
+via Zero-shot Density Estimation", 2023). :class:`AnnotatorModel` implements everything but
+the model itself:
+
+* input checks (``[n, in_dim]`` finite features; labels in the label set; no empty items),
+  feature standardisation (statistics of the training features, stored as buffers);
+* :meth:`~AnnotatorModel.fit` -- mini-batch AdamW on the negative log-likelihood (or a bound
+  on it) of all individual annotations, early stopping on a validation set, a progress bar,
+  seeded (the same seed gives the same model);
+* :meth:`~AnnotatorModel.label_log_probs`, :meth:`~AnnotatorModel.predict_proba`,
+  :meth:`~AnnotatorModel.log_prob`, :meth:`~AnnotatorModel.nll` and
+  :meth:`~AnnotatorModel.sample` (simulated annotations), batched over items;
+* :meth:`~AnnotatorModel.save` / :meth:`AnnotatorModel.load`.
+
+Annotators are exchangeable given ``x``, so an item's annotations enter only through its label
+counts ``n_ik``; the training loss is ``-sum_ik n_ik log p(k | x_i) / sum_ik n_ik``.
+
+Subclasses implement ``_train_loss(z, counts, generator) -> [B]`` (per-item negative
+log-likelihood or bound, summed over that item's annotations) and
+``_label_log_probs(z, generator, n_samples) -> [B, K]`` on standardised features ``z``, and
+may override ``_sample`` with a sampler that is independent of ``_label_log_probs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from probrec.checks import as_float_tensor, check_positive_int
+from probrec.data.annotations import annotation_counts, check_label_values, pad_annotations
+from probrec.progress import track
+from probrec.seeding import torch_generator
+
+__all__ = [
+    "AnnotatorModel",
+    "load_model",
+    "mc_log_mean",
+    "normal_points",
+    "panel_moments",
+    "replicate_log_mean",
+]
+
+_FORMAT = "probrec.flows/1"
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seeds torch's global generators inside the block (dropout masks), restoring them after."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+class AnnotatorModel(nn.Module):
+    """Base class of conditional distributions ``p(y | x)`` over ``K`` integer labels.
+
+    Args:
+        in_dim: feature width ``d``.
+        labels: the label set, strictly increasing integers (e.g. ``range(1, 6)``).
+        seed: seed of the weight initialisation and default seed of :meth:`fit`.
+
+    Attributes:
+        labels: the label set as a tuple.
+        history: one dict per training epoch (``epoch``, ``train``, ``valid``).
+    """
+
+    kind: ClassVar[str] = "categorical"
+    #: Monte Carlo samples used for the validation NLL during :meth:`fit` (stochastic models)
+    valid_samples: ClassVar[int | None] = None
+    _registry: ClassVar[dict[str, type[AnnotatorModel]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        AnnotatorModel._registry[cls.__name__] = cls
+
+    def __init__(self, in_dim: int, labels: Sequence[int], *, seed: int = 0) -> None:
+        super().__init__()
+        self.in_dim = check_positive_int(in_dim, "in_dim")
+        self.labels = check_label_values(list(labels), "labels")
+        self.n_labels = len(self.labels)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.seed = int(seed)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("values", torch.tensor(self.labels, dtype=dtype))
+        self.register_buffer("x_loc", torch.zeros(self.in_dim, dtype=dtype))
+        self.register_buffer("x_scale", torch.ones(self.in_dim, dtype=dtype))
+        self.history: list[dict[str, float]] = []
+        self._config: dict[str, Any] = {"in_dim": self.in_dim, "labels": list(self.labels),
+                                        "seed": self.seed}
+
+    def _remember(self, **kwargs: Any) -> None:
+        """Records constructor arguments for :meth:`save` / :meth:`load`."""
+        for k, v in kwargs.items():
+            self._config[k] = list(v) if isinstance(v, tuple) else v
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def _generator(self, seed: int | torch.Generator | None) -> torch.Generator:
+        if isinstance(seed, torch.Generator):
+            if seed.device.type != self.device.type:
+                raise ValueError(f"generator is on {seed.device}, the model on {self.device}")
+            return seed
+        return torch_generator(seed, self.device)
+
+    def _features(self, x: Any, name: str = "x") -> Tensor:
+        """Checked ``[n, in_dim]`` features on the model's device and dtype, standardised."""
+        t = as_float_tensor(x, name, ndim=2, dtype=self.dtype, device=self.device)
+        if t.shape[1] != self.in_dim:
+            raise ValueError(f"{name} must have {self.in_dim} features per row, got shape "
+                             f"{tuple(t.shape)}")
+        return (t - self.x_loc) / self.x_scale
+
+    def _counts(self, annotations: Any, mask: Any, name: str = "annotations") -> Tensor:
+        labels, m = pad_annotations(annotations, mask, label_values=self.labels, name=name)
+        counts = annotation_counts(labels, m, self.labels)
+        return torch.as_tensor(counts, dtype=self.dtype, device=self.device)
+
+    def _label_index(self, y: Any, name: str = "y") -> Tensor:
+        """Label values -> indices ``0..K-1`` (same shape), with a clear error otherwise."""
+        if isinstance(y, Tensor):
+            arr = y.detach().cpu().numpy()
+        else:
+            arr = np.asarray(y)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                       or arr.dtype == bool):
+            raise TypeError(f"{name} must hold integer labels, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must hold integer labels (no NaN)")
+        values = np.asarray(self.labels)
+        idx = np.clip(np.searchsorted(values, arr), 0, self.n_labels - 1)
+        bad = values[idx] != arr
+        if bad.any():
+            raise ValueError(f"{name} holds labels {sorted(set(arr[bad].astype(int)))[:10]} "
+                             f"outside the label set {list(self.labels)}")
+        return torch.as_tensor(idx, dtype=torch.long, device=self.device)
+
+    def _batches(self, n: int, batch_size: int) -> Iterator[slice]:
+        for start in range(0, n, batch_size):
+            yield slice(start, min(start + batch_size, n))
+
+    # ------------------------------------------------------------------ model hooks
+    def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
+        """Per-item negative log-likelihood (or bound) ``[B]`` (or ``[M, B]`` for ensembles)."""
+        raise NotImplementedError
+
+    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
+                         n_samples: int | None) -> Tensor:
+        """``[B, K]`` log-probabilities of every label for standardised features ``z``."""
+        raise NotImplementedError
+
+    def _estimate(self, z: Tensor, generator: torch.Generator,
+                  n_samples: int | None) -> tuple[Tensor, Tensor]:
+        """``[B, K]`` log-probabilities and their Monte Carlo standard errors (0: exact)."""
+        logp = self._label_log_probs(z, generator, n_samples)
+        return logp, torch.zeros_like(logp)
+
+    def _item_moments(self, z: Tensor, generator: torch.Generator,
+                      n_samples: int | None) -> tuple[Tensor, Tensor]:
+        """Expected mean and standard deviation ``[B]`` of a simulated item's labels.
+
+        Default (annotators independent given ``x``): the moments of ``p(y | x)``.
+        """
+        probs = self._label_log_probs(z, generator, n_samples).exp()
+        return panel_moments(probs[None], self.values)
+
+    def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """``[n, B]`` label indices; default: inverse-CDF draws from :meth:`_label_log_probs`."""
+        probs = self._label_log_probs(z, generator, None).exp()
+        return _categorical(probs, n, generator)
+
+    def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
+        """Validation NLL per annotation; ``[1]`` (``[M]`` for members trained jointly)."""
+        logp = self._label_log_probs(z, generator, self.valid_samples)
+        return (-(counts * logp).sum() / counts.sum()).reshape(1)
+
+    def _param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups (one group at ``lr`` by default)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    def _snapshot(self, best: dict[str, Tensor] | None, improved: Tensor) -> dict[str, Tensor]:
+        """Copies the parameters of improved members into ``best``."""
+        if best is None or bool(improved.all()):
+            return {k: v.detach().clone() for k, v in self.state_dict().items()}
+        return best
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        x: Any,
+        annotations: Any,
+        mask: Any = None,
+        *,
+        valid: tuple[Any, ...] | None = None,
+        epochs: int = 300,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        patience: int = 20,
+        seed: int | None = None,
+        progress: bool | None = None,
+    ) -> AnnotatorModel:
+        """Fits the model to individual annotations by maximum likelihood (or a bound).
+
+        Args:
+            x: ``[n, in_dim]`` features of the training items.
+            annotations: the items' annotations: a padded ``[n, m]`` matrix of label values
+                (with ``mask``, or NaN for missing) or ``n`` per-item sequences of labels.
+            mask: ``[n, m]`` bool, ``True`` where ``annotations`` holds an annotation.
+            valid: ``(x_valid, annotations_valid[, mask_valid])`` for early stopping on the
+                validation NLL per annotation; ``None``: stop on the training loss.
+            epochs: maximum passes over the items.
+            batch_size: items per step.
+            lr: AdamW learning rate.
+            weight_decay: AdamW weight decay.
+            patience: epochs without improvement before stopping; the best epoch's weights
+                are restored.
+            seed: seed of the batch order, dropout masks and Monte Carlo noise (default: the
+                constructor's seed).
+            progress: progress bar over epochs (``None``: when attached to a terminal).
+
+        Returns:
+            ``self``, in evaluation mode; ``self.history`` lists the per-epoch losses.
+
+        Raises:
+            ValueError / TypeError: bad features (shape, NaN), labels outside the label set,
+                items without annotations, mismatched lengths, bad settings.
+        """
+        z = self._features(x, "x")
+        counts = self._counts(annotations, mask, "annotations")
+        if counts.shape[0] != z.shape[0]:
+            raise ValueError(f"x has {z.shape[0]} items but annotations has {counts.shape[0]}")
+        zv = cv = None
+        if valid is not None:
+            if not isinstance(valid, (tuple, list)) or len(valid) not in (2, 3):
+                raise TypeError("valid must be (x_valid, annotations_valid[, mask_valid])")
+            zv_raw = as_float_tensor(valid[0], "valid x", ndim=2, dtype=self.dtype,
+                                     device=self.device)
+            cv = self._counts(valid[1], valid[2] if len(valid) == 3 else None,
+                              "valid annotations")
+            if zv_raw.shape[0] != cv.shape[0]:
+                raise ValueError(f"valid x has {zv_raw.shape[0]} items but valid annotations "
+                                 f"has {cv.shape[0]}")
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        patience = check_positive_int(patience, "patience")
+        if not lr > 0 or not math.isfinite(lr):
+            raise ValueError(f"lr must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        seed = self.seed if seed is None else int(seed)
+
+        # standardise with the training statistics (undo the current ones first)
+        raw = z * self.x_scale + self.x_loc
+        loc = raw.mean(0)
+        scale = raw.std(0) if raw.shape[0] > 1 else torch.ones_like(loc)
+        scale = torch.where(scale > 1e-6 * (1 + loc.abs()), scale, torch.ones_like(scale))
+        self.x_loc.copy_(loc)
+        self.x_scale.copy_(scale)
+        z = (raw - loc) / scale
+        if valid is not None:
+            if zv_raw.shape[1] != self.in_dim:
+                raise ValueError(f"valid x must have {self.in_dim} features, got "
+                                 f"{tuple(zv_raw.shape)}")
+            zv = (zv_raw - loc) / scale
+
+        gen_cpu = torch.Generator().manual_seed(seed)
+        gen = self._generator(seed + 1)
+        opt = torch.optim.AdamW(self._param_groups(lr), lr=lr, weight_decay=weight_decay)
+        n = z.shape[0]
+        best: dict[str, Tensor] | None = None
+        best_score: Tensor | None = None
+        best_epoch: Tensor | None = None
+        self.history = []
+        bar = track(range(epochs), progress=progress, desc=type(self).__name__, unit="epoch",
+                    leave=False)
+        with seeded_rng(seed, self.device):
+            for epoch in bar:
+                self.train()
+                perm = torch.randperm(n, generator=gen_cpu).to(self.device)
+                total, seen = 0.0, 0.0
+                for sl in self._batches(n, batch_size):
+                    idx = perm[sl]
+                    c = counts[idx]
+                    loss_items = self._train_loss(z[idx], c, gen)
+                    loss = loss_items.sum() / c.sum()
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{type(self).__name__}.fit: non-finite loss at epoch {epoch}; "
+                            "try a smaller lr")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(self.parameters(), 10.0)
+                    opt.step()
+                    total += float(loss_items.detach().sum())
+                    seen += float(c.sum()) * (loss_items.shape[0] if loss_items.dim() > 1 else 1)
+                train_loss = total / seen
+                self.eval()
+                with torch.no_grad():
+                    if zv is not None:
+                        score = self._valid_scores(zv, cv, self._generator(seed + 2))
+                    else:
+                        score = torch.tensor([train_loss])
+                score = score.detach().cpu().double()
+                rec = {"epoch": epoch, "train": train_loss,
+                       "valid": float(score.mean()) if zv is not None else float("nan")}
+                self.history.append(rec)
+                if best_score is None:
+                    improved = torch.ones_like(score, dtype=torch.bool)
+                    best_score, best_epoch = score.clone(), torch.zeros_like(score)
+                else:
+                    improved = score < best_score - 1e-6
+                best_score = torch.where(improved, score, best_score)
+                best_epoch = torch.where(improved, torch.full_like(best_epoch, epoch), best_epoch)
+                if bool(improved.any()):
+                    best = self._snapshot(best, improved)
+                bar.set_postfix(train=f"{train_loss:.4f}", best=f"{float(best_score.mean()):.4f}")
+                if bool((epoch - best_epoch > patience).all()):
+                    break
+        bar.close()
+        if best is not None:
+            self.load_state_dict(best)
+        self.eval()
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def label_log_probs(self, x: Any, *, batch_size: int = 512, seed: int = 0,
+                        n_samples: int | None = None) -> Tensor:
+        """Log-probabilities of every label for each item.
+
+        Args:
+            x: ``[n, in_dim]`` features.
+            batch_size: items per forward pass.
+            seed: seed of any Monte Carlo estimate (same seed, same numbers).
+            n_samples: Monte Carlo samples for models that need them (``None``: the model's
+                default); ignored by models with closed-form probabilities.
+
+        Returns:
+            ``[n, K]`` log ``p(y = labels[k] | x)``, on the model's device.
+        """
+        parts = self._run(lambda z, g: self._label_log_probs(z, g, n_samples), x, batch_size,
+                          seed)
+        return torch.cat(parts, 0)
+
+    def _run(self, fn: Any, x: Any, batch_size: int, seed: int | None) -> list[Any]:
+        """Applies ``fn(z_batch, generator)`` over item batches in evaluation mode, no grad."""
+        z = self._features(x)
+        batch_size = check_positive_int(batch_size, "batch_size")
+        gen = self._generator(seed)
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), seeded_rng(seed, self.device):
+                return [fn(z[sl], gen) for sl in self._batches(z.shape[0], batch_size)]
+        finally:
+            self.train(was)
+
+    def label_log_probs_se(self, x: Any, *, batch_size: int = 512, seed: int = 0,
+                           n_samples: int | None = None) -> tuple[Tensor, Tensor]:
+        """Log-probabilities ``[n, K]`` and their Monte Carlo standard errors ``[n, K]``.
+
+        For Monte Carlo estimates the standard error of ``log p`` is the delta-method
+        ``sd(w) / (sqrt(S) mean(w))`` of the importance weights ``w``; exact models return 0.
+        """
+        parts = self._run(lambda z, g: self._estimate(z, g, n_samples), x, batch_size, seed)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def item_moments(self, x: Any, *, batch_size: int = 512, seed: int = 0,
+                     n_samples: int | None = None) -> tuple[Tensor, Tensor]:
+        """Expected mean and standard deviation ``[n]`` of one simulated item's labels.
+
+        For models whose annotators are independent given ``x`` these are the moments of
+        ``p(y | x)``; models with an item-level latent ``u`` return ``E_u`` of the moments of
+        ``p(y | x, u)`` -- the spread within one simulated panel, the quantity a human panel's
+        per-item standard deviation estimates.
+        """
+        parts = self._run(lambda z, g: self._item_moments(z, g, n_samples), x, batch_size, seed)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def predict_proba(self, x: Any, **kwargs: Any) -> Tensor:
+        """``[n, K]`` label probabilities (``exp`` of :meth:`label_log_probs`)."""
+        return self.label_log_probs(x, **kwargs).exp()
+
+    def log_prob(self, x: Any, y: Any, **kwargs: Any) -> Tensor:
+        """``log p(y | x)`` of given labels.
+
+        Args:
+            x: ``[n, in_dim]`` features.
+            y: ``[n]`` or ``[n, m]`` label values (all in the label set).
+            **kwargs: passed to :meth:`label_log_probs`.
+
+        Returns:
+            Log-probabilities with the shape of ``y``.
+        """
+        idx = self._label_index(y, "y")
+        if idx.dim() not in (1, 2):
+            raise ValueError(f"y must be [n] or [n, m], got shape {tuple(idx.shape)}")
+        logp = self.label_log_probs(x, **kwargs)
+        if idx.shape[0] != logp.shape[0]:
+            raise ValueError(f"x has {logp.shape[0]} items but y has {idx.shape[0]}")
+        if idx.dim() == 1:
+            return logp.gather(1, idx[:, None]).squeeze(1)
+        return logp.gather(1, idx)
+
+    def nll(self, x: Any, annotations: Any, mask: Any = None, **kwargs: Any) -> float:
+        """Mean negative log-likelihood per individual annotation (nats)."""
+        counts = self._counts(annotations, mask)
+        logp = self.label_log_probs(x, **kwargs)
+        if counts.shape[0] != logp.shape[0]:
+            raise ValueError(f"x has {logp.shape[0]} items but annotations has "
+                             f"{counts.shape[0]}")
+        return float(-(counts * logp).sum() / counts.sum())
+
+    def sample(self, x: Any, n: int, *, seed: int | None = None,
+               batch_size: int = 512) -> Tensor:
+        """Simulated annotations: ``n`` independent annotators per item.
+
+        Args:
+            x: ``[N, in_dim]`` features.
+            n: annotations per item.
+            seed: seed (``None``: fresh randomness).
+            batch_size: items per forward pass.
+
+        Returns:
+            ``[n, N]`` int64 label values.
+        """
+        n = check_positive_int(n, "n")
+        idx = torch.cat(self._run(lambda z, g: self._sample(z, n, g), x, batch_size, seed), 1)
+        return torch.as_tensor(self.labels, device=self.device)[idx]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes class, constructor arguments, weights and training history to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"format": _FORMAT, "class": type(self).__name__,
+                    "config": copy.deepcopy(self._config), "state_dict": state,
+                    "dtype": str(self.dtype).replace("torch.", ""),
+                    "history": self.history}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike,
+             map_location: str | torch.device | None = None) -> AnnotatorModel:
+        """Rebuilds a model written by :meth:`save` (identical predictions).
+
+        Args:
+            path: the file.
+            map_location: device to load onto (default: CPU).
+
+        Raises:
+            ValueError: not a probrec.flows file, or a different class than ``cls``.
+        """
+        blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved probrec.flows model")
+        klass = AnnotatorModel._registry.get(blob["class"])
+        if klass is None:
+            raise ValueError(f"{path} holds unknown model class {blob['class']!r}")
+        if cls is not AnnotatorModel and not issubclass(klass, cls):
+            raise ValueError(f"{path} holds a {blob['class']}, not a {cls.__name__}")
+        model = klass(**blob["config"])
+        model.to(getattr(torch, blob.get("dtype", "float32")))
+        model.load_state_dict(blob["state_dict"])
+        model.history = list(blob.get("history", []))
+        if map_location is not None:
+            model.to(map_location)
+        model.eval()
+        return model
+
+
+def load_model(path: str | os.PathLike,
+               map_location: str | torch.device | None = None) -> AnnotatorModel:
+    """Loads any model saved with :meth:`AnnotatorModel.save`."""
+    return AnnotatorModel.load(path, map_location)
+
+
+def mc_log_mean(logp: Tensor) -> tuple[Tensor, Tensor]:
+    """``log mean_s exp(logp[s])`` over the first axis and its delta-method standard error.
+
+    Args:
+        logp: ``[S, ...]`` log values of ``S`` independent Monte Carlo terms.
+
+    Returns:
+        ``[...]`` the log of the sample mean and ``sd / (sqrt(S) mean)`` (``ddof = 1``).
+    """
+    s = logp.shape[0]
+    top = logp.max(0).values
+    w = torch.exp(logp - top)
+    mean = w.mean(0)
+    sd = w.std(0, correction=1) if s > 1 else torch.zeros_like(mean)
+    return torch.log(mean) + top, sd / (math.sqrt(s) * mean)
+
+
+def normal_points(n: int, dim: int, generator: torch.Generator, like: Tensor, *,
+                  replicates: int = 8) -> Tensor:
+    """Randomised quasi-Monte Carlo standard normal points (scrambled Sobol, Owen 1997).
+
+    Each replicate is an independently scrambled Sobol sequence mapped through the normal
+    inverse CDF: every point is marginally ``N(0, I)``, so averages over them are unbiased,
+    and the spread of the replicate averages gives an honest standard error, while within a
+    replicate the points cover the space far more evenly than independent draws (errors
+    closer to ``O(1/n)`` than ``O(1/sqrt(n))`` for smooth integrands).
+
+    Args:
+        n: points in total (rounded up to a multiple of ``replicates``).
+        dim: dimension.
+        generator: seeds the scrambles.
+        like: the device and dtype of the result.
+        replicates: independent scrambles.
+
+    Returns:
+        ``[replicates, ceil(n / replicates), dim]`` points.
+    """
+    per = max(1, -(-n // replicates))
+    seeds = torch.randint(0, 2**31 - 1, (replicates,), generator=generator,
+                          device=generator.device).tolist()
+    pts = []
+    for s in seeds:
+        u = torch.quasirandom.SobolEngine(dim, scramble=True, seed=int(s)).draw(
+            per, dtype=torch.float64)
+        pts.append(torch.special.ndtri(u.clamp(1e-12, 1 - 1e-12)))
+    return torch.stack(pts).to(device=like.device, dtype=like.dtype)
+
+
+def replicate_log_mean(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """Log of the mean of ``exp(log_w)`` ``[R, n, ...]`` and its s.e. over the ``R`` replicates.
+
+    The estimate is the average of the replicate means; its standard error is the standard
+    deviation of the replicate means over ``sqrt(R)``, carried to the log scale by the delta
+    method (``se / mean``).
+    """
+    top = log_w.amax((0, 1))
+    per = torch.exp(log_w - top).mean(1)  # [R, ...]
+    mean = per.mean(0)
+    r = per.shape[0]
+    sd = per.std(0, correction=1) if r > 1 else torch.zeros_like(mean)
+    return torch.log(mean) + top, sd / (math.sqrt(r) * mean)
+
+
+def panel_moments(probs: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean over the first axis of the mean and standard deviation of label distributions.
+
+    Args:
+        probs: ``[S, B, K]`` label distributions (e.g. one per latent draw).
+        values: ``[K]`` label values.
+
+    Returns:
+        ``E_s mean_s`` and ``E_s sd_s``, each ``[B]``.
+    """
+    p = probs / probs.sum(-1, keepdim=True)
+    mean = p @ values
+    var = (p @ (values * values) - mean * mean).clamp_min(0.0)
+    return mean.mean(0), var.sqrt().mean(0)
+
+
+def _categorical(probs: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``[n, B]`` draws from ``[B, K]`` probabilities by inverse CDF (seeded)."""
+    cdf = probs.cumsum(-1)
+    cdf = cdf / cdf[..., -1:]
+    u = torch.rand((n, probs.shape[0], 1), generator=generator, device=probs.device,
+                   dtype=probs.dtype)
+    return (u > cdf[None, :, :-1]).sum(-1)

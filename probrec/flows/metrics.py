@@ -1,0 +1,219 @@
+"""Metrics of annotator simulation (Wu, Chen, Zhang & Woodland, 2023, Section 5).
+
+All functions take per-item label distributions ``[n, K]`` (predicted probabilities) and the
+humans' per-item label counts ``[n, K]`` (:func:`probrec.data.annotation_counts`) over the
+ordered label values ``[K]``, as NumPy arrays or tensors:
+
+* :func:`nll` -- negative log-likelihood per individual annotation,
+  ``-sum_ik n_ik log p_ik / sum_ik n_ik``.
+* :func:`mean_rmse` -- RMSE between the predicted mean label and the annotators' mean.
+* :func:`std_rmse` -- RMSE between the predicted standard deviation and the annotators'
+  (population form, ``ddof = 0``, as in the paper's scoring), over items with at least two
+  annotations.
+* :func:`wasserstein1` -- per-item ``W1`` between the predicted and the empirical label
+  distribution on the label line, ``sum_j |F_p(v_j) - F_e(v_j)| (v_{j+1} - v_j)``.
+* :func:`majority_accuracy` -- the predicted most likely label is one of the item's most
+  frequent human labels (ties count as hits for any tied label).
+* :func:`fleiss_kappa` -- Fleiss' kappa (Fleiss, 1971) for items with possibly different
+  numbers of raters: ``P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1))`` over items with
+  ``n_i >= 2``, ``p_j`` the pooled label proportions, ``kappa = (mean P_i - sum_j p_j^2) /
+  (1 - sum_j p_j^2)``; equal to the textbook formula when every item has the same count.
+* :func:`evaluate` -- all of the above for a fitted model on held-out items, with the
+  simulated annotators' Fleiss' kappa (as many simulated as human annotators per item)
+  next to the humans'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "distribution_moments",
+    "evaluate",
+    "fleiss_kappa",
+    "majority_accuracy",
+    "mean_rmse",
+    "nll",
+    "std_rmse",
+    "wasserstein1",
+]
+
+
+def _np(a: Any, name: str, ndim: int | None = 2) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    arr = np.asarray(a, dtype=np.float64)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    if not np.isfinite(arr).all() and name != "log_probs":
+        raise ValueError(f"{name} contains non-finite values")
+    return arr
+
+
+def _check_pair(probs: Any, counts: Any) -> tuple[np.ndarray, np.ndarray]:
+    p, c = _np(probs, "probs"), _np(counts, "counts")
+    if p.shape != c.shape:
+        raise ValueError(f"probs {p.shape} and counts {c.shape} must have the same shape")
+    if (p < -1e-12).any():
+        raise ValueError("probs must be non-negative")
+    if (c < 0).any():
+        raise ValueError("counts must be non-negative")
+    return p, c
+
+
+def _values(values: Any, k: int) -> np.ndarray:
+    v = _np(values, "values", 1)
+    if v.shape != (k,) or (np.diff(v) <= 0).any():
+        raise ValueError(f"values must be {k} increasing label values, got {v.tolist()}")
+    return v
+
+
+def _normalise(p: np.ndarray) -> np.ndarray:
+    s = p.sum(-1, keepdims=True)
+    if (s <= 0).any():
+        raise ValueError("a row of probabilities or counts sums to zero")
+    return p / s
+
+
+def nll(log_probs: Any, counts: Any) -> float:
+    """Mean negative log-likelihood per annotation.
+
+    Args:
+        log_probs: ``[n, K]`` predicted log-probabilities.
+        counts: ``[n, K]`` human label counts.
+    """
+    lp, c = _np(log_probs, "log_probs"), _np(counts, "counts")
+    if lp.shape != c.shape:
+        raise ValueError(f"log_probs {lp.shape} and counts {c.shape} must have the same shape")
+    used = c > 0
+    if np.isnan(lp).any() or np.isposinf(lp).any():
+        raise ValueError("log_probs contains NaN or +inf")
+    return float(-(c[used] * lp[used]).sum() / c.sum())
+
+
+def distribution_moments(probs: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation ``[n]`` of per-item distributions over ``values``."""
+    p = _normalise(_np(probs, "probs"))
+    v = _values(values, p.shape[1])
+    mean = p @ v
+    var = np.clip(p @ v**2 - mean**2, 0.0, None)
+    return mean, np.sqrt(var)
+
+
+def mean_rmse(probs: Any, counts: Any, values: Any) -> float:
+    """RMSE of the predicted mean label vs the annotators' mean, over items."""
+    p, c = _check_pair(probs, counts)
+    return float(np.sqrt(np.mean((distribution_moments(p, values)[0]
+                                  - distribution_moments(c, values)[0]) ** 2)))
+
+
+def std_rmse(probs: Any, counts: Any, values: Any, *, min_annotations: int = 2) -> float:
+    """RMSE of the predicted per-item standard deviation vs the annotators' (``ddof = 0``).
+
+    Items with fewer than ``min_annotations`` annotations are left out (their empirical
+    standard deviation is 0 by construction).
+    """
+    p, c = _check_pair(probs, counts)
+    keep = c.sum(-1) >= min_annotations
+    if not keep.any():
+        raise ValueError(f"no item has >= {min_annotations} annotations")
+    sp = distribution_moments(p[keep], values)[1]
+    sc = distribution_moments(c[keep], values)[1]
+    return float(np.sqrt(np.mean((sp - sc) ** 2)))
+
+
+def wasserstein1(probs: Any, counts: Any, values: Any) -> np.ndarray:
+    """Per-item Wasserstein-1 distance ``[n]`` between predicted and empirical distributions."""
+    p, c = _check_pair(probs, counts)
+    v = _values(values, p.shape[1])
+    fp = np.cumsum(_normalise(p), -1)[:, :-1]
+    fc = np.cumsum(_normalise(c), -1)[:, :-1]
+    return np.abs(fp - fc) @ np.diff(v)
+
+
+def majority_accuracy(probs: Any, counts: Any) -> float:
+    """Fraction of items whose most likely predicted label is a most frequent human label."""
+    p, c = _check_pair(probs, counts)
+    pred = p.argmax(-1)
+    hit = c[np.arange(len(c)), pred] == c.max(-1)
+    return float(hit.mean())
+
+
+def fleiss_kappa(counts: Any) -> float:
+    """Fleiss' kappa of ``[n, K]`` rating counts (items with fewer than 2 ratings dropped).
+
+    Raises:
+        ValueError: fewer than one item with two ratings, or all ratings in one category
+            (kappa undefined).
+    """
+    c = _np(counts, "counts")
+    if (c < 0).any() or not np.all(c == np.round(c)):
+        raise ValueError("counts must be non-negative integers")
+    n_i = c.sum(-1)
+    c = c[n_i >= 2]
+    n_i = n_i[n_i >= 2]
+    if len(c) == 0:
+        raise ValueError("Fleiss' kappa needs items with at least two ratings")
+    p_i = ((c**2).sum(-1) - n_i) / (n_i * (n_i - 1))
+    p_j = c.sum(0) / c.sum()
+    p_e = float((p_j**2).sum())
+    if p_e >= 1 - 1e-12:
+        raise ValueError("all ratings fall in one category; Fleiss' kappa is undefined")
+    return float((p_i.mean() - p_e) / (1 - p_e))
+
+
+def evaluate(model: Any, x: Any, annotations: Any, mask: Any = None, *, seed: int = 0,
+             n_samples: int | None = None) -> dict[str, float]:
+    """All metrics of a fitted model on held-out items.
+
+    Predicted means, standard deviations, W1 and majority accuracy use the model's label
+    probabilities (renormalised to sum to one for Monte Carlo estimates); the simulated
+    kappa draws as many simulated annotators per item as the item has human annotations.
+
+    Args:
+        model: a fitted :class:`probrec.flows.AnnotatorModel`.
+        x: ``[n, d]`` features.
+        annotations: padded ``[n, m]`` labels (with ``mask``) or per-item lists.
+        mask: ``[n, m]`` bool.
+        seed: seed of every Monte Carlo estimate and of the simulated annotators.
+        n_samples: Monte Carlo samples for stochastic models (``None``: their default).
+
+    Returns:
+        ``nll``, ``nll_mc_se`` (Monte Carlo standard error of the NLL; 0 for closed forms),
+        ``mean_rmse``, ``std_rmse``, ``w1``, ``accuracy``, ``kappa_sim``, ``kappa_human``.
+    """
+    from probrec.data.annotations import annotation_counts, pad_annotations
+
+    labels, m = pad_annotations(annotations, mask, label_values=model.labels)
+    counts = annotation_counts(labels, m, model.labels)
+    values = np.asarray(model.labels, dtype=np.float64)
+    logp_t, se_t = model.label_log_probs_se(x, seed=seed, n_samples=n_samples)
+    logp, se = logp_t.double().cpu().numpy(), se_t.double().cpu().numpy()
+    probs = _normalise(np.exp(logp))
+    # expected spread within one simulated item (for independent annotators: of p(y | x))
+    item_sd = model.item_moments(x, seed=seed, n_samples=n_samples)[1].double().cpu().numpy()
+    has2 = counts.sum(-1) >= 2
+    human_sd = distribution_moments(counts[has2], values)[1]
+    out = {
+        "nll": nll(logp, counts),
+        # independent estimates per (item, label): s.e. of the count-weighted mean
+        "nll_mc_se": float(np.sqrt(((counts * se) ** 2).sum()) / counts.sum()),
+        "mean_rmse": mean_rmse(probs, counts, values),
+        "std_rmse": float(np.sqrt(np.mean((item_sd[has2] - human_sd) ** 2))),
+        "w1": float(wasserstein1(probs, counts, values).mean()),
+        "accuracy": majority_accuracy(probs, counts),
+    }
+    n_per = m.sum(1)
+    sims = model.sample(x, int(n_per.max()), seed=seed + 1)  # [m_max, n] label values
+    sims = sims.T.cpu().numpy()
+    sim_mask = np.arange(sims.shape[1])[None, :] < n_per[:, None]
+    sim_counts = annotation_counts(np.where(sim_mask, sims, model.labels[0]), sim_mask,
+                                   model.labels)
+    for key, cc in (("kappa_sim", sim_counts), ("kappa_human", counts)):
+        try:
+            out[key] = fleiss_kappa(cc)
+        except ValueError:
+            out[key] = float("nan")
+    return out

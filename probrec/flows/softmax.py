@@ -1,0 +1,345 @@
+"""Conditional softmax flow: categorical labels through a latent conditional flow (human
+annotator simulation, Wu, Chen, Zhang & Woodland, 2023).
+
+Each simulated annotator draws a latent ``v in R^K`` from a conditional normalising flow and
+labels the item with ``y ~ Categorical(softmax(v))``:
+
+    eps ~ N(0, I_K),   v = A_x(C_x^{(L)}(... C_x^{(1)}(eps))),
+    p(y = k | x) = E_{p(v|x)} softmax(v)_k
+
+``C_x^{(l)}`` are affine coupling layers (Dinh, Sohl-Dickstein & Bengio, ICLR 2017) whose scale
+and shift networks see the untouched coordinates *and* the input's features ``h(x)``, and
+``A_x`` is an elementwise affine map with ``x``-dependent location and scale, so ``x``
+conditions the transforms themselves.
+
+Training maximises an importance-weighted variational bound (Burda, Grosse & Salakhutdinov,
+ICLR 2016; ``S = 1`` gives the ELBO) with an amortised Gaussian ``q(v | y, x)``:
+
+    log p(y | x) >= E_{v_1..S ~ q} log (1/S) sum_s softmax(v_s)_y p(v_s | x) / q(v_s | y, x).
+
+For evaluation ``log p(y | x)`` is estimated by multiple importance sampling: half of the ``S``
+samples from ``q(v | y, x)``, half from ``p(v | x)``, weighted with the balance heuristic
+(Veach & Guibas, SIGGRAPH 1995) against the mixture ``(q + p) / 2``. The estimate of
+``p(y | x)`` is unbiased and every weight is at most 2, so its variance is bounded; the
+standard error of the log estimate comes from the delta method (:meth:`label_log_probs_se`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from probrec.backbone import MLPEncoder
+from probrec.checks import check_choice, check_positive_int
+from probrec.flows.base import (
+    AnnotatorModel,
+    normal_points,
+    panel_moments,
+    replicate_log_mean,
+)
+
+__all__ = ["ConditionalSoftmaxFlow"]
+
+_LOG_2PI = math.log(2 * math.pi)
+_SCALE_LIMIT = 3.0
+
+
+def _std_normal_log_prob(e: Tensor) -> Tensor:
+    return -0.5 * (e * e + _LOG_2PI).sum(-1)
+
+
+class _ConditionalCoupling(nn.Module):
+    """Affine coupling ``v_b = e_b exp(s) + t`` with ``(s, t) = net(e_a, h(x))``.
+
+    ``net`` has one hidden layer; the context enters it through its own linear map, computed
+    once per item and broadcast over Monte Carlo samples. ``s`` is soft-clipped to
+    ``[-3, 3]``.
+    """
+
+    def __init__(self, dim: int, context: int, hidden: int, parity: int,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.register_buffer("keep", (torch.arange(dim) % 2 == parity).to(
+            torch.get_default_dtype()))
+        self.inp = nn.Linear(dim, hidden)
+        self.ctx = nn.Linear(context, hidden, bias=False)
+        self.out = nn.Linear(hidden, 2 * dim)
+        with torch.no_grad():
+            for lin in (self.inp, self.ctx):
+                b = lin.in_features ** -0.5
+                lin.weight.uniform_(-b, b, generator=generator)
+                if lin.bias is not None:
+                    lin.bias.uniform_(-b, b, generator=generator)
+            self.out.weight.zero_()  # identity at initialisation
+            self.out.bias.zero_()
+
+    def context(self, h: Tensor) -> Tensor:
+        return self.ctx(h)
+
+    def _scale_shift(self, e_a: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        a = F.silu(self.inp(e_a) + ctx)
+        s, t = self.out(a).chunk(2, -1)
+        move = 1 - self.keep
+        s = _SCALE_LIMIT * torch.tanh(s / _SCALE_LIMIT) * move
+        return s, t * move
+
+    def forward(self, e: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """``e -> v`` and ``log |det dv/de|`` ``[...]``."""
+        s, t = self._scale_shift(e * self.keep, ctx)
+        return e * torch.exp(s) + t, s.sum(-1)
+
+    def inverse(self, v: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """``v -> e`` and ``log |det dv/de|`` ``[...]`` (of the forward map)."""
+        s, t = self._scale_shift(v * self.keep, ctx)
+        return (v - t) * torch.exp(-s), s.sum(-1)
+
+
+class ConditionalSoftmaxFlow(AnnotatorModel):
+    """Categorical annotator simulator with a conditional latent flow and ``softmax`` labels.
+
+    Example:
+        >>> import torch
+        >>> flow = ConditionalSoftmaxFlow(in_dim=4, labels=(0, 1, 2), seed=0)
+        >>> x = torch.randn(6, 4)
+        >>> flow.predict_proba(x, n_samples=256).shape
+        torch.Size([6, 3])
+        >>> flow.sample(x, 5, seed=0).shape
+        torch.Size([5, 6])
+
+    Args:
+        in_dim: feature width.
+        labels: the label set (``K >= 2`` labels; the latent has ``K`` dimensions).
+        hidden: widths of the feature encoder (:class:`probrec.backbone.MLPEncoder`).
+        dropout: encoder dropout.
+        n_layers: conditional coupling layers (alternating halves).
+        flow_hidden: hidden width of the coupling networks.
+        q_hidden: width of the variational network ``q(v | y, x)``.
+        n_train_samples: importance samples ``S`` of the training bound (1: the ELBO).
+        n_eval_samples: importance samples per item and label for evaluation.
+        seed: initialisation seed.
+    """
+
+    valid_samples = 64
+
+    def __init__(
+        self,
+        in_dim: int,
+        labels: Sequence[int] = (0, 1),
+        *,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.1,
+        n_layers: int = 4,
+        flow_hidden: int = 32,
+        q_hidden: int = 64,
+        n_train_samples: int = 8,
+        n_eval_samples: int = 1024,
+        latent: str = "annotation",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(in_dim, labels, seed=seed)
+        self.latent = check_choice(latent, "latent", ("item", "annotation"))
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
+            raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
+        self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
+        self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples", minimum=2)
+        self._remember(hidden=tuple(hidden), dropout=dropout, n_layers=n_layers,
+                       flow_hidden=flow_hidden, q_hidden=q_hidden,
+                       n_train_samples=n_train_samples, n_eval_samples=n_eval_samples,
+                       latent=latent)
+        gen = torch.Generator().manual_seed(self.seed)
+        k = self.n_labels
+        self.encoder = MLPEncoder(in_dim, hidden, dropout=dropout, seed=gen)
+        width = self.encoder.out_dim
+        self.couplings = nn.ModuleList(
+            _ConditionalCoupling(k, width, check_positive_int(flow_hidden, "flow_hidden"),
+                                 layer % 2, gen) for layer in range(n_layers))
+        self.affine = nn.Linear(width, 2 * k)  # loc(x), log scale(x) of the last map
+        qh = check_positive_int(q_hidden, "q_hidden")
+        self.q_net = nn.Sequential(nn.Linear(width + k + 1, qh), nn.SiLU(), nn.Linear(qh, 2 * k))
+        with torch.no_grad():
+            for lin in (self.affine, self.q_net[0], self.q_net[2]):
+                b = lin.in_features ** -0.5
+                lin.weight.uniform_(-b, b, generator=gen)
+                lin.bias.zero_()
+            # location like a softmax head's logits; latent noise of scale 0.5 to start
+            self.affine.weight[k:].mul_(0.1)
+            self.affine.bias[k:] = math.log(0.5)
+            self.q_net[2].weight.mul_(0.1)
+
+    # ------------------------------------------------------------------ the flow p(v | x)
+    def _context(self, z: Tensor) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
+        h = self.encoder(z)
+        loc, log_scale = self.affine(h).chunk(2, -1)
+        log_scale = _SCALE_LIMIT * torch.tanh(log_scale / _SCALE_LIMIT)
+        return h, [c.context(h) for c in self.couplings], loc, log_scale
+
+    def _flow_sample(self, ctxs: list[Tensor], loc: Tensor, log_scale: Tensor,
+                     eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``eps`` ``[S, B, K]`` -> ``v`` and ``log p(v | x)`` ``[S, B]``."""
+        logp = _std_normal_log_prob(eps)
+        e = eps
+        for layer, c in zip(self.couplings, ctxs):
+            e, ld = layer(e, c)
+            logp = logp - ld
+        v = loc + torch.exp(log_scale) * e
+        return v, logp - log_scale.sum(-1)
+
+    def _flow_log_prob(self, ctxs: list[Tensor], loc: Tensor, log_scale: Tensor,
+                       v: Tensor) -> Tensor:
+        """``log p(v | x)`` for ``v`` ``[..., B, K]``; contexts ``[B, *]`` broadcast."""
+        e = (v - loc) * torch.exp(-log_scale)
+        logdet = log_scale.sum(-1).expand(v.shape[:-1])
+        for layer, c in zip(reversed(self.couplings), reversed(ctxs)):
+            e, ld = layer.inverse(e, c)
+            logdet = logdet + ld
+        return _std_normal_log_prob(e) - logdet
+
+    def _q(self, h: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+        """``q(v | annotations, x)``: mean and log-std ``[..., K]`` from features ``h``
+        ``[..., H]`` and label counts ``[..., K]`` (one-hot for a single annotation)."""
+        n = counts.sum(-1, keepdim=True)
+        mu, log_sd = self.q_net(torch.cat([h, counts / n, torch.log(n)], -1)).chunk(2, -1)
+        return mu, _SCALE_LIMIT * torch.tanh(log_sd / _SCALE_LIMIT)
+
+    @staticmethod
+    def _q_log_prob(v: Tensor, mu: Tensor, log_sd: Tensor) -> Tensor:
+        e = (v - mu) * torch.exp(-log_sd)
+        return _std_normal_log_prob(e) - log_sd.sum(-1)
+
+    def _label_log_weights(self, z: Tensor, eps_q: Tensor, eps_p: Tensor
+                           ) -> tuple[Tensor, Tensor]:
+        """Balance-heuristic importance weights for ``p(y = k | x)``, every label ``k``.
+
+        The proposal is the mixture ``a q(v | y = k, x) + (1 - a) p(v | x)`` with
+        ``a = S_q / (S_q + S_p)``; the ``S_q`` draws of ``q`` are ``mu + sd * eps_q`` (one per
+        label), the ``S_p`` draws of the flow come from ``eps_p`` (shared by the labels). The
+        weights ``p(v|x) softmax(v)_k / mixture(v)`` are at most ``1 / (1 - a)``.
+
+        Args:
+            z: ``[B, d]`` standardised features.
+            eps_q: ``[S_q, ..., K]`` standard normal draws, broadcastable to
+                ``[S_q, B, K_labels, K]``.
+            eps_p: ``[S_p, ..., K]`` standard normal draws, broadcastable to ``[S_p, B, K]``.
+
+        Returns:
+            Log weights of the ``q`` draws ``[S_q, B, K_labels]`` and of the flow draws
+            ``[S_p, B, K_labels]``.
+        """
+        k = self.n_labels
+        s_q, s_p = eps_q.shape[0], eps_p.shape[0]
+        log_a, log_1ma = math.log(s_q / (s_q + s_p)), math.log(s_p / (s_q + s_p))
+        h, ctxs, loc, log_scale = self._context(z)
+        onehot = torch.eye(k, dtype=h.dtype, device=h.device).expand(h.shape[0], k, k)
+        mu, log_sd = self._q(h[:, None, :].expand(-1, k, -1), onehot)  # [B, Kl, K]
+        # draws of q(v | y = k, x) for every label k
+        v_q = mu + torch.exp(log_sd) * eps_q  # [S_q, B, Kl, K]
+        log_q_q = _std_normal_log_prob(eps_q) - log_sd.sum(-1)
+        log_p_q = self._flow_log_prob([c[:, None, :] for c in ctxs], loc[:, None, :],
+                                      log_scale[:, None, :], v_q)
+        log_lik_q = torch.log_softmax(v_q, -1).diagonal(dim1=-2, dim2=-1)
+        log_w_q = log_p_q + log_lik_q - torch.logaddexp(log_a + log_q_q, log_1ma + log_p_q)
+        # draws of the flow p(v | x), shared by all labels
+        v_p, log_p_p = self._flow_sample(ctxs, loc, log_scale,
+                                         eps_p.expand(s_p, z.shape[0], k))  # [S_p, B, K]
+        log_q_p = self._q_log_prob(v_p[:, :, None, :], mu, log_sd)  # [S_p, B, Kl]
+        log_p_p = log_p_p[..., None]
+        log_w_p = (log_p_p + torch.log_softmax(v_p, -1)
+                   - torch.logaddexp(log_a + log_q_p, log_1ma + log_p_p))
+        return log_w_q, log_w_p
+
+    def _item_log_lik(self, z: Tensor, counts: Tensor, generator: torch.Generator, s: int,
+                      *, mixture: bool = False) -> Tensor:
+        """``log p(annotations of an item | x) = log E_v prod_k softmax(v)_k^{n_k}`` ``[B]``
+        (item latent): the importance-weighted bound with ``s`` draws of ``q(v | counts, x)``,
+        or with ``mixture=True`` the balance-heuristic estimate from half ``q`` and half prior
+        draws (weights bounded by 2)."""
+        h, ctxs, loc, log_scale = self._context(z)
+        mu, log_sd = self._q(h, counts)  # [B, K]
+        n_q = s // 2 if mixture else s
+        eps = torch.randn((n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype)
+        v = mu + torch.exp(log_sd) * eps
+        if mixture:
+            eps_p = torch.randn((s - n_q, *mu.shape), generator=generator, device=z.device,
+                                dtype=z.dtype)
+            v = torch.cat([v, self._flow_sample(ctxs, loc, log_scale, eps_p)[0]], 0)
+        log_p = self._flow_log_prob(ctxs, loc, log_scale, v)
+        log_q = self._q_log_prob(v, mu, log_sd)
+        if mixture:
+            a = n_q / s
+            log_q = torch.logaddexp(math.log(a) + log_q, math.log1p(-a) + log_p)
+        log_lik = (counts * torch.log_softmax(v, -1)).sum(-1)
+        return torch.logsumexp(log_lik + log_p - log_q, 0) - math.log(s)
+
+    # ------------------------------------------------------------------ hooks
+    def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
+        s = self.n_train_samples
+        if self.latent == "item":
+            return -self._item_log_lik(z, counts, generator, s, mixture=s > 1)
+        k, b = self.n_labels, z.shape[0]
+        s_q = max(s // 2, 1)
+        opts = {"generator": generator, "device": z.device, "dtype": z.dtype}
+        log_w_q, log_w_p = self._label_log_weights(
+            z, torch.randn((s_q, b, k, k), **opts), torch.randn((max(s - s_q, 1), b, k), **opts))
+        log_w = torch.cat([log_w_q, log_w_p], 0)
+        bound = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])  # [B, Kl]
+        return -(counts * bound).sum(-1)
+
+    def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
+        if self.latent != "item":
+            return super()._valid_scores(z, counts, generator)
+        nll = -self._item_log_lik(z, counts, generator, self.valid_samples, mixture=True)
+        return (nll.sum() / counts.sum()).reshape(1)
+
+    def _estimate(self, z: Tensor, generator: torch.Generator,
+                  n_samples: int | None) -> tuple[Tensor, Tensor]:
+        """Balance-heuristic MIS estimate of ``log p(k | x)`` ``[B, K]`` and its s.e.
+
+        ``n / 2`` points (randomised QMC, :func:`~probrec.flows.base.normal_points`, 8
+        replicates) each give one draw of ``q(v | y = k, x)`` for every label and one draw of
+        ``p(v | x)``; weights ``p(v|x) softmax(v)_k / ((q_k(v) + p(v|x)) / 2)``.
+        """
+        n = n_samples or self.n_eval_samples
+        if n < 2:
+            raise ValueError(f"n_samples must be >= 2, got {n}")
+        k = self.n_labels
+        pts = normal_points(max(n // 2, 1), 2 * k, generator, z, replicates=min(8, n // 2))
+        r, m = pts.shape[:2]
+        log_w_q, log_w_p = self._label_log_weights(z, pts[..., :k].reshape(r * m, 1, 1, k),
+                                                   pts[..., k:].reshape(r * m, 1, k))
+        log_w = torch.cat([log_w_q.reshape(r, m, *log_w_q.shape[1:]),
+                           log_w_p.reshape(r, m, *log_w_p.shape[1:])], 1)
+        return replicate_log_mean(log_w)
+
+    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
+                         n_samples: int | None) -> Tensor:
+        return self._estimate(z, generator, n_samples)[0]
+
+    def _prior_probs(self, z: Tensor, n: int, generator: torch.Generator, *,
+                     qmc: bool = False) -> Tensor:
+        """``softmax(v)`` ``[n, B, K]`` for ``n`` draws ``v ~ p(v | x)`` per item
+        (independent draws, or randomised QMC points shared by the items)."""
+        _, ctxs, loc, log_scale = self._context(z)
+        if qmc:
+            eps = normal_points(n, self.n_labels, generator, z).reshape(-1, 1, self.n_labels)
+            eps = eps.expand(-1, z.shape[0], -1)
+        else:
+            eps = torch.randn((n, z.shape[0], self.n_labels), generator=generator,
+                              device=z.device, dtype=z.dtype)
+        return torch.softmax(self._flow_sample(ctxs, loc, log_scale, eps)[0], -1)
+
+    def _item_moments(self, z: Tensor, generator: torch.Generator,
+                      n_samples: int | None) -> tuple[Tensor, Tensor]:
+        if self.latent != "item":
+            return super()._item_moments(z, generator, n_samples)
+        probs = self._prior_probs(z, n_samples or self.n_eval_samples, generator, qmc=True)
+        return panel_moments(probs, self.values)
+
+    def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        # item latent: one v per item, shared by its n simulated annotators (one panel)
+        probs = self._prior_probs(z, 1 if self.latent == "item" else n, generator)
+        u = torch.rand((n, z.shape[0], 1), generator=generator, device=z.device, dtype=z.dtype)
+        return (u > probs.cumsum(-1)[..., :-1]).sum(-1)
