@@ -1,7 +1,7 @@
 """Gaussian mixtures with diagonal covariances, and the MoG-40 benchmark of the DiGS paper.
 
-Log-density and gradient are closed-form and batched as three matrix products, so a step over
-10,000 chains costs a handful of fused kernels:
+Log-density and gradient are closed-form and batched as matrix products (two when all components
+share one isotropic scale, as in MoG-40), so a step over 10,000 chains costs a few fused kernels:
 
 .. math::
     \\ell_k(x) = \\log w_k - \\tfrac12 \\sum_j P_{kj} (x_j - \\mu_{kj})^2 - \\tfrac12 \\sum_j
@@ -79,42 +79,59 @@ class GaussianMixture(Target):
         self.register_buffer("means", means.clone())
         self.register_buffer("scales", s.contiguous().clone())
         self.register_buffer("weights", w)
-        # derived constants in float64 (cast to the input's dtype when used), so that float64
-        # inputs get float64 accuracy even when the parameters are float32 numbers
+        # derived constants, computed in float64 and kept twice: in float64 (used for float64
+        # inputs, so they get float64 accuracy even when the parameters are float32 numbers)
+        # and in the parameters' dtype (used otherwise, so no conversion happens per call)
         s64, m64 = s.double(), means.double()
         prec = 1.0 / s64**2
-        self.register_buffer("_prec", prec)  # K x d
-        self.register_buffer("_mean_prec", m64 * prec)  # K x d
         const = (
             torch.log(w.double())
             - 0.5 * (m64**2 * prec).sum(-1)
             - torch.log(s64).sum(-1)
             - 0.5 * d * LOG_2PI
         )
-        self.register_buffer("_const", const)  # K
+        for name, val in (("_prec", prec), ("_mean_prec", m64 * prec), ("_const", const)):
+            self.register_buffer(name + "64", val.contiguous(), persistent=False)
+            self.register_buffer(name, val.to(means.dtype).contiguous(), persistent=False)
+        # one shared isotropic scale (MoG-40): the quadratic term ||x||^2 / (2 s^2) is the same
+        # for every component, so it leaves the logsumexp and the logits are one matrix product
+        self._shared_prec = float(prec[0, 0]) if bool((s == s[0, 0]).all()) else None
 
     @property
     def n_components(self) -> int:
         return self.means.shape[0]
 
+    def _buf(self, name: str, x: Tensor) -> Tensor:
+        b = getattr(self, name + "64") if x.dtype == torch.float64 else getattr(self, name)
+        return b.to(dtype=x.dtype, device=x.device)
+
+    def _linear_logits(self, x: Tensor) -> Tensor:
+        """``log w_k + log N_k(x)`` without the quadratic term of ``x`` (``n x K``)."""
+        return torch.addmm(self._buf("_const", x), x, self._buf("_mean_prec", x).T)
+
     def _logits(self, x: Tensor) -> Tensor:
         """Per-component log joint ``log w_k + log N_k(x)`` (``n x K``)."""
-        prec = self._prec.to(x)
-        return torch.addmm(self._const.to(x), x, self._mean_prec.to(x).T) - 0.5 * (x * x) @ prec.T
+        quad = (x * x) @ self._buf("_prec", x).T  # n x K
+        return self._linear_logits(x) - 0.5 * quad
 
     def log_prob(self, x: Tensor) -> Tensor:
+        if self._shared_prec is not None:
+            lse = torch.logsumexp(self._linear_logits(x), dim=-1)
+            return lse - 0.5 * self._shared_prec * (x * x).sum(-1)
         return torch.logsumexp(self._logits(x), dim=-1)
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self._logits(x)
+        p = self._shared_prec
+        logits = self._linear_logits(x) if p is not None else self._logits(x)
         m = logits.amax(-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         e = torch.exp(logits - m)
-        s = e.sum(-1, keepdim=True)
-        lp = (m + torch.log(s)).squeeze(-1)
-        r = e / s
-        grad = r @ self._mean_prec.to(x) - x * (r @ self._prec.to(x))
-        return lp, grad
+        tot = e.sum(-1, keepdim=True)
+        lp = (m + torch.log(tot)).squeeze(-1)
+        pull = (e @ self._buf("_mean_prec", x)) / tot  # sum_k r_k P_k mu_k
+        if p is not None:
+            return lp - 0.5 * p * (x * x).sum(-1), pull - p * x
+        return lp, pull - x * ((e @ self._buf("_prec", x)) / tot)
 
     def responsibilities(self, x: Tensor) -> Tensor:
         """Posterior component probabilities ``r_k(x)`` (``n x K``)."""

@@ -1,0 +1,200 @@
+"""Gradient evaluations per second of our batched MALA against blackjax MALA under jax.jit.
+
+Target: MoG-40 (Chen et al., 2024), 10,000 chains, the same fixed MALA step size on both sides,
+the same CPU, the same process. Each side runs ``--steps`` MALA transitions of all chains; the
+rate is ``chains * steps / seconds``.
+
+- ours, as users call it: ``samplers.MALA(step_size=h, n_chains=10000, burn_in=steps - 1,
+  adapt=False).run(MoG40(), 10000, seed)`` (default ``compile="auto"``, which compiles the step
+  for a run this long; the analytic MoG-40 gradient is used automatically);
+- blackjax: ``blackjax.mala(logdensity, h)`` vmapped over chains, stepped by a jitted function
+  (the usual user loop) and, as a second variant, by ``jax.lax.fori_loop`` inside one jit; the
+  log-density is written twice (a ``logsumexp`` over component log-pdfs, and the same
+  matrix-product form our target uses), and the fastest JAX variant is the baseline.
+
+Repeats alternate between the two sides (so machine load hits both), after one warm-up run of
+each that includes compilation (reported separately). The ratio is of medians.
+
+Threads: both sides get the same number (``--threads``, default 1: torch.set_num_threads and
+XLA's ``intra_op_parallelism_threads``, set before JAX is imported). One thread is the default
+because on a shared, busy machine OpenMP's barriers stall whenever a sibling thread is
+descheduled, which would measure the neighbours rather than the code; pass ``--threads 2`` to
+compare with two threads each. JAX and blackjax are benchmark-only dependencies
+(``pip install jax jaxlib blackjax``).
+
+Usage: ``python benchmarks/mala_vs_blackjax.py [--chains 10000] [--steps 300] [--repeats 5]
+[--threads 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import samplers
+from samplers.targets import MoG40
+
+
+def _ours(target: MoG40, chains: int, steps: int, h: float, seed: int) -> tuple[float, dict]:
+    sampler = samplers.MALA(
+        step_size=h, n_chains=chains, burn_in=steps - 1, thin=1, adapt=False, progress=False
+    )
+    t = time.perf_counter()
+    res = sampler.run(target, chains, seed=seed)
+    dt = time.perf_counter() - t
+    assert res.n_grad_evals == chains * (steps + 1)
+    return dt, {
+        "acceptance": res.diagnostics["acceptance_rate"],
+        "compiled": res.diagnostics["compiled"],
+    }
+
+
+def _jax_variants(target: MoG40, chains: int, steps: int, h: float):
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+
+    mu = jnp.asarray(target.means.numpy())
+    s = float(target.scales[0, 0])
+    prec_mu = mu / s**2
+    const = -0.5 * jnp.sum(mu**2, -1) / s**2
+
+    def logdensity_lse(x):
+        return jax.scipy.special.logsumexp(-0.5 * jnp.sum((x - mu) ** 2, -1) / s**2)
+
+    def logdensity_mm(x):
+        return jax.scipy.special.logsumexp(prec_mu @ x + const) - 0.5 * jnp.dot(x, x) / s**2
+
+    variants = {}
+    for lname, logdensity in (("logsumexp", logdensity_lse), ("matmul", logdensity_mm)):
+        mala = blackjax.mala(logdensity, h)
+        init = jax.jit(jax.vmap(mala.init))
+
+        @jax.jit
+        def one_step(states, key, mala=mala):
+            keys = jax.random.split(key, chains)
+            new, info = jax.vmap(mala.step)(keys, states)
+            return new, info.acceptance_rate.mean()
+
+        @jax.jit
+        def many_steps(states, key, mala=mala):
+            def body(i, carry):
+                st, k, acc = carry
+                k, sub = jax.random.split(k)
+                keys = jax.random.split(sub, chains)
+                st, info = jax.vmap(mala.step)(keys, st)
+                return st, k, acc + info.acceptance_rate.mean()
+
+            return jax.lax.fori_loop(0, steps, body, (states, key, 0.0))
+
+        def run_loop(seed, init=init, one_step=one_step):
+            key = jax.random.PRNGKey(seed)
+            t = time.perf_counter()
+            st = init(jnp.zeros((chains, 2)))
+            acc = 0.0
+            for _ in range(steps):
+                key, sub = jax.random.split(key)
+                st, a = one_step(st, sub)
+                acc = acc + a
+            jax.block_until_ready(st)
+            return time.perf_counter() - t, {"acceptance": float(acc) / steps}
+
+        def run_scan(seed, init=init, many_steps=many_steps):
+            key = jax.random.PRNGKey(seed)
+            t = time.perf_counter()
+            st = init(jnp.zeros((chains, 2)))
+            st, _, acc = many_steps(st, key)
+            jax.block_until_ready(st)
+            return time.perf_counter() - t, {"acceptance": float(acc) / steps}
+
+        variants[f"blackjax_jit_loop_{lname}"] = run_loop
+        variants[f"blackjax_fori_loop_{lname}"] = run_scan
+    return variants, jax.__version__, blackjax.__version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--chains", type=int, default=10_000)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--step-size", type=float, default=0.5)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="threads of each side (default 1)")
+    p.add_argument("--out", type=Path, default=Path("bench-results") / "mala_vs_blackjax.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if args.threads == 1:
+        flags += " --xla_cpu_multi_thread_eigen=false"
+    os.environ["XLA_FLAGS"] = f"{flags} intra_op_parallelism_threads={args.threads}".strip()
+    target = MoG40()
+    try:
+        variants, jax_v, bjx_v = _jax_variants(target, args.chains, args.steps, args.step_size)
+    except ImportError as exc:
+        print(f"needs jax and blackjax (pip install jax jaxlib blackjax): {exc}", file=sys.stderr)
+        return 2
+    evals = args.chains * args.steps
+    # warm-up (compilation) runs, timed
+    warm = {"ours": _ours(target, args.chains, args.steps, args.step_size, 0)[0]}
+    for name, fn in variants.items():
+        warm[name] = fn(0)[0]
+    times: dict[str, list[float]] = {k: [] for k in ["ours", *variants]}
+    info: dict[str, dict] = {}
+    for r in range(args.repeats):
+        dt, inf = _ours(target, args.chains, args.steps, args.step_size, r + 1)
+        times["ours"].append(dt)
+        info["ours"] = inf
+        for name, fn in variants.items():
+            dt, inf = fn(r + 1)
+            times[name].append(dt)
+            info[name] = inf
+        print(
+            f"repeat {r + 1}/{args.repeats}: "
+            + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rate = {k: evals / v for k, v in med.items()}
+    best_jax = max((k for k in rate if k != "ours"), key=lambda k: rate[k])
+    ratio = rate["ours"] / rate[best_jax]
+    result = {
+        "benchmark": "mala_vs_blackjax",
+        "target": "MoG-40",
+        "chains": args.chains,
+        "steps": args.steps,
+        "step_size": args.step_size,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "jax": jax_v,
+        "blackjax": bjx_v,
+        "python": platform.python_version(),
+        "seconds": times,
+        "median_seconds": med,
+        "grad_evals_per_second": rate,
+        "first_run_seconds_including_compilation": warm,
+        "acceptance": {k: v.get("acceptance") for k, v in info.items()},
+        "ours_compiled": info["ours"].get("compiled"),
+        "baseline": best_jax,
+        "ratio_ours_over_blackjax": ratio,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    for k in rate:
+        speed = f"{rate[k] / 1e6:8.3f} M grad evals/s"
+        print(f"{k:34s} {speed} (median {med[k]:.3f} s, first run {warm[k]:.1f} s)")
+    print(f"ratio ours / {best_jax}: {ratio:.2f}x   -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
