@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--full", action="store_true", help="reference sizes (GPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     from probrec.data import MoleculeFeaturizer, featurize_tasks, load_moleculenet, split_tasks
 
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None
