@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     from probrec.flows.experiment import (
         MODELS,
         compare_models,
+        comparison_table,
         format_table,
         plot_histograms,
         summarise,
@@ -145,6 +146,12 @@ def main(argv=None) -> int:
                          for m, r in res.items()})
         summary = summarise(runs)
         table = format_table(summary, title=f"{name} ({len(data)} items, {args.seeds} seeds)")
+        flows = [m for m in models if "flow" in m]
+        bases = [m for m in ("gaussian", "softmax", "ensemble") if m in models]
+        pairs = [(f, b) for f in flows for b in bases]
+        if pairs and args.seeds > 1:
+            table += ("\n\nPaired differences over seeds (same split; negative: the flow is "
+                      "better):\n\n" + comparison_table(runs, pairs))
         print(table, flush=True)
         tables.append(table)
         report["datasets"][name] = {"n_items": len(data), "n_annotations": data.n_annotations,

@@ -473,6 +473,7 @@ def synthetic_annotations(
     n_annotators: int = 60,
     per_item: tuple[int, int] = (4, 9),
     label_values: Sequence[int] = (1, 2, 3, 4, 5),
+    cut_power: float = 0.6,
     seed: SeedLike = 0,
 ) -> AnnotationSet:
     """A seeded annotator population whose per-item label distribution is known exactly.
@@ -480,7 +481,10 @@ def synthetic_annotations(
     Items have features ``x ~ N(0, I_dim)``. Annotator ``a`` has a bias ``b_a ~ N(0, 0.3^2)``
     and belongs to one of two groups ``g_a``. On item ``x`` annotator ``a`` perceives
     ``mu(x) + b_a + (2 g_a - 1) delta(x) + sigma(x) eps`` with ``eps ~ N(0, 1)`` and reports
-    it rounded to the nearest label (tails to the end labels). ``mu`` sets the average rating,
+    the label whose interval holds it. The intervals have a response style: the cut points
+    between labels ``lo .. hi`` sit at ``lo - 1/2 + K f_k^cut_power`` with ``f_k = k / K``;
+    ``cut_power = 1`` is plain rounding, smaller values widen the low labels (ratings pile up at
+    the bottom of the scale, as offensiveness ratings do). ``mu`` sets the average rating,
     ``sigma(x)`` (heteroscedastic) the disagreement, and ``delta(x) >= 0`` polarises the two
     groups (bimodal label distributions on some items). Each item is rated by a random subset
     of ``per_item`` annotators.
@@ -491,6 +495,7 @@ def synthetic_annotations(
         n_annotators: population size.
         per_item: (min, max) annotators per item, inclusive.
         label_values: consecutive integer labels.
+        cut_power: response-style exponent of the cut points (> 0; 1: equal intervals).
         seed: seed of everything.
 
     Returns:
@@ -520,7 +525,11 @@ def synthetic_annotations(
     group = rng.integers(0, 2, n_annotators) * 2 - 1
     # per-(item, annotator) perceived location
     loc = mu[:, None] + bias[None, :] + group[None, :] * delta[:, None]
-    cuts = np.concatenate([[-np.inf], lv[:-1] + 0.5, [np.inf]])
+    if not cut_power > 0:
+        raise ValueError(f"cut_power must be positive, got {cut_power}")
+    k = len(lv)
+    inner = lv[0] - 0.5 + k * (np.arange(1, k) / k) ** cut_power
+    cuts = np.concatenate([[-np.inf], inner, [np.inf]])
     cdf = norm.cdf((cuts[None, None, :] - loc[:, :, None]) / sigma[:, None, None])
     probs_ia = np.diff(cdf, axis=-1)  # [n, A, K]
     true_probs = probs_ia.mean(axis=1)

@@ -47,7 +47,6 @@ from probrec.seeding import torch_generator
 __all__ = [
     "AnnotatorModel",
     "load_model",
-    "mc_log_mean",
     "normal_points",
     "panel_moments",
     "replicate_log_mean",
@@ -498,23 +497,6 @@ def load_model(path: str | os.PathLike,
                map_location: str | torch.device | None = None) -> AnnotatorModel:
     """Loads any model saved with :meth:`AnnotatorModel.save`."""
     return AnnotatorModel.load(path, map_location)
-
-
-def mc_log_mean(logp: Tensor) -> tuple[Tensor, Tensor]:
-    """``log mean_s exp(logp[s])`` over the first axis and its delta-method standard error.
-
-    Args:
-        logp: ``[S, ...]`` log values of ``S`` independent Monte Carlo terms.
-
-    Returns:
-        ``[...]`` the log of the sample mean and ``sd / (sqrt(S) mean)`` (``ddof = 1``).
-    """
-    s = logp.shape[0]
-    top = logp.max(0).values
-    w = torch.exp(logp - top)
-    mean = w.mean(0)
-    sd = w.std(0, correction=1) if s > 1 else torch.zeros_like(mean)
-    return torch.log(mean) + top, sd / (math.sqrt(s) * mean)
 
 
 def normal_points(n: int, dim: int, generator: torch.Generator, like: Tensor, *,

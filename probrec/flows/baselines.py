@@ -271,9 +271,9 @@ class DeepEnsemble(AnnotatorModel):
 
     def _snapshot(self, best: dict[str, Tensor] | None, improved: Tensor) -> dict[str, Tensor]:
         state = self.state_dict()
-        if best is None:
+        if best is None or bool(improved.all()):
             return {k: v.detach().clone() for k, v in state.items()}
-        keep = improved.to(self.device)
+        keep = improved.to(self.device).expand(self.members)  # [1] without a valid set
         for k, v in state.items():
             if k.startswith("net.") and v.shape[:1] == (self.members,):
                 best[k][keep] = v.detach()[keep]

@@ -30,8 +30,8 @@ from probrec.flows.integer import ConditionalIntegerFlow
 from probrec.flows.metrics import evaluate
 from probrec.flows.softmax import ConditionalSoftmaxFlow
 
-__all__ = ["METRICS", "MODELS", "compare_models", "format_table", "plot_histograms",
-           "summarise"]
+__all__ = ["METRICS", "MODELS", "compare_models", "comparison_table", "format_table",
+           "paired_difference", "plot_histograms", "summarise"]
 
 #: model name -> (class, constructor arguments, description)
 MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
@@ -155,6 +155,35 @@ def summarise(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
             se = float(vals.std(ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else float("nan")
             out[name][key] = {"mean": float(vals.mean()), "se": se, "n": int(len(vals))}
     return out
+
+
+def paired_difference(runs: Sequence[dict[str, dict[str, Any]]], model: str, baseline: str,
+                      metric: str) -> dict[str, float]:
+    """``metric(model) - metric(baseline)`` per seed (same split), mean and standard error.
+
+    Pairing removes the between-split variation that dominates the per-model standard errors,
+    so this is the statistic for "does ``model`` beat ``baseline``".
+    """
+    diffs = np.array([r[model][metric] - r[baseline][metric] for r in runs
+                      if model in r and baseline in r], dtype=float)
+    if diffs.size == 0:
+        raise ValueError(f"no run has both {model!r} and {baseline!r}")
+    se = float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else float("nan")
+    return {"mean": float(diffs.mean()), "se": se, "n": int(diffs.size)}
+
+
+def comparison_table(runs: Sequence[dict[str, dict[str, Any]]], pairs: Sequence[tuple[str, str]],
+                     metrics: Sequence[str] = ("nll", "std_rmse"), digits: int = 3) -> str:
+    """Markdown table of paired differences (model - baseline; negative is better)."""
+    lines = ["| model - baseline | " + " | ".join(METRICS[m][0] for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for a, b in pairs:
+        cells = []
+        for m in metrics:
+            d = paired_difference(runs, a, b, m)
+            cells.append(f"{d['mean']:+.{digits}f} ± {d['se']:.{digits}f}")
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]], *, title: str = "",

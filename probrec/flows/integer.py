@@ -38,7 +38,12 @@ from torch.nn import functional as F
 
 from probrec.backbone import MLPEncoder
 from probrec.checks import check_choice, check_positive_int
-from probrec.flows.base import AnnotatorModel, mc_log_mean, panel_moments
+from probrec.flows.base import (
+    AnnotatorModel,
+    normal_points,
+    panel_moments,
+    replicate_log_mean,
+)
 from probrec.flows.discrete import BASES, base_icdf, interval_log_mass
 from probrec.flows.spline import rq_spline
 
@@ -57,7 +62,8 @@ class ConditionalIntegerFlow(AnnotatorModel):
     maximises an importance-weighted bound (Burda et al., ICLR 2016) on each item's joint
     likelihood ``log E_u prod_k P(k | x, u)^{n_k}`` with an amortised Gaussian
     ``q(u | x, counts)``; the per-annotation distribution ``P(k | x) = E_u P(k | x, u)`` is a
-    Monte Carlo average of exact distributions, so it still sums to one exactly.
+    (randomised quasi-) Monte Carlo average of exact distributions, so it still sums to one
+    exactly, and comes with a standard error.
     ``item_latent = 0`` treats annotators as independent given ``x`` (the paper's setting).
 
     Example:
@@ -227,9 +233,11 @@ class ConditionalIntegerFlow(AnnotatorModel):
         if not self.item_latent:
             logp = self._conditional_log_probs(self._params(h))
             return logp, torch.zeros_like(logp)
-        n = n_samples or self.n_eval_samples
-        logp = self._conditional_log_probs(self._params(h, self._prior_draws(h, n, generator)))
-        return mc_log_mean(logp)
+        # randomised QMC over u (8 scrambled replicates), shared by the items
+        pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
+        r, m = pts.shape[:2]
+        logp = self._conditional_log_probs(self._params(h, pts.reshape(r * m, 1, -1)))
+        return replicate_log_mean(logp.reshape(r, m, *logp.shape[1:]))
 
     def _label_log_probs(self, z: Tensor, generator: torch.Generator,
                          n_samples: int | None) -> Tensor:
@@ -301,8 +309,8 @@ class ConditionalIntegerFlow(AnnotatorModel):
         if not self.item_latent:
             return super()._item_moments(z, generator, n_samples)
         h = self.encoder(z)
-        n = n_samples or self.n_eval_samples
-        p = self._conditional_log_probs(self._params(h, self._prior_draws(h, n, generator)))
+        pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
+        p = self._conditional_log_probs(self._params(h, pts.reshape(-1, 1, self.item_latent)))
         return panel_moments(p.exp(), self.values)
 
 

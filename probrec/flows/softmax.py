@@ -13,15 +13,24 @@ and shift networks see the untouched coordinates *and* the input's features ``h(
 conditions the transforms themselves.
 
 Training maximises an importance-weighted variational bound (Burda, Grosse & Salakhutdinov,
-ICLR 2016; ``S = 1`` gives the ELBO) with an amortised Gaussian ``q(v | y, x)``:
+ICLR 2016) with an amortised Gaussian ``q(v | y, x)``:
 
-    log p(y | x) >= E_{v_1..S ~ q} log (1/S) sum_s softmax(v_s)_y p(v_s | x) / q(v_s | y, x).
+    log p(y | x) >= E log (1/S) sum_s softmax(v_s)_y p(v_s | x) / r(v_s),
 
-For evaluation ``log p(y | x)`` is estimated by multiple importance sampling: half of the ``S``
-samples from ``q(v | y, x)``, half from ``p(v | x)``, weighted with the balance heuristic
-(Veach & Guibas, SIGGRAPH 1995) against the mixture ``(q + p) / 2``. The estimate of
-``p(y | x)`` is unbiased and every weight is at most 2, so its variance is bounded; the
-standard error of the log estimate comes from the delta method (:meth:`label_log_probs_se`).
+where the ``S`` draws come half from ``q(v | y, x)`` and half from the flow ``p(v | x)`` and
+``r = (q + p) / 2`` is their mixture (a defensive proposal: every weight is at most 2, and the
+labels' gradient reaches the flow both through ``q``'s draws and through the flow's own
+reparameterised draws). ``latent="annotation"`` (the default, as in the paper) draws one ``v``
+per annotation; ``latent="item"`` draws one ``v`` per item shared by its annotators, so
+``softmax(v)`` is the item's label distribution, the bound is on the item's joint likelihood
+``log E_v prod_k softmax(v)_k^{n_k}`` with ``q(v | counts, x)``, and simulated panels disagree
+as much as human panels do.
+
+For evaluation ``log p(y | x)`` (the per-annotation marginal ``E_{p(v|x)} softmax(v)_y`` in both
+modes) is estimated by the same balance-heuristic importance sampling (Veach & Guibas,
+SIGGRAPH 1995) with randomised quasi-Monte Carlo draws in 8 independent replicates: unbiased
+for ``p(y | x)``, with the standard error of the log estimate from the spread of the
+replicates (:meth:`~probrec.flows.AnnotatorModel.label_log_probs_se`).
 """
 
 from __future__ import annotations
@@ -120,6 +129,8 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         q_hidden: width of the variational network ``q(v | y, x)``.
         n_train_samples: importance samples ``S`` of the training bound (1: the ELBO).
         n_eval_samples: importance samples per item and label for evaluation.
+        latent: ``"annotation"`` (one latent per annotation, as in the paper) or ``"item"``
+            (one per item, shared by its annotators: simulated panels).
         seed: initialisation seed.
     """
 

@@ -37,7 +37,8 @@ def test_probabilities_sum_to_one_exactly_for_any_input(seed, scale, x_scale, la
     assert p.shape == (32, len(labels)) and bool((p >= 0).all())
     np.testing.assert_allclose(p.sum(-1).numpy(), 1.0, rtol=0, atol=1e-12)
     img = model.cdf_at_cuts(x)
-    assert bool((img.diff(dim=-1) > 0).all())  # a monotone transform of the cut points
+    # a monotone transform of the cut points (extreme weights may round neighbours together)
+    assert bool((img.diff(dim=-1) >= 0).all())
 
 
 def test_without_splines_it_is_a_discretised_normal():
@@ -57,7 +58,7 @@ def test_without_splines_it_is_a_discretised_normal():
 
 def test_fits_bimodal_annotations_that_a_rounded_gaussian_cannot(bimodal):
     x, labels, p_true = bimodal
-    fit = {"epochs": 60, "batch_size": 50, "lr": 1e-2, "progress": False}
+    fit = {"epochs": 40, "batch_size": 50, "lr": 1e-2, "progress": False}
     flow = ConditionalIntegerFlow(3, range(1, 6), hidden=(8,), seed=0).fit(x, labels, **fit)
     gauss = GaussianHead(3, range(1, 6), hidden=(8,), seed=0).fit(x, labels, **fit)
     p_flow = flow.predict_proba(x).mean(0).numpy()
@@ -72,10 +73,10 @@ def test_item_latent_simulates_panels_that_agree_like_humans():
     """Items where every annotator says 1 or every annotator says 5 (features are noise): the
     per-annotation distribution is the same, but only a panel model reproduces the agreement."""
     rng = np.random.default_rng(0)
-    n, m = 240, 6
+    n, m = 160, 6
     labels = np.repeat(np.where(rng.random(n) < 0.5, 1, 5)[:, None], m, axis=1)
     x = rng.standard_normal((n, 2)).astype(np.float32)
-    fit = {"epochs": 40, "batch_size": 40, "lr": 1e-2, "progress": False}
+    fit = {"epochs": 30, "batch_size": 40, "lr": 1e-2, "progress": False}
     iid = ConditionalIntegerFlow(2, range(1, 6), hidden=(8,), seed=0).fit(x, labels, **fit)
     panel = ConditionalIntegerFlow(2, range(1, 6), hidden=(8,), item_latent=1, seed=0).fit(
         x, labels, **fit)

@@ -1,0 +1,114 @@
+"""Annotator metrics on hand-made cases, a published worked example and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import wasserstein_distance
+
+from probrec.flows import AnnotatorModel
+from probrec.flows.metrics import (
+    distribution_moments,
+    evaluate,
+    fleiss_kappa,
+    majority_accuracy,
+    mean_rmse,
+    nll,
+    std_rmse,
+    wasserstein1,
+)
+
+# Fleiss (1971) as worked on Wikipedia ("Fleiss' kappa"): 10 subjects, 14 raters, 5 categories
+FLEISS_TABLE = np.array([
+    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+])
+
+
+def test_fleiss_kappa_worked_example():
+    assert fleiss_kappa(FLEISS_TABLE) == pytest.approx(0.210, abs=5e-4)
+
+
+def test_fleiss_kappa_against_statsmodels():
+    sm = pytest.importorskip("statsmodels.stats.inter_rater")
+    table = np.random.default_rng(0).multinomial(7, [0.5, 0.3, 0.2], size=40)
+    assert fleiss_kappa(table) == pytest.approx(sm.fleiss_kappa(table), rel=1e-12)
+
+
+def test_fleiss_kappa_with_two_raters_is_scotts_pi_and_drops_single_ratings():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 3, 60)
+    b = np.where(rng.random(60) < 0.6, a, rng.integers(0, 3, 60))
+    p_o = (a == b).mean()
+    pooled = np.bincount(np.concatenate([a, b]), minlength=3) / 120
+    scott = (p_o - (pooled**2).sum()) / (1 - (pooled**2).sum())
+    table = np.zeros((61, 3), int)
+    np.add.at(table, (np.arange(60), a), 1)
+    np.add.at(table, (np.arange(60), b), 1)
+    table[60, 2] = 1  # an item with one rating carries no agreement information
+    assert fleiss_kappa(table) == pytest.approx(scott, rel=1e-12)
+    with pytest.raises(ValueError, match="one category"):
+        fleiss_kappa([[3, 0], [2, 0]])
+    with pytest.raises(ValueError, match="at least two"):
+        fleiss_kappa([[1, 0]])
+
+
+def test_moments_rmse_nll_accuracy_on_a_hand_case():
+    values = np.array([1, 2, 3, 4, 5])
+    counts = np.array([[2, 0, 0, 0, 0], [0, 1, 0, 1, 0], [0, 0, 3, 1, 0]])
+    probs = np.array([[0.5, 0.5, 0, 0, 0], [0, 0, 1.0, 0, 0], [0, 0, 0.5, 0.5, 0]])
+    mean, sd = distribution_moments(counts, values)
+    np.testing.assert_allclose(mean, [1, 3, 3.25])
+    np.testing.assert_allclose(sd, [0, 1, np.sqrt(3 / 16)])
+    pm, ps = distribution_moments(probs, values)
+    np.testing.assert_allclose(pm, [1.5, 3, 3.5])
+    np.testing.assert_allclose(ps, [0.5, 0, 0.5])
+    assert mean_rmse(probs, counts, values) == pytest.approx(np.sqrt((0.25 + 0 + 0.0625) / 3))
+    assert std_rmse(probs, counts, values) == pytest.approx(
+        np.sqrt((0.25 + 1 + (0.5 - np.sqrt(3 / 16)) ** 2) / 3))
+    with np.errstate(divide="ignore"):
+        logp = np.log(probs)
+    assert nll(np.log(np.full((3, 5), 0.2)), counts) == pytest.approx(np.log(5))
+    assert nll(logp, counts) == np.inf  # a zero-probability annotation
+    assert majority_accuracy(probs, counts) == pytest.approx(2 / 3)  # ties count as hits
+    with pytest.raises(ValueError, match="same shape"):
+        mean_rmse(probs[:2], counts, values)
+
+
+def test_wasserstein_matches_scipy():
+    rng = np.random.default_rng(2)
+    values = np.array([-3, -2, -1, 0, 1])
+    probs = rng.dirichlet(np.ones(5), size=20)
+    counts = rng.multinomial(6, [0.1, 0.1, 0.1, 0.2, 0.5], size=20)
+    got = wasserstein1(probs, counts, values)
+    ref = [wasserstein_distance(values, values, p, c) for p, c in zip(probs, counts)]
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+class _Lookup(AnnotatorModel):
+    """A fixed distribution per item (the item's index is its only feature)."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        super().__init__(1, (1, 2, 3), seed=0)
+        self.register_buffer("table", torch.as_tensor(probs, dtype=torch.float32))
+
+    def _label_log_probs(self, z, generator, n_samples):
+        idx = torch.round(z[:, 0] * self.x_scale[0] + self.x_loc[0]).long()
+        return self.table[idx].log()
+
+
+def test_evaluate_on_a_model_with_known_probabilities():
+    rng = np.random.default_rng(3)
+    true = rng.dirichlet(np.full(3, 0.3), size=300)
+    counts = np.stack([rng.multinomial(6, p) for p in true])
+    lists = [np.repeat([1, 2, 3], c).tolist() for c in counts]
+    model = _Lookup(true)
+    x = np.arange(300, dtype=np.float32)[:, None]
+    res = evaluate(model, x, lists, seed=0)
+    assert res["nll"] == pytest.approx(-(counts * np.log(true)).sum() / counts.sum(), rel=1e-5)
+    assert res["std_rmse"] == pytest.approx(std_rmse(true, counts, [1, 2, 3]), rel=1e-5)
+    assert res["w1"] == pytest.approx(wasserstein1(true, counts, [1, 2, 3]).mean(), rel=1e-5)
+    assert res["nll_mc_se"] == 0.0
+    # annotators simulated from the true distributions agree about as much as the humans
+    assert abs(res["kappa_sim"] - res["kappa_human"]) < 0.06
