@@ -349,11 +349,13 @@ class Sampler:
         t_start = time.perf_counter()
         gen = seed if isinstance(seed, torch.Generator) else torch_generator(seed, target._device())
         x0 = self._initial_positions(target, plan.n_chains, gen)
+        if x0.device != gen.device and not isinstance(seed, torch.Generator):
+            # chains live where the starting states are (e.g. a CUDA init for a function target)
+            gen = torch_generator(seed + 1, x0.device)
         lp, grad = check_start(target, x0, need_grad=self._needs_grad())
         self._n_lp = 0 if self._needs_grad() else plan.n_chains
         self._n_grad = plan.n_chains if self._needs_grad() else 0
         self._gen = gen
-        self._target = target
         state = self._start(target, x0, lp, grad, plan)
         d = target.dim
         kept = torch.empty(
@@ -387,6 +389,7 @@ class Sampler:
             if t - shown >= every:
                 bar.update(t - shown)
                 shown = t
+        bar.update(plan.n_transitions - shown)
         bar.close()
         wall = time.perf_counter() - t_start
         n_samples = check_positive_int(n_samples, "n_samples")

@@ -26,13 +26,13 @@ def run_section(ctx: Any) -> dict[str, Any]:
     """
     from .plots import plot_mog_samples
 
-    n, budget = (1000, 200.0) if ctx.quick else (4000, 600.0)
+    n, budget = (1000, 150.0) if ctx.quick else (3000, 300.0)
     target = MoG40()
     common = dict(budget=budget, compile=False, progress=ctx.progress)
     samplers = {
         "DiGS": DiGS(alphas=(0.05,), n_mala=1, step_size=1.0, **common),
         "PT": ParallelTempering(
-            "hmc", n_temperatures=5, max_temperature=1000.0, n_leapfrog=10, **common
+            "mala", n_temperatures=5, max_temperature=1000.0, step_size=0.5, **common
         ),
     }
     exact = target.sample(n, seed=ctx.seed + 1)

@@ -12,7 +12,7 @@ variance-preserving choice ``sigma^2 = 1 - alpha^2`` one *sweep* at noise level 
 3. denoising: ``K`` MALA steps on ``log p(x | x~) = log p(x) - ||x~ - alpha x||^2 / (2 sigma^2)``.
 
 Small ``alpha`` smooths the target strongly, so step 2 jumps between distant modes; several noise
-levels can be cycled (sweep ``t`` uses ``alphas[t % len(alphas)]``). Each sweep costs ``K + 1``
+levels can be cycled (``sweeps_per_level`` sweeps at each level in turn). Each sweep costs ``K + 1``
 gradient evaluations per chain (the proposal of step 2 is evaluated with its gradient, which the
 MALA steps then reuse). The MALA step size is adapted per noise level during warm-up.
 
@@ -170,6 +170,9 @@ class DiGS(Sampler):
         step_size: initial MALA step size, one float for all levels or one per level.
         target_accept: MALA acceptance rate aimed at by adaptation (per noise level).
         mwg_init: Metropolis-within-Gibbs initialisation of each denoising step.
+        sweeps_per_level: consecutive sweeps at one noise level before moving to the next
+            (1: the level changes every sweep; the DiGS paper's BNN run uses 100 sweeps per
+            level through 5 levels).
         **kwargs: schedule options of :class:`~samplers.base.Sampler`; a transition is one
             sweep and costs ``K + 1`` gradient evaluations per chain (``K`` without
             ``mwg_init``).
@@ -191,6 +194,7 @@ class DiGS(Sampler):
         step_size: float | Sequence[float] | None = None,
         target_accept: float = 0.574,
         mwg_init: bool = True,
+        sweeps_per_level: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -218,6 +222,11 @@ class DiGS(Sampler):
             raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
         self.target_accept = float(target_accept)
         self.mwg_init = bool(mwg_init)
+        if isinstance(sweeps_per_level, bool) or not isinstance(sweeps_per_level, int):
+            raise ValueError(f"sweeps_per_level must be a positive int, got {sweeps_per_level!r}")
+        if sweeps_per_level < 1:
+            raise ValueError(f"sweeps_per_level must be a positive int, got {sweeps_per_level!r}")
+        self.sweeps_per_level = sweeps_per_level
         self._sweep = CompiledFn(digs_sweep)
         self._block = CompiledFn(digs_block)
 
@@ -229,6 +238,7 @@ class DiGS(Sampler):
             step_size=self.step_size,
             target_accept=self.target_accept,
             mwg_init=self.mwg_init,
+            sweeps_per_level=self.sweeps_per_level,
         )
         return cfg
 
@@ -252,6 +262,10 @@ class DiGS(Sampler):
         self._level_steps = [0] * levels
         return (x0, lp, grad)
 
+    def _level(self, t: int) -> int:
+        """Noise level of sweep ``t`` (1-based)."""
+        return ((t - 1) // self.sweeps_per_level) % len(self.alphas)
+
     def _draw(self, n: int, d: int) -> tuple[Tensor, Tensor]:
         """Random numbers of one sweep: ``(K+2) x n x d`` normals, ``(K+1) x n`` log-uniforms."""
         g, dt, dev = self._gen, self._dtype, self._device
@@ -262,7 +276,7 @@ class DiGS(Sampler):
     def _transition(self, state, t: int, adapting: bool):
         x, lp, grad = state
         n, d = x.shape
-        lev = (t - 1) % len(self.alphas)
+        lev = self._level(t)
         k = self.n_mala
         normals, log_u = self._draw(n, d)
         if adapting:
@@ -297,7 +311,7 @@ class DiGS(Sampler):
     def _advance(self, state, t: int, n_sweeps: int):
         x, lp, grad = state
         n, d = x.shape
-        levels = [(t - 1 + i) % len(self.alphas) for i in range(n_sweeps)]
+        levels = [self._level(t + i) for i in range(n_sweeps)]
         draws = [self._draw(n, d) for _ in range(n_sweeps)]
         normals = torch.stack([dr[0] for dr in draws])
         log_u = torch.stack([dr[1] for dr in draws])

@@ -79,5 +79,6 @@ def test_demo_section_runs_quick_and_reports(tmp_path):
     digs, pt = res["samplers"]["DiGS"], res["samplers"]["PT"]
     assert digs["evals_per_sample"] <= res["evals_per_sample"]
     assert pt["evals_per_sample"] <= res["evals_per_sample"]
-    # at equal budget from the origin DiGS reaches far more of the 40 modes than PT
-    assert digs["modes_covered"] >= 35 and digs["modes_covered"] > pt["modes_covered"]
+    # at equal (small) budget from the origin DiGS is closer to the target than PT
+    assert digs["modes_covered"] >= 35
+    assert digs["mmd2"] < pt["mmd2"] and digs["mode_weight_tv"] < pt["mode_weight_tv"]

@@ -348,3 +348,32 @@ def test_compiled_path_matches_eager_path(name):
     # float rounding differs between the two paths; Metropolis decisions almost never flip
     close = ((a.samples - b.samples).abs() < 1e-3).all(-1).double().mean()
     assert float(close) > 0.95
+
+
+def test_digs_noise_schedule_and_validation():
+    d = samplers.DiGS(alphas=(0.1, 0.5, 0.9), sweeps_per_level=3)
+    assert [d._level(t) for t in range(1, 11)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 0]
+    res = d.__class__(
+        alphas=(0.3, 0.8), n_mala=1, n_chains=50, burn_in=40, thin=2, progress=False
+    ).run(Gaussian(torch.zeros(2)), 100, seed=0)
+    assert len(res.diagnostics["step_size_per_level"]) == 2
+    assert all(0 < a <= 1 for a in res.diagnostics["init_acceptance_per_level"])
+    for bad in (
+        {"alphas": (0.0,)},
+        {"alphas": (1.0,)},
+        {"n_mala": -1},
+        {"n_mala": 0, "mwg_init": False},
+    ):
+        with pytest.raises(ValueError):
+            samplers.DiGS(**bad)
+    with pytest.raises(ValueError, match="one value per noise level"):
+        samplers.DiGS(alphas=(0.1, 0.5), step_size=(0.1,))
+
+
+def test_map_estimate_finds_the_mode():
+    from samplers.optimize import map_estimate
+
+    target = Gaussian(torch.tensor([1.0, -2.0, 0.5]), torch.diag(torch.tensor([1.0, 0.5, 2.0])))
+    x, lp = map_estimate(target, n_starts=3, steps=800, lr=0.05, seed=0)
+    assert torch.allclose(x, target.mean, atol=1e-3)
+    assert lp == pytest.approx(float(target.log_prob(target.mean[None])), abs=1e-5)
