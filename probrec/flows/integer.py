@@ -24,6 +24,12 @@ The input conditions the transform itself (location, scale and the spline's shap
 a base distribution; with ``n_layers=0`` the model reduces to a discretised logistic (or
 normal) head. The HAS paper's original integer flow instead conditions a Gaussian base and
 rounds samples of an unconditional flow; :class:`probrec.flows.GaussianHead` is that baseline.
+
+With ``item_latent > 0`` the transform also depends on an item-level latent ``u`` shared by
+an item's annotators (random effects on the location and log-scale plus a nonlinear effect on
+every parameter): annotators are then exchangeable rather than independent given ``x``, the
+model is trained on each item's joint likelihood, and a simulated panel for one item agrees
+among itself the way a human panel does (see :class:`ConditionalIntegerFlow`).
 """
 
 from __future__ import annotations
