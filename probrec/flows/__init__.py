@@ -10,11 +10,15 @@ Density Estimation" (2023): the labels different annotators give an item are dra
 * :class:`ConditionalSoftmaxFlow` -- categorical labels; latent ``v ~ p(v | x)`` from a
   conditional flow, ``y ~ softmax(v)``; trained with an importance-weighted variational bound
   using ``q(v | y, x)``, evaluated by importance sampling with standard errors.
+* Both can share a latent across an item's annotators (``item_latent=`` / ``latent="item"``):
+  simulated panels then agree among themselves as human panels do.
 * Baselines: :class:`GaussianHead` (the original Gaussian + rounding approach, discretised),
   :class:`OrdinalLogisticHead` (cumulative link), :class:`SoftmaxHead`,
   :class:`MCDropoutHead`, :class:`DeepEnsemble`.
 * :mod:`probrec.flows.metrics` -- NLL of individual annotations, RMSE of the mean and of the
   per-item standard deviation, Wasserstein-1, majority-vote accuracy, Fleiss' kappa.
+* :mod:`probrec.flows.experiment` -- fit-and-score helpers (``examples/annotators.py``);
+  :mod:`probrec.flows.demo` -- the ``probrec demo`` section.
 
 Every model shares :class:`AnnotatorModel`'s interface: ``fit``, ``label_log_probs``,
 ``predict_proba``, ``log_prob``, ``nll``, ``sample``, ``save`` / ``load``.

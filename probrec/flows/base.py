@@ -19,10 +19,13 @@ the model itself:
 Annotators are exchangeable given ``x``, so an item's annotations enter only through its label
 counts ``n_ik``; the training loss is ``-sum_ik n_ik log p(k | x_i) / sum_ik n_ik``.
 
-Subclasses implement ``_train_loss(z, counts, generator) -> [B]`` (per-item negative
-log-likelihood or bound, summed over that item's annotations) and
-``_label_log_probs(z, generator, n_samples) -> [B, K]`` on standardised features ``z``, and
-may override ``_sample`` with a sampler that is independent of ``_label_log_probs``.
+Subclasses implement, on standardised features ``z``, ``_train_loss(z, counts, generator)
+-> [B]`` (per-item negative log-likelihood or bound, summed over that item's annotations) and
+``_label_log_probs(z, generator, n_samples) -> [B, K]``; Monte Carlo models override
+``_estimate`` (log-probabilities and their standard errors), models with an item-level latent
+override ``_item_moments`` (the spread within one simulated panel) and ``_valid_scores`` (the
+criterion of early stopping), and ``_sample`` may be a sampler independent of
+``_label_log_probs`` (the tests compare the two).
 """
 
 from __future__ import annotations
@@ -232,7 +235,9 @@ class AnnotatorModel(nn.Module):
                 (with ``mask``, or NaN for missing) or ``n`` per-item sequences of labels.
             mask: ``[n, m]`` bool, ``True`` where ``annotations`` holds an annotation.
             valid: ``(x_valid, annotations_valid[, mask_valid])`` for early stopping on the
-                validation NLL per annotation; ``None``: stop on the training loss.
+                validation NLL per annotation (per-annotation marginal; for models with an
+                item latent, the items' joint likelihood per annotation); ``None``: stop on
+                the training loss.
             epochs: maximum passes over the items.
             batch_size: items per step.
             lr: AdamW learning rate.
