@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--full", action="store_true", help="reference sizes (GPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dkl-steps", type=int, default=100, help="Adam steps of DKL per task")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
         "RF": lambda: metalearn.RandomForest(seed=args.seed, columns=fp),
         "kNN": lambda: metalearn.KNN(seed=args.seed, columns=fp),
         "LogReg": lambda: metalearn.LogisticRegression(seed=args.seed, columns=fp),
-        "DKL": lambda: metalearn.DKL(seed=args.seed, device=args.device),
+        "DKL": lambda: metalearn.DKL(seed=args.seed, device=args.device, steps=args.dkl_steps),
     }
     unknown = [w for w in wanted if w not in factories]
     if unknown:
@@ -158,6 +159,18 @@ def main(argv=None) -> int:
             continue
         res = metalearn.evaluate(learners, tset, sizes, args.eval_seeds, progress=progress)
         md = res.to_markdown()
+        if "ADKF-IFT" in learners:  # paired differences against ADKF-IFT (same episodes)
+            rows = [
+                f"| ADKF-IFT - {o} | "
+                + " | ".join(
+                    f"{d['mean']:+.3f} +- {d['se']:.3f}" for d in res.paired("ADKF-IFT", o).values()
+                )
+                + " |"
+                for o in learners
+                if o != "ADKF-IFT"
+            ]
+            head = "| paired difference | " + " | ".join(str(s) for s in sizes) + " |"
+            md += "\n\n" + "\n".join([head, "|---" * (len(sizes) + 1) + "|", *rows])
         print(f"\n## {label} ({len(tset)} assays)\n\n{md}")
         (out / f"{label}.md").write_text(md + "\n")
         res.to_json(out / f"{label}.json")

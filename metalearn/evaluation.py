@@ -56,6 +56,23 @@ class EvalResult:
             out[learner][size] = {"mean": m, "se": se, "n_tasks": len(scores)}
         return dict(out)
 
+    def paired(self, a: str, b: str) -> dict[int, dict[str, float]]:
+        """Per support size, mean and s.e. across tasks of ``score(a) - score(b)``.
+
+        Both learners saw the same episodes, so the paired difference removes the
+        task-to-task spread that dominates the unpaired standard errors.
+        """
+        pt = self.per_task()
+        out = {}
+        for size in sorted({s for _, s in pt}):
+            sa, sb = pt.get((a, size)), pt.get((b, size))
+            if sa is None or sb is None:
+                continue
+            common = sorted(set(sa) & set(sb))
+            m, se = mean_and_se([sa[t] - sb[t] for t in common])
+            out[size] = {"mean": m, "se": se, "n_tasks": len(common)}
+        return out
+
     def to_markdown(self) -> str:
         """A table: learners as rows, support sizes as columns, ``mean +- se``."""
         summ = self.summary()

@@ -30,6 +30,11 @@ SECTIONS: list[tuple[str, str, str]] = [
         "metalearn.demo:run_section",
         "meta-train ADKF-IFT / DKT on NCI pretext tasks, adapt to ChEMBL",
     ),
+    (
+        "annotators",
+        "probrec.flows.demo:run_section",
+        "simulate annotators of a synthetic population: integer flow vs rounded Gaussian, softmax",
+    ),
 ]
 
 
