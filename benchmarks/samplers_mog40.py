@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-samples", type=int, default=10_000)
     p.add_argument("--budgets-a", default="1000", help="budgets of regime (a)")
     p.add_argument("--budgets-b", default="100,300,1000", help="budgets of regime (b)")
-    p.add_argument("--regimes", default="a,b")
+    p.add_argument(
+        "--regimes", default="a,b", help="regimes to run; others are summarised from --out if there"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--settings", default=None, help="JSON sampler-setting overrides")
@@ -153,14 +155,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     table_a: list[dict] = []
     table_b: list[dict] = []
-    if "a" in regimes:
-        table_a = _table(_regime(args.out / "regime_a", 10, args.budgets_a, args))
-        summary["regime_a"] = table_a
-        _print("regime (a): 10 chains from the origin, 1,000 samples each", table_a)
-    if "b" in regimes:
-        table_b = _table(_regime(args.out / "regime_b", 0, args.budgets_b, args))
-        summary["regime_b"] = table_b
-        _print("regime (b): 10,000 independent chains from the origin", table_b)
+    for name, chains, budgets, title in (
+        ("a", 10, args.budgets_a, "regime (a): 10 chains from the origin, 1,000 samples each"),
+        ("b", 0, args.budgets_b, "regime (b): 10,000 independent chains from the origin"),
+    ):
+        folder = args.out / f"regime_{name}"
+        if name in regimes:
+            rows = _regime(folder, chains, budgets, args)
+        elif (folder / "results.json").is_file():  # summarise an earlier run of this regime
+            rows = json.loads((folder / "results.json").read_text())["rows"]
+        else:
+            continue
+        table = _table(rows)
+        summary[f"regime_{name}"] = table
+        if name == "a":
+            table_a = table
+        else:
+            table_b = table
+        _print(title, table)
     budgets_b = [float(b) for b in args.budgets_b.split(",")]
     summary["checks"] = _checks(table_a, table_b, budgets_b)
     print()

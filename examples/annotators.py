@@ -37,18 +37,30 @@ DATASETS = ("POPQUORN", "ConvAbuse", "MD-Agreement")
 def parse_args(argv=None) -> argparse.Namespace:
     from probrec.flows.experiment import MODELS
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA),
-                   help="folder with popquorn_offensiveness_1200.csv and lewidi/ (%(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA),
+        help="folder with popquorn_offensiveness_1200.csv and lewidi/ (%(default)s)",
+    )
     p.add_argument("--out", default="runs/annotators", help="output folder (created)")
-    p.add_argument("--datasets", default=",".join(DATASETS),
-                   help=f"comma-separated subset of {', '.join(DATASETS)}")
-    p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help=f"comma-separated subset of {', '.join(DATASETS)}",
+    )
+    p.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}"
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds (splits and models) per dataset")
-    p.add_argument("--max-items", type=int, default=1500,
-                   help="subsample larger datasets to this many items (0: all)")
+    p.add_argument(
+        "--max-items",
+        type=int,
+        default=1500,
+        help="subsample larger datasets to this many items (0: all)",
+    )
     p.add_argument("--hidden", type=int, default=64, help="hidden width of every model")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -57,8 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--cache", default=None, help="embedding cache folder (default: PROBREC_CACHE "
-                   "or ~/.cache/probrec)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="embedding cache folder (default: PROBREC_CACHE or ~/.cache/probrec)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -98,8 +113,13 @@ def main(argv=None) -> int:
     progress = False if args.no_progress else None
     embedder = TextEmbedder(cache_dir=args.cache, progress=progress)
     common = {"hidden": (args.hidden,), "dropout": args.dropout}
-    fit = {"lr": args.lr, "weight_decay": args.weight_decay, "epochs": args.epochs,
-           "patience": args.patience, "batch_size": args.batch_size}
+    fit = {
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "batch_size": args.batch_size,
+    }
     report = {"config": vars(args), "datasets": {}}
     t_all = time.perf_counter()
     tables = []
@@ -110,58 +130,90 @@ def main(argv=None) -> int:
             data = data.subset(keep)
         t0 = time.perf_counter()
         data = data.with_features(embedder.embed(data.texts))
-        print(f"{name}: {len(data)} items, {data.n_annotations} annotations, labels "
-              f"{list(data.label_values)}; MiniLM features in {time.perf_counter() - t0:.1f} s",
-              flush=True)
+        print(
+            f"{name}: {len(data)} items, {data.n_annotations} annotations, labels "
+            f"{list(data.label_values)}; MiniLM features in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         runs = []
         for seed in range(args.seeds):
             train, valid, test = data.split_items((0.6, 0.2, 0.2), seed=seed)
 
             def show(model, res, seed=seed):
-                print(f"  seed {seed} {model:<19} NLL {res['nll']:.4f}  RMSE mean "
-                      f"{res['mean_rmse']:.3f}  RMSE std {res['std_rmse']:.3f}  W1 "
-                      f"{res['w1']:.3f}  acc {res['accuracy']:.3f}  kappa "
-                      f"{res['kappa_sim']:.3f} (human {res['kappa_human']:.3f})  "
-                      f"[{res['fit_seconds']:.0f} s, {res['epochs']} epochs]", flush=True)
+                print(
+                    f"  seed {seed} {model:<19} NLL {res['nll']:.4f}  RMSE mean "
+                    f"{res['mean_rmse']:.3f}  RMSE std {res['std_rmse']:.3f}  W1 "
+                    f"{res['w1']:.3f}  acc {res['accuracy']:.3f}  kappa "
+                    f"{res['kappa_sim']:.3f} (human {res['kappa_human']:.3f})  "
+                    f"[{res['fit_seconds']:.0f} s, {res['epochs']} epochs]",
+                    flush=True,
+                )
 
-            res = compare_models(train, valid, test, models=models, seed=seed,
-                                 common_kwargs=common, fit_kwargs=fit, device=args.device,
-                                 progress=progress, keep_models=seed == 0, callback=show)
+            res = compare_models(
+                train,
+                valid,
+                test,
+                models=models,
+                seed=seed,
+                common_kwargs=common,
+                fit_kwargs=fit,
+                device=args.device,
+                progress=progress,
+                keep_models=seed == 0,
+                callback=show,
+            )
             if seed == 0:  # histograms of a few test items: the most and least agreed-on
                 counts = test.counts()
-                sd = np.sqrt((counts / counts.sum(1, keepdims=True)
-                              * (np.asarray(test.label_values) ** 2)).sum(1)
-                             - ((counts / counts.sum(1, keepdims=True))
-                                @ np.asarray(test.label_values)) ** 2)
+                sd = np.sqrt(
+                    (
+                        counts / counts.sum(1, keepdims=True) * (np.asarray(test.label_values) ** 2)
+                    ).sum(1)
+                    - ((counts / counts.sum(1, keepdims=True)) @ np.asarray(test.label_values)) ** 2
+                )
                 order = np.argsort(sd)
                 items = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
-                shown = {m: res[m]["model"] for m in models
-                         if m in ("integer_flow_panel", "softmax_flow_panel", "gaussian",
-                                  "ensemble")} or {m: res[m]["model"] for m in models[:3]}
-                plot_histograms(shown, test, items, out / f"histograms_{name}.png",
-                                title=f"{name}: predicted vs human label histograms "
-                                      "(held-out items; low, median, high disagreement)",
-                                n_simulated=50, seed=0)
-            runs.append({m: {k: v for k, v in r.items() if k != "model"}
-                         for m, r in res.items()})
+                shown = {
+                    m: res[m]["model"]
+                    for m in models
+                    if m in ("integer_flow_panel", "softmax_flow_panel", "gaussian", "ensemble")
+                } or {m: res[m]["model"] for m in models[:3]}
+                plot_histograms(
+                    shown,
+                    test,
+                    items,
+                    out / f"histograms_{name}.png",
+                    title=f"{name}: predicted vs human label histograms "
+                    "(held-out items; low, median, high disagreement)",
+                    n_simulated=50,
+                    seed=0,
+                )
+            runs.append({m: {k: v for k, v in r.items() if k != "model"} for m, r in res.items()})
         summary = summarise(runs)
         table = format_table(summary, title=f"{name} ({len(data)} items, {args.seeds} seeds)")
         flows = [m for m in models if "flow" in m]
         bases = [m for m in ("gaussian", "softmax", "ensemble") if m in models]
         pairs = [(f, b) for f in flows for b in bases]
         if pairs and args.seeds > 1:
-            table += ("\n\nPaired differences over seeds (same split; negative: the flow is "
-                      "better):\n\n" + comparison_table(runs, pairs))
+            table += (
+                "\n\nPaired differences over seeds (same split; negative: the flow is "
+                "better):\n\n" + comparison_table(runs, pairs)
+            )
         print(table, flush=True)
         tables.append(table)
-        report["datasets"][name] = {"n_items": len(data), "n_annotations": data.n_annotations,
-                                    "runs": runs, "summary": summary}
+        report["datasets"][name] = {
+            "n_items": len(data),
+            "n_annotations": data.n_annotations,
+            "runs": runs,
+            "summary": summary,
+        }
         (out / "results.json").write_text(json.dumps(report, indent=2))
     report["seconds"] = time.perf_counter() - t_all
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text("\n\n".join(tables) + "\n")
-    print(f"done in {report['seconds'] / 60:.1f} min; {out / 'results.json'}, "
-          f"{out / 'results.md'}, histograms_*.png")
+    print(
+        f"done in {report['seconds'] / 60:.1f} min; {out / 'results.json'}, "
+        f"{out / 'results.md'}, histograms_*.png"
+    )
     return 0
 
 

@@ -35,6 +35,11 @@ SECTIONS: list[tuple[str, str, str]] = [
         "probrec.flows.demo:run_section",
         "simulate annotators of a synthetic population: integer flow vs rounded Gaussian, softmax",
     ),
+    (
+        "samplers",
+        "samplers.demo:run_section",
+        "MoG-40: DiGS against parallel tempering at equal gradient budget",
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ Targets live in :mod:`samplers.targets`, quality metrics in :mod:`samplers.metri
 benchmark runner in :mod:`samplers.bench` (``probrec bench samplers``).
 """
 
-from . import targets
+from . import metrics, targets
 from .base import RunPlan, Sampler, SamplerResult
 from .digs import DiGS
 from .kernels import ChainState, HMCKernel, Kernel, MALAKernel, RandomWalkKernel, StepInfo
@@ -20,6 +20,7 @@ from .tempering import ParallelTempering
 
 __all__ = [
     "targets",
+    "metrics",
     "Sampler",
     "SamplerResult",
     "RunPlan",

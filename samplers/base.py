@@ -223,6 +223,11 @@ class Sampler:
     def _needs_grad(self) -> bool:
         return True
 
+    def _min_warmup(self) -> int:
+        """Fewest warm-up transitions wanted (capped by the burn-in); samplers whose step sizes
+        are adapted in turns (DiGS noise levels) ask for enough to visit every group."""
+        return 0
+
     def _start(
         self, target: Target, x0: Tensor, lp: Tensor, grad: Tensor | None, plan: RunPlan
     ) -> Any:
@@ -286,7 +291,9 @@ class Sampler:
         else:
             burn_in, thin = self.burn_in, self.thin
         n_trans = burn_in + thin * spc
-        warmup = int(self.warmup_fraction * burn_in) if self.adapt else 0
+        warmup = 0
+        if self.adapt:
+            warmup = max(int(self.warmup_fraction * burn_in), min(self._min_warmup(), burn_in))
         plan = RunPlan(chains, spc, n_trans, burn_in, thin, warmup, cost)
         plan.compiled = self._want_compile(target, plan)
         return plan

@@ -75,29 +75,75 @@ SAMPLER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "rwm": {"step_size": 1.0},
     },
     "mw32": {
-        "digs": {"alphas": [0.6, 0.9], "n_mala": 3, "step_size": 0.1},
-        "pt": {"kernel": "hmc", "n_temperatures": 5, "max_temperature": 10.0, "n_leapfrog": 5},
+        "digs": {"alphas": [0.5, 0.9], "n_mala": 3, "step_size": 0.05},
+        "pt": {"kernel": "mala", "n_temperatures": 5, "max_temperature": 10.0, "step_size": 0.05},
+        "pt_hmc": {
+            "kernel": "hmc",
+            "n_temperatures": 5,
+            "max_temperature": 10.0,
+            "n_leapfrog": 5,
+            "step_size": 0.1,
+        },
         "mala": {"step_size": 0.05},
         "hmc": {"n_leapfrog": 5, "step_size": 0.1},
         "rwm": {"step_size": 0.2},
     },
     "dw4": {
-        "digs": {"alphas": [0.6, 0.9], "n_mala": 3, "step_size": 0.05},
-        "pt": {"kernel": "hmc", "n_temperatures": 5, "max_temperature": 10.0, "n_leapfrog": 5},
+        "digs": {"alphas": [0.7], "n_mala": 4, "step_size": 0.05},
+        "pt": {
+            "kernel": "hmc",
+            "n_temperatures": 5,
+            "max_temperature": 10.0,
+            "n_leapfrog": 5,
+            "step_size": 0.1,
+        },
+        "pt_hmc": {
+            "kernel": "hmc",
+            "n_temperatures": 5,
+            "max_temperature": 10.0,
+            "n_leapfrog": 5,
+            "step_size": 0.1,
+        },
         "mala": {"step_size": 0.05},
         "hmc": {"n_leapfrog": 5, "step_size": 0.1},
         "rwm": {"step_size": 0.2},
     },
     "lj13": {
-        "digs": {"alphas": [0.7, 0.95], "n_mala": 4, "step_size": 0.001},
-        "pt": {"kernel": "hmc", "n_temperatures": 5, "max_temperature": 10.0, "n_leapfrog": 5},
+        "digs": {"alphas": [0.8], "n_mala": 9, "step_size": 0.001},
+        "pt": {
+            "kernel": "hmc",
+            "n_temperatures": 5,
+            "max_temperature": 10.0,
+            "n_leapfrog": 5,
+            "step_size": 0.01,
+        },
+        "pt_hmc": {
+            "kernel": "hmc",
+            "n_temperatures": 5,
+            "max_temperature": 10.0,
+            "n_leapfrog": 5,
+            "step_size": 0.01,
+        },
         "mala": {"step_size": 0.001},
         "hmc": {"n_leapfrog": 5, "step_size": 0.01},
         "rwm": {"step_size": 0.02},
     },
     "lj55": {
-        "digs": {"alphas": [0.7, 0.95], "n_mala": 4, "step_size": 0.001},
-        "pt": {"kernel": "hmc", "n_temperatures": 5, "max_temperature": 10.0, "n_leapfrog": 5},
+        "digs": {"alphas": [0.8], "n_mala": 9, "step_size": 0.001},
+        "pt": {
+            "kernel": "hmc",
+            "n_temperatures": 5,
+            "max_temperature": 10.0,
+            "n_leapfrog": 5,
+            "step_size": 0.005,
+        },
+        "pt_hmc": {
+            "kernel": "hmc",
+            "n_temperatures": 5,
+            "max_temperature": 10.0,
+            "n_leapfrog": 5,
+            "step_size": 0.005,
+        },
         "mala": {"step_size": 0.001},
         "hmc": {"n_leapfrog": 5, "step_size": 0.005},
         "rwm": {"step_size": 0.01},
@@ -245,18 +291,26 @@ def evaluate(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``probrec bench samplers``."""
     parser.add_argument(
-        "--targets", default="mog40", help=f"comma-separated subset of {','.join(TARGETS)}"
+        "--targets",
+        default="mog40",
+        help=f"comma-separated subset of {','.join(TARGETS)} (default: %(default)s)",
     )
     parser.add_argument(
         "--samplers",
         default="digs,pt,mala,hmc",
-        help="comma-separated subset of digs,pt,pt_hmc,mala,hmc,rwm,map",
+        help="comma-separated subset of digs,pt,pt_hmc,mala,hmc,rwm,map (default: %(default)s)",
     )
     parser.add_argument(
-        "--budgets", default="100,300,1000", help="target evaluations per sample, comma-separated"
+        "--budgets",
+        default="100,300,1000",
+        help="target evaluations per sample, comma-separated (default: %(default)s)",
     )
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--n-samples", type=int, default=10_000, help="samples per run")
+    parser.add_argument(
+        "--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--n-samples", type=int, default=10_000, help="samples per run (default: %(default)s)"
+    )
     parser.add_argument(
         "--chains", type=int, default=0, help="chains per run; 0: one independent chain per sample"
     )

@@ -262,6 +262,10 @@ class DiGS(Sampler):
         self._level_steps = [0] * levels
         return (x0, lp, grad)
 
+    def _min_warmup(self) -> int:
+        # two full cycles through the noise levels, so that every level's step size adapts
+        return 2 * len(self.alphas) * self.sweeps_per_level if len(self.alphas) > 1 else 0
+
     def _level(self, t: int) -> int:
         """Noise level of sweep ``t`` (1-based)."""
         return ((t - 1) // self.sweeps_per_level) % len(self.alphas)

@@ -1,7 +1,8 @@
 """Maximum a posteriori estimates: the point-estimate baseline of the samplers (e.g. on the BNN).
 
-Gradient ascent on ``log p`` with Adam from several starting points (batched: every start is a
-row), keeping the best end point. Uses the target's (closed-form or autograd) gradient.
+Gradient ascent on ``log p`` with Adam (learning rate decayed to zero on a cosine schedule) from
+several starting points (batched: every start is a row), keeping the best end point. Uses the
+target's (closed-form or autograd) gradient.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def map_estimate(
         target: the target (a posterior, for a MAP estimate).
         n_starts: starting points, drawn from ``target.init_positions``.
         steps: Adam steps.
-        lr: Adam learning rate.
+        lr: initial Adam learning rate.
         seed: seed of the starting points.
         init: optional ``n_starts x d`` starting points.
 
@@ -48,11 +49,14 @@ def map_estimate(
     x = x.clone().requires_grad_(False)
     param = torch.nn.Parameter(x)
     opt = torch.optim.Adam([param], lr=lr)
+    # cosine decay of the learning rate to zero, so Adam settles in the optimum
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     for _ in range(steps):
         lp, grad = target.log_prob_and_grad(param.detach())
         grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
         param.grad = -grad
         opt.step()
+        sched.step()
     with torch.no_grad():
         lp = target.log_prob(param.detach())
         lp = torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -float("inf")))

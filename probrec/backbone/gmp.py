@@ -201,8 +201,9 @@ class GmPLinear(nn.Module):
         self.radius.copy_(radius)
         if bias is not None:
             if tuple(bias.shape) != (self.out_features,):
-                raise ValueError(f"bias must have shape ({self.out_features},), got "
-                                 f"{tuple(bias.shape)}")
+                raise ValueError(
+                    f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}"
+                )
             if not bool(torch.isfinite(bias).all()):
                 raise ValueError("bias contains non-finite values (NaN or inf)")
             r64, b64 = radius.to(_work_dtype(bias)), bias.to(_work_dtype(bias))
@@ -252,10 +253,16 @@ class GmPLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         w = linear.weight
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=w.device, dtype=w.dtype)
-        layer.set_standard_parameters(w.detach(), None if linear.bias is None
-                                      else linear.bias.detach())
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        layer.set_standard_parameters(
+            w.detach(), None if linear.bias is None else linear.bias.detach()
+        )
         layer.train(linear.training)
         return layer
 
@@ -263,8 +270,13 @@ class GmPLinear(nn.Module):
     def to_linear(self) -> nn.Linear:
         """The equivalent ``nn.Linear`` (same device and dtype)."""
         p = self.radius
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.offset is not None,
-                        device=p.device, dtype=p.dtype)
+        lin = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.offset is not None,
+            device=p.device,
+            dtype=p.dtype,
+        )
         lin.weight.copy_(self.weight)
         if self.offset is not None:
             lin.bias.copy_(self.bias)
@@ -272,5 +284,7 @@ class GmPLinear(nn.Module):
         return lin
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.offset is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.offset is not None}"
+        )

@@ -80,8 +80,9 @@ def build_history_batch(
             h = h.detach().cpu().numpy()
         rows.append(h if isinstance(h, np.ndarray) else list(h))
     flat: Any
-    if rows and all(isinstance(h, np.ndarray) and h.ndim == 1 and h.dtype.kind == "i"
-                    for h in rows):
+    if rows and all(
+        isinstance(h, np.ndarray) and h.ndim == 1 and h.dtype.kind == "i" for h in rows
+    ):
         flat = np.concatenate(rows).astype(np.int64)  # integer ids: vectorised lookups
     else:
         flat = [k for h in rows for k in (h.tolist() if isinstance(h, np.ndarray) else h)]
@@ -97,7 +98,8 @@ def build_history_batch(
         raise MissingKeyError(
             f"{len(pos)} history key(s) not in the store, e.g. histories[{row_of[first]}]"
             f"[{first - start}] = {bad!r}; pass missing='skip' or 'zeros'",
-            [canonical_key(flat[i]) for i in pos], pos.tolist(),
+            [canonical_key(flat[i]) for i in pos],
+            pos.tolist(),
         )
     keep = found if missing == "skip" else np.ones(len(flat), dtype=bool)
     # position of each kept event counted from the end of its row (0 = most recent)
@@ -148,8 +150,9 @@ def _check_mask(mask: Tensor, shape: tuple[int, int]) -> Tensor:
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a tensor, got {type(mask).__name__}")
     if tuple(mask.shape) != shape:
-        raise ValueError(f"mask must have shape {list(shape)} (values.shape[:2]), "
-                         f"got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must have shape {list(shape)} (values.shape[:2]), got {tuple(mask.shape)}"
+        )
     if mask.dtype == torch.bool:
         return mask
     if mask.is_floating_point() or mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
@@ -213,13 +216,14 @@ class HistoryEncoder(nn.Module):
         check_choice(empty, "empty", ("learned", "zeros"))
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if self.pooling == "mean" and (max_positions is not None or recency_bias
-                                       or num_heads != 1):
-            raise ValueError("num_heads, max_positions and recency_bias apply to "
-                             "pooling='attention' only")
+        if self.pooling == "mean" and (max_positions is not None or recency_bias or num_heads != 1):
+            raise ValueError(
+                "num_heads, max_positions and recency_bias apply to pooling='attention' only"
+            )
         self.recency_bias = bool(recency_bias)
-        self.max_positions = None if max_positions is None else check_positive_int(
-            max_positions, "max_positions")
+        self.max_positions = (
+            None if max_positions is None else check_positive_int(max_positions, "max_positions")
+        )
         gen = torch_generator(seed) if seed is not None else None
         d, h = self.dim, self.num_heads
         self.head_dim = d // h
@@ -239,8 +243,9 @@ class HistoryEncoder(nn.Module):
             self.query = nn.Parameter(torch.randn(h, self.head_dim, generator=gen))
             self.position = None
             if self.max_positions is not None:
-                self.position = nn.Parameter(0.02 * torch.randn(self.max_positions, d,
-                                                                generator=gen))
+                self.position = nn.Parameter(
+                    0.02 * torch.randn(self.max_positions, d, generator=gen)
+                )
             if self.recency_bias:
                 # softplus(raw) = 0.1 at start: a mild preference for recent events
                 self.decay_raw = nn.Parameter(torch.full((h,), math.log(math.expm1(0.1))))
@@ -252,8 +257,14 @@ class HistoryEncoder(nn.Module):
         else:
             self.register_buffer("empty", torch.zeros(self.out_dim))
 
-    def forward(self, values: Tensor, mask: Tensor, ages: Tensor | None = None,
-                *, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        values: Tensor,
+        mask: Tensor,
+        ages: Tensor | None = None,
+        *,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Pools histories.
 
         Args:

@@ -88,8 +88,9 @@ class MLPEncoder(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = float(dropout)
         self.gmp = bool(gmp)
-        self.out_dim = self.hidden[-1] if out_dim is None else check_positive_int(out_dim,
-                                                                                 "out_dim")
+        self.out_dim = (
+            self.hidden[-1] if out_dim is None else check_positive_int(out_dim, "out_dim")
+        )
         self.has_output_layer = out_dim is not None
 
         gen = torch_generator(seed) if seed is not None else None
@@ -162,6 +163,8 @@ class MLPEncoder(nn.Module):
         return self._converted(False)
 
     def extra_repr(self) -> str:
-        return (f"in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, "
-                f"activation={self.activation!r}, norm={self.norm!r}, dropout={self.dropout}, "
-                f"gmp={self.gmp}")
+        return (
+            f"in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, "
+            f"activation={self.activation!r}, norm={self.norm!r}, dropout={self.dropout}, "
+            f"gmp={self.gmp}"
+        )

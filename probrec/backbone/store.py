@@ -74,8 +74,12 @@ def canonical_key(key: Any, name: str = "key") -> Hashable:
         return str(key)
     if isinstance(key, (int, np.integer)):
         return int(key)
-    if isinstance(key, torch.Tensor) and key.dim() == 0 and not key.is_floating_point() \
-            and key.dtype != torch.bool:
+    if (
+        isinstance(key, torch.Tensor)
+        and key.dim() == 0
+        and not key.is_floating_point()
+        and key.dtype != torch.bool
+    ):
         return int(key.item())
     if isinstance(key, (tuple, list)):
         return tuple(canonical_key(k, f"{name}[{i}]") for i, k in enumerate(key))
@@ -126,8 +130,9 @@ class EmbeddingStore:
         metadata: JSON-serialisable description saved with the store (e.g. model name).
     """
 
-    def __init__(self, dim: int, dtype: Any = "float32",
-                 metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, dim: int, dtype: Any = "float32", metadata: Mapping[str, Any] | None = None
+    ) -> None:
         self._dim = check_positive_int(dim, "dim")
         self._dtype = _check_dtype(dtype)
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -142,9 +147,13 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_arrays(cls, keys: Sequence[Any] | np.ndarray | torch.Tensor, vectors: Any,
-                    dtype: Any = "float32",
-                    metadata: Mapping[str, Any] | None = None) -> EmbeddingStore:
+    def from_arrays(
+        cls,
+        keys: Sequence[Any] | np.ndarray | torch.Tensor,
+        vectors: Any,
+        dtype: Any = "float32",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> EmbeddingStore:
         """A store holding ``vectors[i]`` under ``keys[i]``.
 
         Args:
@@ -159,18 +168,30 @@ class EmbeddingStore:
         return store
 
     @staticmethod
-    def writer(path: str | os.PathLike, n: int, dim: int, *, dtype: Any = "float32",
-               metadata: Mapping[str, Any] | None = None,
-               overwrite: bool = False) -> EmbeddingStoreWriter:
+    def writer(
+        path: str | os.PathLike,
+        n: int,
+        dim: int,
+        *,
+        dtype: Any = "float32",
+        metadata: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> EmbeddingStoreWriter:
         """Writes a store of ``n`` rows to ``path`` in chunks (for stores larger than memory).
 
         See :class:`EmbeddingStoreWriter`.
         """
-        return EmbeddingStoreWriter(path, n, dim, dtype=dtype, metadata=metadata,
-                                    overwrite=overwrite)
+        return EmbeddingStoreWriter(
+            path, n, dim, dtype=dtype, metadata=metadata, overwrite=overwrite
+        )
 
-    def add(self, keys: Sequence[Any] | np.ndarray | torch.Tensor, vectors: Any, *,
-            overwrite: bool = False) -> None:
+    def add(
+        self,
+        keys: Sequence[Any] | np.ndarray | torch.Tensor,
+        vectors: Any,
+        *,
+        overwrite: bool = False,
+    ) -> None:
         """Adds rows.
 
         Args:
@@ -184,8 +205,10 @@ class EmbeddingStore:
             TypeError: a key has an unsupported type.
         """
         if self._path is not None:
-            raise ValueError(f"this store is memory-mapped from {self._path} and read-only; "
-                             "load it with mmap=False to modify it")
+            raise ValueError(
+                f"this store is memory-mapped from {self._path} and read-only; "
+                "load it with mmap=False to modify it"
+            )
         arr = _as_matrix(vectors, "vectors", self._dim)
         int_keys = _int_key_array(keys, "keys")
         if int_keys is not None:
@@ -205,8 +228,10 @@ class EmbeddingStore:
         if present.any():
             if not overwrite:
                 first = canon[int(np.flatnonzero(present)[0])]
-                raise ValueError(f"key {first!r} is already in the store "
-                                 f"({int(present.sum())} key(s) in all); pass overwrite=True")
+                raise ValueError(
+                    f"key {first!r} is already in the store "
+                    f"({int(present.sum())} key(s) in all); pass overwrite=True"
+                )
             self._consolidate()
             self._vectors[rows[present]] = arr[present]
             arr = arr[~present]
@@ -214,7 +239,8 @@ class EmbeddingStore:
             if not canon:
                 return
         all_int = self._key_array is not None and all(
-            isinstance(k, int) and _INT64_MIN <= k <= _INT64_MAX for k in canon)
+            isinstance(k, int) and _INT64_MIN <= k <= _INT64_MAX for k in canon
+        )
         if all_int:
             self._key_array = np.concatenate([self._key_array, np.asarray(canon, np.int64)])
         else:
@@ -321,8 +347,9 @@ class EmbeddingStore:
         """Whether each key is present; ``[n]`` bool."""
         return self.rows(keys) >= 0
 
-    def lookup_numpy(self, keys: Sequence[Any] | np.ndarray | torch.Tensor, *,
-                     missing: str = "error") -> np.ndarray:
+    def lookup_numpy(
+        self, keys: Sequence[Any] | np.ndarray | torch.Tensor, *, missing: str = "error"
+    ) -> np.ndarray:
         """Vectors of ``keys`` as a NumPy array ``[n, d]`` (storage dtype).
 
         Args:
@@ -340,7 +367,8 @@ class EmbeddingStore:
             raise MissingKeyError(
                 f"{len(pos)} of {len(rows)} key(s) not in the store, e.g. keys[{pos[0]}] = "
                 f"{bad[0]!r}; missing: {bad}{more}. Pass missing='zeros' to get zero vectors",
-                [canonical_key(key_list[i]) for i in pos], pos.tolist(),
+                [canonical_key(key_list[i]) for i in pos],
+                pos.tolist(),
             )
         return self.take_rows(rows)
 
@@ -363,9 +391,14 @@ class EmbeddingStore:
             out[present] = self.vectors[uniq][inv.reshape(-1)]
         return out
 
-    def lookup(self, keys: Sequence[Any] | np.ndarray | torch.Tensor, *,
-               device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-               missing: str = "error") -> torch.Tensor:
+    def lookup(
+        self,
+        keys: Sequence[Any] | np.ndarray | torch.Tensor,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        missing: str = "error",
+    ) -> torch.Tensor:
         """Batched lookup: vectors of ``keys`` as a tensor ``[n, d]`` on ``device``.
 
         Args:
@@ -389,8 +422,14 @@ class EmbeddingStore:
         path = Path(path)
         if self._path is not None and path.resolve() == self._path.resolve():
             raise ValueError(f"cannot save a memory-mapped store onto its own folder {path}")
-        with EmbeddingStoreWriter(path, len(self), self._dim, dtype=self._dtype,
-                                  metadata=self.metadata, overwrite=overwrite) as w:
+        with EmbeddingStoreWriter(
+            path,
+            len(self),
+            self._dim,
+            dtype=self._dtype,
+            metadata=self.metadata,
+            overwrite=overwrite,
+        ) as w:
             chunk = 1 << 16
             vec = self.vectors
             keys = self._key_array if self._key_array is not None else self._keys
@@ -423,13 +462,17 @@ class EmbeddingStore:
         mode = "r" if mmap else None
         vectors = np.load(path / "vectors.npy", mmap_mode=mode, allow_pickle=False)
         if vectors.shape != (n, dim) or vectors.dtype != store._dtype:
-            raise ValueError(f"{path / 'vectors.npy'} has shape {vectors.shape} and dtype "
-                             f"{vectors.dtype}, meta.json says ({n}, {dim}) {store._dtype}")
+            raise ValueError(
+                f"{path / 'vectors.npy'} has shape {vectors.shape} and dtype "
+                f"{vectors.dtype}, meta.json says ({n}, {dim}) {store._dtype}"
+            )
         if meta["key_format"] == "int64":
             keys = np.load(path / "keys.npy", mmap_mode=mode, allow_pickle=False)
             if keys.shape != (n,) or keys.dtype != np.int64:
-                raise ValueError(f"{path / 'keys.npy'} must be {n} int64 keys, got shape "
-                                 f"{keys.shape} dtype {keys.dtype}")
+                raise ValueError(
+                    f"{path / 'keys.npy'} must be {n} int64 keys, got shape "
+                    f"{keys.shape} dtype {keys.dtype}"
+                )
             store._key_array = keys
             store._search_int(keys[:0])  # builds the sorted index
             if n > 1 and bool((np.diff(store._sorted[0]) == 0).any()):
@@ -489,8 +532,16 @@ class EmbeddingStoreWriter:
         overwrite: replace an existing folder at ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike, n: int, dim: int, *, dtype: Any = "float32",
-                 metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n: int,
+        dim: int,
+        *,
+        dtype: Any = "float32",
+        metadata: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.n = check_positive_int(n, "n", minimum=0)
         self.dim = check_positive_int(dim, "dim")
@@ -503,8 +554,9 @@ class EmbeddingStoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
         self._tmp.mkdir()
-        self._vectors = np.lib.format.open_memmap(self._tmp / "vectors.npy", mode="w+",
-                                                  dtype=self.dtype, shape=(self.n, self.dim))
+        self._vectors = np.lib.format.open_memmap(
+            self._tmp / "vectors.npy", mode="w+", dtype=self.dtype, shape=(self.n, self.dim)
+        )
         self._keys: list[Hashable] = []
         self._seen: set[Hashable] = set()
         self._all_int = True
@@ -529,20 +581,25 @@ class EmbeddingStoreWriter:
         else:
             arr = _as_matrix(vectors, "vectors", self.dim)
         int_keys = _int_key_array(keys, "keys")
-        canon = int_keys.tolist() if int_keys is not None else \
-            [canonical_key(k, f"keys[{i}]") for i, k in enumerate(keys)]
+        canon = (
+            int_keys.tolist()
+            if int_keys is not None
+            else [canonical_key(k, f"keys[{i}]") for i, k in enumerate(keys)]
+        )
         if len(canon) != len(arr):
             raise ValueError(f"mismatched lengths: keys has {len(canon)}, vectors has {len(arr)}")
         start = len(self._keys)
         if start + len(canon) > self.n:
-            raise ValueError(f"writing {len(canon)} more row(s) would exceed n = {self.n} "
-                             f"({start} written)")
+            raise ValueError(
+                f"writing {len(canon)} more row(s) would exceed n = {self.n} ({start} written)"
+            )
         for k in canon:
             if k in self._seen:
                 raise ValueError(f"key {k!r} is written more than once")
             self._seen.add(k)
         self._all_int = self._all_int and all(
-            isinstance(k, int) and _INT64_MIN <= k <= _INT64_MAX for k in canon)
+            isinstance(k, int) and _INT64_MIN <= k <= _INT64_MAX for k in canon
+        )
         self._vectors[start : start + len(canon)] = arr
         self._keys.extend(canon)
 
@@ -566,8 +623,15 @@ class EmbeddingStoreWriter:
             with open(self._tmp / "keys.json", "w") as f:
                 json.dump([_to_json(k) for k in self._keys], f)
             key_format = "json"
-        meta = {"format": _FORMAT, "version": _VERSION, "n": self.n, "dim": self.dim,
-                "dtype": self.dtype.name, "key_format": key_format, "metadata": self.metadata}
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "n": self.n,
+            "dim": self.dim,
+            "dtype": self.dtype.name,
+            "key_format": key_format,
+            "metadata": self.metadata,
+        }
         (self._tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if self.path.exists():
             if not self.overwrite:
@@ -596,4 +660,3 @@ class EmbeddingStoreWriter:
             self.abort()
         elif not self._closed:
             self.close()
-

@@ -103,13 +103,17 @@ class TextEmbedder:
         self.device = None if device is None else str(device)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.chunk_size = check_positive_int(chunk_size, "chunk_size")
-        self.max_seq_length = (None if max_seq_length is None
-                               else check_positive_int(max_seq_length, "max_seq_length"))
+        self.max_seq_length = (
+            None if max_seq_length is None else check_positive_int(max_seq_length, "max_seq_length")
+        )
         self.progress = progress
         self.tag = f"{self.model_id}|max_seq_length={self.max_seq_length or 'default'}"
         root = None if cache_dir is False else Path(cache_dir or _default_cache_dir())
-        self.cache_path = None if root is None else (
-            root / "text" / hashlib.sha256(self.tag.encode()).hexdigest()[:16])
+        self.cache_path = (
+            None
+            if root is None
+            else (root / "text" / hashlib.sha256(self.tag.encode()).hexdigest()[:16])
+        )
         self._model: Any = None
         self._dim: int | None = MINILM_DIM if model_path is None else None
         self._index: dict[str, tuple[Path, int]] = {}
@@ -123,8 +127,9 @@ class TextEmbedder:
             self._model = _load_sentence_transformer(self.model_path, self.device)
             if self.max_seq_length is not None:
                 self._model.max_seq_length = self.max_seq_length
-            get_dim = (getattr(self._model, "get_embedding_dimension", None)
-                       or getattr(self._model, "get_sentence_embedding_dimension", None))
+            get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
+                self._model, "get_sentence_embedding_dimension", None
+            )
             dim = get_dim() if get_dim is not None else None
             if dim:
                 self._dim = int(dim)
@@ -152,8 +157,7 @@ class TextEmbedder:
                 keys = z["keys"]  # vectors are read when first needed
             self._shards[shard] = None
             for i, k in enumerate(keys.tolist()):
-                self._index.setdefault(k.decode() if isinstance(k, bytes) else str(k),
-                                       (shard, i))
+                self._index.setdefault(k.decode() if isinstance(k, bytes) else str(k), (shard, i))
 
     def _write_shard(self, keys: list[str], vectors: np.ndarray) -> None:
         if self.cache_path is None:
@@ -189,8 +193,9 @@ class TextEmbedder:
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> list[str]:
         if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of strings, got a single str; wrap it "
-                            "in a list")
+            raise TypeError(
+                "texts must be a sequence of strings, got a single str; wrap it in a list"
+            )
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -221,8 +226,7 @@ class TextEmbedder:
         if todo:
             # longest first: similar lengths share a batch (less padding)
             order = sorted(todo, key=lambda k: -len(todo[k]))
-            bar = track(total=len(order), progress=self.progress, desc="embed text",
-                        unit="text")
+            bar = track(total=len(order), progress=self.progress, desc="embed text", unit="text")
             try:
                 for start in range(0, len(order), self.chunk_size):
                     chunk = order[start : start + self.chunk_size]
@@ -246,12 +250,15 @@ class TextEmbedder:
         parts = []
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
-            vec = model.encode(batch, batch_size=self.batch_size, show_progress_bar=False,
-                               convert_to_numpy=True)
+            vec = model.encode(
+                batch, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
+            )
             parts.append(np.asarray(vec, dtype=np.float32))
             bar.update(len(batch))
         return np.concatenate(parts, axis=0)
 
     def __repr__(self) -> str:
-        return (f"TextEmbedder(model_id={self.model_id!r}, cache={str(self.cache_path)!r}, "
-                f"device={self.device!r})")
+        return (
+            f"TextEmbedder(model_id={self.model_id!r}, cache={str(self.cache_path)!r}, "
+            f"device={self.device!r})"
+        )

@@ -101,9 +101,11 @@ def pad_annotations(
     if isinstance(annotations, np.ndarray) and annotations.dtype != object:
         arr = annotations
         if arr.ndim == 1:
-            raise ValueError(f"{name} must be [n_items, n_annotators] or one list per item; got "
-                             f"a 1-D array of shape {arr.shape} (use arr[:, None] for one "
-                             "annotation per item)")
+            raise ValueError(
+                f"{name} must be [n_items, n_annotators] or one list per item; got "
+                f"a 1-D array of shape {arr.shape} (use arr[:, None] for one "
+                "annotation per item)"
+            )
         if arr.ndim != 2:
             raise ValueError(f"{name} must be 2-D [n_items, n_annotators], got shape {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -123,13 +125,17 @@ def pad_annotations(
                 m = m.astype(bool)
     else:
         if mask is not None:
-            raise TypeError(f"mask is only accepted with a padded [n, m] {name} matrix, not with "
-                            "one list per item")
+            raise TypeError(
+                f"mask is only accepted with a padded [n, m] {name} matrix, not with "
+                "one list per item"
+            )
         try:
             rows = [np.asarray(list(r), dtype=np.float64).reshape(-1) for r in annotations]
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a padded matrix or a sequence of per-item sequences "
-                            f"of numbers: {exc}") from exc
+            raise TypeError(
+                f"{name} must be a padded matrix or a sequence of per-item sequences "
+                f"of numbers: {exc}"
+            ) from exc
         width = max((len(r) for r in rows), default=0)
         arr = np.full((len(rows), max(width, 1)), np.nan)
         for i, r in enumerate(rows):
@@ -150,14 +156,17 @@ def pad_annotations(
             raise ValueError(f"{name} holds labels {bad} outside the label set {list(allowed)}")
     empty = np.flatnonzero(~m.any(axis=1))
     if empty.size:
-        raise ValueError(f"{name}: {empty.size} item(s) have no annotation (first: item "
-                         f"{int(empty[0])}); drop them or give them at least one label")
+        raise ValueError(
+            f"{name}: {empty.size} item(s) have no annotation (first: item "
+            f"{int(empty[0])}); drop them or give them at least one label"
+        )
     labels = np.where(m, arr, fill)
     return labels.astype(np.int64), m.astype(bool)
 
 
-def annotation_counts(labels: np.ndarray, mask: np.ndarray,
-                      label_values: Sequence[int]) -> np.ndarray:
+def annotation_counts(
+    labels: np.ndarray, mask: np.ndarray, label_values: Sequence[int]
+) -> np.ndarray:
     """Per-item label counts.
 
     Args:
@@ -235,8 +244,9 @@ class AnnotationSet:
             if not np.isfinite(f).all():
                 raise ValueError("features contain non-finite values")
         if self.annotator_ids is not None and np.shape(self.annotator_ids) != labels.shape:
-            raise ValueError(f"annotator_ids must have shape {labels.shape}, got "
-                             f"{np.shape(self.annotator_ids)}")
+            raise ValueError(
+                f"annotator_ids must have shape {labels.shape}, got {np.shape(self.annotator_ids)}"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -279,11 +289,14 @@ class AnnotationSet:
             item_ids=self.item_ids[idx],
             texts=None if self.texts is None else [self.texts[i] for i in idx],
             features=None if self.features is None else np.asarray(self.features)[idx],
-            annotator_ids=(None if self.annotator_ids is None
-                           else np.asarray(self.annotator_ids)[idx][:, keep]),
+            annotator_ids=(
+                None if self.annotator_ids is None else np.asarray(self.annotator_ids)[idx][:, keep]
+            ),
             source_split=None if self.source_split is None else self.source_split[idx],
-            metadata={k: (np.asarray(v)[idx] if k in self.metadata.get("per_item", ()) else v)
-                      for k, v in self.metadata.items()},
+            metadata={
+                k: (np.asarray(v)[idx] if k in self.metadata.get("per_item", ()) else v)
+                for k, v in self.metadata.items()
+            },
         )
 
     def with_features(self, features: Any) -> AnnotationSet:
@@ -292,19 +305,23 @@ class AnnotationSet:
             features = features.detach().cpu().numpy()
         return replace(self, features=np.asarray(features, dtype=np.float32))
 
-    def split_items(self, fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                    seed: SeedLike = 0) -> tuple[AnnotationSet, ...]:
+    def split_items(
+        self, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: SeedLike = 0
+    ) -> tuple[AnnotationSet, ...]:
         """See :func:`split_items`."""
         return split_items(self, fractions, seed)
 
     def __repr__(self) -> str:
-        return (f"AnnotationSet({self.name!r}, items={len(self)}, "
-                f"annotations={self.n_annotations}, labels={list(self.label_values)}, "
-                f"kind={self.kind!r})")
+        return (
+            f"AnnotationSet({self.name!r}, items={len(self)}, "
+            f"annotations={self.n_annotations}, labels={list(self.label_values)}, "
+            f"kind={self.kind!r})"
+        )
 
 
-def split_items(data: AnnotationSet, fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                seed: SeedLike = 0) -> tuple[AnnotationSet, ...]:
+def split_items(
+    data: AnnotationSet, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: SeedLike = 0
+) -> tuple[AnnotationSet, ...]:
     """Splits by item (an item's annotations never straddle two parts), seeded.
 
     Args:
@@ -363,8 +380,7 @@ def load_popquorn(path: str | Path) -> AnnotationSet:
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
     df = df.dropna(subset=["offensiveness"]).sort_values(["instance_id", "user_id"])
-    demo_cols = [c for c in ("gender", "race", "age", "occupation", "education")
-                 if c in df.columns]
+    demo_cols = [c for c in ("gender", "race", "age", "occupation", "education") if c in df.columns]
     annotators = {
         str(uid): {c: str(row[c]) for c in demo_cols}
         for uid, row in df.drop_duplicates("user_id").set_index("user_id").iterrows()
@@ -380,9 +396,18 @@ def load_popquorn(path: str | Path) -> AnnotationSet:
     ann = np.full(labels.shape, "", dtype=object)
     for i, w in enumerate(who):
         ann[i, : len(w)] = w
-    return AnnotationSet("POPQUORN", labels, mask, tuple(range(1, 6)), "ordinal",
-                         np.asarray(ids), texts=texts, annotator_ids=ann.astype(str),
-                         annotators=annotators, metadata={"source": str(path)})
+    return AnnotationSet(
+        "POPQUORN",
+        labels,
+        mask,
+        tuple(range(1, 6)),
+        "ordinal",
+        np.asarray(ids),
+        texts=texts,
+        annotator_ids=ann.astype(str),
+        annotators=annotators,
+        metadata={"source": str(path)},
+    )
 
 
 def _convabuse_text(raw: str) -> str:
@@ -392,16 +417,21 @@ def _convabuse_text(raw: str) -> str:
     except json.JSONDecodeError:
         return raw
     parts = []
-    for key, who in (("user", "user"), ("agent", "agent"), ("prev_user", "previous user"),
-                     ("prev_agent", "previous agent")):
+    for key, who in (
+        ("user", "user"),
+        ("agent", "agent"),
+        ("prev_user", "previous user"),
+        ("prev_agent", "previous agent"),
+    ):
         t = str(d.get(key, "")).strip()
         if t and t != "_":
             parts.append(f"{who}: {t}")
     return "\n".join(parts) if parts else raw
 
 
-def load_lewidi(path: str | Path, dataset: str,
-                splits: Sequence[str] = ("train", "dev")) -> AnnotationSet:
+def load_lewidi(
+    path: str | Path, dataset: str, splits: Sequence[str] = ("train", "dev")
+) -> AnnotationSet:
     """Loads a Learning-with-Disagreements 2023 dataset (Leonardelli et al., SemEval 2023).
 
     Files are ``lewidi2023_<dataset>_<split>.json``: a dict of items, each with ``text``,
@@ -446,8 +476,9 @@ def load_lewidi(path: str | Path, dataset: str,
             try:
                 values = [int(a) for a in anns]
             except ValueError as exc:
-                raise ValueError(f"{f.name} item {key}: non-integer annotations "
-                                 f"{it['annotations']!r}") from exc
+                raise ValueError(
+                    f"{f.name} item {key}: non-integer annotations {it['annotations']!r}"
+                ) from exc
             ids.append(f"{s}/{key}")
             text = str(it["text"])
             texts.append(_convabuse_text(text) if dataset == "ConvAbuse" else text)
@@ -460,9 +491,19 @@ def load_lewidi(path: str | Path, dataset: str,
     for i, w in enumerate(who):
         ann[i, : len(w)] = w
     annotators = {a: {} for a in sorted({a for w in who for a in w if a})}
-    return AnnotationSet(dataset, labels, mask, label_values, kind, np.asarray(ids), texts=texts,
-                         annotator_ids=ann.astype(str), annotators=annotators,
-                         source_split=np.asarray(src), metadata={"source": str(folder)})
+    return AnnotationSet(
+        dataset,
+        labels,
+        mask,
+        label_values,
+        kind,
+        np.asarray(ids),
+        texts=texts,
+        annotator_ids=ann.astype(str),
+        annotators=annotators,
+        source_split=np.asarray(src),
+        metadata={"source": str(folder)},
+    )
 
 
 # ---------------------------------------------------------------------------- synthetic
@@ -545,11 +586,19 @@ def synthetic_annotations(
         labels[i, : counts[i]] = lv[k]
         mask[i, : counts[i]] = True
         who[i, : counts[i]] = [f"a{r}" for r in raters]
-    annotators = {f"a{a}": {"bias": f"{bias[a]:.3f}", "group": str(int(group[a]))}
-                  for a in range(n_annotators)}
+    annotators = {
+        f"a{a}": {"bias": f"{bias[a]:.3f}", "group": str(int(group[a]))}
+        for a in range(n_annotators)
+    }
     return AnnotationSet(
-        "synthetic", labels, mask, tuple(int(v) for v in lv), "ordinal",
-        np.asarray([f"s{i}" for i in range(n_items)]), features=x.astype(np.float32),
-        annotator_ids=who.astype(str), annotators=annotators,
+        "synthetic",
+        labels,
+        mask,
+        tuple(int(v) for v in lv),
+        "ordinal",
+        np.asarray([f"s{i}" for i in range(n_items)]),
+        features=x.astype(np.float32),
+        annotator_ids=who.astype(str),
+        annotators=annotators,
         metadata={"true_probs": true_probs, "per_item": ("true_probs",)},
     )

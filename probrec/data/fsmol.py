@@ -828,8 +828,11 @@ def clean_chembl_assay_table(
         if unit == "%":
             thr = median if median >= 50.0 else 50.0
         else:
-            lo, hi = (5.0, 7.0) if (enzyme if enzyme is not None else _is_enzyme(header, rows)) \
+            lo, hi = (
+                (5.0, 7.0)
+                if (enzyme if enzyme is not None else _is_enzyme(header, rows))
                 else (4.0, 6.0)
+            )
             thr = 5.0 if (median < lo or median > hi) else median
     else:
         thr = (50.0 if unit == "%" else 5.0) if threshold == "fixed" else float(threshold)
@@ -908,4 +911,3 @@ def load_chembl_assay_table(
             f"min_size={min_size}"
         )
     return task
-

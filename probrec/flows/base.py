@@ -105,8 +105,11 @@ class AnnotatorModel(nn.Module):
         self.register_buffer("x_loc", torch.zeros(self.in_dim, dtype=dtype))
         self.register_buffer("x_scale", torch.ones(self.in_dim, dtype=dtype))
         self.history: list[dict[str, float]] = []
-        self._config: dict[str, Any] = {"in_dim": self.in_dim, "labels": list(self.labels),
-                                        "seed": self.seed}
+        self._config: dict[str, Any] = {
+            "in_dim": self.in_dim,
+            "labels": list(self.labels),
+            "seed": self.seed,
+        }
 
     def _remember(self, **kwargs: Any) -> None:
         """Records constructor arguments for :meth:`save` / :meth:`load`."""
@@ -133,8 +136,9 @@ class AnnotatorModel(nn.Module):
         """Checked ``[n, in_dim]`` features on the model's device and dtype, standardised."""
         t = as_float_tensor(x, name, ndim=2, dtype=self.dtype, device=self.device)
         if t.shape[1] != self.in_dim:
-            raise ValueError(f"{name} must have {self.in_dim} features per row, got shape "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have {self.in_dim} features per row, got shape {tuple(t.shape)}"
+            )
         return (t - self.x_loc) / self.x_scale
 
     def _counts(self, annotations: Any, mask: Any, name: str = "annotations") -> Tensor:
@@ -148,8 +152,7 @@ class AnnotatorModel(nn.Module):
             arr = y.detach().cpu().numpy()
         else:
             arr = np.asarray(y)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                       or arr.dtype == bool):
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name} must hold integer labels, got dtype {arr.dtype}")
         arr = arr.astype(np.float64)
         if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
@@ -158,8 +161,10 @@ class AnnotatorModel(nn.Module):
         idx = np.clip(np.searchsorted(values, arr), 0, self.n_labels - 1)
         bad = values[idx] != arr
         if bad.any():
-            raise ValueError(f"{name} holds labels {sorted(set(arr[bad].astype(int)))[:10]} "
-                             f"outside the label set {list(self.labels)}")
+            raise ValueError(
+                f"{name} holds labels {sorted(set(arr[bad].astype(int)))[:10]} "
+                f"outside the label set {list(self.labels)}"
+            )
         return torch.as_tensor(idx, dtype=torch.long, device=self.device)
 
     def _batches(self, n: int, batch_size: int) -> Iterator[slice]:
@@ -171,19 +176,22 @@ class AnnotatorModel(nn.Module):
         """Per-item negative log-likelihood (or bound) ``[B]`` (or ``[M, B]`` for ensembles)."""
         raise NotImplementedError
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         """``[B, K]`` log-probabilities of every label for standardised features ``z``."""
         raise NotImplementedError
 
-    def _estimate(self, z: Tensor, generator: torch.Generator,
-                  n_samples: int | None) -> tuple[Tensor, Tensor]:
+    def _estimate(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> tuple[Tensor, Tensor]:
         """``[B, K]`` log-probabilities and their Monte Carlo standard errors (0: exact)."""
         logp = self._label_log_probs(z, generator, n_samples)
         return logp, torch.zeros_like(logp)
 
-    def _item_moments(self, z: Tensor, generator: torch.Generator,
-                      n_samples: int | None) -> tuple[Tensor, Tensor]:
+    def _item_moments(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> tuple[Tensor, Tensor]:
         """Expected mean and standard deviation ``[B]`` of a simulated item's labels.
 
         Default (annotators independent given ``x``): the moments of ``p(y | x)``.
@@ -263,13 +271,14 @@ class AnnotatorModel(nn.Module):
         if valid is not None:
             if not isinstance(valid, (tuple, list)) or len(valid) not in (2, 3):
                 raise TypeError("valid must be (x_valid, annotations_valid[, mask_valid])")
-            zv_raw = as_float_tensor(valid[0], "valid x", ndim=2, dtype=self.dtype,
-                                     device=self.device)
-            cv = self._counts(valid[1], valid[2] if len(valid) == 3 else None,
-                              "valid annotations")
+            zv_raw = as_float_tensor(
+                valid[0], "valid x", ndim=2, dtype=self.dtype, device=self.device
+            )
+            cv = self._counts(valid[1], valid[2] if len(valid) == 3 else None, "valid annotations")
             if zv_raw.shape[0] != cv.shape[0]:
-                raise ValueError(f"valid x has {zv_raw.shape[0]} items but valid annotations "
-                                 f"has {cv.shape[0]}")
+                raise ValueError(
+                    f"valid x has {zv_raw.shape[0]} items but valid annotations has {cv.shape[0]}"
+                )
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         patience = check_positive_int(patience, "patience")
@@ -289,8 +298,9 @@ class AnnotatorModel(nn.Module):
         z = (raw - loc) / scale
         if valid is not None:
             if zv_raw.shape[1] != self.in_dim:
-                raise ValueError(f"valid x must have {self.in_dim} features, got "
-                                 f"{tuple(zv_raw.shape)}")
+                raise ValueError(
+                    f"valid x must have {self.in_dim} features, got {tuple(zv_raw.shape)}"
+                )
             zv = (zv_raw - loc) / scale
 
         gen_cpu = torch.Generator().manual_seed(seed)
@@ -301,8 +311,9 @@ class AnnotatorModel(nn.Module):
         best_score: Tensor | None = None
         best_epoch: Tensor | None = None
         self.history = []
-        bar = track(range(epochs), progress=progress, desc=type(self).__name__, unit="epoch",
-                    leave=False)
+        bar = track(
+            range(epochs), progress=progress, desc=type(self).__name__, unit="epoch", leave=False
+        )
         with seeded_rng(seed, self.device):
             for epoch in bar:
                 self.train()
@@ -316,7 +327,8 @@ class AnnotatorModel(nn.Module):
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"{type(self).__name__}.fit: non-finite loss at epoch {epoch}; "
-                            "try a smaller lr")
+                            "try a smaller lr"
+                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(self.parameters(), 10.0)
@@ -331,8 +343,11 @@ class AnnotatorModel(nn.Module):
                     else:
                         score = torch.tensor([train_loss])
                 score = score.detach().cpu().double()
-                rec = {"epoch": epoch, "train": train_loss,
-                       "valid": float(score.mean()) if zv is not None else float("nan")}
+                rec = {
+                    "epoch": epoch,
+                    "train": train_loss,
+                    "valid": float(score.mean()) if zv is not None else float("nan"),
+                }
                 self.history.append(rec)
                 if best_score is None:
                     improved = torch.ones_like(score, dtype=torch.bool)
@@ -353,8 +368,9 @@ class AnnotatorModel(nn.Module):
         return self
 
     # ------------------------------------------------------------------ prediction
-    def label_log_probs(self, x: Any, *, batch_size: int = 512, seed: int = 0,
-                        n_samples: int | None = None) -> Tensor:
+    def label_log_probs(
+        self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None
+    ) -> Tensor:
         """Log-probabilities of every label for each item.
 
         Args:
@@ -367,8 +383,7 @@ class AnnotatorModel(nn.Module):
         Returns:
             ``[n, K]`` log ``p(y = labels[k] | x)``, on the model's device.
         """
-        parts = self._run(lambda z, g: self._label_log_probs(z, g, n_samples), x, batch_size,
-                          seed)
+        parts = self._run(lambda z, g: self._label_log_probs(z, g, n_samples), x, batch_size, seed)
         return torch.cat(parts, 0)
 
     def _run(self, fn: Any, x: Any, batch_size: int, seed: int | None) -> list[Any]:
@@ -384,8 +399,9 @@ class AnnotatorModel(nn.Module):
         finally:
             self.train(was)
 
-    def label_log_probs_se(self, x: Any, *, batch_size: int = 512, seed: int = 0,
-                           n_samples: int | None = None) -> tuple[Tensor, Tensor]:
+    def label_log_probs_se(
+        self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Log-probabilities ``[n, K]`` and their Monte Carlo standard errors ``[n, K]``.
 
         For Monte Carlo estimates the standard error of ``log p`` is the delta-method
@@ -394,8 +410,9 @@ class AnnotatorModel(nn.Module):
         parts = self._run(lambda z, g: self._estimate(z, g, n_samples), x, batch_size, seed)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def item_moments(self, x: Any, *, batch_size: int = 512, seed: int = 0,
-                     n_samples: int | None = None) -> tuple[Tensor, Tensor]:
+    def item_moments(
+        self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Expected mean and standard deviation ``[n]`` of one simulated item's labels.
 
         For models whose annotators are independent given ``x`` these are the moments of
@@ -436,12 +453,10 @@ class AnnotatorModel(nn.Module):
         counts = self._counts(annotations, mask)
         logp = self.label_log_probs(x, **kwargs)
         if counts.shape[0] != logp.shape[0]:
-            raise ValueError(f"x has {logp.shape[0]} items but annotations has "
-                             f"{counts.shape[0]}")
+            raise ValueError(f"x has {logp.shape[0]} items but annotations has {counts.shape[0]}")
         return float(-(counts * logp).sum() / counts.sum())
 
-    def sample(self, x: Any, n: int, *, seed: int | None = None,
-               batch_size: int = 512) -> Tensor:
+    def sample(self, x: Any, n: int, *, seed: int | None = None, batch_size: int = 512) -> Tensor:
         """Simulated annotations: ``n`` independent annotators per item.
 
         Args:
@@ -463,14 +478,22 @@ class AnnotatorModel(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"format": _FORMAT, "class": type(self).__name__,
-                    "config": copy.deepcopy(self._config), "state_dict": state,
-                    "dtype": str(self.dtype).replace("torch.", ""),
-                    "history": self.history}, path)
+        torch.save(
+            {
+                "format": _FORMAT,
+                "class": type(self).__name__,
+                "config": copy.deepcopy(self._config),
+                "state_dict": state,
+                "dtype": str(self.dtype).replace("torch.", ""),
+                "history": self.history,
+            },
+            path,
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike,
-             map_location: str | torch.device | None = None) -> AnnotatorModel:
+    def load(
+        cls, path: str | os.PathLike, map_location: str | torch.device | None = None
+    ) -> AnnotatorModel:
         """Rebuilds a model written by :meth:`save` (identical predictions).
 
         Args:
@@ -498,14 +521,16 @@ class AnnotatorModel(nn.Module):
         return model
 
 
-def load_model(path: str | os.PathLike,
-               map_location: str | torch.device | None = None) -> AnnotatorModel:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device | None = None
+) -> AnnotatorModel:
     """Loads any model saved with :meth:`AnnotatorModel.save`."""
     return AnnotatorModel.load(path, map_location)
 
 
-def normal_points(n: int, dim: int, generator: torch.Generator, like: Tensor, *,
-                  replicates: int = 8) -> Tensor:
+def normal_points(
+    n: int, dim: int, generator: torch.Generator, like: Tensor, *, replicates: int = 8
+) -> Tensor:
     """Randomised quasi-Monte Carlo standard normal points (scrambled Sobol, Owen 1997).
 
     Each replicate is an independently scrambled Sobol sequence mapped through the normal
@@ -525,12 +550,14 @@ def normal_points(n: int, dim: int, generator: torch.Generator, like: Tensor, *,
         ``[replicates, ceil(n / replicates), dim]`` points.
     """
     per = max(1, -(-n // replicates))
-    seeds = torch.randint(0, 2**31 - 1, (replicates,), generator=generator,
-                          device=generator.device).tolist()
+    seeds = torch.randint(
+        0, 2**31 - 1, (replicates,), generator=generator, device=generator.device
+    ).tolist()
     pts = []
     for s in seeds:
         u = torch.quasirandom.SobolEngine(dim, scramble=True, seed=int(s)).draw(
-            per, dtype=torch.float64)
+            per, dtype=torch.float64
+        )
         pts.append(torch.special.ndtri(u.clamp(1e-12, 1 - 1e-12)))
     return torch.stack(pts).to(device=like.device, dtype=like.dtype)
 
@@ -570,6 +597,7 @@ def _categorical(probs: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """``[n, B]`` draws from ``[B, K]`` probabilities by inverse CDF (seeded)."""
     cdf = probs.cumsum(-1)
     cdf = cdf / cdf[..., -1:]
-    u = torch.rand((n, probs.shape[0], 1), generator=generator, device=probs.device,
-                   dtype=probs.dtype)
+    u = torch.rand(
+        (n, probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype
+    )
     return (u > cdf[None, :, :-1]).sum(-1)

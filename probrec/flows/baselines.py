@@ -47,15 +47,23 @@ def _folded_intervals(t: Tensor) -> tuple[Tensor, Tensor]:
 class _EncodedHead(AnnotatorModel):
     """An :class:`~probrec.backbone.MLPEncoder` followed by a linear head of ``n_out`` units."""
 
-    def __init__(self, in_dim: int, labels: Sequence[int], n_out: int, *,
-                 hidden: Sequence[int], dropout: float, seed: int) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        labels: Sequence[int],
+        n_out: int,
+        *,
+        hidden: Sequence[int],
+        dropout: float,
+        seed: int,
+    ) -> None:
         super().__init__(in_dim, labels, seed=seed)
         self._remember(hidden=tuple(hidden), dropout=dropout)
         gen = torch.Generator().manual_seed(self.seed)
         self.encoder = MLPEncoder(in_dim, hidden, dropout=dropout, seed=gen)
         self.head = nn.Linear(self.encoder.out_dim, n_out)
         with torch.no_grad():
-            b = self.encoder.out_dim ** -0.5
+            b = self.encoder.out_dim**-0.5
             self.head.weight.uniform_(-b, b, generator=gen)
             self.head.bias.zero_()
 
@@ -82,9 +90,16 @@ class GaussianHead(_EncodedHead):
 
     kind = "ordinal"
 
-    def __init__(self, in_dim: int, labels: Sequence[int] = (1, 2, 3, 4, 5), *,
-                 hidden: Sequence[int] = (128,), dropout: float = 0.1,
-                 objective: str = "density", seed: int = 0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        labels: Sequence[int] = (1, 2, 3, 4, 5),
+        *,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.1,
+        objective: str = "density",
+        seed: int = 0,
+    ) -> None:
         super().__init__(in_dim, labels, 2, hidden=hidden, dropout=dropout, seed=seed)
         self.objective = check_choice(objective, "objective", ("density", "discretised"))
         self._remember(objective=objective)
@@ -99,8 +114,9 @@ class GaussianHead(_EncodedHead):
         out = self._out(z)
         return out[:, 0], F.softplus(out[:, 1]) + 1e-3
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         mu, sigma = self.mean_std(z)
         t = (self.cuts[None, :] - mu[:, None]) / sigma[:, None]
         return interval_log_mass(*_folded_intervals(t), "normal")
@@ -126,8 +142,15 @@ class OrdinalLogisticHead(_EncodedHead):
 
     kind = "ordinal"
 
-    def __init__(self, in_dim: int, labels: Sequence[int] = (1, 2, 3, 4, 5), *,
-                 hidden: Sequence[int] = (128,), dropout: float = 0.1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        labels: Sequence[int] = (1, 2, 3, 4, 5),
+        *,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.1,
+        seed: int = 0,
+    ) -> None:
         super().__init__(in_dim, labels, 1, hidden=hidden, dropout=dropout, seed=seed)
         k = self.n_labels
         self.theta0 = nn.Parameter(torch.tensor(-(k - 2) / 2.0))
@@ -138,8 +161,9 @@ class OrdinalLogisticHead(_EncodedHead):
         gaps = F.softplus(self.log_gaps + math.log(math.expm1(1.0)))
         return torch.cat([self.theta0.reshape(1), self.theta0 + torch.cumsum(gaps, 0)])
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         eta = self._out(z)  # [B, 1]
         t = self.thresholds()[None, :] - eta
         return interval_log_mass(*_folded_intervals(t), "logistic")
@@ -156,13 +180,22 @@ class SoftmaxHead(_EncodedHead):
         seed: initialisation seed.
     """
 
-    def __init__(self, in_dim: int, labels: Sequence[int] = (0, 1), *,
-                 hidden: Sequence[int] = (128,), dropout: float = 0.1, seed: int = 0) -> None:
-        super().__init__(in_dim, labels, len(list(labels)), hidden=hidden, dropout=dropout,
-                         seed=seed)
+    def __init__(
+        self,
+        in_dim: int,
+        labels: Sequence[int] = (0, 1),
+        *,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            in_dim, labels, len(list(labels)), hidden=hidden, dropout=dropout, seed=seed
+        )
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         return torch.log_softmax(self._out(z), -1)
 
 
@@ -181,17 +214,25 @@ class MCDropoutHead(SoftmaxHead):
         seed: initialisation seed.
     """
 
-    def __init__(self, in_dim: int, labels: Sequence[int] = (0, 1), *,
-                 hidden: Sequence[int] = (128,), dropout: float = 0.25, mc_samples: int = 50,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        labels: Sequence[int] = (0, 1),
+        *,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.25,
+        mc_samples: int = 50,
+        seed: int = 0,
+    ) -> None:
         if not 0 < dropout < 1:
             raise ValueError(f"MC dropout needs 0 < dropout < 1, got {dropout}")
         super().__init__(in_dim, labels, hidden=hidden, dropout=dropout, seed=seed)
         self.mc_samples = check_positive_int(mc_samples, "mc_samples")
         self._remember(mc_samples=mc_samples)
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         if self.training:  # training: one stochastic pass, as for the plain head
             return super()._label_log_probs(z, generator, n_samples)
         t = n_samples or self.mc_samples
@@ -208,11 +249,13 @@ class _EnsembleLinear(nn.Module):
 
     def __init__(self, members: int, n_in: int, n_out: int, generator: torch.Generator) -> None:
         super().__init__()
-        b = n_in ** -0.5  # the init distribution of nn.Linear, per member
-        self.weight = nn.Parameter(torch.empty(members, n_in, n_out).uniform_(-b, b,
-                                                                              generator=generator))
-        self.bias = nn.Parameter(torch.empty(members, 1, n_out).uniform_(-b, b,
-                                                                         generator=generator))
+        b = n_in**-0.5  # the init distribution of nn.Linear, per member
+        self.weight = nn.Parameter(
+            torch.empty(members, n_in, n_out).uniform_(-b, b, generator=generator)
+        )
+        self.bias = nn.Parameter(
+            torch.empty(members, 1, n_out).uniform_(-b, b, generator=generator)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -235,16 +278,25 @@ class DeepEnsemble(AnnotatorModel):
         seed: initialisation seed.
     """
 
-    def __init__(self, in_dim: int, labels: Sequence[int] = (0, 1), *, members: int = 5,
-                 hidden: Sequence[int] = (128,), dropout: float = 0.1,
-                 activation: str = "relu", seed: int = 0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        labels: Sequence[int] = (0, 1),
+        *,
+        members: int = 5,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.1,
+        activation: str = "relu",
+        seed: int = 0,
+    ) -> None:
         super().__init__(in_dim, labels, seed=seed)
         self.members = check_positive_int(members, "members")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         check_choice(activation, "activation", tuple(ACTIVATIONS))
-        self._remember(members=members, hidden=tuple(hidden), dropout=dropout,
-                       activation=activation)
+        self._remember(
+            members=members, hidden=tuple(hidden), dropout=dropout, activation=activation
+        )
         gen = torch.Generator().manual_seed(self.seed)
         widths = [in_dim, *hidden]
         layers: list[nn.Module] = []
@@ -259,8 +311,9 @@ class DeepEnsemble(AnnotatorModel):
         """``[M, B, K]`` log-probabilities of each member."""
         return torch.log_softmax(self.net(z.expand(self.members, *z.shape)), -1)
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         return torch.logsumexp(self.member_log_probs(z), 0) - math.log(self.members)
 
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:

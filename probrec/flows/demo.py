@@ -41,25 +41,38 @@ def run_section(ctx: Any) -> dict[str, Any]:
     names = ["integer_flow", "integer_flow_panel", "gaussian", "softmax"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results: dict[str, Any] = {"n_items": n_items, "n_annotations": data.n_annotations,
-                               "models": {}}
+    results: dict[str, Any] = {
+        "n_items": n_items,
+        "n_annotations": data.n_annotations,
+        "models": {},
+    }
     true = test.metadata["true_probs"]
     counts = test.counts()
     models = {}
     try:
         for name in names:
             klass, kw, _ = MODELS[name]
-            model = klass(train.features.shape[1], train.label_values, hidden=(32,),
-                          seed=ctx.seed, **kw)
-            model.fit(train.features, train.labels, train.mask,
-                      valid=(valid.features, valid.labels, valid.mask), epochs=epochs,
-                      batch_size=32, lr=3e-3, patience=10, seed=ctx.seed,
-                      progress=ctx.progress)
+            model = klass(
+                train.features.shape[1], train.label_values, hidden=(32,), seed=ctx.seed, **kw
+            )
+            model.fit(
+                train.features,
+                train.labels,
+                train.mask,
+                valid=(valid.features, valid.labels, valid.mask),
+                epochs=epochs,
+                batch_size=32,
+                lr=3e-3,
+                patience=10,
+                seed=ctx.seed,
+                progress=ctx.progress,
+            )
             res = evaluate(model, test.features, test.labels, test.mask, seed=ctx.seed)
             p = model.predict_proba(test.features, seed=ctx.seed).double().numpy()
             p = p / p.sum(1, keepdims=True)
-            res["kl_true"] = float(np.mean(np.sum(true * (np.log(np.clip(true, 1e-12, None))
-                                                          - np.log(p)), 1)))
+            res["kl_true"] = float(
+                np.mean(np.sum(true * (np.log(np.clip(true, 1e-12, None)) - np.log(p)), 1))
+            )
             results["models"][name] = {k: round(float(v), 4) for k, v in res.items()}
             models[name] = (model, p)
     finally:
@@ -71,7 +84,8 @@ def run_section(ctx: Any) -> dict[str, Any]:
         f"held-out NLL: integer flow {m['integer_flow']['nll']:.3f}, rounded Gaussian "
         f"{m['gaussian']['nll']:.3f}, softmax {m['softmax']['nll']:.3f} (true p(y|x): "
         f"{oracle:.3f}); kappa of simulated panels {m['integer_flow_panel']['kappa_sim']:.2f} "
-        f"vs humans {m['integer_flow']['kappa_human']:.2f}")
+        f"vs humans {m['integer_flow']['kappa_human']:.2f}"
+    )
 
     # three held-out items: the most polarised (two camps), a consensus item, a middle one
     v = np.asarray(test.label_values)
@@ -84,13 +98,15 @@ def run_section(ctx: Any) -> dict[str, Any]:
         ax.bar(v - 0.4 + width / 2, true[i], width, color="black", label="true p(y|x)")
         for j, (name, (_, p)) in enumerate(models.items()):
             ax.bar(v - 0.4 + width * (j + 1.5), p[i], width, label=name)
-        ax.plot(v, counts[i] / counts[i].sum(), "k*", ms=9,
-                label=f"humans (n={int(counts[i].sum())})")
+        ax.plot(
+            v, counts[i] / counts[i].sum(), "k*", ms=9, label=f"humans (n={int(counts[i].sum())})"
+        )
         ax.set(xticks=v, ylim=(0, 1), xlabel="rating", title=f"held-out item {test.item_ids[i]}")
     axes[0].set_ylabel("probability")
     axes[-1].legend(fontsize=7)
-    fig.suptitle("Synthetic annotator population: predicted vs true label distributions",
-                 fontsize=10)
+    fig.suptitle(
+        "Synthetic annotator population: predicted vs true label distributions", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(ctx.out_dir / "annotators.png", dpi=110)
     plt.close(fig)

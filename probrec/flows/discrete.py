@@ -34,8 +34,7 @@ def log1mexp(x: Tensor) -> Tensor:
 
     (Maechler, "Accurately computing log(1 - exp(-|a|))", 2012.)
     """
-    return torch.where(x < math.log(2.0), torch.log(-torch.expm1(-x)),
-                       torch.log1p(-torch.exp(-x)))
+    return torch.where(x < math.log(2.0), torch.log(-torch.expm1(-x)), torch.log1p(-torch.exp(-x)))
 
 
 def base_log_cdf(z: Tensor, base: str) -> Tensor:
@@ -80,8 +79,10 @@ def interval_log_mass(lower: Tensor, upper: Tensor, base: str = "logistic") -> T
     # 0 * inf appears in the backward pass (d log Phi(z) / dz -> inf as z -> -inf)
     a_inf, b_inf = torch.isneginf(a), torch.isposinf(b)
     la = base_log_cdf(torch.where(a_inf, torch.zeros_like(a), a), base)
-    lb = torch.where(b_inf, torch.zeros_like(b),
-                     base_log_cdf(torch.where(b_inf, torch.zeros_like(b), b), base))
-    gap = torch.where(a_inf, torch.full_like(lb, math.inf),
-                      (lb - la).clamp_min(torch.finfo(lb.dtype).tiny))  # > 0 when b > a
+    lb = torch.where(
+        b_inf, torch.zeros_like(b), base_log_cdf(torch.where(b_inf, torch.zeros_like(b), b), base)
+    )
+    gap = torch.where(
+        a_inf, torch.full_like(lb, math.inf), (lb - la).clamp_min(torch.finfo(lb.dtype).tiny)
+    )  # > 0 when b > a
     return lb + log1mexp(gap)

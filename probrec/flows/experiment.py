@@ -30,19 +30,39 @@ from probrec.flows.integer import ConditionalIntegerFlow
 from probrec.flows.metrics import evaluate
 from probrec.flows.softmax import ConditionalSoftmaxFlow
 
-__all__ = ["METRICS", "MODELS", "compare_models", "comparison_table", "format_table",
-           "paired_difference", "plot_histograms", "summarise"]
+__all__ = [
+    "METRICS",
+    "MODELS",
+    "compare_models",
+    "comparison_table",
+    "format_table",
+    "paired_difference",
+    "plot_histograms",
+    "summarise",
+]
 
 #: model name -> (class, constructor arguments, description)
 MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
-    "integer_flow": (ConditionalIntegerFlow, {},
-                     "conditional integer flow, annotators independent given x"),
-    "integer_flow_panel": (ConditionalIntegerFlow, {"item_latent": 2},
-                           "conditional integer flow with a 2-d item latent (panels)"),
-    "softmax_flow": (ConditionalSoftmaxFlow, {"latent": "annotation"},
-                     "conditional softmax flow, one latent per annotation (as in HAS)"),
-    "softmax_flow_panel": (ConditionalSoftmaxFlow, {"latent": "item"},
-                           "conditional softmax flow, one latent per item (panels)"),
+    "integer_flow": (
+        ConditionalIntegerFlow,
+        {},
+        "conditional integer flow, annotators independent given x",
+    ),
+    "integer_flow_panel": (
+        ConditionalIntegerFlow,
+        {"item_latent": 2},
+        "conditional integer flow with a 2-d item latent (panels)",
+    ),
+    "softmax_flow": (
+        ConditionalSoftmaxFlow,
+        {"latent": "annotation"},
+        "conditional softmax flow, one latent per annotation (as in HAS)",
+    ),
+    "softmax_flow_panel": (
+        ConditionalSoftmaxFlow,
+        {"latent": "item"},
+        "conditional softmax flow, one latent per item (panels)",
+    ),
     "gaussian": (GaussianHead, {}, "Gaussian head, density-trained, rounded (original base)"),
     "ordinal_logistic": (OrdinalLogisticHead, {}, "ordinal-logistic (cumulative link) head"),
     "softmax": (SoftmaxHead, {}, "softmax head on all individual annotations"),
@@ -105,8 +125,9 @@ def compare_models(
         name -> metrics of :func:`probrec.flows.metrics.evaluate` plus ``fit_seconds`` and
         ``epochs``.
     """
-    xtr, xva, xte = (_check_split(d, n) for d, n in ((train, "train"), (valid, "valid"),
-                                                    (test, "test")))
+    xtr, xva, xte = (
+        _check_split(d, n) for d, n in ((train, "train"), (valid, "valid"), (test, "test"))
+    )
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown models {unknown}; expected names from {sorted(MODELS)}")
@@ -120,8 +141,15 @@ def compare_models(
         if device is not None:
             model.to(device)
         t0 = time.perf_counter()
-        model.fit(xtr, train.labels, train.mask, valid=(xva, valid.labels, valid.mask),
-                  seed=seed, progress=progress, **(fit_kwargs or {}))
+        model.fit(
+            xtr,
+            train.labels,
+            train.mask,
+            valid=(xva, valid.labels, valid.mask),
+            seed=seed,
+            progress=progress,
+            **(fit_kwargs or {}),
+        )
         fit_s = time.perf_counter() - t0
         res: dict[str, Any] = evaluate(model, xte, test.labels, test.mask, seed=seed)
         res["fit_seconds"] = fit_s
@@ -157,26 +185,35 @@ def summarise(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
     return out
 
 
-def paired_difference(runs: Sequence[dict[str, dict[str, Any]]], model: str, baseline: str,
-                      metric: str) -> dict[str, float]:
+def paired_difference(
+    runs: Sequence[dict[str, dict[str, Any]]], model: str, baseline: str, metric: str
+) -> dict[str, float]:
     """``metric(model) - metric(baseline)`` per seed (same split), mean and standard error.
 
     Pairing removes the between-split variation that dominates the per-model standard errors,
     so this is the statistic for "does ``model`` beat ``baseline``".
     """
-    diffs = np.array([r[model][metric] - r[baseline][metric] for r in runs
-                      if model in r and baseline in r], dtype=float)
+    diffs = np.array(
+        [r[model][metric] - r[baseline][metric] for r in runs if model in r and baseline in r],
+        dtype=float,
+    )
     if diffs.size == 0:
         raise ValueError(f"no run has both {model!r} and {baseline!r}")
     se = float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else float("nan")
     return {"mean": float(diffs.mean()), "se": se, "n": int(diffs.size)}
 
 
-def comparison_table(runs: Sequence[dict[str, dict[str, Any]]], pairs: Sequence[tuple[str, str]],
-                     metrics: Sequence[str] = ("nll", "std_rmse"), digits: int = 3) -> str:
+def comparison_table(
+    runs: Sequence[dict[str, dict[str, Any]]],
+    pairs: Sequence[tuple[str, str]],
+    metrics: Sequence[str] = ("nll", "std_rmse"),
+    digits: int = 3,
+) -> str:
     """Markdown table of paired differences (model - baseline; negative is better)."""
-    lines = ["| model - baseline | " + " | ".join(METRICS[m][0] for m in metrics) + " |",
-             "|---|" + "---|" * len(metrics)]
+    lines = [
+        "| model - baseline | " + " | ".join(METRICS[m][0] for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
     for a, b in pairs:
         cells = []
         for m in metrics:
@@ -186,8 +223,13 @@ def comparison_table(runs: Sequence[dict[str, dict[str, Any]]], pairs: Sequence[
     return "\n".join(lines)
 
 
-def format_table(summary: dict[str, dict[str, dict[str, float]]], *, title: str = "",
-                 metrics: Sequence[str] = tuple(METRICS), digits: int = 3) -> str:
+def format_table(
+    summary: dict[str, dict[str, dict[str, float]]],
+    *,
+    title: str = "",
+    metrics: Sequence[str] = tuple(METRICS),
+    digits: int = 3,
+) -> str:
     """A markdown table of ``mean +- s.e.``; the human kappa is appended to the kappa header."""
     names = list(summary)
     head = []
@@ -210,9 +252,16 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]], *, title: str 
     return "\n".join(lines)
 
 
-def plot_histograms(models: dict[str, AnnotatorModel], test: AnnotationSet,
-                    items: Sequence[int], path: str | Path, *, title: str = "",
-                    n_simulated: int = 0, seed: int = 0) -> Path:
+def plot_histograms(
+    models: dict[str, AnnotatorModel],
+    test: AnnotationSet,
+    items: Sequence[int],
+    path: str | Path,
+    *,
+    title: str = "",
+    n_simulated: int = 0,
+    seed: int = 0,
+) -> Path:
     """Bar charts of predicted label distributions against the human label histogram.
 
     Args:
@@ -246,14 +295,25 @@ def plot_histograms(models: dict[str, AnnotatorModel], test: AnnotationSet,
     width = 0.8 / k
     for j, ax in enumerate(axes[0]):
         human = counts[j] / counts[j].sum()
-        ax.bar(values - 0.4 + width / 2, human, width, color="black",
-               label=f"humans (n={int(counts[j].sum())})")
+        ax.bar(
+            values - 0.4 + width / 2,
+            human,
+            width,
+            color="black",
+            label=f"humans (n={int(counts[j].sum())})",
+        )
         for i, (n, p) in enumerate(probs.items()):
             ax.bar(values - 0.4 + width * (i + 1.5), p[j] / p[j].sum(), width, label=n)
         if sims is not None:
             h = (sims[:, j][:, None] == values[None, :]).mean(0)
-            ax.bar(values - 0.4 + width * (k - 0.5), h, width, color="0.7", hatch="//",
-                   label=f"{next(iter(models))}: {n_simulated} simulated")
+            ax.bar(
+                values - 0.4 + width * (k - 0.5),
+                h,
+                width,
+                color="0.7",
+                hatch="//",
+                label=f"{next(iter(models))}: {n_simulated} simulated",
+            )
         ax.set_xticks(values)
         ax.set_ylim(0, 1)
         ax.set_title(f"item {test.item_ids[items[j]]}", fontsize=9)

@@ -120,8 +120,11 @@ class ConditionalIntegerFlow(AnnotatorModel):
         seed: int = 0,
     ) -> None:
         super().__init__(in_dim, labels, seed=seed)
-        for name, val, low in (("n_layers", n_layers, 0), ("n_bins", n_bins, 2),
-                               ("item_latent", item_latent, 0)):
+        for name, val, low in (
+            ("n_layers", n_layers, 0),
+            ("n_bins", n_bins, 2),
+            ("item_latent", item_latent, 0),
+        ):
             if isinstance(val, bool) or not isinstance(val, int) or val < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
         if not bound > 0:
@@ -134,10 +137,19 @@ class ConditionalIntegerFlow(AnnotatorModel):
         self.latent_lr = float(latent_lr)
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples")
-        self._remember(hidden=tuple(hidden), dropout=dropout, n_layers=n_layers, n_bins=n_bins,
-                       bound=bound, base=base, item_latent=item_latent,
-                       latent_hidden=latent_hidden, n_train_samples=n_train_samples,
-                       n_eval_samples=n_eval_samples, latent_lr=latent_lr)
+        self._remember(
+            hidden=tuple(hidden),
+            dropout=dropout,
+            n_layers=n_layers,
+            n_bins=n_bins,
+            bound=bound,
+            base=base,
+            item_latent=item_latent,
+            latent_hidden=latent_hidden,
+            n_train_samples=n_train_samples,
+            n_eval_samples=n_eval_samples,
+            latent_lr=latent_lr,
+        )
         gen = torch.Generator().manual_seed(self.seed)
         self.encoder = MLPEncoder(in_dim, hidden, dropout=dropout, seed=gen)
         width = self.encoder.out_dim
@@ -157,10 +169,17 @@ class ConditionalIntegerFlow(AnnotatorModel):
             self.u_u = nn.Linear(item_latent, lh, bias=False)
             self.u_out = nn.Linear(lh, self.n_params)
             self.u_scale = nn.Linear(width, 2)
-            self.q_net = nn.Sequential(nn.Linear(width + self.n_labels + 1, lh), nn.SiLU(),
-                                       nn.Linear(lh, 2 * item_latent))
-            for lin, gain in ((self.u_h, 1.0), (self.u_u, 1.0), (self.u_out, 0.1),
-                              (self.u_scale, 0.1), (self.q_net[0], 1.0), (self.q_net[2], 0.1)):
+            self.q_net = nn.Sequential(
+                nn.Linear(width + self.n_labels + 1, lh), nn.SiLU(), nn.Linear(lh, 2 * item_latent)
+            )
+            for lin, gain in (
+                (self.u_h, 1.0),
+                (self.u_u, 1.0),
+                (self.u_out, 0.1),
+                (self.u_scale, 0.1),
+                (self.q_net[0], 1.0),
+                (self.q_net[2], 0.1),
+            ):
                 _init(lin, gen, gain)
             with torch.no_grad():  # random-effect sizes: 1 on the location, 0.5 on log-scale
                 self.u_scale.bias.copy_(torch.tensor([0.0, math.log(0.5)]))
@@ -195,8 +214,14 @@ class ConditionalIntegerFlow(AnnotatorModel):
         nb, ns = self.n_bins, self.n_spline
         for layer in range(self.n_layers):
             p = spl[..., layer * ns : (layer + 1) * ns]
-            t, _ = rq_spline(t, p[..., :nb], p[..., nb : 2 * nb], p[..., 2 * nb :],
-                             bound=self.bound, min_derivative=_MIN_DERIVATIVE)
+            t, _ = rq_spline(
+                t,
+                p[..., :nb],
+                p[..., nb : 2 * nb],
+                p[..., 2 * nb :],
+                bound=self.bound,
+                min_derivative=_MIN_DERIVATIVE,
+            )
         return t
 
     def _inverse_map(self, t: Tensor, prm: Tensor) -> Tensor:
@@ -205,8 +230,15 @@ class ConditionalIntegerFlow(AnnotatorModel):
         nb, ns = self.n_bins, self.n_spline
         for layer in reversed(range(self.n_layers)):
             p = spl[..., layer * ns : (layer + 1) * ns]
-            t, _ = rq_spline(t, p[..., :nb], p[..., nb : 2 * nb], p[..., 2 * nb :],
-                             bound=self.bound, inverse=True, min_derivative=_MIN_DERIVATIVE)
+            t, _ = rq_spline(
+                t,
+                p[..., :nb],
+                p[..., nb : 2 * nb],
+                p[..., 2 * nb :],
+                bound=self.bound,
+                inverse=True,
+                min_derivative=_MIN_DERIVATIVE,
+            )
         return t * torch.exp(log_scale) + shift
 
     def cdf_at_cuts(self, x: Any) -> Tensor:
@@ -229,12 +261,14 @@ class ConditionalIntegerFlow(AnnotatorModel):
         return interval_log_mass(torch.cat([-inf, t], -1), torch.cat([t, inf], -1), self.base)
 
     def _prior_draws(self, h: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        return torch.randn((n, h.shape[0], self.item_latent), generator=generator,
-                           device=h.device, dtype=h.dtype)
+        return torch.randn(
+            (n, h.shape[0], self.item_latent), generator=generator, device=h.device, dtype=h.dtype
+        )
 
     # ------------------------------------------------------------------ hooks
-    def _estimate(self, z: Tensor, generator: torch.Generator,
-                  n_samples: int | None) -> tuple[Tensor, Tensor]:
+    def _estimate(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> tuple[Tensor, Tensor]:
         h = self.encoder(z)
         if not self.item_latent:
             logp = self._conditional_log_probs(self._params(h))
@@ -245,8 +279,9 @@ class ConditionalIntegerFlow(AnnotatorModel):
         logp = self._conditional_log_probs(self._params(h, pts.reshape(r * m, 1, -1)))
         return replicate_log_mean(logp.reshape(r, m, *logp.shape[1:]))
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         return self._estimate(z, generator, n_samples)[0]
 
     def _param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -269,8 +304,15 @@ class ConditionalIntegerFlow(AnnotatorModel):
         mu, log_sd = self.q_net(torch.cat([h, counts / n_i, torch.log(n_i)], -1)).chunk(2, -1)
         return mu, 3.0 * torch.tanh(log_sd / 3.0)
 
-    def _item_log_lik(self, z: Tensor, counts: Tensor, generator: torch.Generator, s: int,
-                      *, mixture: bool = False) -> Tensor:
+    def _item_log_lik(
+        self,
+        z: Tensor,
+        counts: Tensor,
+        generator: torch.Generator,
+        s: int,
+        *,
+        mixture: bool = False,
+    ) -> Tensor:
         """``log p(annotations of an item | x)`` ``[B]``, exact without an item latent.
 
         With an item latent: the importance-weighted bound with ``s`` draws of ``q``
@@ -302,16 +344,16 @@ class ConditionalIntegerFlow(AnnotatorModel):
     def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
         h = self.encoder(z)
         # one latent per item: the n annotations of an item form one simulated panel
-        prm = self._params(h, self._prior_draws(h, 1, generator)[0] if self.item_latent
-                           else None)
+        prm = self._params(h, self._prior_draws(h, 1, generator)[0] if self.item_latent else None)
         tiny = torch.finfo(z.dtype).eps
         uni = torch.rand((n, z.shape[0]), generator=generator, device=z.device, dtype=z.dtype)
         eps = base_icdf(uni.clamp(tiny, 1 - tiny), self.base)
         r = self._inverse_map(eps, prm)  # [n, B] normalised ratings
         return (r[..., None] > self.cuts).sum(-1)
 
-    def _item_moments(self, z: Tensor, generator: torch.Generator,
-                      n_samples: int | None) -> tuple[Tensor, Tensor]:
+    def _item_moments(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> tuple[Tensor, Tensor]:
         if not self.item_latent:
             return super()._item_moments(z, generator, n_samples)
         h = self.encoder(z)
@@ -322,7 +364,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
 
 def _init(lin: nn.Linear, gen: torch.Generator, gain: float) -> None:
     """``nn.Linear``'s default initialisation scaled by ``gain``, from ``gen``."""
-    b = gain * lin.in_features ** -0.5
+    b = gain * lin.in_features**-0.5
     with torch.no_grad():
         lin.weight.uniform_(-b, b, generator=gen)
         if lin.bias is not None:

@@ -105,8 +105,11 @@ def distribution_moments(probs: Any, values: Any) -> tuple[np.ndarray, np.ndarra
 def mean_rmse(probs: Any, counts: Any, values: Any) -> float:
     """RMSE of the predicted mean label vs the annotators' mean, over items."""
     p, c = _check_pair(probs, counts)
-    return float(np.sqrt(np.mean((distribution_moments(p, values)[0]
-                                  - distribution_moments(c, values)[0]) ** 2)))
+    return float(
+        np.sqrt(
+            np.mean((distribution_moments(p, values)[0] - distribution_moments(c, values)[0]) ** 2)
+        )
+    )
 
 
 def std_rmse(probs: Any, counts: Any, values: Any, *, min_annotations: int = 2) -> float:
@@ -164,8 +167,15 @@ def fleiss_kappa(counts: Any) -> float:
     return float((p_i.mean() - p_e) / (1 - p_e))
 
 
-def evaluate(model: Any, x: Any, annotations: Any, mask: Any = None, *, seed: int = 0,
-             n_samples: int | None = None) -> dict[str, float]:
+def evaluate(
+    model: Any,
+    x: Any,
+    annotations: Any,
+    mask: Any = None,
+    *,
+    seed: int = 0,
+    n_samples: int | None = None,
+) -> dict[str, float]:
     """All metrics of a fitted model on held-out items.
 
     Predicted means, standard deviations, W1 and majority accuracy use the model's label
@@ -209,8 +219,9 @@ def evaluate(model: Any, x: Any, annotations: Any, mask: Any = None, *, seed: in
     sims = model.sample(x, int(n_per.max()), seed=seed + 1)  # [m_max, n] label values
     sims = sims.T.cpu().numpy()
     sim_mask = np.arange(sims.shape[1])[None, :] < n_per[:, None]
-    sim_counts = annotation_counts(np.where(sim_mask, sims, model.labels[0]), sim_mask,
-                                   model.labels)
+    sim_counts = annotation_counts(
+        np.where(sim_mask, sims, model.labels[0]), sim_mask, model.labels
+    )
     for key, cc in (("kappa_sim", sim_counts), ("kappa_human", counts)):
         try:
             out[key] = fleiss_kappa(cc)

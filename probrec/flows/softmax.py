@@ -69,17 +69,19 @@ class _ConditionalCoupling(nn.Module):
     ``[-3, 3]``.
     """
 
-    def __init__(self, dim: int, context: int, hidden: int, parity: int,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self, dim: int, context: int, hidden: int, parity: int, generator: torch.Generator
+    ) -> None:
         super().__init__()
-        self.register_buffer("keep", (torch.arange(dim) % 2 == parity).to(
-            torch.get_default_dtype()))
+        self.register_buffer(
+            "keep", (torch.arange(dim) % 2 == parity).to(torch.get_default_dtype())
+        )
         self.inp = nn.Linear(dim, hidden)
         self.ctx = nn.Linear(context, hidden, bias=False)
         self.out = nn.Linear(hidden, 2 * dim)
         with torch.no_grad():
             for lin in (self.inp, self.ctx):
-                b = lin.in_features ** -0.5
+                b = lin.in_features**-0.5
                 lin.weight.uniform_(-b, b, generator=generator)
                 if lin.bias is not None:
                     lin.bias.uniform_(-b, b, generator=generator)
@@ -157,23 +159,32 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples", minimum=2)
-        self._remember(hidden=tuple(hidden), dropout=dropout, n_layers=n_layers,
-                       flow_hidden=flow_hidden, q_hidden=q_hidden,
-                       n_train_samples=n_train_samples, n_eval_samples=n_eval_samples,
-                       latent=latent)
+        self._remember(
+            hidden=tuple(hidden),
+            dropout=dropout,
+            n_layers=n_layers,
+            flow_hidden=flow_hidden,
+            q_hidden=q_hidden,
+            n_train_samples=n_train_samples,
+            n_eval_samples=n_eval_samples,
+            latent=latent,
+        )
         gen = torch.Generator().manual_seed(self.seed)
         k = self.n_labels
         self.encoder = MLPEncoder(in_dim, hidden, dropout=dropout, seed=gen)
         width = self.encoder.out_dim
         self.couplings = nn.ModuleList(
-            _ConditionalCoupling(k, width, check_positive_int(flow_hidden, "flow_hidden"),
-                                 layer % 2, gen) for layer in range(n_layers))
+            _ConditionalCoupling(
+                k, width, check_positive_int(flow_hidden, "flow_hidden"), layer % 2, gen
+            )
+            for layer in range(n_layers)
+        )
         self.affine = nn.Linear(width, 2 * k)  # loc(x), log scale(x) of the last map
         qh = check_positive_int(q_hidden, "q_hidden")
         self.q_net = nn.Sequential(nn.Linear(width + k + 1, qh), nn.SiLU(), nn.Linear(qh, 2 * k))
         with torch.no_grad():
             for lin in (self.affine, self.q_net[0], self.q_net[2]):
-                b = lin.in_features ** -0.5
+                b = lin.in_features**-0.5
                 lin.weight.uniform_(-b, b, generator=gen)
                 lin.bias.zero_()
             # location like a softmax head's logits; latent noise of scale 0.5 to start
@@ -188,8 +199,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         log_scale = _SCALE_LIMIT * torch.tanh(log_scale / _SCALE_LIMIT)
         return h, [c.context(h) for c in self.couplings], loc, log_scale
 
-    def _flow_sample(self, ctxs: list[Tensor], loc: Tensor, log_scale: Tensor,
-                     eps: Tensor) -> tuple[Tensor, Tensor]:
+    def _flow_sample(
+        self, ctxs: list[Tensor], loc: Tensor, log_scale: Tensor, eps: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """``eps`` ``[S, B, K]`` -> ``v`` and ``log p(v | x)`` ``[S, B]``."""
         logp = _std_normal_log_prob(eps)
         e = eps
@@ -199,8 +211,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         v = loc + torch.exp(log_scale) * e
         return v, logp - log_scale.sum(-1)
 
-    def _flow_log_prob(self, ctxs: list[Tensor], loc: Tensor, log_scale: Tensor,
-                       v: Tensor) -> Tensor:
+    def _flow_log_prob(
+        self, ctxs: list[Tensor], loc: Tensor, log_scale: Tensor, v: Tensor
+    ) -> Tensor:
         """``log p(v | x)`` for ``v`` ``[..., B, K]``; contexts ``[B, *]`` broadcast."""
         e = (v - loc) * torch.exp(-log_scale)
         logdet = log_scale.sum(-1).expand(v.shape[:-1])
@@ -221,8 +234,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         e = (v - mu) * torch.exp(-log_sd)
         return _std_normal_log_prob(e) - log_sd.sum(-1)
 
-    def _label_log_weights(self, z: Tensor, eps_q: Tensor, eps_p: Tensor
-                           ) -> tuple[Tensor, Tensor]:
+    def _label_log_weights(self, z: Tensor, eps_q: Tensor, eps_p: Tensor) -> tuple[Tensor, Tensor]:
         """Balance-heuristic importance weights for ``p(y = k | x)``, every label ``k``.
 
         The proposal is the mixture ``a q(v | y = k, x) + (1 - a) p(v | x)`` with
@@ -249,21 +261,33 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         # draws of q(v | y = k, x) for every label k
         v_q = mu + torch.exp(log_sd) * eps_q  # [S_q, B, Kl, K]
         log_q_q = _std_normal_log_prob(eps_q) - log_sd.sum(-1)
-        log_p_q = self._flow_log_prob([c[:, None, :] for c in ctxs], loc[:, None, :],
-                                      log_scale[:, None, :], v_q)
+        log_p_q = self._flow_log_prob(
+            [c[:, None, :] for c in ctxs], loc[:, None, :], log_scale[:, None, :], v_q
+        )
         log_lik_q = torch.log_softmax(v_q, -1).diagonal(dim1=-2, dim2=-1)
         log_w_q = log_p_q + log_lik_q - torch.logaddexp(log_a + log_q_q, log_1ma + log_p_q)
         # draws of the flow p(v | x), shared by all labels
-        v_p, log_p_p = self._flow_sample(ctxs, loc, log_scale,
-                                         eps_p.expand(s_p, z.shape[0], k))  # [S_p, B, K]
+        v_p, log_p_p = self._flow_sample(
+            ctxs, loc, log_scale, eps_p.expand(s_p, z.shape[0], k)
+        )  # [S_p, B, K]
         log_q_p = self._q_log_prob(v_p[:, :, None, :], mu, log_sd)  # [S_p, B, Kl]
         log_p_p = log_p_p[..., None]
-        log_w_p = (log_p_p + torch.log_softmax(v_p, -1)
-                   - torch.logaddexp(log_a + log_q_p, log_1ma + log_p_p))
+        log_w_p = (
+            log_p_p
+            + torch.log_softmax(v_p, -1)
+            - torch.logaddexp(log_a + log_q_p, log_1ma + log_p_p)
+        )
         return log_w_q, log_w_p
 
-    def _item_log_lik(self, z: Tensor, counts: Tensor, generator: torch.Generator, s: int,
-                      *, mixture: bool = False) -> Tensor:
+    def _item_log_lik(
+        self,
+        z: Tensor,
+        counts: Tensor,
+        generator: torch.Generator,
+        s: int,
+        *,
+        mixture: bool = False,
+    ) -> Tensor:
         """``log p(annotations of an item | x) = log E_v prod_k softmax(v)_k^{n_k}`` ``[B]``
         (item latent): the importance-weighted bound with ``s`` draws of ``q(v | counts, x)``,
         or with ``mixture=True`` the balance-heuristic estimate from half ``q`` and half prior
@@ -274,8 +298,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         eps = torch.randn((n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype)
         v = mu + torch.exp(log_sd) * eps
         if mixture:
-            eps_p = torch.randn((s - n_q, *mu.shape), generator=generator, device=z.device,
-                                dtype=z.dtype)
+            eps_p = torch.randn(
+                (s - n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype
+            )
             v = torch.cat([v, self._flow_sample(ctxs, loc, log_scale, eps_p)[0]], 0)
         log_p = self._flow_log_prob(ctxs, loc, log_scale, v)
         log_q = self._q_log_prob(v, mu, log_sd)
@@ -294,7 +319,8 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         s_q = max(s // 2, 1)
         opts = {"generator": generator, "device": z.device, "dtype": z.dtype}
         log_w_q, log_w_p = self._label_log_weights(
-            z, torch.randn((s_q, b, k, k), **opts), torch.randn((max(s - s_q, 1), b, k), **opts))
+            z, torch.randn((s_q, b, k, k), **opts), torch.randn((max(s - s_q, 1), b, k), **opts)
+        )
         log_w = torch.cat([log_w_q, log_w_p], 0)
         bound = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])  # [B, Kl]
         return -(counts * bound).sum(-1)
@@ -305,8 +331,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         nll = -self._item_log_lik(z, counts, generator, self.valid_samples, mixture=True)
         return (nll.sum() / counts.sum()).reshape(1)
 
-    def _estimate(self, z: Tensor, generator: torch.Generator,
-                  n_samples: int | None) -> tuple[Tensor, Tensor]:
+    def _estimate(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> tuple[Tensor, Tensor]:
         """Balance-heuristic MIS estimate of ``log p(k | x)`` ``[B, K]`` and its s.e.
 
         ``n / 2`` points (randomised QMC, :func:`~probrec.flows.base.normal_points`, 8
@@ -319,18 +346,23 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         k = self.n_labels
         pts = normal_points(max(n // 2, 1), 2 * k, generator, z, replicates=min(8, n // 2))
         r, m = pts.shape[:2]
-        log_w_q, log_w_p = self._label_log_weights(z, pts[..., :k].reshape(r * m, 1, 1, k),
-                                                   pts[..., k:].reshape(r * m, 1, k))
-        log_w = torch.cat([log_w_q.reshape(r, m, *log_w_q.shape[1:]),
-                           log_w_p.reshape(r, m, *log_w_p.shape[1:])], 1)
+        log_w_q, log_w_p = self._label_log_weights(
+            z, pts[..., :k].reshape(r * m, 1, 1, k), pts[..., k:].reshape(r * m, 1, k)
+        )
+        log_w = torch.cat(
+            [log_w_q.reshape(r, m, *log_w_q.shape[1:]), log_w_p.reshape(r, m, *log_w_p.shape[1:])],
+            1,
+        )
         return replicate_log_mean(log_w)
 
-    def _label_log_probs(self, z: Tensor, generator: torch.Generator,
-                         n_samples: int | None) -> Tensor:
+    def _label_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
         return self._estimate(z, generator, n_samples)[0]
 
-    def _prior_probs(self, z: Tensor, n: int, generator: torch.Generator, *,
-                     qmc: bool = False) -> Tensor:
+    def _prior_probs(
+        self, z: Tensor, n: int, generator: torch.Generator, *, qmc: bool = False
+    ) -> Tensor:
         """``softmax(v)`` ``[n, B, K]`` for ``n`` draws ``v ~ p(v | x)`` per item
         (independent draws, or randomised QMC points shared by the items)."""
         _, ctxs, loc, log_scale = self._context(z)
@@ -338,12 +370,14 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             eps = normal_points(n, self.n_labels, generator, z).reshape(-1, 1, self.n_labels)
             eps = eps.expand(-1, z.shape[0], -1)
         else:
-            eps = torch.randn((n, z.shape[0], self.n_labels), generator=generator,
-                              device=z.device, dtype=z.dtype)
+            eps = torch.randn(
+                (n, z.shape[0], self.n_labels), generator=generator, device=z.device, dtype=z.dtype
+            )
         return torch.softmax(self._flow_sample(ctxs, loc, log_scale, eps)[0], -1)
 
-    def _item_moments(self, z: Tensor, generator: torch.Generator,
-                      n_samples: int | None) -> tuple[Tensor, Tensor]:
+    def _item_moments(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> tuple[Tensor, Tensor]:
         if self.latent != "item":
             return super()._item_moments(z, generator, n_samples)
         probs = self._prior_probs(z, n_samples or self.n_eval_samples, generator, qmc=True)

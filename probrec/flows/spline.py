@@ -53,9 +53,11 @@ def spline_knots(
     """
     n_bins = widths.shape[-1]
     if heights.shape[-1] != n_bins or derivatives.shape[-1] != n_bins - 1:
-        raise ValueError(f"need [..., {n_bins}] widths and heights and [..., {n_bins - 1}] "
-                         f"derivatives, got {tuple(widths.shape)}, {tuple(heights.shape)}, "
-                         f"{tuple(derivatives.shape)}")
+        raise ValueError(
+            f"need [..., {n_bins}] widths and heights and [..., {n_bins - 1}] "
+            f"derivatives, got {tuple(widths.shape)}, {tuple(heights.shape)}, "
+            f"{tuple(derivatives.shape)}"
+        )
     if min_bin * n_bins >= 1:
         raise ValueError(f"min_bin={min_bin} is too large for {n_bins} bins")
 
@@ -65,8 +67,10 @@ def spline_knots(
         cum = F.pad(cum, (1, 0), value=0.0)
         k = 2 * bound * cum - bound
         # pin the ends exactly (cumsum rounding)
-        return torch.cat([torch.full_like(k[..., :1], -bound), k[..., 1:-1],
-                          torch.full_like(k[..., :1], bound)], dim=-1)
+        return torch.cat(
+            [torch.full_like(k[..., :1], -bound), k[..., 1:-1], torch.full_like(k[..., :1], bound)],
+            dim=-1,
+        )
 
     xk, yk = knots(widths), knots(heights)
     inner = min_derivative + F.softplus(derivatives)
@@ -107,8 +111,9 @@ def rq_spline(
         ``y`` ``[...]`` and ``log |dy/dx|`` ``[...]`` (of the map applied, so for the inverse it
         is the log-derivative of the inverse).
     """
-    xk, yk, dk = spline_knots(widths, heights, derivatives, bound, min_bin=min_bin,
-                              min_derivative=min_derivative)
+    xk, yk, dk = spline_knots(
+        widths, heights, derivatives, bound, min_bin=min_bin, min_derivative=min_derivative
+    )
     shape = torch.broadcast_shapes(x.shape, xk.shape[:-1])
     x = x.expand(shape)
     xk, yk, dk = (t.expand(*shape, t.shape[-1]) for t in (xk, yk, dk))
@@ -137,8 +142,11 @@ def rq_spline(
     denom = s + (d1 + d0 - 2 * s) * xi * one_m
     if not inverse:
         out = y0 + h * (s * xi * xi + d0 * xi * one_m) / denom
-    logdet = (2 * torch.log(s) + torch.log(d1 * xi * xi + 2 * s * xi * one_m + d0 * one_m * one_m)
-              - 2 * torch.log(denom))
+    logdet = (
+        2 * torch.log(s)
+        + torch.log(d1 * xi * xi + 2 * s * xi * one_m + d0 * one_m * one_m)
+        - 2 * torch.log(denom)
+    )
     if inverse:
         logdet = -logdet
     y = torch.where(inside, out, x)

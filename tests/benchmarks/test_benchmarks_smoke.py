@@ -51,8 +51,23 @@ def test_inner_loop(bench, tmp_path: Path) -> None:
 
 def test_adkf_ift_step(bench, tmp_path: Path) -> None:
     out = tmp_path / "step.json"
-    args = TINY + ["--tasks", "2", "--support", "8", "--query", "12", "--hidden", "16",
-                   "--unroll-steps", "4", "--check-steps", "200", "--no-rss", "--out", str(out)]
+    args = TINY + [
+        "--tasks",
+        "2",
+        "--support",
+        "8",
+        "--query",
+        "12",
+        "--hidden",
+        "16",
+        "--unroll-steps",
+        "4",
+        "--check-steps",
+        "200",
+        "--no-rss",
+        "--out",
+        str(out),
+    ]
     bench("adkf_ift_step").main(args)
     saved = json.loads(out.read_text())
     check = saved["hypergradient_check"]
@@ -69,8 +84,18 @@ def test_adkf_ift_step(bench, tmp_path: Path) -> None:
 
 def test_adapt_latency(bench, tmp_path: Path) -> None:
     out = tmp_path / "latency.json"
-    args = TINY + ["--tasks", "2", "--support", "8", "--query", "12", "--hidden", "16",
-                   "--out", str(out)]
+    args = TINY + [
+        "--tasks",
+        "2",
+        "--support",
+        "8",
+        "--query",
+        "12",
+        "--hidden",
+        "16",
+        "--out",
+        str(out),
+    ]
     bench("adapt_latency").main(args)
     saved = json.loads(out.read_text())
     res = saved["results"]["support=8,query=12"]
@@ -82,8 +107,22 @@ def test_adapt_latency(bench, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_inner_loop_real_data(bench, tmp_path: Path, shared_data: Path) -> None:
     data = shared_data / "molecules" / "moleculenet" / "toxcast_500.csv.gz"
-    args = ["--data", str(data), "--threads", "1", "--repeats", "1", "--warmup", "0",
-            "--tasks", "3", "--support", "16", "--out", str(tmp_path / "real.json")]
+    args = [
+        "--data",
+        str(data),
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--tasks",
+        "3",
+        "--support",
+        "16",
+        "--out",
+        str(tmp_path / "real.json"),
+    ]
     saved = bench("inner_loop").main(args)
     assert saved["agreement"]["max_abs_objective_diff"] < 1e-6
     assert saved["data"]["dim"] == 2048
@@ -91,9 +130,23 @@ def test_inner_loop_real_data(bench, tmp_path: Path, shared_data: Path) -> None:
 
 @pytest.mark.slow
 def test_adkf_ift_step_rss_probe(bench, tmp_path: Path) -> None:
-    args = TINY + ["--tasks", "2", "--support", "8", "--query", "12", "--hidden", "16",
-                   "--unroll-steps", "4", "--check-steps", "0", "--rss", "--out",
-                   str(tmp_path / "rss.json")]
+    args = TINY + [
+        "--tasks",
+        "2",
+        "--support",
+        "8",
+        "--query",
+        "12",
+        "--hidden",
+        "16",
+        "--unroll-steps",
+        "4",
+        "--check-steps",
+        "0",
+        "--rss",
+        "--out",
+        str(tmp_path / "rss.json"),
+    ]
     saved = bench("adkf_ift_step").main(args)
     assert set(saved["peak_rss"]) == {"ift", "unrolled"}
     assert all(v["peak_growth_bytes"] >= 0 for v in saved["peak_rss"].values())

@@ -26,7 +26,7 @@ def test_bench_writes_json_csv_and_figures(tmp_path):
     args = _args(
         tmp_path,
         targets="mog40,mw32",
-        samplers="digs,pt,mala",
+        samplers="digs,pt_hmc,mala",
         budgets="20,60",
         seeds="0,1",
         n_samples=120,
@@ -34,9 +34,11 @@ def test_bench_writes_json_csv_and_figures(tmp_path):
     assert bench.run(args) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     rows = res["rows"]
-    # pt needs 50 evaluations per transition: budget 20 is reported as skipped, not run
+    # pt_hmc needs 25 (mw32) or 50 (mog40) evaluations per transition: budget 20 is reported
+    # as skipped, not run
     skipped = [r for r in rows if "skipped" in r]
-    assert {(r["sampler"], r["budget"]) for r in skipped} == {("pt", 20.0)}
+    assert {(r["sampler"], r["budget"]) for r in skipped} == {("pt_hmc", 20.0)}
+    assert len(skipped) == 2 * 2
     done = [r for r in rows if "skipped" not in r]
     assert len(done) == 2 * 2 * 3 * 2 - 2 * 2
     mog = [r for r in done if r["target"] == "mog40"]

@@ -44,18 +44,20 @@ def test_unit_norm_for_any_real_angles_and_reference_formula() -> None:
     u = hyperspherical_to_cartesian(angles)
     np.testing.assert_allclose(u.norm(dim=-1).numpy(), 1.0, atol=1e-13)
     for row in range(4):
-        np.testing.assert_allclose(u[row].numpy(), _reference_unit(angles[row].numpy()),
-                                   atol=1e-13)
+        np.testing.assert_allclose(u[row].numpy(), _reference_unit(angles[row].numpy()), atol=1e-13)
     r = torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
-    np.testing.assert_allclose(hyperspherical_to_cartesian(angles, r).numpy(),
-                               (r[:, None] * u).numpy(), atol=1e-13)
+    np.testing.assert_allclose(
+        hyperspherical_to_cartesian(angles, r).numpy(), (r[:, None] * u).numpy(), atol=1e-13
+    )
 
 
 @pytest.mark.parametrize("n", [2, 3, 10, 300])
 def test_round_trip_and_angle_ranges(n: int) -> None:
     g = torch.Generator().manual_seed(n)
-    w = torch.randn(6, n, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(
-        -150, 150, (6, 1), generator=g).double()
+    w = (
+        torch.randn(6, n, generator=g, dtype=torch.float64)
+        * 10.0 ** torch.randint(-150, 150, (6, 1), generator=g).double()
+    )
     radius, angles = cartesian_to_hyperspherical(w)
     np.testing.assert_allclose(radius.numpy(), np.linalg.norm(w.numpy(), axis=1), rtol=1e-13)
     assert bool((angles[:, :-1] >= 0).all()) and bool((angles[:, :-1] <= math.pi).all())
@@ -67,11 +69,13 @@ def test_round_trip_and_angle_ranges(n: int) -> None:
 
 def test_round_trip_special_vectors() -> None:
     w = torch.tensor(
-        [[0.0, 0.0, 0.0, 0.0],  # zero vector
-         [0.0, 0.0, 0.0, -3.0],  # only the last component
-         [2.0, 0.0, 0.0, 0.0],  # only the first: tail exactly zero
-         [0.0, -1.0, 0.0, 0.0],
-         [1e-300, -1e-300, 0.0, 1e-300]],  # squares underflow without rescaling
+        [
+            [0.0, 0.0, 0.0, 0.0],  # zero vector
+            [0.0, 0.0, 0.0, -3.0],  # only the last component
+            [2.0, 0.0, 0.0, 0.0],  # only the first: tail exactly zero
+            [0.0, -1.0, 0.0, 0.0],
+            [1e-300, -1e-300, 0.0, 1e-300],
+        ],  # squares underflow without rescaling
         dtype=torch.float64,
     )
     radius, angles = cartesian_to_hyperspherical(w)
@@ -107,14 +111,15 @@ def test_from_linear_computes_the_same_function(in_features: int, bias: bool) ->
     x = torch.randn(11, in_features, dtype=torch.float64)
     np.testing.assert_allclose(gmp(x).detach().numpy(), lin(x).detach().numpy(), atol=1e-13)
     back = gmp.to_linear()
-    np.testing.assert_allclose(back.weight.detach().numpy(), lin.weight.detach().numpy(),
-                               atol=1e-15)
+    np.testing.assert_allclose(
+        back.weight.detach().numpy(), lin.weight.detach().numpy(), atol=1e-15
+    )
     if bias:
-        np.testing.assert_allclose(back.bias.detach().numpy(), lin.bias.detach().numpy(),
-                                   atol=1e-15)
+        np.testing.assert_allclose(
+            back.bias.detach().numpy(), lin.bias.detach().numpy(), atol=1e-15
+        )
     # the layer's own view of the equivalent parameters
-    np.testing.assert_allclose(gmp.weight.detach().numpy(), lin.weight.detach().numpy(),
-                               atol=1e-15)
+    np.testing.assert_allclose(gmp.weight.detach().numpy(), lin.weight.detach().numpy(), atol=1e-15)
 
 
 def test_activation_boundary_does_not_depend_on_radius() -> None:
@@ -170,11 +175,13 @@ def test_gradcheck_of_the_parameterisation() -> None:
 
     def f(angles, radius, offset, inputs):
         out = torch.func.functional_call(
-            layer, {"angles": angles, "radius": radius, "offset": offset}, (inputs,))
+            layer, {"angles": angles, "radius": radius, "offset": offset}, (inputs,)
+        )
         return torch.tanh(out)
 
     assert torch.autograd.gradcheck(
-        f, (params["angles"], params["radius"], params["offset"], x), eps=1e-6, atol=1e-7)
+        f, (params["angles"], params["radius"], params["offset"], x), eps=1e-6, atol=1e-7
+    )
 
 
 def test_second_derivatives() -> None:
@@ -184,12 +191,15 @@ def test_second_derivatives() -> None:
     x = torch.randn(3, 5, dtype=torch.float64)
 
     def f(angles, radius):
-        out = torch.func.functional_call(layer, {"angles": angles, "radius": radius}, (x,),
-                                         strict=False)
+        out = torch.func.functional_call(
+            layer, {"angles": angles, "radius": radius}, (x,), strict=False
+        )
         return torch.tanh(out)
 
-    inputs = (layer.angles.detach().clone().requires_grad_(True),
-              layer.radius.detach().clone().requires_grad_(True))
+    inputs = (
+        layer.angles.detach().clone().requires_grad_(True),
+        layer.radius.detach().clone().requires_grad_(True),
+    )
     assert torch.autograd.gradgradcheck(f, inputs, eps=1e-6, atol=1e-6)
 
 

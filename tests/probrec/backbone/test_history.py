@@ -85,8 +85,9 @@ def test_empty_histories_give_the_empty_vector_without_nan(name: str, empty: str
     assert all(bool(torch.isfinite(g).all()) for g in grads)
     # all rows empty, and a zero-length history
     none = torch.zeros(3, 4, dtype=torch.bool)
-    assert torch.equal(enc(torch.randn(3, 4, D, dtype=torch.float64), none),
-                       enc.empty.detach().expand(3, -1))
+    assert torch.equal(
+        enc(torch.randn(3, 4, D, dtype=torch.float64), none), enc.empty.detach().expand(3, -1)
+    )
     zero_len = enc(torch.zeros(2, 0, D, dtype=torch.float64), torch.zeros(2, 0, dtype=torch.bool))
     assert torch.equal(zero_len, enc.empty.detach().expand(2, -1))
 
@@ -106,8 +107,9 @@ def test_attention_matches_torch_multihead_attention() -> None:
     ref, ref_w = mha(query, x, x, key_padding_mask=~mask, average_attn_weights=False)
     out, weights = enc(x, mask, return_weights=True)
     np.testing.assert_allclose(out.detach().numpy(), ref[:, 0].detach().numpy(), atol=1e-12)
-    np.testing.assert_allclose(weights.detach().numpy(), ref_w[:, :, 0].detach().numpy(),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        weights.detach().numpy(), ref_w[:, :, 0].detach().numpy(), atol=1e-12
+    )
 
 
 def test_attention_without_position_is_order_invariant_and_with_position_is_not() -> None:
@@ -149,8 +151,7 @@ def test_recency_bias_prefers_recent_or_young_events() -> None:
     _, w = enc(x, mask, return_weights=True)
     w = w.detach()
     assert float(w[0, :, 4].min()) > 0.999 and float(w[1, :, 2].min()) > 0.999
-    ages = torch.tensor([[1.0, 0.0, 9.0, 4.0, 2.0], [3.0, 5.0, 0.5, 0.0, 0.0]],
-                        dtype=torch.float64)
+    ages = torch.tensor([[1.0, 0.0, 9.0, 4.0, 2.0], [3.0, 5.0, 0.5, 0.0, 0.0]], dtype=torch.float64)
     _, w = enc(x, mask, ages, return_weights=True)
     w = w.detach()
     assert float(w[0, :, 1].min()) > 0.999 and float(w[1, :, 2].min()) > 0.999
@@ -193,8 +194,11 @@ def store() -> EmbeddingStore:
 def test_build_history_batch(store: EmbeddingStore) -> None:
     hist = [["item1", "item2", "item3"], [], ["item9"]]
     values, mask = build_history_batch(store, hist)
-    assert values.shape == (3, 3, 3) and mask.tolist() == [[True] * 3, [False] * 3,
-                                                          [True, False, False]]
+    assert values.shape == (3, 3, 3) and mask.tolist() == [
+        [True] * 3,
+        [False] * 3,
+        [True, False, False],
+    ]
     np.testing.assert_array_equal(values[0].numpy(), store.vectors[[1, 2, 3]])
     np.testing.assert_array_equal(values[2, 0].numpy(), store.vectors[9])
     assert not values[~mask].any()
@@ -218,8 +222,9 @@ def test_build_history_batch_missing_keys(store: EmbeddingStore) -> None:
     assert mask.tolist() == [[True, True, True], [True, False, False]]
     assert not values[0, 1].any() and not values[1, 0].any()
     # truncation counts kept events only
-    values, mask = build_history_batch(store, [["item1", "item2", "nope"]], missing="skip",
-                                       max_len=1)
+    values, mask = build_history_batch(
+        store, [["item1", "item2", "nope"]], missing="skip", max_len=1
+    )
     np.testing.assert_array_equal(values[0, 0].numpy(), store.vectors[2])
 
 
@@ -236,8 +241,9 @@ def test_store_to_encoder_end_to_end() -> None:
     store = EmbeddingStore.from_arrays(item_ids, rng.standard_normal((50, 16)))
     hist = [rng.choice(item_ids, size=int(n), replace=False) for n in rng.integers(0, 12, 32)]
     batch = build_history_batch(store, hist, max_len=8)
-    enc = HistoryEncoder(16, "attention", num_heads=4, max_positions=8, recency_bias=True,
-                         out_dim=4, seed=0)
+    enc = HistoryEncoder(
+        16, "attention", num_heads=4, max_positions=8, recency_bias=True, out_dim=4, seed=0
+    )
     out = enc(*batch)
     assert out.shape == (32, 4) and bool(torch.isfinite(out).all())
     out.pow(2).sum().backward()
@@ -248,8 +254,9 @@ def test_store_to_encoder_end_to_end() -> None:
     for other in (as_tensors, as_lists):
         assert torch.equal(other.values, batch.values) and torch.equal(other.mask, batch.mask)
     square = np.stack([h[:3] for h in hist if len(h) >= 3])
-    assert torch.equal(build_history_batch(store, square).values,
-                       build_history_batch(store, list(square)).values)
+    assert torch.equal(
+        build_history_batch(store, square).values, build_history_batch(store, list(square)).values
+    )
     # each row equals encoding that row alone (no leakage between rows)
     for b in (0, 5):
         one = build_history_batch(store, [hist[b]], max_len=8)

@@ -27,15 +27,25 @@ def test_shapes_and_out_dim() -> None:
 def test_leading_dimensions_are_independent_rows() -> None:
     enc = MLPEncoder(6, hidden=(10,), out_dim=4, norm="layer", seed=1)
     x = torch.randn(2, 3, 6)
-    np.testing.assert_allclose(enc(x).detach().reshape(6, 4).numpy(),
-                               enc(x.reshape(6, 6)).detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        enc(x).detach().reshape(6, 4).numpy(), enc(x.reshape(6, 6)).detach().numpy(), atol=1e-6
+    )
 
 
 def test_layer_structure_follows_options() -> None:
     enc = MLPEncoder(5, hidden=(7, 7), out_dim=2, activation="gelu", dropout=0.2, norm="batch")
     kinds = [type(m) for m in enc.net]
-    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Dropout,
-                     nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Dropout, nn.Linear]
+    assert kinds == [
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.GELU,
+        nn.Dropout,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.GELU,
+        nn.Dropout,
+        nn.Linear,
+    ]
     gmp = MLPEncoder(5, hidden=(7,), norm="layer", gmp=True)
     assert [type(m) for m in gmp.net] == [GmPLinear, nn.LayerNorm, nn.ReLU]
 
@@ -43,16 +53,18 @@ def test_layer_structure_follows_options() -> None:
 @pytest.mark.parametrize("norm", [None, "batch", "layer"])
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
 def test_gmp_and_standard_compute_the_same_function(norm: str | None, activation: str) -> None:
-    std = MLPEncoder(40, hidden=(32, 16), out_dim=3, activation=activation, norm=norm,
-                     seed=3).double()
+    std = MLPEncoder(
+        40, hidden=(32, 16), out_dim=3, activation=activation, norm=norm, seed=3
+    ).double()
     gmp = std.as_gmp()
     assert all(isinstance(m, GmPLinear) for m in gmp.linear_layers()) and gmp.gmp
     x = torch.randn(25, 40, dtype=torch.float64)
     for mode in ("train", "eval"):  # batch norm: batch statistics, then running statistics
         getattr(std, mode)()
         getattr(gmp, mode)()
-        np.testing.assert_allclose(gmp(x).detach().numpy(), std(x).detach().numpy(),
-                                   rtol=0, atol=1e-10)
+        np.testing.assert_allclose(
+            gmp(x).detach().numpy(), std(x).detach().numpy(), rtol=0, atol=1e-10
+        )
     back = gmp.as_standard()
     assert all(isinstance(m, nn.Linear) for m in back.linear_layers())
     np.testing.assert_allclose(back(x).detach().numpy(), std(x).detach().numpy(), atol=1e-10)
@@ -74,8 +86,9 @@ def test_seed_controls_initialisation() -> None:
         a = MLPEncoder(9, hidden=(6,), out_dim=2, gmp=gmp, seed=11)
         b = MLPEncoder(9, hidden=(6,), out_dim=2, gmp=gmp, seed=11)
         c = MLPEncoder(9, hidden=(6,), out_dim=2, gmp=gmp, seed=12)
-        for (_, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(),
-                                             c.named_parameters()):
+        for (_, pa), (_, pb), (_, pc) in zip(
+            a.named_parameters(), b.named_parameters(), c.named_parameters()
+        ):
             assert torch.equal(pa, pb)
             assert not torch.equal(pa, pc) or pa.numel() == 0
 
@@ -106,8 +119,7 @@ def test_gmp_encoder_trains() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all())
-               for p in enc.parameters())
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in enc.parameters())
     assert float(loss.detach()) < 0.05 * first
 
 

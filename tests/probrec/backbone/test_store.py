@@ -85,15 +85,18 @@ def test_add_and_overwrite() -> None:
     with pytest.raises(ValueError, match="already in the store"):
         store.add([2, 3], np.zeros((2, 3)))
     store.add([2, 3], np.zeros((2, 3)), overwrite=True)
-    np.testing.assert_array_equal(store.lookup([1, 2, 3]).numpy(),
-                                  [[1, 1, 1], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(
+        store.lookup([1, 2, 3]).numpy(), [[1, 1, 1], [0, 0, 0], [0, 0, 0]]
+    )
     store.add(["s"], np.full((1, 3), 2.0))  # switching from integer keys to general keys
     assert store.keys() == [1, 2, 3, "s"]
     np.testing.assert_array_equal(store.lookup(["s", 1]).numpy(), [[2, 2, 2], [1, 1, 1]])
 
 
-@pytest.mark.parametrize("keys", [list(range(100, 140)), [f"item{i}" for i in range(40)],
-                                  [("u", i, i * 10) for i in range(40)]])
+@pytest.mark.parametrize(
+    "keys",
+    [list(range(100, 140)), [f"item{i}" for i in range(40)], [("u", i, i * 10) for i in range(40)]],
+)
 @pytest.mark.parametrize("mmap", [True, False])
 def test_save_load_identical(tmp_path: Path, keys: list, mmap: bool) -> None:
     vec = _vectors(40, 16, seed=3)
@@ -144,8 +147,7 @@ def test_writer_builds_a_store_chunk_by_chunk(tmp_path: Path) -> None:
     n, d = 1000, 8
     vec = _vectors(n, d, seed=5)
     keys = [("user", i // 10, i % 10) for i in range(n)]
-    with EmbeddingStore.writer(tmp_path / "big", n, d, dtype="float16",
-                               metadata={"fm": "x"}) as w:
+    with EmbeddingStore.writer(tmp_path / "big", n, d, dtype="float16", metadata={"fm": "x"}) as w:
         for start in range(0, n, 128):
             w.write(keys[start : start + 128], vec[start : start + 128])
         assert w.written == n

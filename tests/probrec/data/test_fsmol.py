@@ -34,12 +34,51 @@ FIXTURES = Path("molecules/fsmol/fixtures")
 # FS-Mol's cleaned output for CHEMBL1001235 (its pipeline test): 21 rows, 10 positives.
 CHEMBL1001235_THRESHOLD = 4.609064892896621
 CHEMBL1001235_VALUES = [
-    100000, 17600, 100000, 100000, 11700, 100000, 23500, 8220, 11000, 100000, 100000,
-    15200, 9390, 25500, 17400, 24600, 18700, 28300, 26200, 24100, 25700,
+    100000,
+    17600,
+    100000,
+    100000,
+    11700,
+    100000,
+    23500,
+    8220,
+    11000,
+    100000,
+    100000,
+    15200,
+    9390,
+    25500,
+    17400,
+    24600,
+    18700,
+    28300,
+    26200,
+    24100,
+    25700,
 ]
 _A, _WA, _WI, _I = "active", "weak active", "weak inactive", "inactive"
 CHEMBL1001235_CLASSES = [
-    _I, _A, _I, _I, _A, _I, _WA, _A, _A, _I, _I, _A, _A, _WI, _A, _WI, _A, _I, _WI, _WA, _WI,
+    _I,
+    _A,
+    _I,
+    _I,
+    _A,
+    _I,
+    _WA,
+    _A,
+    _A,
+    _I,
+    _I,
+    _A,
+    _A,
+    _WI,
+    _A,
+    _WI,
+    _A,
+    _I,
+    _WI,
+    _WA,
+    _WI,
 ]
 
 
@@ -283,7 +322,8 @@ def test_chembl_table_reproduces_fsmol_processed_fixture(shared_data):
     np.testing.assert_array_equal(task.labels, [float(r["activity"]) for r in ref])
     assert task.metadata["threshold"] == pytest.approx(4.23, abs=1e-6)
     reg = load_chembl_assay_table(
-        shared_data / FIXTURES / "raw_CHEMBL1002396.csv", "regression",
+        shared_data / FIXTURES / "raw_CHEMBL1002396.csv",
+        "regression",
         regression_target="neg_log10_M",
     )
     np.testing.assert_allclose(reg.labels, [float(r["log_standard_value"]) for r in ref])
@@ -345,18 +385,28 @@ def test_chembl_table_round_trips_through_fsmol_task_file(shared_data, tmp_path)
     assay = clean_chembl_assay_table(path)
     recs = [
         {
-            "SMILES": s, "Property": f"{a}", "Assay_ID": assay.name,
-            "RegressionProperty": f"{v}", "LogRegressionProperty": f"{lv}",
-            "Relation": r, "AssayType": assay.assay_type,
+            "SMILES": s,
+            "Property": f"{a}",
+            "Assay_ID": assay.name,
+            "RegressionProperty": f"{v}",
+            "LogRegressionProperty": f"{lv}",
+            "Relation": r,
+            "AssayType": assay.assay_type,
         }
         for s, a, v, lv, r in zip(
-            assay.smiles, assay.activity, assay.standard_value, assay.log_standard_value,
+            assay.smiles,
+            assay.activity,
+            assay.standard_value,
+            assay.log_standard_value,
             assay.standard_relation,
         )
     ]
     f = _write_task(tmp_path / f"{assay.name}.jsonl.gz", recs)
-    for kind, target in [("classification", "ln_nM"), ("regression", "ln_nM"),
-                         ("regression", "neg_log10_M")]:
+    for kind, target in [
+        ("classification", "ln_nM"),
+        ("regression", "ln_nM"),
+        ("regression", "neg_log10_M"),
+    ]:
         a = load_chembl_assay_table(path, kind, regression_target=target)
         b = load_fsmol_task(f, kind, regression_target=target)
         assert a.name == b.name and list(a.inputs) == list(b.inputs)
@@ -385,9 +435,15 @@ def _table(tmp_path: Path, rows: list[tuple], name: str = "t.csv") -> Path:
 def test_chembl_activity_classes_fixed_threshold(tmp_path):
     # threshold 5, buffer 0.5: the FS-Mol class of each (pX, relation)
     cases = [
-        (5.6, "=", "active"), (5.2, "<", "active"), (5.2, "=", "weak active"),
-        (5.2, ">", "weak active"), (4.8, "=", "weak inactive"), (4.8, "<", "weak inactive"),
-        (4.8, ">", "inactive"), (4.4, "<", "inactive"), (5.2, "", None),
+        (5.6, "=", "active"),
+        (5.2, "<", "active"),
+        (5.2, "=", "weak active"),
+        (5.2, ">", "weak active"),
+        (4.8, "=", "weak inactive"),
+        (4.8, "<", "weak inactive"),
+        (4.8, ">", "inactive"),
+        (4.4, "<", "inactive"),
+        (5.2, "", None),
     ]
     rows = [(m, _nm(p), "nM", r) for m, (p, r, _) in zip(MOLS, cases)]
     assay = clean_chembl_assay_table(_table(tmp_path, rows), threshold="fixed")
@@ -428,8 +484,14 @@ def test_chembl_cleaning_rules(tmp_path):
     assert assay.canonical_smiles[0] == assay.canonical_smiles[1] == "CCO"
     assert assay.skipped_smiles == ["xx("]
     assert assay.counts == {
-        "raw": 15, "units": 13, "valid_smiles": 12, "with_value": 11, "max_mol_weight": 10,
-        "exact_duplicates": 9, "conflicting_duplicates": 4, "thresholded": 4,
+        "raw": 15,
+        "units": 13,
+        "valid_smiles": 12,
+        "with_value": 11,
+        "max_mol_weight": 10,
+        "exact_duplicates": 9,
+        "conflicting_duplicates": 4,
+        "thresholded": 4,
     }
     # the median pX (5.70, 5.70, 4.8, 6.30) lies in [4, 6]: it is the threshold
     assert assay.threshold == pytest.approx(p2000)
@@ -459,9 +521,11 @@ def test_chembl_thresholds(tmp_path):
     assert enz.threshold == pytest.approx(6.5)
     with_desc = tmp_path / "enzyme.csv"
     with_desc.write_text(
-        HEADER + ",protein_class_desc\n"
-        + "".join(f"{m},,{_nm(p)},nM,=,,CHEMBL7,enzyme  kinase\n" for m, p in
-                  zip(MOLS, [6.0, 6.5, 8.0]))
+        HEADER
+        + ",protein_class_desc\n"
+        + "".join(
+            f"{m},,{_nm(p)},nM,=,,CHEMBL7,enzyme  kinase\n" for m, p in zip(MOLS, [6.0, 6.5, 8.0])
+        )
     )
     assert clean_chembl_assay_table(with_desc).threshold == pytest.approx(6.5)
     # identical values: zero buffer and every row at the threshold, which FS-Mol calls active
@@ -477,8 +541,9 @@ def test_chembl_thresholds(tmp_path):
     pct2 = [(m, v, "%", "=") for m, v in zip(MOLS, [40, 60, 70, 90])]
     assert clean_chembl_assay_table(_table(tmp_path, pct2)).threshold == 65.0
     with pytest.raises(ValueError, match="use 'raw'"):
-        load_chembl_assay_table(_table(tmp_path, pct), "regression",
-                                regression_target="neg_log10_M")
+        load_chembl_assay_table(
+            _table(tmp_path, pct), "regression", regression_target="neg_log10_M"
+        )
     reg = load_chembl_assay_table(_table(tmp_path, pct), "regression", regression_target="raw")
     np.testing.assert_array_equal(reg.labels, [10, 20, 30, 40, 80])
 

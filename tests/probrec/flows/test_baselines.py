@@ -55,8 +55,7 @@ def test_deep_ensemble_averages_its_members():
     lin = [m for m in model.net if hasattr(m, "weight")]
     probs = []
     for m in range(3):
-        hid = np.maximum(z @ lin[0].weight[m].detach().numpy() + lin[0].bias[m].detach().numpy(),
-                         0)
+        hid = np.maximum(z @ lin[0].weight[m].detach().numpy() + lin[0].bias[m].detach().numpy(), 0)
         logits = hid @ lin[1].weight[m].detach().numpy() + lin[1].bias[m].detach().numpy()
         e = np.exp(logits - logits.max(1, keepdims=True))
         probs.append(e / e.sum(1, keepdims=True))
@@ -88,7 +87,8 @@ def test_mc_dropout_is_seeded_and_averages_stochastic_passes():
     assert (a - one).abs().max() > 1e-3
     # many passes converge: two seeds agree far better than single passes do
     b = model.predict_proba(x, seed=2)
-    assert (a - b).abs().max() < 0.5 * (one - model.predict_proba(x, seed=2, n_samples=1)).abs(
-        ).max()
+    assert (a - b).abs().max() < 0.5 * (
+        one - model.predict_proba(x, seed=2, n_samples=1)
+    ).abs().max()
     with pytest.raises(ValueError, match="dropout"):
         MCDropoutHead(4, (0, 1), dropout=0.0)

@@ -24,11 +24,12 @@ def test_interval_mass_matches_scipy_including_far_tails(base, dist):
     got = interval_log_mass(lo, hi, base).numpy()
     # scipy: log(F(b) - F(a)) by the survival function right of 0, the CDF left of it
     with np.errstate(divide="ignore", invalid="ignore"):
-        ref = np.where((cuts[:-1] + cuts[1:]) > 0,
-                       dist.logsf(cuts[:-1]) + np.log1p(-np.exp(dist.logsf(cuts[1:])
-                                                                - dist.logsf(cuts[:-1]))),
-                       dist.logcdf(cuts[1:]) + np.log1p(-np.exp(dist.logcdf(cuts[:-1])
-                                                                - dist.logcdf(cuts[1:]))))
+        ref = np.where(
+            (cuts[:-1] + cuts[1:]) > 0,
+            dist.logsf(cuts[:-1]) + np.log1p(-np.exp(dist.logsf(cuts[1:]) - dist.logsf(cuts[:-1]))),
+            dist.logcdf(cuts[1:])
+            + np.log1p(-np.exp(dist.logcdf(cuts[:-1]) - dist.logcdf(cuts[1:]))),
+        )
     np.testing.assert_allclose(got, ref, rtol=1e-9)
     assert abs(np.exp(got).sum() - 1) < 1e-14
     assert interval_log_mass(torch.tensor([-np.inf]), torch.tensor([np.inf]), base).item() == 0

@@ -25,11 +25,13 @@ SMALL = {"hidden": (16,)}
 # (class, constructor arguments, probabilities are Monte Carlo estimates)
 CASES = {
     "integer_flow": (ConditionalIntegerFlow, {}, False),
-    "integer_flow_panel": (ConditionalIntegerFlow, {"item_latent": 2, "n_eval_samples": 256},
-                           False),
+    "integer_flow_panel": (
+        ConditionalIntegerFlow,
+        {"item_latent": 2, "n_eval_samples": 256},
+        False,
+    ),
     "softmax_flow": (ConditionalSoftmaxFlow, {"n_eval_samples": 512}, True),
-    "softmax_flow_panel": (ConditionalSoftmaxFlow, {"latent": "item", "n_eval_samples": 512},
-                           True),
+    "softmax_flow_panel": (ConditionalSoftmaxFlow, {"latent": "item", "n_eval_samples": 512}, True),
     "gaussian": (GaussianHead, {}, False),
     "ordinal_logistic": (OrdinalLogisticHead, {}, False),
     "softmax": (SoftmaxHead, {}, False),
@@ -47,9 +49,16 @@ def make(name: str, in_dim: int = 6, seed: int = 0) -> AnnotatorModel:
 @pytest.fixture(scope="module")
 def fitted(population):
     train, valid, _ = population
-    return {name: make(name).fit(train.features, train.labels, train.mask,
-                                 valid=(valid.features, valid.labels, valid.mask), **FIT)
-            for name in CASES}
+    return {
+        name: make(name).fit(
+            train.features,
+            train.labels,
+            train.mask,
+            valid=(valid.features, valid.labels, valid.mask),
+            **FIT,
+        )
+        for name in CASES
+    }
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -86,11 +95,16 @@ def test_save_load_gives_identical_predictions(fitted, population, name, tmp_pat
     model.save(path)
     again = load_model(path)
     assert type(again) is type(model) and again.history == model.history
-    torch.testing.assert_close(again.label_log_probs(x, seed=4), model.label_log_probs(x, seed=4),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        again.label_log_probs(x, seed=4), model.label_log_probs(x, seed=4), rtol=0, atol=0
+    )
     assert torch.equal(again.sample(x, 3, seed=9), model.sample(x, 3, seed=9))
-    torch.testing.assert_close(type(model).load(path).item_moments(x, seed=1)[1],
-                               model.item_moments(x, seed=1)[1], rtol=0, atol=0)
+    torch.testing.assert_close(
+        type(model).load(path).item_moments(x, seed=1)[1],
+        model.item_moments(x, seed=1)[1],
+        rtol=0,
+        atol=0,
+    )
     other = next(c for c in (SoftmaxHead, GaussianHead) if not isinstance(model, c))
     with pytest.raises(ValueError, match="holds a"):
         other.load(path)
@@ -101,8 +115,9 @@ def test_same_seed_same_model_and_lists_equal_padded(population, name):
     train, _, test = population
     a = make(name).fit(train.features, train.labels, train.mask, seed=3, **FIT)
     b = make(name).fit(train.features, train.annotation_lists(), seed=3, **FIT)
-    torch.testing.assert_close(a.label_log_probs(test.features), b.label_log_probs(test.features),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        a.label_log_probs(test.features), b.label_log_probs(test.features), rtol=0, atol=0
+    )
     c = make(name).fit(train.features, train.labels, train.mask, seed=4, **FIT)
     assert not torch.equal(a.label_log_probs(test.features), c.label_log_probs(test.features))
 

@@ -31,25 +31,37 @@ def test_demo_section_quick(tmp_path):
 
 def test_compare_models_and_summaries(population):
     train, valid, test = population
-    runs = [compare_models(train, valid, test, models=["integer_flow", "softmax"], seed=s,
-                           common_kwargs={"hidden": (8,)},
-                           fit_kwargs={"epochs": 3}, progress=False) for s in (0, 1)]
+    runs = [
+        compare_models(
+            train,
+            valid,
+            test,
+            models=["integer_flow", "softmax"],
+            seed=s,
+            common_kwargs={"hidden": (8,)},
+            fit_kwargs={"epochs": 3},
+            progress=False,
+        )
+        for s in (0, 1)
+    ]
     summ = summarise(runs)
     assert summ["softmax"]["nll"]["n"] == 2
     vals = [r["softmax"]["nll"] for r in runs]
     assert summ["softmax"]["nll"]["mean"] == pytest.approx(np.mean(vals))
     assert summ["softmax"]["nll"]["se"] == pytest.approx(np.std(vals, ddof=1) / np.sqrt(2))
     d = paired_difference(runs, "integer_flow", "softmax", "nll")
-    assert d["mean"] == pytest.approx(np.mean([r["integer_flow"]["nll"] - r["softmax"]["nll"]
-                                               for r in runs]))
+    assert d["mean"] == pytest.approx(
+        np.mean([r["integer_flow"]["nll"] - r["softmax"]["nll"] for r in runs])
+    )
     assert "| integer_flow |" in format_table(summ)
     with pytest.raises(ValueError, match="unknown models"):
         compare_models(train, valid, test, models=["nope"])
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("annotators_example",
-                                                  REPO / "examples" / "annotators.py")
+    spec = importlib.util.spec_from_file_location(
+        "annotators_example", REPO / "examples" / "annotators.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules["annotators_example"] = mod
     spec.loader.exec_module(mod)
@@ -67,10 +79,28 @@ def test_example_help(capsys):
 @pytest.mark.data
 def test_example_runs_on_real_data(shared_data, tmp_path):
     out = tmp_path / "run"
-    assert _example().main(["--data", str(shared_data / "annotators"), "--out", str(out),
-                            "--datasets", "MD-Agreement", "--max-items", "200", "--seeds", "2",
-                            "--models", "integer_flow,softmax_flow,softmax", "--epochs", "5",
-                            "--no-progress"]) == 0
+    assert (
+        _example().main(
+            [
+                "--data",
+                str(shared_data / "annotators"),
+                "--out",
+                str(out),
+                "--datasets",
+                "MD-Agreement",
+                "--max-items",
+                "200",
+                "--seeds",
+                "2",
+                "--models",
+                "integer_flow,softmax_flow,softmax",
+                "--epochs",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["datasets"]["MD-Agreement"]["summary"]["softmax"]["nll"]["n"] == 2
     assert (out / "histograms_MD-Agreement.png").stat().st_size > 5000

@@ -24,15 +24,20 @@ def _scrambled(model: ConditionalIntegerFlow, seed: int, scale: float) -> Condit
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**16), scale=st.floats(0.1, 3.0),
-       x_scale=st.sampled_from([1e-3, 1.0, 1e3]),
-       labels=st.sampled_from([(1, 2, 3, 4, 5), (0, 1), (-3, -2, -1, 0, 1), (0, 2, 3, 7)]),
-       layers=st.integers(0, 2))
+@given(
+    seed=st.integers(0, 2**16),
+    scale=st.floats(0.1, 3.0),
+    x_scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    labels=st.sampled_from([(1, 2, 3, 4, 5), (0, 1), (-3, -2, -1, 0, 1), (0, 2, 3, 7)]),
+    layers=st.integers(0, 2),
+)
 def test_probabilities_sum_to_one_exactly_for_any_input(seed, scale, x_scale, labels, layers):
-    model = _scrambled(ConditionalIntegerFlow(3, labels, hidden=(8,), n_layers=layers,
-                                              seed=seed % 7), seed, scale).double()
-    x = x_scale * torch.randn(32, 3, generator=torch.Generator().manual_seed(seed),
-                              dtype=torch.float64)
+    model = _scrambled(
+        ConditionalIntegerFlow(3, labels, hidden=(8,), n_layers=layers, seed=seed % 7), seed, scale
+    ).double()
+    x = x_scale * torch.randn(
+        32, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     p = model.predict_proba(x)
     assert p.shape == (32, len(labels)) and bool((p >= 0).all())
     np.testing.assert_allclose(p.sum(-1).numpy(), 1.0, rtol=0, atol=1e-12)
@@ -43,14 +48,14 @@ def test_probabilities_sum_to_one_exactly_for_any_input(seed, scale, x_scale, la
 
 def test_without_splines_it_is_a_discretised_normal():
     """n_layers=0 and a normal base: P(k) = Phi((c_k - m) / s) - Phi((c_{k-1} - m) / s)."""
-    model = _scrambled(ConditionalIntegerFlow(4, range(1, 6), hidden=(8,), n_layers=0,
-                                              base="normal"), 1, 0.5).double()
+    model = _scrambled(
+        ConditionalIntegerFlow(4, range(1, 6), hidden=(8,), n_layers=0, base="normal"), 1, 0.5
+    ).double()
     x = torch.randn(10, 4, dtype=torch.float64)
     prm = model.head(model.encoder(model._features(x))).detach().numpy()
     shift, scale = prm[:, 0], np.exp(prm[:, 1])
     cuts = model.cuts.numpy()  # k + 1/2 on the normalised label scale (float32 at creation)
-    np.testing.assert_allclose(cuts, (np.array([1.5, 2.5, 3.5, 4.5]) - 3.0) / 2.5 * 1.5,
-                               atol=1e-6)
+    np.testing.assert_allclose(cuts, (np.array([1.5, 2.5, 3.5, 4.5]) - 3.0) / 2.5 * 1.5, atol=1e-6)
     cdf = norm.cdf((cuts[None, :] - shift[:, None]) / scale[:, None])
     ref = np.diff(np.concatenate([np.zeros((10, 1)), cdf, np.ones((10, 1))], 1), axis=1)
     np.testing.assert_allclose(model.predict_proba(x).numpy(), ref, rtol=1e-10, atol=1e-14)
@@ -79,13 +84,16 @@ def test_item_latent_simulates_panels_that_agree_like_humans():
     fit = {"epochs": 30, "batch_size": 40, "lr": 1e-2, "progress": False}
     iid = ConditionalIntegerFlow(2, range(1, 6), hidden=(8,), seed=0).fit(x, labels, **fit)
     panel = ConditionalIntegerFlow(2, range(1, 6), hidden=(8,), item_latent=1, seed=0).fit(
-        x, labels, **fit)
+        x, labels, **fit
+    )
     for model in (iid, panel):
         p = model.predict_proba(x[:50]).mean(0).numpy()
         assert abs(p[0] - 0.5) < 0.1 and abs(p[4] - 0.5) < 0.1
     sims = {k: mdl.sample(x, m, seed=1).T.numpy() for k, mdl in (("iid", iid), ("panel", panel))}
-    kappa = {k: fleiss_kappa(np.stack([(s == v).sum(1) for v in range(1, 6)], 1))
-             for k, s in sims.items()}
+    kappa = {
+        k: fleiss_kappa(np.stack([(s == v).sum(1) for v in range(1, 6)], 1))
+        for k, s in sims.items()
+    }
     assert kappa["iid"] < 0.1 and kappa["panel"] > 0.8  # humans: kappa = 1
     assert float(panel.item_moments(x)[1].mean()) < 0.5 < float(iid.item_moments(x)[1].mean())
     nll_iid = -np.log(iid.predict_proba(x).numpy()[np.arange(n), labels[:, 0] - 1]).mean()

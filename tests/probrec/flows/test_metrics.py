@@ -20,10 +20,20 @@ from probrec.flows.metrics import (
 )
 
 # Fleiss (1971) as worked on Wikipedia ("Fleiss' kappa"): 10 subjects, 14 raters, 5 categories
-FLEISS_TABLE = np.array([
-    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
-])
+FLEISS_TABLE = np.array(
+    [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
+)
 
 
 def test_fleiss_kappa_worked_example():
@@ -66,7 +76,8 @@ def test_moments_rmse_nll_accuracy_on_a_hand_case():
     np.testing.assert_allclose(ps, [0.5, 0, 0.5])
     assert mean_rmse(probs, counts, values) == pytest.approx(np.sqrt((0.25 + 0 + 0.0625) / 3))
     assert std_rmse(probs, counts, values) == pytest.approx(
-        np.sqrt((0.25 + 1 + (0.5 - np.sqrt(3 / 16)) ** 2) / 3))
+        np.sqrt((0.25 + 1 + (0.5 - np.sqrt(3 / 16)) ** 2) / 3)
+    )
     with np.errstate(divide="ignore"):
         logp = np.log(probs)
     assert nll(np.log(np.full((3, 5), 0.2)), counts) == pytest.approx(np.log(5))

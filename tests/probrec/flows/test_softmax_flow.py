@@ -15,8 +15,9 @@ from probrec.flows import ConditionalSoftmaxFlow
 
 
 def _scrambled(k: int, seed: int, scale: float = 0.5, **kw) -> ConditionalSoftmaxFlow:
-    model = ConditionalSoftmaxFlow(3, tuple(range(k)), hidden=(8,), flow_hidden=8, seed=seed,
-                                   **kw).double()
+    model = ConditionalSoftmaxFlow(
+        3, tuple(range(k)), hidden=(8,), flow_hidden=8, seed=seed, **kw
+    ).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -44,17 +45,23 @@ def test_importance_sampling_agrees_with_brute_force_monte_carlo():
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     logp, se = model.label_log_probs_se(x, n_samples=2048, seed=0)
     with torch.no_grad():
-        brute = torch.cat([model._prior_probs(model._features(x), 50_000,
-                                              torch.Generator().manual_seed(s)).mean(0)[None]
-                           for s in range(4)]).mean(0)
+        brute = torch.cat(
+            [
+                model._prior_probs(
+                    model._features(x), 50_000, torch.Generator().manual_seed(s)
+                ).mean(0)[None]
+                for s in range(4)
+            ]
+        ).mean(0)
     err = (logp.exp() - brute).abs() / brute  # relative error of p; brute-force s.e. ~ 0.3 %
     assert bool((err < 4 * se + 0.01).all()), (err, se)
     assert float(se.max()) < 0.02
 
 
 @settings(max_examples=5, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(2, 5), latent=st.sampled_from(
-    ["annotation", "item"]))
+@given(
+    seed=st.integers(0, 10_000), k=st.integers(2, 5), latent=st.sampled_from(["annotation", "item"])
+)
 def test_estimated_probabilities_sum_to_one(seed, k, latent):
     model = _scrambled(k, seed, scale=0.3, latent=latent)
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -72,8 +79,9 @@ def test_standard_error_shrinks_with_samples_and_training_bound_is_below():
     counts = torch.eye(4, dtype=torch.float64).repeat(2, 1)  # one annotation of each label
     z = model._features(x)
     with torch.no_grad():
-        draws = torch.stack([model._train_loss(z, counts, torch.Generator().manual_seed(s))
-                             for s in range(256)])
+        draws = torch.stack(
+            [model._train_loss(z, counts, torch.Generator().manual_seed(s)) for s in range(256)]
+        )
     bounds, bounds_se = draws.mean(0), draws.std(0) / 16
     exact = -(counts * logp).sum(-1)
     slack = 4 * (bounds_se + 4 * se_big.max())
@@ -82,8 +90,9 @@ def test_standard_error_shrinks_with_samples_and_training_bound_is_below():
 
 def test_item_latent_panel_samples_share_one_distribution():
     model = _scrambled(3, seed=1, scale=1.5, latent="item")
-    x = torch.randn(1, 3, generator=torch.Generator().manual_seed(3),
-                    dtype=torch.float64).repeat(400, 1)
+    x = torch.randn(1, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64).repeat(
+        400, 1
+    )
     panels = model.sample(x, 8, seed=0).T.numpy()  # 400 panels of 8 for the same input
     per_panel = np.stack([(panels == k).mean(1) for k in range(3)], 1)
     iid = model.predict_proba(x[:1], n_samples=4096)[0].numpy()
@@ -98,5 +107,6 @@ def test_constructor_checks():
         ConditionalSoftmaxFlow(3, (0, 1), n_eval_samples=1)
     with pytest.raises(ValueError, match="n_layers"):
         ConditionalSoftmaxFlow(3, (0, 1), n_layers=-1)
-    assert math.isfinite(float(ConditionalSoftmaxFlow(3, (0, 1)).nll(np.zeros((2, 3)),
-                                                                     [[0], [1, 1]])))
+    assert math.isfinite(
+        float(ConditionalSoftmaxFlow(3, (0, 1)).nll(np.zeros((2, 3)), [[0], [1, 1]]))
+    )

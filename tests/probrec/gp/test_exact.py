@@ -25,7 +25,6 @@ from probrec.gp.kernels import matern52, rbf, tanimoto
 from probrec.gp.newton import value_grad_hessian
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """These checks compare against closed forms and finite differences: work in float64."""
