@@ -59,102 +59,86 @@ REFERENCE_FILES = {
 }
 
 # sampler settings per target (tuned on seeds other than the benchmark's where noted in the docs)
+
+
+def _pt(kernel: str, max_t: float, step: float | None, n_leapfrog: int = 5) -> dict[str, Any]:
+    """Parallel-tempering settings: 5 geometric temperatures from 1 to ``max_t``."""
+    out: dict[str, Any] = {"kernel": kernel, "n_temperatures": 5, "max_temperature": max_t}
+    if kernel == "hmc":
+        out["n_leapfrog"] = n_leapfrog
+    if step is not None:
+        out["step_size"] = step
+    return out
+
+
+def _settings(
+    digs: dict[str, Any],
+    pt: dict[str, Any],
+    pt_hmc: dict[str, Any] | None,
+    mala: float,
+    hmc: tuple[int, float],
+    rwm: float,
+) -> dict[str, dict[str, Any]]:
+    """One target's settings: DiGS, the two PT variants, MALA / RWM step sizes, HMC (L, step)."""
+    out = {
+        "digs": digs,
+        "pt": pt,
+        "mala": {"step_size": mala},
+        "hmc": {"n_leapfrog": hmc[0], "step_size": hmc[1]},
+        "rwm": {"step_size": rwm},
+    }
+    if pt_hmc is not None:
+        out["pt_hmc"] = pt_hmc
+    return out
+
+
+def _particles(digs_step: float, step: float, mala: float, rwm: float) -> dict[str, dict]:
+    """LJ settings: DiGS at one noise level, PT with HMC inside (both PT variants)."""
+    return _settings(
+        {"alphas": [0.8], "n_mala": 9, "step_size": digs_step},
+        _pt("hmc", 10.0, step),
+        _pt("hmc", 10.0, step),
+        mala,
+        (5, step),
+        rwm,
+    )
+
+
 SAMPLER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
-    "mog40": {
-        "digs": {"alphas": [0.05], "n_mala": 1, "step_size": 1.0},
-        "pt": {"kernel": "mala", "n_temperatures": 5, "max_temperature": 1000.0, "step_size": 0.5},
-        "pt_hmc": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 1000.0,
-            "n_leapfrog": 10,
-            "step_size": 0.5,
-        },
-        "mala": {"step_size": 0.5},
-        "hmc": {"n_leapfrog": 10, "step_size": 0.5},
-        "rwm": {"step_size": 1.0},
-    },
-    "mw32": {
-        "digs": {"alphas": [0.5, 0.9], "n_mala": 3, "step_size": 0.05},
-        "pt": {"kernel": "mala", "n_temperatures": 5, "max_temperature": 10.0, "step_size": 0.05},
-        "pt_hmc": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 10.0,
-            "n_leapfrog": 5,
-            "step_size": 0.1,
-        },
-        "mala": {"step_size": 0.05},
-        "hmc": {"n_leapfrog": 5, "step_size": 0.1},
-        "rwm": {"step_size": 0.2},
-    },
-    "dw4": {
-        "digs": {"alphas": [0.7], "n_mala": 4, "step_size": 0.05},
-        "pt": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 10.0,
-            "n_leapfrog": 5,
-            "step_size": 0.1,
-        },
-        "pt_hmc": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 10.0,
-            "n_leapfrog": 5,
-            "step_size": 0.1,
-        },
-        "mala": {"step_size": 0.05},
-        "hmc": {"n_leapfrog": 5, "step_size": 0.1},
-        "rwm": {"step_size": 0.2},
-    },
-    "lj13": {
-        "digs": {"alphas": [0.8], "n_mala": 9, "step_size": 0.001},
-        "pt": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 10.0,
-            "n_leapfrog": 5,
-            "step_size": 0.01,
-        },
-        "pt_hmc": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 10.0,
-            "n_leapfrog": 5,
-            "step_size": 0.01,
-        },
-        "mala": {"step_size": 0.001},
-        "hmc": {"n_leapfrog": 5, "step_size": 0.01},
-        "rwm": {"step_size": 0.02},
-    },
-    "lj55": {
-        "digs": {"alphas": [0.8], "n_mala": 9, "step_size": 0.001},
-        "pt": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 10.0,
-            "n_leapfrog": 5,
-            "step_size": 0.005,
-        },
-        "pt_hmc": {
-            "kernel": "hmc",
-            "n_temperatures": 5,
-            "max_temperature": 10.0,
-            "n_leapfrog": 5,
-            "step_size": 0.005,
-        },
-        "mala": {"step_size": 0.001},
-        "hmc": {"n_leapfrog": 5, "step_size": 0.005},
-        "rwm": {"step_size": 0.01},
-    },
-    "bnn": {
-        "digs": {"alphas": [0.9], "n_mala": 5, "step_size": 1e-4},
-        "pt": {"kernel": "hmc", "n_temperatures": 5, "max_temperature": 10.0, "n_leapfrog": 10},
-        "mala": {"step_size": 1e-4},
-        "hmc": {"n_leapfrog": 10, "step_size": 1e-3},
-        "rwm": {"step_size": 1e-3},
-    },
+    "mog40": _settings(
+        {"alphas": [0.05], "n_mala": 1, "step_size": 1.0},
+        _pt("mala", 1000.0, 0.5),
+        _pt("hmc", 1000.0, 0.5, n_leapfrog=10),
+        0.5,
+        (10, 0.5),
+        1.0,
+    ),
+    "mw32": _settings(
+        {"alphas": [0.5, 0.9], "n_mala": 3, "step_size": 0.05},
+        _pt("mala", 10.0, 0.05),
+        _pt("hmc", 10.0, 0.1),
+        0.05,
+        (5, 0.1),
+        0.2,
+    ),
+    "dw4": _settings(
+        {"alphas": [0.7], "n_mala": 4, "step_size": 0.05},
+        _pt("hmc", 10.0, 0.1),
+        _pt("hmc", 10.0, 0.1),
+        0.05,
+        (5, 0.1),
+        0.2,
+    ),
+    "lj13": _particles(0.001, 0.01, 0.001, 0.02),
+    "lj55": _particles(0.001, 0.005, 0.001, 0.01),
+    "bnn": _settings(
+        {"alphas": [0.9], "n_mala": 5, "step_size": 1e-4},
+        _pt("hmc", 10.0, None, n_leapfrog=10),
+        None,
+        1e-4,
+        (10, 1e-3),
+        1e-3,
+    ),
 }
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "digs": DiGS,

@@ -95,6 +95,17 @@ def _accept(log_alpha: Tensor, ok: Tensor, log_u: Tensor) -> tuple[Tensor, Tenso
     return accept_prob, log_u < log_alpha
 
 
+def _keep(
+    acc: Tensor, prob: Tensor, proposed: tuple[Tensor, Tensor, Tensor], current: tuple
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(x, lp, grad, accept_prob, accepted)``: the proposed rows where accepted, else current."""
+    acc_c = acc[:, None]
+    x = torch.where(acc_c, proposed[0], current[0])
+    lp = torch.where(acc, proposed[1], current[1])
+    grad = torch.where(acc_c, proposed[2], current[2])
+    return x, lp, grad, prob, acc
+
+
 def _col(t: Tensor) -> Tensor:
     return t.unsqueeze(-1) if t.dim() == 1 else t
 
@@ -175,14 +186,7 @@ def mala_transition(
     diff = lp_p - lp
     log_alpha = (diff if beta is None else beta * diff) + log_q
     prob, acc = _accept(log_alpha, _finite_rows(lp_p, grad_p, prop), log_u)
-    acc_c = acc[:, None]
-    return (
-        torch.where(acc_c, prop, x),
-        torch.where(acc, lp_p, lp),
-        torch.where(acc_c, grad_p, grad),
-        prob,
-        acc,
-    )
+    return _keep(acc, prob, (prop, lp_p, grad_p), (x, lp, grad))
 
 
 def hmc_transition(
@@ -228,14 +232,7 @@ def hmc_transition(
         (p * p).sum(-1) - (momentum * momentum).sum(-1)
     )
     prob, acc = _accept(log_alpha, _finite_rows(lp_q, g, q, p), log_u)
-    acc_c = acc[:, None]
-    return (
-        torch.where(acc_c, q, x),
-        torch.where(acc, lp_q, lp),
-        torch.where(acc_c, g, grad),
-        prob,
-        acc,
-    )
+    return _keep(acc, prob, (q, lp_q, g), (x, lp, grad))
 
 
 def run_block(
