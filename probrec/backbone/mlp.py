@@ -6,11 +6,16 @@ linear output layer. With ``gmp=True`` every linear layer is a
 :class:`~probrec.backbone.gmp.GmPLinear` (Chen & Ge, NeurIPS 2024, arXiv:2305.15912);
 :meth:`MLPEncoder.as_gmp` and :meth:`MLPEncoder.as_standard` convert a trained encoder
 between the two parameterizations without changing the function it computes.
+
+Sparse inputs: molecular fingerprints (Morgan counts) are ~98% zeros. With
+``sparse_input="auto"`` the first layer multiplies a CSR copy of such a batch on CPU (the dense
+product dominates a meta-step's time there), with the same result up to float rounding.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +25,7 @@ from probrec.backbone.gmp import GmPLinear
 from probrec.checks import check_choice, check_positive_int
 from probrec.seeding import torch_generator
 
-__all__ = ["ACTIVATIONS", "MLPEncoder"]
+__all__ = ["ACTIVATIONS", "MLPEncoder", "sparse_linear"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -33,6 +38,38 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "identity": nn.Identity,
 }
 _NORMS = ("none", "batch", "layer")
+# "auto" multiplies CSR inputs when at most this fraction of the entries is non-zero (measured
+# on one CPU thread: CSR fwd+bwd of a 1.4%-dense 5120 x 2048 batch, conversion included, is ~5x
+# faster than the dense product; the two break even near 10% density) ...
+SPARSE_MAX_DENSITY = 0.05
+# ... and the batch has at least this many entries (smaller products are not worth converting)
+SPARSE_MIN_NUMEL = 1 << 18
+
+
+def sparse_linear(x: Tensor, layer: nn.Module) -> Tensor:
+    """``layer(x)`` for a mostly-zero 2-D ``x``, through a CSR matrix product.
+
+    Gradients flow to the layer's parameters (not to ``x``).
+
+    Args:
+        x: ``[n, in]`` dense inputs.
+        layer: ``nn.Linear`` or :class:`~probrec.backbone.gmp.GmPLinear`.
+
+    Returns:
+        ``[n, out]`` outputs, equal to ``layer(x)`` up to float rounding.
+    """
+    with warnings.catch_warnings():  # torch flags CSR support as beta on every conversion
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        xs = x.detach().to_sparse_csr()
+    if isinstance(layer, GmPLinear):
+        y = xs @ layer.direction.t()
+        if layer.offset is not None:
+            y = y + layer.offset
+        return y * layer.radius
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"layer must be nn.Linear or GmPLinear, got {type(layer).__name__}")
+    y = xs @ layer.weight.t()
+    return y if layer.bias is None else y + layer.bias
 
 
 class MLPEncoder(nn.Module):
@@ -58,6 +95,9 @@ class MLPEncoder(nn.Module):
         norm: ``None`` (or ``"none"``), ``"batch"`` or ``"layer"``.
         gmp: use geometric parameterization for every linear layer.
         bias: learn biases in the linear layers.
+        sparse_input: ``"auto"`` (default): on CPU, multiply batches with at most 5% non-zero
+            entries (fingerprints) as CSR matrices in the first layer; ``True``: always (any
+            device); ``False``: never. Inputs that require gradients always take the dense path.
         seed: seed (or ``torch.Generator``) of the weight initialisation; ``None`` uses torch's
             global generator. Dropout masks use torch's global generator as usual.
     """
@@ -73,9 +113,15 @@ class MLPEncoder(nn.Module):
         norm: str | None = None,
         gmp: bool = False,
         bias: bool = True,
+        sparse_input: bool | str = "auto",
         seed: int | torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(sparse_input, str):
+            check_choice(sparse_input, "sparse_input", ("auto",))
+        elif not isinstance(sparse_input, bool):
+            raise TypeError(f"sparse_input must be 'auto', True or False, got {sparse_input!r}")
+        self.sparse_input = sparse_input
         self.in_dim = check_positive_int(in_dim, "in_dim")
         if isinstance(hidden, int):
             hidden = (hidden,)
@@ -137,8 +183,23 @@ class MLPEncoder(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must have shape [..., {self.in_dim}], got {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = self.net(x.reshape(-1, self.in_dim))
+        x = x.reshape(-1, self.in_dim)
+        if self._sparse(x):
+            y = self.net[1:](sparse_linear(x, self.net[0]))
+        else:
+            y = self.net(x)
         return y.reshape(*lead, self.out_dim)
+
+    def _sparse(self, x: Tensor) -> bool:
+        """Whether the first layer takes the CSR path for the ``[n, in_dim]`` batch ``x``."""
+        mode = getattr(self, "sparse_input", "auto")  # encoders pickled before the option
+        if mode is False or x.requires_grad or x.shape[0] == 0:
+            return False
+        if mode is True:
+            return True
+        if x.device.type != "cpu" or x.numel() < SPARSE_MIN_NUMEL:
+            return False
+        return int(torch.count_nonzero(x)) <= SPARSE_MAX_DENSITY * x.numel()
 
     def linear_layers(self) -> list[nn.Module]:
         """The linear layers (``nn.Linear`` or ``GmPLinear``) in order."""

@@ -139,3 +139,42 @@ def test_bad_arguments() -> None:
     enc = MLPEncoder(3, hidden=(4,))
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 3\]"):
         enc(torch.randn(2, 4))
+
+
+def _fingerprints(shape: tuple[int, ...], density: float, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(1, 4, shape, generator=g)
+    return ((torch.rand(shape, generator=g) < density) * counts).to(dtype)
+
+
+@pytest.mark.parametrize("gmp", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_first_layer_matches_the_dense_product(gmp: bool, dtype: torch.dtype) -> None:
+    x = _fingerprints((3, 40, 512), 0.02, dtype)
+    kw = dict(hidden=(32,), out_dim=8, gmp=gmp, norm="layer", seed=0)
+    sparse = MLPEncoder(512, sparse_input=True, **kw).to(dtype)
+    dense = MLPEncoder(512, sparse_input=False, **kw).to(dtype)
+    assert sparse._sparse(x.reshape(-1, 512)) and not dense._sparse(x.reshape(-1, 512))
+    ys, yd = sparse(x), dense(x)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(ys, yd, rtol=tol, atol=tol)
+    ys.square().sum().backward()
+    yd.square().sum().backward()
+    for ps, pd in zip(sparse.parameters(), dense.parameters(), strict=True):
+        torch.testing.assert_close(ps.grad, pd.grad, rtol=tol * 10, atol=tol * 10)
+
+
+def test_sparse_auto_rule() -> None:
+    enc = MLPEncoder(2048, hidden=(8,), seed=0)  # sparse_input="auto"
+    fp = _fingerprints((200, 2048), 0.014, torch.float32)
+    assert enc._sparse(fp)  # a fingerprint batch of 409,600 entries
+    assert not enc._sparse(torch.randn(200, 2048))  # dense inputs
+    assert not enc._sparse(fp[:20])  # too small to be worth converting
+    assert not enc._sparse(fp.clone().requires_grad_())  # gradients wanted w.r.t. the inputs
+    torch.testing.assert_close(
+        enc(fp), MLPEncoder(2048, hidden=(8,), seed=0, sparse_input=False)(fp)
+    )
+    with pytest.raises(ValueError, match="sparse_input"):
+        MLPEncoder(3, hidden=(4,), sparse_input="always")
+    with pytest.raises(TypeError, match="sparse_input"):
+        MLPEncoder(3, hidden=(4,), sparse_input=1)
