@@ -20,7 +20,7 @@ from probrec.gp.exact import (
 from probrec.gp.fit import FitResult, fit_hyperparameters
 from probrec.gp.head import FittedGP, GPHead, encode_labels
 from probrec.gp.kernels import TanimotoKernel, gpytorch_kernel, matern52, rbf, tanimoto
-from probrec.gp.linalg import NotPositiveDefiniteError, robust_cholesky
+from probrec.gp.linalg import NotPositiveDefiniteError, gaussian_nll, robust_cholesky
 from probrec.gp.newton import NewtonResult, batched_newton
 
 __all__ = [
@@ -47,5 +47,6 @@ __all__ = [
     "prior_centres",
     "rbf",
     "robust_cholesky",
+    "gaussian_nll",
     "tanimoto",
 ]

@@ -37,7 +37,7 @@ from probrec.gp.kernels import (
     squared_distance,
     tanimoto,
 )
-from probrec.gp.linalg import robust_cholesky
+from probrec.gp.linalg import gaussian_nll, robust_cholesky
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -573,7 +573,4 @@ def predictive_nll(
         eye = torch.eye(post.cov.shape[-1], dtype=post.cov.dtype, device=post.cov.device)
         pad = (post.noise[:, None] * m + (1 - m))[:, :, None]
         cov = post.cov * (m[:, :, None] * m[:, None, :]) + eye * pad
-    chol = robust_cholesky(cov)
-    w = torch.linalg.solve_triangular(chol, (r * m).to(chol.dtype)[..., None], upper=False)[..., 0]
-    logdet = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return (0.5 * w.pow(2).sum(-1) + 0.5 * logdet).to(r.dtype) + 0.5 * m.sum(-1) * LOG_2PI
+    return gaussian_nll(cov, r * m).to(r.dtype) + 0.5 * m.sum(-1) * LOG_2PI
