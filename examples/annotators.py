@@ -142,7 +142,8 @@ def main(argv=None) -> int:
             def show(model, res, seed=seed):
                 print(
                     f"  seed {seed} {model:<19} NLL {res['nll']:.4f}  RMSE mean "
-                    f"{res['mean_rmse']:.3f}  RMSE std {res['std_rmse']:.3f}  W1 "
+                    f"{res['mean_rmse']:.3f}  RMSE std {res['std_rmse']:.3f} / panel "
+                    f"{res['std_rmse_panel']:.3f}  W1 "
                     f"{res['w1']:.3f}  acc {res['accuracy']:.3f}  kappa "
                     f"{res['kappa_sim']:.3f} (human {res['kappa_human']:.3f})  "
                     f"[{res['fit_seconds']:.0f} s, {res['epochs']} epochs]",

@@ -75,6 +75,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "nll": ("NLL", True),
     "mean_rmse": ("RMSE mean", True),
     "std_rmse": ("RMSE std", True),
+    "std_rmse_panel": ("RMSE std (panel)", True),
     "w1": ("W1", True),
     "accuracy": ("acc. (majority)", False),
     "kappa_sim": ("kappa sim.", False),
@@ -206,7 +207,7 @@ def paired_difference(
 def comparison_table(
     runs: Sequence[dict[str, dict[str, Any]]],
     pairs: Sequence[tuple[str, str]],
-    metrics: Sequence[str] = ("nll", "std_rmse"),
+    metrics: Sequence[str] = ("nll", "std_rmse", "std_rmse_panel"),
     digits: int = 3,
 ) -> str:
     """Markdown table of paired differences (model - baseline; negative is better)."""

@@ -38,6 +38,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -117,6 +118,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
         n_train_samples: int = 8,
         n_eval_samples: int = 512,
         latent_lr: float = 10.0,
+        quadrature: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(in_dim, labels, seed=seed)
@@ -124,6 +126,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
             ("n_layers", n_layers, 0),
             ("n_bins", n_bins, 2),
             ("item_latent", item_latent, 0),
+            ("quadrature", quadrature, 0),
         ):
             if isinstance(val, bool) or not isinstance(val, int) or val < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
@@ -137,6 +140,12 @@ class ConditionalIntegerFlow(AnnotatorModel):
         self.latent_lr = float(latent_lr)
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples")
+        self.quadrature = quadrature if item_latent else 0
+        if self.quadrature and self.quadrature**item_latent > 4096:
+            raise ValueError(
+                f"quadrature={quadrature} nodes per dimension give {quadrature}**{item_latent} "
+                "grid points (at most 4096); use fewer nodes or importance sampling (0)"
+            )
         self._remember(
             hidden=tuple(hidden),
             dropout=dropout,
@@ -149,6 +158,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
             n_train_samples=n_train_samples,
             n_eval_samples=n_eval_samples,
             latent_lr=latent_lr,
+            quadrature=quadrature,
         )
         gen = torch.Generator().manual_seed(self.seed)
         self.encoder = MLPEncoder(in_dim, hidden, dropout=dropout, seed=gen)
@@ -169,17 +179,19 @@ class ConditionalIntegerFlow(AnnotatorModel):
             self.u_u = nn.Linear(item_latent, lh, bias=False)
             self.u_out = nn.Linear(lh, self.n_params)
             self.u_scale = nn.Linear(width, 2)
-            self.q_net = nn.Sequential(
-                nn.Linear(width + self.n_labels + 1, lh), nn.SiLU(), nn.Linear(lh, 2 * item_latent)
-            )
-            for lin, gain in (
-                (self.u_h, 1.0),
-                (self.u_u, 1.0),
-                (self.u_out, 0.1),
-                (self.u_scale, 0.1),
-                (self.q_net[0], 1.0),
-                (self.q_net[2], 0.1),
-            ):
+            inits = [(self.u_h, 1.0), (self.u_u, 1.0), (self.u_out, 0.1), (self.u_scale, 0.1)]
+            if self.quadrature:  # a fixed grid of nodes: no proposal network
+                nodes, log_w = _hermite_grid(self.quadrature, item_latent)
+                self.register_buffer("nodes", nodes.to(self.dtype))
+                self.register_buffer("log_weights", log_w.to(self.dtype))
+            else:
+                self.q_net = nn.Sequential(
+                    nn.Linear(width + self.n_labels + 1, lh),
+                    nn.SiLU(),
+                    nn.Linear(lh, 2 * item_latent),
+                )
+                inits += [(self.q_net[0], 1.0), (self.q_net[2], 0.1)]
+            for lin, gain in inits:
                 _init(lin, gen, gain)
             with torch.no_grad():  # random-effect sizes: 1 on the location, 0.5 on log-scale
                 self.u_scale.bias.copy_(torch.tensor([0.0, math.log(0.5)]))
@@ -261,9 +273,19 @@ class ConditionalIntegerFlow(AnnotatorModel):
         return interval_log_mass(torch.cat([-inf, t], -1), torch.cat([t, inf], -1), self.base)
 
     def _prior_draws(self, h: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """``[n, B, L]`` draws of the item latent's prior (the node grid with quadrature)."""
+        if self.quadrature:
+            idx = torch.multinomial(
+                self.log_weights.exp().expand(h.shape[0], -1), n, True, generator=generator
+            )  # [B, n]
+            return self.nodes[idx.T]
         return torch.randn(
             (n, h.shape[0], self.item_latent), generator=generator, device=h.device, dtype=h.dtype
         )
+
+    def _node_log_probs(self, h: Tensor) -> Tensor:
+        """``[Q, B, K]`` exact label log-probabilities at every quadrature node."""
+        return self._conditional_log_probs(self._params(h, self.nodes[:, None, :]))
 
     # ------------------------------------------------------------------ hooks
     def _estimate(
@@ -272,6 +294,9 @@ class ConditionalIntegerFlow(AnnotatorModel):
         h = self.encoder(z)
         if not self.item_latent:
             logp = self._conditional_log_probs(self._params(h))
+            return logp, torch.zeros_like(logp)
+        if self.quadrature:  # a finite mixture over the nodes: exact
+            logp = torch.logsumexp(self.log_weights[:, None, None] + self._node_log_probs(h), 0)
             return logp, torch.zeros_like(logp)
         # randomised QMC over u (8 scrambled replicates), shared by the items
         pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
@@ -323,6 +348,9 @@ class ConditionalIntegerFlow(AnnotatorModel):
         h = self.encoder(z)
         if not self.item_latent:
             return (counts * self._conditional_log_probs(self._params(h))).sum(-1)
+        if self.quadrature:  # exact: log sum_j w_j prod_k P(k | x, u_j)^{n_k}
+            log_lik = (counts * self._node_log_probs(h)).sum(-1)  # [Q, B]
+            return torch.logsumexp(self.log_weights[:, None] + log_lik, 0)
         mu, log_sd = self._q(h, counts)
         n_q = s // 2 if mixture else s
         eps = torch.randn((n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype)
@@ -357,9 +385,30 @@ class ConditionalIntegerFlow(AnnotatorModel):
         if not self.item_latent:
             return super()._item_moments(z, generator, n_samples)
         h = self.encoder(z)
+        if self.quadrature:
+            p = self._node_log_probs(h).exp()  # [Q, B, K]
+            mean = p @ self.values
+            sd = (p @ (self.values * self.values) - mean * mean).clamp_min(0.0).sqrt()
+            w = self.log_weights.exp()
+            return w @ mean, w @ sd
         pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
         p = self._conditional_log_probs(self._params(h, pts.reshape(-1, 1, self.item_latent)))
         return panel_moments(p.exp(), self.values)
+
+
+def _hermite_grid(n: int, dim: int) -> tuple[Tensor, Tensor]:
+    """Gauss-Hermite nodes ``[n**dim, dim]`` and log-weights ``[n**dim]`` for ``N(0, I_dim)``.
+
+    The probabilists' rule (weight ``exp(-u^2 / 2)``, Abramowitz & Stegun 25.4.46) normalised to
+    sum to one, as a tensor product over the dimensions: exact for polynomials of degree
+    ``2n - 1`` in each coordinate.
+    """
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    grids = np.meshgrid(*([x] * dim), indexing="ij")
+    wgrid = np.meshgrid(*([w / w.sum()] * dim), indexing="ij")
+    nodes = np.stack([g.reshape(-1) for g in grids], -1)
+    log_w = np.sum([np.log(g.reshape(-1)) for g in wgrid], 0)
+    return torch.as_tensor(nodes, dtype=torch.float64), torch.as_tensor(log_w, dtype=torch.float64)
 
 
 def _init(lin: nn.Linear, gen: torch.Generator, gain: float) -> None:

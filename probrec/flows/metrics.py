@@ -18,9 +18,21 @@ ordered label values ``[K]``, as NumPy arrays or tensors:
   numbers of raters: ``P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1))`` over items with
   ``n_i >= 2``, ``p_j`` the pooled label proportions, ``kappa = (mean P_i - sum_j p_j^2) /
   (1 - sum_j p_j^2)``; equal to the textbook formula when every item has the same count.
+* :func:`panel_std` -- the expected standard deviation (``ddof = 0``) of a simulated panel
+  with as many annotators as the human panel of the item, estimated from simulated panels.
 * :func:`evaluate` -- all of the above for a fitted model on held-out items, with the
   simulated annotators' Fleiss' kappa (as many simulated as human annotators per item)
   next to the humans'.
+
+Two per-item spread metrics: ``std_rmse`` compares the standard deviation of the model's
+distribution for one item (for panel models, of ``p(y | x, u)`` averaged over ``u``) with the
+human panel's ``ddof = 0`` standard deviation; but a human panel of ``n`` annotators has an
+expected ``ddof = 0`` standard deviation below the population one (by the factor
+``sqrt((n - 1) / n)`` on the variance and by Jensen's gap on the square root), so a
+calibrated model is penalised. ``std_rmse_panel`` compares like with like: the standard
+deviation of ``n`` simulated annotators against that of the ``n`` humans, in expectation over
+simulated panels -- the squared-error-optimal prediction of the human value if the model is
+right.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ __all__ = [
     "majority_accuracy",
     "mean_rmse",
     "nll",
+    "panel_std",
     "std_rmse",
     "wasserstein1",
 ]
@@ -167,6 +180,50 @@ def fleiss_kappa(counts: Any) -> float:
     return float((p_i.mean() - p_e) / (1 - p_e))
 
 
+def panel_std(
+    model: Any,
+    x: Any,
+    panel_sizes: Any,
+    *,
+    panels: int = 64,
+    seed: int = 0,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """Expected ``ddof = 0`` standard deviation of a simulated panel per item ``[n]``.
+
+    For item ``i`` draws ``panels`` independent panels of ``panel_sizes[i]`` simulated
+    annotators (:meth:`~probrec.flows.AnnotatorModel.sample`: for models with an item latent,
+    a fresh latent per panel) and averages their standard deviations.
+
+    Args:
+        model: a fitted :class:`probrec.flows.AnnotatorModel`.
+        x: ``[n, d]`` features.
+        panel_sizes: ``[n]`` annotators per panel (>= 1).
+        panels: simulated panels per item.
+        seed: seed of the simulation.
+        batch_size: items per forward pass of :meth:`sample`.
+
+    Returns:
+        ``[n]`` Monte Carlo estimates (standard error about ``sd / sqrt(panels)``).
+    """
+    from probrec.checks import check_positive_int
+
+    panels = check_positive_int(panels, "panels")
+    xs = _np(x, "x")
+    sizes = np.asarray(panel_sizes)
+    if sizes.shape != (len(xs),) or (sizes < 1).any() or not np.all(sizes == np.round(sizes)):
+        raise ValueError(f"panel_sizes must be {len(xs)} positive integers")
+    sizes = sizes.astype(int)
+    sims = model.sample(
+        np.tile(xs, (panels, 1)), int(sizes.max()), seed=seed, batch_size=batch_size
+    )
+    sims = sims.double().cpu().numpy().reshape(-1, panels, len(xs))  # [m, panels, n]
+    used = np.arange(sims.shape[0])[:, None, None] < sizes[None, None, :]
+    mean = (sims * used).sum(0) / sizes
+    var = np.clip((sims**2 * used).sum(0) / sizes - mean**2, 0.0, None)
+    return np.sqrt(var).mean(0)
+
+
 def evaluate(
     model: Any,
     x: Any,
@@ -175,6 +232,7 @@ def evaluate(
     *,
     seed: int = 0,
     n_samples: int | None = None,
+    panels: int = 64,
 ) -> dict[str, float]:
     """All metrics of a fitted model on held-out items.
 
@@ -189,10 +247,12 @@ def evaluate(
         mask: ``[n, m]`` bool.
         seed: seed of every Monte Carlo estimate and of the simulated annotators.
         n_samples: Monte Carlo samples for stochastic models (``None``: their default).
+        panels: simulated panels per item for ``std_rmse_panel`` (:func:`panel_std`).
 
     Returns:
         ``nll``, ``nll_mc_se`` (Monte Carlo standard error of the NLL; 0 for closed forms),
-        ``mean_rmse``, ``std_rmse``, ``w1``, ``accuracy``, ``kappa_sim``, ``kappa_human``.
+        ``mean_rmse``, ``std_rmse``, ``std_rmse_panel``, ``w1``, ``accuracy``, ``kappa_sim``,
+        ``kappa_human``.
     """
     from probrec.data.annotations import annotation_counts, pad_annotations
 
@@ -204,14 +264,17 @@ def evaluate(
     probs = _normalise(np.exp(logp))
     # expected spread within one simulated item (for independent annotators: of p(y | x))
     item_sd = model.item_moments(x, seed=seed, n_samples=n_samples)[1].double().cpu().numpy()
-    has2 = counts.sum(-1) >= 2
+    n_h = counts.sum(-1)
+    has2 = n_h >= 2
     human_sd = distribution_moments(counts[has2], values)[1]
+    sim_sd = panel_std(model, _np(x, "x")[has2], n_h[has2], panels=panels, seed=seed + 2)
     out = {
         "nll": nll(logp, counts),
         # independent estimates per (item, label): s.e. of the count-weighted mean
         "nll_mc_se": float(np.sqrt(((counts * se) ** 2).sum()) / counts.sum()),
         "mean_rmse": mean_rmse(probs, counts, values),
         "std_rmse": float(np.sqrt(np.mean((item_sd[has2] - human_sd) ** 2))),
+        "std_rmse_panel": float(np.sqrt(np.mean((sim_sd - human_sd) ** 2))),
         "w1": float(wasserstein1(probs, counts, values).mean()),
         "accuracy": majority_accuracy(probs, counts),
     }

@@ -30,6 +30,11 @@ CASES = {
         {"item_latent": 2, "n_eval_samples": 256},
         False,
     ),
+    "integer_flow_quadrature": (
+        ConditionalIntegerFlow,
+        {"item_latent": 2, "quadrature": 6},
+        False,
+    ),
     "softmax_flow": (ConditionalSoftmaxFlow, {"n_eval_samples": 512}, True),
     "softmax_flow_panel": (ConditionalSoftmaxFlow, {"latent": "item", "n_eval_samples": 512}, True),
     "gaussian": (GaussianHead, {}, False),

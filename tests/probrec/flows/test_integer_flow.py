@@ -107,3 +107,38 @@ def test_constructor_checks():
         ConditionalIntegerFlow(2, range(1, 6), base="cauchy")
     with pytest.raises(ValueError, match="bound"):
         ConditionalIntegerFlow(2, range(1, 6), bound=0.0)
+
+
+def test_quadrature_integrates_the_item_latent():
+    """Gauss-Hermite nodes give the moments of N(0, I); the node mixture matches a Monte Carlo
+    average over the continuous latent, for the label distribution and for a panel's joint
+    likelihood."""
+    from probrec.flows.integer import _hermite_grid
+
+    nodes, log_w = _hermite_grid(5, 2)
+    w = log_w.exp()
+    assert nodes.shape == (25, 2) and float(w.sum()) == pytest.approx(1.0, abs=1e-12)
+    torch.testing.assert_close(w @ nodes**2, torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(w @ nodes**4, torch.full((2,), 3.0, dtype=torch.float64))
+
+    torch.manual_seed(0)
+    quad = ConditionalIntegerFlow(3, range(1, 6), hidden=(8,), item_latent=1, quadrature=40)
+    with torch.no_grad():  # a sizeable random effect, so the latent matters
+        quad.u_scale.bias.fill_(0.7)
+    x = torch.randn(4, 3)
+    p = quad.predict_proba(x).double()
+    torch.testing.assert_close(p.sum(-1), torch.ones(4, dtype=torch.float64))
+    with torch.no_grad():
+        h = quad.encoder(quad._features(x))
+        u = torch.randn(200_000, 1, 1, generator=torch.Generator().manual_seed(1))
+        logp_u = quad._conditional_log_probs(quad._params(h, u))  # [S, 4, K]
+        torch.testing.assert_close(p, logp_u.exp().double().mean(0), atol=5e-3, rtol=0)
+        counts = torch.tensor(
+            [[3.0, 2, 1, 0, 0], [0, 0, 1, 1, 4], [1, 1, 1, 1, 1], [6, 0, 0, 0, 0]]
+        )
+        joint = quad._item_log_lik(quad._features(x), counts, torch.Generator(), 1)
+        mc = torch.logsumexp((counts * logp_u).sum(-1), 0) - np.log(u.shape[0])
+        torch.testing.assert_close(joint, mc, atol=2e-2, rtol=0)
+        assert not torch.allclose(joint, (counts * p.log().float()).sum(-1), atol=0.1)
+    with pytest.raises(ValueError, match="quadrature"):
+        ConditionalIntegerFlow(3, range(1, 6), item_latent=3, quadrature=20)

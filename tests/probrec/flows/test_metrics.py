@@ -15,6 +15,7 @@ from probrec.flows.metrics import (
     majority_accuracy,
     mean_rmse,
     nll,
+    panel_std,
     std_rmse,
     wasserstein1,
 )
@@ -123,3 +124,41 @@ def test_evaluate_on_a_model_with_known_probabilities():
     assert res["nll_mc_se"] == 0.0
     # annotators simulated from the true distributions agree about as much as the humans
     assert abs(res["kappa_sim"] - res["kappa_human"]) < 0.06
+
+
+def _exact_panel_std(p: np.ndarray, n: int, values: np.ndarray) -> float:
+    """E[ddof-0 std of n iid draws from p], summing over every count vector (multinomial)."""
+    from itertools import product
+
+    from scipy.stats import multinomial
+
+    total = 0.0
+    for c in product(range(n + 1), repeat=len(p)):
+        if sum(c) != n:
+            continue
+        c = np.array(c)
+        mean = c @ values / n
+        total += multinomial.pmf(c, n, p) * np.sqrt(max(c @ values**2 / n - mean**2, 0.0))
+    return total
+
+
+def test_panel_std_matches_exact_multinomial_expectation():
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(3), size=5)
+    model = _Lookup(probs)
+    x = np.arange(5, dtype=np.float32)[:, None]
+    sizes = np.array([1, 2, 3, 5, 8])
+    est = panel_std(model, x, sizes, panels=4000, seed=0)
+    exact = [_exact_panel_std(probs[i], int(n), np.array([1.0, 2, 3])) for i, n in enumerate(sizes)]
+    assert est[0] == 0.0  # one annotator: no spread
+    np.testing.assert_allclose(est, exact, atol=0.02)
+    # the expected panel std is below the population std (ddof 0 and Jensen)
+    pop = distribution_moments(probs, [1, 2, 3])[1]
+    assert (est[1:] < pop[1:]).all()
+    with pytest.raises(ValueError, match="panel_sizes"):
+        panel_std(model, x, sizes[:3])
+    human = [[1, 1, 2, 3], [2, 2], [1, 3, 3], [1, 2, 3, 3, 3], [2]]
+    res = evaluate(model, x, human, seed=0)  # panels of the humans' sizes, seed + 2
+    sd = np.array([np.std(h) for h in human[:4]])
+    sim = panel_std(model, x[:4], [4, 2, 3, 5], panels=64, seed=2)
+    assert res["std_rmse_panel"] == pytest.approx(np.sqrt(np.mean((sim - sd) ** 2)), rel=1e-9)
