@@ -50,8 +50,8 @@ MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
     ),
     "integer_flow_panel": (
         ConditionalIntegerFlow,
-        {"item_latent": 2},
-        "conditional integer flow with a 2-d item latent (panels)",
+        {"item_latent": 1, "quadrature": 32},
+        "conditional integer flow with a 1-d item latent (panels; 32-node Gauss-Hermite)",
     ),
     "softmax_flow": (
         ConditionalSoftmaxFlow,
