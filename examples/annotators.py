@@ -32,6 +32,12 @@ import torch
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "annotators"
 DATASETS = ("POPQUORN", "ConvAbuse", "MD-Agreement")
+#: dropout and patience per dataset, chosen on the validation items of seeds 0-2 (never the
+#: test items): on POPQUORN the validation NLL of the Gaussian head, the deep ensemble and
+#: both integer flows improved with dropout 0.5 and a patience of 20 epochs; on ConvAbuse the
+#: item-latent softmax flow's validation NLL was better at dropout 0.2
+TUNED = {"POPQUORN": {"dropout": 0.5, "patience": 20}}
+DEFAULTS = {"dropout": 0.2, "patience": 10}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,11 +68,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="subsample larger datasets to this many items (0: all)",
     )
     p.add_argument("--hidden", type=int, default=64, help="hidden width of every model")
-    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="dropout of every model (default: per dataset, see TUNED)",
+    )
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10)
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early-stopping patience in epochs (default: per dataset, see TUNED)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument(
@@ -112,18 +128,22 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None
     embedder = TextEmbedder(cache_dir=args.cache, progress=progress)
-    common = {"hidden": (args.hidden,), "dropout": args.dropout}
-    fit = {
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "epochs": args.epochs,
-        "patience": args.patience,
-        "batch_size": args.batch_size,
-    }
     report = {"config": vars(args), "datasets": {}}
     t_all = time.perf_counter()
     tables = []
     for name in datasets:
+        tuned = {
+            k: getattr(args, k) if getattr(args, k) is not None else TUNED.get(name, {}).get(k, v)
+            for k, v in DEFAULTS.items()
+        }
+        common = {"hidden": (args.hidden,), "dropout": tuned["dropout"]}
+        fit = {
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "epochs": args.epochs,
+            "patience": tuned["patience"],
+            "batch_size": args.batch_size,
+        }
         data = load_dataset(name, Path(args.data))
         if args.max_items and len(data) > args.max_items:
             keep = np.sort(numpy_rng(12345).choice(len(data), args.max_items, replace=False))
@@ -132,7 +152,8 @@ def main(argv=None) -> int:
         data = data.with_features(embedder.embed(data.texts))
         print(
             f"{name}: {len(data)} items, {data.n_annotations} annotations, labels "
-            f"{list(data.label_values)}; MiniLM features in {time.perf_counter() - t0:.1f} s",
+            f"{list(data.label_values)}; MiniLM features in {time.perf_counter() - t0:.1f} s; "
+            f"dropout {tuned['dropout']}, patience {tuned['patience']}",
             flush=True,
         )
         runs = []
@@ -202,6 +223,7 @@ def main(argv=None) -> int:
         print(table, flush=True)
         tables.append(table)
         report["datasets"][name] = {
+            "settings": {**common, **fit},
             "n_items": len(data),
             "n_annotations": data.n_annotations,
             "runs": runs,
