@@ -49,25 +49,15 @@ def test_inner_loop(bench, tmp_path: Path) -> None:
     assert math.isfinite(payload["speedup"]["ratio_of_medians"])
 
 
+def _tiny_step(check_steps: int) -> list[str]:
+    """Options of a tiny ``adkf_ift_step`` run: 2 tasks, 8 + 12 points, 4 unrolled steps."""
+    sizes = ["--tasks", "2", "--support", "8", "--query", "12", "--hidden", "16"]
+    return TINY + sizes + ["--unroll-steps", "4", "--check-steps", str(check_steps)]
+
+
 def test_adkf_ift_step(bench, tmp_path: Path) -> None:
     out = tmp_path / "step.json"
-    args = TINY + [
-        "--tasks",
-        "2",
-        "--support",
-        "8",
-        "--query",
-        "12",
-        "--hidden",
-        "16",
-        "--unroll-steps",
-        "4",
-        "--check-steps",
-        "200",
-        "--no-rss",
-        "--out",
-        str(out),
-    ]
+    args = _tiny_step(check_steps=200) + ["--no-rss", "--out", str(out)]
     bench("adkf_ift_step").main(args)
     saved = json.loads(out.read_text())
     check = saved["hypergradient_check"]
@@ -130,23 +120,7 @@ def test_inner_loop_real_data(bench, tmp_path: Path, shared_data: Path) -> None:
 
 @pytest.mark.slow
 def test_adkf_ift_step_rss_probe(bench, tmp_path: Path) -> None:
-    args = TINY + [
-        "--tasks",
-        "2",
-        "--support",
-        "8",
-        "--query",
-        "12",
-        "--hidden",
-        "16",
-        "--unroll-steps",
-        "4",
-        "--check-steps",
-        "0",
-        "--rss",
-        "--out",
-        str(tmp_path / "rss.json"),
-    ]
+    args = _tiny_step(check_steps=0) + ["--rss", "--out", str(tmp_path / "rss.json")]
     saved = bench("adkf_ift_step").main(args)
     assert set(saved["peak_rss"]) == {"ift", "unrolled"}
     assert all(v["peak_growth_bytes"] >= 0 for v in saved["peak_rss"].values())
