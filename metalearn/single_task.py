@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
@@ -118,8 +119,9 @@ class _SklearnBaseline(MetaLearner):
             config["columns"] = tuple(config["columns"])
         super().__init__(kind, seed, device, **config)
 
-    def _estimator(self) -> tuple[Any, dict[str, list]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _estimator(self) -> tuple[Any, dict[str, list]]:
+        """The scikit-learn estimator and its hyperparameter grid."""
 
     def adapt(self, support_x: Any, support_y: Any) -> SklearnPredictor:
         x, y = check_support(support_x, support_y, self.kind, dtype=torch.float64)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +136,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-class Sampler:
+class Sampler(ABC):
     """Base class: batched chains, budgets, warm-up adaptation and the run loop.
 
     Subclasses implement :meth:`_cost`, :meth:`_start`, :meth:`_transition`,
@@ -212,9 +213,9 @@ class Sampler:
         self.progress = progress
 
     # ----------------------------------------------------------------------------- interface
+    @abstractmethod
     def _cost(self, target: Target) -> tuple[int, int]:
         """(log-density, gradient) evaluations per chain and transition."""
-        raise NotImplementedError
 
     def _start_cost(self) -> int:
         """Evaluations per chain spent at the start (replicas included)."""
@@ -228,15 +229,15 @@ class Sampler:
         are adapted in turns (DiGS noise levels) ask for enough to visit every group."""
         return 0
 
+    @abstractmethod
     def _start(
         self, target: Target, x0: Tensor, lp: Tensor, grad: Tensor | None, plan: RunPlan
     ) -> Any:
         """Builds the sampler state from validated starting states (``n_chains x d``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _transition(self, state: Any, t: int, adapting: bool) -> Any:
         """One transition (``t`` is 1-based); returns the new state."""
-        raise NotImplementedError
 
     def _advance(self, state: Any, t: int, n: int) -> Any:
         """``n`` transitions after warm-up starting with transition ``t``; samplers with a fused
@@ -245,12 +246,12 @@ class Sampler:
             state = self._transition(state, t + i, False)
         return state
 
-    def _end_warmup(self) -> None:
+    def _end_warmup(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Freezes adapted step sizes."""
 
+    @abstractmethod
     def _positions(self, state: Any) -> Tensor:
         """Current ``n_chains x d`` states of the kept chains."""
-        raise NotImplementedError
 
     def _diagnostics(self) -> dict[str, Any]:
         return {}

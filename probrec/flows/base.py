@@ -34,6 +34,7 @@ import contextlib
 import copy
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,7 +71,7 @@ def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-class AnnotatorModel(nn.Module):
+class AnnotatorModel(nn.Module, ABC):
     """Base class of conditional distributions ``p(y | x)`` over ``K`` integer labels.
 
     Args:
@@ -172,15 +173,15 @@ class AnnotatorModel(nn.Module):
             yield slice(start, min(start + batch_size, n))
 
     # ------------------------------------------------------------------ model hooks
+    @abstractmethod
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         """Per-item negative log-likelihood (or bound) ``[B]`` (or ``[M, B]`` for ensembles)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _label_log_probs(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
     ) -> Tensor:
         """``[B, K]`` log-probabilities of every label for standardised features ``z``."""
-        raise NotImplementedError
 
     def _estimate(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None

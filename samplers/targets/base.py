@@ -9,6 +9,7 @@ be sampled exactly implement :meth:`Target.sample`.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from probrec.seeding import torch_generator
 __all__ = ["Target", "check_positions", "check_start", "load_reference_samples"]
 
 
-class Target(nn.Module):
+class Target(nn.Module, ABC):
     """Base class of targets: ``log p(x)`` up to a constant, batched over rows of ``x``.
 
     Subclasses implement :meth:`log_prob`; they may override :meth:`log_prob_and_grad` with a
@@ -47,6 +48,7 @@ class Target(nn.Module):
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
 
+    @abstractmethod
     def log_prob(self, x: Tensor) -> Tensor:
         """Unnormalised log-density.
 
@@ -56,7 +58,6 @@ class Target(nn.Module):
         Returns:
             A ``n``-dim tensor of log-densities (``-inf`` outside the support).
         """
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         return self.log_prob(x)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import abstractmethod
 from pathlib import Path
 
 import torch
@@ -85,11 +86,13 @@ class ParticleSystem(Target):
         self.register_buffer("_offdiag", 1.0 - torch.eye(self.n_particles), persistent=False)
 
     # --- to be provided by subclasses -------------------------------------------------------
+    @abstractmethod
     def pair_energy(self, r: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Energy of a pair at distance ``r`` (any shape, elementwise)."""
 
+    @abstractmethod
     def pair_denergy(self, r: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Derivative of :meth:`pair_energy` with respect to ``r`` (elementwise)."""
 
     def one_body(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """One-body energy and its gradient for ``n x P x s`` positions (none by default)."""
