@@ -1,6 +1,7 @@
 """Tasks, episodes, loaders and molecule featurisers.
 
-Public names: :class:`Task`, :class:`Episode`, :class:`TaskSet`, :func:`sample_episode`,
+Public names (plus those of :mod:`probrec.data.annotations`): :class:`Task`,
+:class:`Episode`, :class:`TaskSet`, :func:`sample_episode`,
 :func:`split_tasks`, :func:`load_moleculenet`, :func:`load_regression_csv`,
 :func:`load_regression_set`, :func:`load_fsmol_task`, :func:`load_fsmol_split`,
 :func:`load_chembl_assay_table`, :class:`MoleculeFeaturizer`, :func:`featurize_tasks`,
@@ -9,17 +10,8 @@ Public names: :class:`Task`, :class:`Episode`, :class:`TaskSet`, :func:`sample_e
 :func:`sinusoid_tasks`, :func:`latent_feature_tasks`, :func:`descriptor_tasks`.
 """
 
-from probrec.data.annotations import (
-    LEWIDI_DATASETS,
-    AnnotationSet,
-    annotation_counts,
-    check_label_values,
-    load_lewidi,
-    load_popquorn,
-    pad_annotations,
-    split_items,
-    synthetic_annotations,
-)
+from probrec.data import annotations as _annotations
+from probrec.data.annotations import *  # noqa: F403 - re-exported through __all__ below
 from probrec.data.embedded import load_nci_smiles, load_rdkit_chembl_assay
 from probrec.data.featurize import MoleculeFeaturizer, featurize_tasks
 from probrec.data.fsmol import (
@@ -44,15 +36,7 @@ from probrec.data.tasks import (
 )
 
 __all__ = [
-    "LEWIDI_DATASETS",
-    "AnnotationSet",
-    "annotation_counts",
-    "check_label_values",
-    "load_lewidi",
-    "load_popquorn",
-    "pad_annotations",
-    "split_items",
-    "synthetic_annotations",
+    *_annotations.__all__,
     "CleanedAssay",
     "Episode",
     "ExcludedTaskError",
