@@ -1,0 +1,110 @@
+"""LoopFM on MovieLens-100k: transfer from a foundation model to a small vertical model.
+
+Chronological protocol (see :mod:`probrec.recsys.pipeline`): the foundation model (a DLRM
+with a sequence encoder) is trained on the first 70% of the ratings by time; its event
+embeddings of all logged events go to a frozen store keyed by (user, item, time); vertical
+models (small hashed-id DLRMs) are trained on the next 15% -- alone, with distillation (KD),
+with LoopFM inputs (histories of stored FM embeddings), with both, and with ExFM's auxiliary
+head -- and everything is scored on the last 15%. Prints AUC / log loss (mean +- s.e. over
+seeds), transfer ratios and a gain decomposition; writes JSON and markdown to ``--out``.
+
+Positive = rating >= 4. Default: 3 seeds, about 7 minutes on one CPU thread.
+
+Example:
+    python examples/recsys_loopfm.py --seeds 0,1,2 --out runs/recsys_loopfm
+    python examples/recsys_loopfm.py --download data/ml-100k   # fetch MovieLens-100k first
+    python examples/recsys_loopfm.py --format taobao \
+        --data ../shared/data/recsys/ctr_samples/taobaoad_tiny_train.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="MovieLens folder or TaobaoAd CSV")
+    p.add_argument("--format", choices=("movielens", "taobao"), default="movielens")
+    p.add_argument(
+        "--download", default=None, help="download MovieLens-100k into this folder and use it"
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--out", default="runs/recsys_loopfm", help="output folder")
+    p.add_argument(
+        "--no-ablation", action="store_true", help="skip the untrained-FM-store ablation"
+    )
+    p.add_argument("--fm-epochs", type=int, default=None, help="maximum FM epochs")
+    p.add_argument("--vm-epochs", type=int, default=None, help="maximum VM epochs")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def load_log(args: argparse.Namespace):
+    """The interaction log named by ``--data`` / ``--format`` / ``--download``."""
+    from probrec.data.movielens import download_movielens, load_movielens
+    from probrec.data.taobao import load_taobao_ad
+
+    if args.download:
+        return load_movielens(download_movielens(args.download))
+    if args.format == "taobao":
+        return load_taobao_ad(args.data)
+    return load_movielens(args.data)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from probrec.recsys.pipeline import (
+        UNTRAINED,
+        VARIANTS,
+        LoopFMConfig,
+        run_loopfm,
+        summarize_runs,
+        summary_markdown,
+    )
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = load_log(args)
+    print(log)
+    cfg = LoopFMConfig(variants=VARIANTS if args.no_ablation else (*VARIANTS, UNTRAINED))
+    if args.fm_epochs:
+        cfg.fm_train.epochs = args.fm_epochs
+    if args.vm_epochs:
+        cfg.vm_train.epochs = args.vm_epochs
+    t0 = time.perf_counter()
+    runs = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        run, _ = run_loopfm(
+            log, out, seed=seed, config=cfg, progress=False if args.no_progress else None
+        )
+        runs.append(run)
+    summary = summarize_runs(runs)
+    md = summary_markdown(summary)
+    print(f"\n## LoopFM on {log.name}: sizes {runs[0].sizes}\n\n{md}")
+    (out / "loopfm.md").write_text(md + "\n")
+    report = {
+        "args": vars(args),
+        "config": {k: str(v) for k, v in vars(cfg).items()},
+        "summary": summary,
+        "runs": [r.to_json() for r in runs],
+        "seconds": time.perf_counter() - t0,
+    }
+    (out / "loopfm.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"\nwrote {out}/loopfm.md and loopfm.json in {report['seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""Foundation model (FM) and vertical model (VM) for click-through prediction.
+
+Both are DLRMs (Naumov et al., "Deep Learning Recommendation Model for Personalization and
+Recommendation Systems", 2019): every sparse feature becomes an embedding vector, the
+interaction layer takes all pairwise dot products of those vectors, and a top MLP maps the dot
+products and the concatenated vectors to a logit.
+
+* :class:`FoundationModel` -- large and strong: full id tables for the users and items of its
+  training period, every side field, the genre block, dense history statistics and a sequence
+  encoder over the user's recent events (item embedding + the event's label, attention pooling
+  with recency ranks, :class:`~probrec.backbone.history.HistoryEncoder`), plus masked means of
+  the liked and the disliked items. Its *event embedding* -- the last hidden layer of the top
+  MLP, ``[B, embed_dim]`` -- is what LoopFM stores.
+* :class:`VerticalModel` -- small: hashed id embeddings (the hashing trick, Weinberger et al.
+  2009; Chen et al., "Compressing Neural Networks with the Hashing Trick", ICML 2015), so ids
+  never seen need no table growth; a mean-pooled history of its own hashed item embeddings;
+  optionally LoopFM inputs -- the user's and the item's histories of *stored* FM event
+  embeddings, each with its event label, pooled by history encoders (Jiang et al., "LoopFM",
+  2026) -- and optionally ExFM's auxiliary head (Liang et al., "External Large Foundation
+  Model", 2025), a second logit trained on the FM's predictions and unused at serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from probrec.backbone.history import HistoryEncoder
+from probrec.backbone.mlp import MLPEncoder
+from probrec.checks import check_positive_int
+from probrec.seeding import torch_generator
+
+__all__ = ["FoundationModel", "HashedEmbedding", "VerticalModel", "dot_interaction"]
+
+_HASH_PRIME = 2_147_483_647  # 2^31 - 1
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torch's default initialisers draw from the global generator: seed a private copy."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+class HashedEmbedding(nn.Module):
+    r"""Embedding of arbitrary integer ids through a fixed table of ``buckets`` rows.
+
+    Row of id :math:`x`: :math:`h(x) = ((a \cdot (x \bmod p) + b) \bmod p) \bmod m`, a
+    Carter-Wegman universal hash with :math:`p = 2^{31} - 1` and seeded :math:`a, b`; distinct
+    ids may share a row (the hashing trick). Ids never seen in training still get a row.
+
+    Args:
+        buckets: ``m``, table rows.
+        dim: embedding width.
+        seed: seed of the hash constants and of the initialisation.
+    """
+
+    def __init__(self, buckets: int, dim: int, *, seed: int = 0) -> None:
+        super().__init__()
+        self.buckets = check_positive_int(buckets, "buckets")
+        self.dim = check_positive_int(dim, "dim")
+        gen = torch_generator(seed)
+        ab = torch.randint(1, _HASH_PRIME, (2,), generator=gen, dtype=torch.int64)
+        self.register_buffer("a", ab[0].clone(), persistent=True)
+        self.register_buffer("b", ab[1].clone(), persistent=True)
+        self.table = nn.Embedding(self.buckets, self.dim)
+        with torch.no_grad():
+            self.table.weight.normal_(0.0, 0.05, generator=gen)
+
+    def bucket(self, ids: Tensor) -> Tensor:
+        """Table rows of ``ids`` (any shape, int64, may be negative)."""
+        if ids.dtype != torch.int64:
+            raise TypeError(f"ids must be int64, got {ids.dtype}")
+        x = torch.remainder(ids, _HASH_PRIME)  # in [0, p): a * x < 2^62, no overflow
+        return torch.remainder(torch.remainder(self.a * x + self.b, _HASH_PRIME), self.buckets)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """``[...] -> [..., dim]``."""
+        return self.table(self.bucket(ids))
+
+
+def dot_interaction(vectors: Tensor) -> Tensor:
+    """DLRM interaction: all pairwise dot products of ``[B, F, e]`` -> ``[B, F (F - 1) / 2]``."""
+    f = vectors.shape[1]
+    gram = torch.bmm(vectors, vectors.transpose(1, 2))
+    iu = torch.triu_indices(f, f, offset=1, device=vectors.device)
+    return gram[:, iu[0], iu[1]]
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    w = mask.to(x.dtype)
+    return torch.einsum("bl,ble->be", w, x) / w.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def _dense_stats(batch: dict[str, Tensor]) -> Tensor:
+    """``[B, 2]``: log(1 + history length) and the history's positive rate."""
+    return torch.stack([torch.log1p(batch["hist_count"]), batch["hist_pos_rate"]], dim=-1)
+
+
+class _Top(nn.Module):
+    """Top MLP over ``[dots, concatenated vectors]`` -> hidden representation -> logit."""
+
+    def __init__(
+        self, n_vec: int, emb: int, hidden: Sequence[int], seed: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        in_dim = n_vec * (n_vec - 1) // 2 + n_vec * emb
+        self.mlp = MLPEncoder(
+            in_dim, hidden=tuple(hidden), dropout=dropout, sparse_input=False, seed=seed
+        )
+        self.logit = nn.Linear(hidden[-1], 1)
+
+    def forward(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        z = torch.cat([dot_interaction(vectors), vectors.flatten(1)], dim=-1)
+        h = self.mlp(z)
+        return h, self.logit(h).squeeze(-1)
+
+
+class FoundationModel(nn.Module):
+    """The large DLRM with a sequence encoder (see the module docstring).
+
+    Args:
+        n_users: rows of the user table (FM vocabulary, row 0 = unseen users).
+        n_items: rows of the item table.
+        field_cardinalities: table sizes of the side fields.
+        n_multi_hot: width of the multi-hot block (0 if none).
+        emb_dim: embedding width ``e``.
+        hidden: top-MLP widths; the last is the stored event-embedding width.
+        max_history: ``L`` (recency-rank table size of the sequence encoder).
+        heads: attention heads of the sequence encoder.
+        dropout: dropout after each top-MLP hidden layer.
+        seed: initialisation seed.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        field_cardinalities: Sequence[int],
+        n_multi_hot: int = 0,
+        *,
+        emb_dim: int = 32,
+        hidden: Sequence[int] = (256, 128, 64),
+        max_history: int = 50,
+        heads: int = 2,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dropout = float(dropout)
+        with _seeded(seed):
+            self._build(
+                n_users,
+                n_items,
+                field_cardinalities,
+                n_multi_hot,
+                emb_dim,
+                hidden,
+                max_history,
+                heads,
+                seed,
+            )
+
+    def _build(
+        self,
+        n_users,
+        n_items,
+        field_cardinalities,
+        n_multi_hot,
+        emb_dim,
+        hidden,
+        max_history,
+        heads,
+        seed,
+    ) -> None:
+        e = check_positive_int(emb_dim, "emb_dim")
+        self.user = nn.Embedding(n_users, e)
+        self.item = nn.Embedding(n_items, e)
+        self.fields = nn.ModuleList(nn.Embedding(c, e) for c in field_cardinalities)
+        self.genre = nn.Linear(n_multi_hot, e) if n_multi_hot else None
+        self.label_emb = nn.Embedding(2, e)
+        self.dense = nn.Linear(2, e)
+        self.seq = HistoryEncoder(
+            e, "attention", num_heads=heads, max_positions=max_history, seed=seed
+        )
+        for emb in (self.user, self.item, *self.fields, self.label_emb):
+            nn.init.normal_(emb.weight, 0.0, 0.05)
+        n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 1 + 3
+        self.top = _Top(n_vec, e, hidden, seed, self.dropout)
+        self.embed_dim = int(hidden[-1])
+
+    def vectors(self, batch: dict[str, Tensor]) -> Tensor:
+        """Sparse-feature vectors ``[B, F, e]`` that enter the interaction layer."""
+        vec = [self.user(batch["fm_user"]), self.item(batch["fm_item"])]
+        vec += [emb(batch["fields"][:, j]) for j, emb in enumerate(self.fields)]
+        if self.genre is not None:
+            vec.append(self.genre(batch["multi_hot"]))
+        vec.append(self.dense(_dense_stats(batch)))
+        mask, lab = batch["hist_mask"], batch["hist_label"]
+        hist_item = self.item(batch["hist_fm_item"])
+        seq_in = hist_item + self.label_emb(lab.long())
+        vec.append(self.seq(seq_in, mask))
+        vec.append(_masked_mean(hist_item, mask & (lab > 0.5)))
+        vec.append(_masked_mean(hist_item, mask & (lab < 0.5)))
+        return torch.stack(vec, dim=1)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Returns ``(event embedding [B, embed_dim], logit [B])``."""
+        return self.top(self.vectors(batch))
+
+
+class VerticalModel(nn.Module):
+    """The small DLRM with hashed ids, optional LoopFM inputs and ExFM auxiliary head.
+
+    LoopFM inputs are passed in the batch as ``fm_hist [B, L, d]`` / ``fm_ihist [B, K, d]``
+    (stored FM embeddings of the user's and the item's earlier events, read from the store)
+    with the masks and labels of :meth:`~probrec.recsys.features.EventTable.batch`.
+
+    Args:
+        field_cardinalities: cardinalities of the side fields (hashed into at most
+            ``field_buckets`` rows each).
+        n_multi_hot: width of the multi-hot block.
+        emb_dim: embedding width.
+        hidden: top-MLP widths.
+        user_buckets: hashed user-table rows.
+        item_buckets: hashed item-table rows.
+        field_buckets: cap on the rows of each side-field table.
+        fm_dim: width ``d`` of the stored FM embeddings; ``None`` = no LoopFM inputs.
+        max_history: ``L`` (recency-rank table of the LoopFM user-history encoder).
+        aux_head: add ExFM's auxiliary head.
+        seed: initialisation and hashing seed.
+    """
+
+    def __init__(
+        self,
+        field_cardinalities: Sequence[int],
+        n_multi_hot: int = 0,
+        *,
+        emb_dim: int = 16,
+        hidden: Sequence[int] = (64, 32),
+        user_buckets: int = 1024,
+        item_buckets: int = 2048,
+        field_buckets: int = 64,
+        fm_dim: int | None = None,
+        max_history: int = 50,
+        aux_head: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        with _seeded(seed):
+            self._build(
+                field_cardinalities,
+                n_multi_hot,
+                emb_dim,
+                hidden,
+                user_buckets,
+                item_buckets,
+                field_buckets,
+                fm_dim,
+                max_history,
+                aux_head,
+                seed,
+            )
+
+    def _build(
+        self,
+        field_cardinalities,
+        n_multi_hot,
+        emb_dim,
+        hidden,
+        user_buckets,
+        item_buckets,
+        field_buckets,
+        fm_dim,
+        max_history,
+        aux_head,
+        seed,
+    ) -> None:
+        e = check_positive_int(emb_dim, "emb_dim")
+        self.user = HashedEmbedding(user_buckets, e, seed=seed)
+        self.item = HashedEmbedding(item_buckets, e, seed=seed + 1)
+        self.fields = nn.ModuleList(
+            HashedEmbedding(min(c, field_buckets), e, seed=seed + 2 + j)
+            for j, c in enumerate(field_cardinalities)
+        )
+        self.genre = nn.Linear(n_multi_hot, e) if n_multi_hot else None
+        self.dense = nn.Linear(2, e)
+        self.label_emb = nn.Embedding(2, e)
+        nn.init.normal_(self.label_emb.weight, 0.0, 0.05)
+        self.fm_dim = fm_dim
+        n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 2
+        if fm_dim is not None:
+            d = check_positive_int(fm_dim, "fm_dim")
+            self.fm_label = nn.Embedding(2, d)
+            nn.init.normal_(self.fm_label.weight, 0.0, 0.05)
+            self.fm_user_seq = HistoryEncoder(
+                d, "attention", out_dim=e, num_heads=2, max_positions=max_history, seed=seed
+            )
+            self.fm_item_seq = HistoryEncoder(d, "mean", out_dim=e, seed=seed + 1)
+            n_vec += 2
+        self.top = _Top(n_vec, e, hidden, seed)
+        self.aux = nn.Linear(hidden[-1], 1) if aux_head else None
+
+    def vectors(self, batch: dict[str, Tensor]) -> Tensor:
+        """Sparse-feature vectors ``[B, F, e]`` that enter the interaction layer."""
+        vec = [self.user(batch["user"]), self.item(batch["item"])]
+        vec += [emb(batch["fields"][:, j]) for j, emb in enumerate(self.fields)]
+        if self.genre is not None:
+            vec.append(self.genre(batch["multi_hot"]))
+        vec.append(self.dense(_dense_stats(batch)))
+        own = self.item(batch["hist_item"]) + self.label_emb(batch["hist_label"].long())
+        vec.append(_masked_mean(own, batch["hist_mask"]))
+        if self.fm_dim is not None:
+            if "fm_hist" not in batch:
+                raise ValueError("this VerticalModel uses LoopFM inputs: batch needs 'fm_hist'")
+            u = batch["fm_hist"] + self.fm_label(batch["hist_label"].long())
+            vec.append(self.fm_user_seq(u, batch["hist_mask"]))
+            i = batch["fm_ihist"] + self.fm_label(batch["ihist_label"].long())
+            vec.append(self.fm_item_seq(i, batch["ihist_mask"]))
+        return torch.stack(vec, dim=1)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Returns ``(hidden [B, hidden[-1]], logit [B], auxiliary logit [B] or None)``."""
+        h, logit = self.top(self.vectors(batch))
+        return h, logit, None if self.aux is None else self.aux(h).squeeze(-1)

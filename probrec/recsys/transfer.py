@@ -1,0 +1,262 @@
+"""Knowledge transfer from a foundation model to a vertical model: losses, training, metrics.
+
+* :func:`kd_loss` -- knowledge distillation with the FM's predictions as soft labels (Hinton
+  et al., 2015): binary cross-entropy between temperature-softened probabilities, scaled by
+  ``T^2``.
+* :func:`vm_loss` -- the vertical model's objective: label loss, optionally mixed with
+  distillation, optionally plus ExFM's auxiliary-head loss (Liang et al., "External Large
+  Foundation Model", 2025: FM supervision on a separate head, so the serving head is trained
+  on true labels only).
+* :func:`train_ctr` -- Adam with early stopping on validation log loss, for the FM and every VM
+  variant.
+* :func:`ctr_metrics` -- AUC and log loss; :func:`transfer_ratio` -- the fraction of the
+  FM's AUC gain over the VM that a transfer method captures (LoopFM, 2026).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import log_loss, roc_auc_score
+from torch import Tensor, nn
+
+from probrec.progress import track
+from probrec.recsys.features import EventTable
+from probrec.seeding import numpy_rng
+
+__all__ = [
+    "TrainSpec",
+    "ctr_metrics",
+    "kd_loss",
+    "predict_logits",
+    "train_ctr",
+    "transfer_ratio",
+    "vm_loss",
+]
+
+Inputs = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+def kd_loss(student_logit: Tensor, teacher_logit: Tensor, temperature: float = 1.0) -> Tensor:
+    r"""Binary distillation loss, mean over the batch.
+
+    :math:`T^2 \cdot \mathrm{BCE}(\sigma(z_t / T), \sigma(z_s / T))`; its gradient in
+    :math:`z_s` is :math:`T (\sigma(z_s/T) - \sigma(z_t/T))`, zero when the student matches.
+
+    Args:
+        student_logit: ``[B]``.
+        teacher_logit: ``[B]`` (no gradient flows into it).
+        temperature: ``T > 0``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logit.shape != teacher_logit.shape:
+        raise ValueError(
+            f"student_logit {tuple(student_logit.shape)} and teacher_logit "
+            f"{tuple(teacher_logit.shape)} must have the same shape"
+        )
+    t = float(temperature)
+    soft = torch.sigmoid(teacher_logit.detach() / t)
+    return t * t * F.binary_cross_entropy_with_logits(student_logit / t, soft)
+
+
+def vm_loss(
+    logit: Tensor,
+    label: Tensor,
+    *,
+    teacher_logit: Tensor | None = None,
+    kd_weight: float = 0.0,
+    temperature: float = 1.0,
+    aux_logit: Tensor | None = None,
+    aux_weight: float = 0.0,
+) -> Tensor:
+    r"""``(1 - w_kd) BCE(y, z) + w_kd KD(z, z_FM) + w_aux KD(z_aux, z_FM)``.
+
+    Args:
+        logit: ``[B]`` serving-head logits.
+        label: ``[B]`` 0/1 labels.
+        teacher_logit: ``[B]`` FM logits (needed when a weight is positive).
+        kd_weight: ``w_kd`` in ``[0, 1]``.
+        temperature: KD temperature.
+        aux_logit: ``[B]`` auxiliary-head logits (ExFM).
+        aux_weight: ``w_aux >= 0``.
+    """
+    if not 0.0 <= kd_weight <= 1.0:
+        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
+    if (kd_weight > 0 or aux_weight > 0) and teacher_logit is None:
+        raise ValueError("teacher_logit is needed when kd_weight or aux_weight is positive")
+    loss = (1.0 - kd_weight) * F.binary_cross_entropy_with_logits(logit, label)
+    if kd_weight > 0:
+        loss = loss + kd_weight * kd_loss(logit, teacher_logit, temperature)
+    if aux_weight > 0:
+        if aux_logit is None:
+            raise ValueError("aux_weight > 0 needs a model with an auxiliary head")
+        loss = loss + aux_weight * kd_loss(aux_logit, teacher_logit, temperature)
+    return loss
+
+
+def ctr_metrics(label: np.ndarray, logit: np.ndarray) -> dict[str, float]:
+    """AUC and log loss of logits ``[n]`` against 0/1 labels ``[n]``.
+
+    AUC is undefined when ``label`` holds one class (tiny samples); it is then reported as
+    NaN with a warning, and the log loss is still given.
+    """
+    y = np.asarray(label, dtype=float)
+    z = np.asarray(logit, dtype=float)
+    if y.shape != z.shape or y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"label and logit must be equal-length 1-d, got {y.shape}, {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError("logit contains NaN/inf")
+    p = 1.0 / (1.0 + np.exp(-z))
+    one_class = y.min() == y.max()
+    if one_class:
+        warnings.warn("AUC is undefined: the labels hold one class", stacklevel=2)
+    return {
+        "auc": float("nan") if one_class else float(roc_auc_score(y, z)),
+        "logloss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
+    }
+
+
+def transfer_ratio(auc_transfer: float, auc_vm: float, auc_fm: float) -> float:
+    r"""``(AUC(VM with transfer) - AUC(VM)) / (AUC(FM) - AUC(VM))``.
+
+    Raises:
+        ValueError: ``AUC(FM) == AUC(VM)`` (the ratio is undefined).
+    """
+    gap = auc_fm - auc_vm
+    if gap == 0:
+        raise ValueError("transfer ratio is undefined when the FM and the VM have equal AUC")
+    return (auc_transfer - auc_vm) / gap
+
+
+@dataclass
+class TrainSpec:
+    """Training settings of :func:`train_ctr`.
+
+    Attributes:
+        epochs: maximum epochs.
+        batch_size: events per step.
+        lr: Adam learning rate.
+        weight_decay: Adam (L2) weight decay.
+        patience: epochs without a better validation AUC before stopping.
+        kd_weight, temperature, aux_weight: see :func:`vm_loss`.
+    """
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 2
+    kd_weight: float = 0.0
+    temperature: float = 1.0
+    aux_weight: float = 0.0
+
+
+def _split_output(out: tuple) -> tuple[Tensor, Tensor | None]:
+    """``(logit, aux logit or None)`` of an FM ``(h, z)`` or VM ``(h, z, aux)`` output."""
+    return out[1], (out[2] if len(out) > 2 else None)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    table: EventTable,
+    index: np.ndarray,
+    *,
+    inputs: Inputs | None = None,
+    batch_size: int = 2048,
+) -> Tensor:
+    """Serving-head logits ``[n]`` of ``model`` on the events at ``index``."""
+    model.eval()
+    out = []
+    for s in range(0, len(index), batch_size):
+        b = table.batch(index[s : s + batch_size])
+        out.append(_split_output(model(inputs(b) if inputs else b))[0])
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def train_ctr(
+    model: nn.Module,
+    table: EventTable,
+    train_index: np.ndarray,
+    valid_index: np.ndarray,
+    spec: TrainSpec,
+    *,
+    inputs: Inputs | None = None,
+    teacher_logit: Tensor | None = None,
+    seed: int = 0,
+    progress: bool | None = False,
+) -> dict[str, list[float]]:
+    """Trains a CTR model with Adam; keeps the parameters of the best validation log loss.
+
+    Args:
+        model: :class:`~probrec.recsys.models.FoundationModel` or
+            :class:`~probrec.recsys.models.VerticalModel`.
+        table: the events.
+        train_index: ``[n]`` training events.
+        valid_index: validation events (early stopping).
+        spec: settings.
+        inputs: adds extra inputs to a batch (e.g. :class:`~probrec.recsys.loopfm.StoredHistory`).
+        teacher_logit: ``[len(table.log)]`` FM logits of every event, for KD / auxiliary head.
+        seed: seed of the shuffling.
+        progress: show a progress bar.
+
+    Returns:
+        History: ``train_loss``, ``valid_auc``, ``valid_logloss`` per epoch, ``best_epoch``.
+    """
+    if len(train_index) == 0 or len(valid_index) == 0:
+        raise ValueError("train_index and valid_index must be non-empty")
+    rng = numpy_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    valid_y = table.log.label[valid_index]
+    best, best_state, bad = -np.inf, copy.deepcopy(model.state_dict()), 0
+    hist: dict[str, list[float]] = {
+        "train_loss": [],
+        "valid_auc": [],
+        "valid_logloss": [],
+        "best_epoch": [0],
+    }
+    for epoch in track(range(spec.epochs), progress=progress, desc="epochs"):
+        model.train()
+        perm = rng.permutation(train_index)
+        total = 0.0
+        for s in range(0, len(perm), spec.batch_size):
+            idx = perm[s : s + spec.batch_size]
+            b = table.batch(idx)
+            logit, aux = _split_output(model(inputs(b) if inputs else b))
+            teach = None if teacher_logit is None else teacher_logit[torch.from_numpy(idx)]
+            loss = vm_loss(
+                logit,
+                b["label"],
+                teacher_logit=teach,
+                kd_weight=spec.kd_weight,
+                temperature=spec.temperature,
+                aux_logit=aux,
+                aux_weight=spec.aux_weight,
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one-class validation sets: AUC undefined
+            m = ctr_metrics(valid_y, predict_logits(model, table, valid_index, inputs=inputs))
+        hist["train_loss"].append(total / len(perm))
+        hist["valid_auc"].append(m["auc"])
+        hist["valid_logloss"].append(m["logloss"])
+        if -m["logloss"] > best:
+            best, best_state, bad = -m["logloss"], copy.deepcopy(model.state_dict()), 0
+            hist["best_epoch"] = [epoch]
+        else:
+            bad += 1
+            if bad >= spec.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return hist
