@@ -378,11 +378,15 @@ def inner_objective_derivatives(
     h = unpack(theta, config)
     t, n = y.shape
     m = mask.to(theta.dtype) if mask is not None else torch.ones_like(y)
-    mm = m[:, :, None] * m[:, None, :]
     c, dc, d2c = _correlation_and_derivatives(config, geom, h.lengthscale)
     s = h.outputscale[:, None, None]
+    if mask is not None:  # padded rows and columns drop out of every kernel matrix
+        mm = m[:, :, None] * m[:, None, :]
+        c = c * mm
+        dc = None if dc is None else dc * mm
+        d2c = None if d2c is None else d2c * mm
     eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
-    cov = s * c * mm + eye * (h.noise[:, None] * m + (1.0 - m))[:, :, None]
+    cov = s * c + eye * (h.noise[:, None] * m + (1.0 - m))[:, :, None]
     chol = robust_cholesky(cov)
     dt = chol.dtype
     a_inv = torch.cholesky_inverse(chol)
@@ -393,8 +397,8 @@ def inner_objective_derivatives(
     # first-derivative matrices D_i (dense, or a diagonal for the noise)
     dense: list[torch.Tensor | None] = []
     if h.lengthscale is not None:
-        dense.append((s * dc * mm).to(dt))
-    dense.append((s * c * mm).to(dt))
+        dense.append((s * dc).to(dt))
+    dense.append((s * c).to(dt))
     noise_diag = ((h.noise - config.min_noise)[:, None] * m).to(dt)  # d noise / d log noise
     dense.append(None)
     p_k = len(dense)  # kernel/noise parameters
@@ -416,7 +420,7 @@ def inner_objective_derivatives(
             if i == j or (h.lengthscale is not None and i == 0 and j == 1):
                 # second-derivative matrices: D_ll, D_ls = D_l, D_ss = D_s, D_nn = D_n
                 if h.lengthscale is not None and i == 0 and j == 0:
-                    d2 = (s * d2c * mm).to(dt)
+                    d2 = (s * d2c).to(dt)
                     tr2 = (a_inv * d2).sum((-1, -2))
                     quad2 = (alpha * (d2 @ alpha[..., None])[..., 0]).sum(-1)
                 else:  # D_ls = D_l for (i, j) = (l, s); D_ii = D_i otherwise

@@ -11,6 +11,7 @@ converged stop moving while the others continue.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -125,8 +126,22 @@ def batched_newton(
         # (predicted decrease ~ 1e-17) are not rejected
         slack = 4 * torch.finfo(f.dtype).eps * (1.0 + f.abs())
 
-        ok_full = _armijo(fn, theta, d, f, slope, slack, steps[:1])
+        # With closed-form derivatives the full step is scored by them: when every task
+        # accepts it (the usual case) they are the next iterate's, saving one evaluation.
+        if derivatives is not None:
+            trial_derivs = derivs(theta + d)
+            f_full = trial_derivs[0]
+            f_full = torch.where(torch.isfinite(f_full), f_full, torch.full_like(f_full, math.inf))
+            ok_full = (f_full <= f + 1e-4 * slope + slack)[None]
+        else:
+            trial_derivs = None
+            ok_full = _armijo(fn, theta, d, f, slope, slack, steps[:1])
         if bool((ok_full[0] | ~active).all()):
+            if trial_derivs is not None:
+                theta = theta + d
+                n_iter = n_iter + active.long()
+                f, g, h = trial_derivs
+                continue
             ok = torch.cat(
                 [ok_full, torch.zeros(k - 1, t, dtype=torch.bool, device=ok_full.device)]
             )
