@@ -50,24 +50,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_log(args: argparse.Namespace):
-    """The interaction log named by ``--data`` / ``--format`` / ``--download``."""
-    from probrec.data.movielens import download_movielens, load_movielens
-    from probrec.data.taobao import load_taobao_ad
-
-    if args.download:
-        return load_movielens(download_movielens(args.download))
-    if args.format == "taobao":
-        return load_taobao_ad(args.data)
-    return load_movielens(args.data)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from probrec.recsys.pipeline import (
         UNTRAINED,
         VARIANTS,
         LoopFMConfig,
+        load_log,
         run_loopfm,
         summarize_runs,
         summary_markdown,
@@ -76,7 +65,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = load_log(args)
+    log = load_log(args.data, args.format, download=args.download)
     print(log)
     cfg = LoopFMConfig(variants=VARIANTS if args.no_ablation else (*VARIANTS, UNTRAINED))
     if args.fm_epochs:

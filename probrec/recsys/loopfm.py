@@ -70,6 +70,12 @@ def write_fm_store(
         dtype: storage dtype.
     """
     n = len(table.log)
+    keys = np.stack([table.log.user, table.log.item, table.log.time], axis=1)
+    if len(np.unique(keys, axis=0)) != n:
+        raise ValueError(
+            "the log repeats (user, item, time) triples; the store needs one key per event "
+            "(merge repeated rows first, as load_taobao_ad does)"
+        )
     with EmbeddingStore.writer(
         path,
         n,

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from probrec.checks import check_choice
 from probrec.data.movielens import InteractionLog
 from probrec.recsys.features import EventTable, chronological_split
 from probrec.recsys.loopfm import StoredHistory, fm_embeddings, write_fm_store
@@ -40,7 +41,7 @@ from probrec.recsys.transfer import (
     transfer_ratio,
 )
 
-__all__ = ["UNTRAINED", "VARIANTS", "LoopFMConfig", "LoopFMRun", "run_loopfm"]
+__all__ = ["UNTRAINED", "VARIANTS", "LoopFMConfig", "load_log", "LoopFMRun", "run_loopfm"]
 
 VARIANTS = ("VM", "VM+KD", "VM+LoopFM", "VM+LoopFM+KD", "VM+AuxHead")
 #: ablation: LoopFM inputs read from a store written by an *untrained* FM (same architecture and
@@ -105,6 +106,20 @@ class LoopFMRun:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def load_log(
+    data: str | Path, fmt: str = "movielens", *, download: str | Path | None = None
+) -> InteractionLog:
+    """The log of the example scripts: a MovieLens folder (``fmt="movielens"``), a TaobaoAd CSV
+    (``fmt="taobao"``), or MovieLens-100k downloaded into ``download`` first."""
+    from probrec.data.movielens import download_movielens, load_movielens
+    from probrec.data.taobao import load_taobao_ad
+
+    check_choice(fmt, "fmt", ("movielens", "taobao"))
+    if download:
+        return load_movielens(download_movielens(download))
+    return load_taobao_ad(data) if fmt == "taobao" else load_movielens(data)
 
 
 def _train_valid(index: np.ndarray, log: InteractionLog, frac: float) -> tuple[np.ndarray, ...]:

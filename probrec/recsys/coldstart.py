@@ -1,0 +1,303 @@
+"""Few-shot cold start: new users of the test period as binary few-shot tasks.
+
+A user whose first event falls in the test period (unseen by the FM and the VM) is one task;
+its rows are the user's test-period events, the label is the event's label (rating >= 4). The
+features of an event ``(u, i, t)`` come from the frozen FM store and never from the user's own
+labels (which belong to the task's support / query sets):
+
+* FM-store block ``[2d + 2]``: the mean of the stored FM embeddings of the item's ``K`` most
+  recent earlier events (any user), the mean over those of them that were positives, the
+  item's positive rate among them and ``log(1 + count)``;
+* VM block: the hidden layer ``[h]`` and logit of a trained vertical model run with an empty
+  user history (the user is new when the task starts);
+* popularity: the item's smoothed positive rate over *all* its earlier events,
+  ``(pos + 1) / (n + 2)``.
+
+Baselines with the ``adapt`` / ``predict_proba`` interface of :mod:`metalearn` (duck-typed:
+``probrec`` does not import ``metalearn``): :class:`ColumnScore` (popularity, the VM without
+adaptation) and :class:`HeadFineTune` (fine-tunes the VM's output layer on the support set,
+starting from the trained weights, with an L2 pull towards them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from probrec.checks import check_positive_int
+from probrec.data.tasks import Task, TaskSet
+from probrec.recsys.features import EventTable
+from probrec.recsys.loopfm import StoredHistory
+from probrec.recsys.models import VerticalModel
+
+__all__ = [
+    "ColdStartFeatures",
+    "ColumnScore",
+    "HeadFineTune",
+    "cold_start_features",
+    "cold_start_tasks",
+    "item_popularity",
+]
+
+
+def item_popularity(item: np.ndarray, time: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Smoothed positive rate ``(pos + 1) / (n + 2)`` of each event's item over the item's
+    strictly earlier events ``[n]``."""
+    it, t, y = np.asarray(item), np.asarray(time), np.asarray(label, dtype=float)
+    n = len(it)
+    order = np.lexsort((t, it))
+    its, ts, ys = it[order], t[order], y[order]
+    new_item = np.r_[True, its[1:] != its[:-1]]
+    new_tie = new_item | np.r_[True, ts[1:] != ts[:-1]]
+    csum = np.r_[0.0, np.cumsum(ys)]  # csum[k] = positives among sorted[:k]
+    idx = np.arange(n)
+    item_start = np.maximum.accumulate(np.where(new_item, idx, 0))
+    tie_start = np.maximum.accumulate(np.where(new_tie, idx, 0))
+    count = tie_start - item_start
+    pos = csum[tie_start] - csum[item_start]
+    out = np.empty(n)
+    out[order] = (pos + 1.0) / (count + 2.0)
+    return out
+
+
+@dataclass
+class ColdStartFeatures:
+    """Per-event feature blocks (rows = events).
+
+    Attributes:
+        fm: ``[n, 2d + 2]`` FM-store block.
+        vm_hidden: per vertical model, its hidden layer ``[n, h]`` (empty user history).
+        vm_logit: per vertical model, its logit ``[n]`` (empty user history).
+        popularity: ``[n]`` item popularity.
+    """
+
+    fm: np.ndarray
+    vm_hidden: dict[str, np.ndarray]
+    vm_logit: dict[str, np.ndarray]
+    popularity: np.ndarray
+
+    def matrix(self) -> np.ndarray:
+        """``[n, k]``: ``fm | popularity | (hidden | logit) per VM`` (see :meth:`columns`)."""
+        blocks = [self.fm, self.popularity[:, None]]
+        for name in self.vm_hidden:
+            blocks += [self.vm_hidden[name], self.vm_logit[name][:, None]]
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def columns(self) -> dict[str, tuple[int, int]]:
+        """``(start, stop)`` of each block of :meth:`matrix`: ``"fm"``, ``"pop"``,
+        ``"<vm>/hidden"``, ``"<vm>/logit"``."""
+        out = {"fm": (0, self.fm.shape[1])}
+        c = self.fm.shape[1]
+        out["pop"] = (c, c + 1)
+        c += 1
+        for name, h in self.vm_hidden.items():
+            out[f"{name}/hidden"] = (c, c + h.shape[1])
+            out[f"{name}/logit"] = (c + h.shape[1], c + h.shape[1] + 1)
+            c += h.shape[1] + 1
+        return out
+
+
+def _without_user_history(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = dict(batch)
+    out["hist_event"] = torch.full_like(batch["hist_event"], -1)
+    out["hist_mask"] = torch.zeros_like(batch["hist_mask"])
+    out["hist_label"] = torch.zeros_like(batch["hist_label"])
+    out["hist_item"] = torch.zeros_like(batch["hist_item"])
+    out["hist_fm_item"] = torch.zeros_like(batch["hist_fm_item"])
+    out["hist_age_days"] = torch.zeros_like(batch["hist_age_days"])
+    out["hist_count"] = torch.zeros_like(batch["hist_count"])
+    out["hist_pos_rate"] = torch.full_like(batch["hist_pos_rate"], 0.5)
+    return out
+
+
+@torch.no_grad()
+def cold_start_features(
+    table: EventTable,
+    stored: StoredHistory,
+    vms: Mapping[str, VerticalModel],
+    index: np.ndarray,
+    *,
+    batch_size: int = 2048,
+) -> ColdStartFeatures:
+    """Feature blocks of the events at ``index`` (see the module docstring).
+
+    Args:
+        table: the events.
+        stored: reads the FM store (its item histories give the FM block).
+        vms: trained vertical models by name, each run with an empty user history.
+        index: ``[n]`` events.
+    """
+    fm: list[Tensor] = []
+    hid: dict[str, list[Tensor]] = {k: [] for k in vms}
+    logit: dict[str, list[Tensor]] = {k: [] for k in vms}
+    for vm in vms.values():
+        vm.eval()
+    for s in range(0, len(index), batch_size):
+        b = stored(_without_user_history(table.batch(index[s : s + batch_size])))
+        m = b["ihist_mask"].float()
+        pos = m * b["ihist_label"]
+        cnt, npos = m.sum(-1, keepdim=True), pos.sum(-1, keepdim=True)
+        mean_all = torch.einsum("bk,bkd->bd", m, b["fm_ihist"]) / cnt.clamp_min(1)
+        mean_pos = torch.einsum("bk,bkd->bd", pos, b["fm_ihist"]) / npos.clamp_min(1)
+        rate = torch.where(cnt > 0, npos / cnt.clamp_min(1), torch.full_like(cnt, 0.5))
+        fm.append(torch.cat([mean_all, mean_pos, rate, torch.log1p(cnt)], dim=-1))
+        for name, vm in vms.items():
+            h, z, _ = vm(b)
+            hid[name].append(h)
+            logit[name].append(z)
+    lg = table.log
+    pop = item_popularity(lg.item, lg.time, lg.label)[index]
+    return ColdStartFeatures(
+        torch.cat(fm).numpy(),
+        {k: torch.cat(v).numpy() for k, v in hid.items()},
+        {k: torch.cat(v).numpy() for k, v in logit.items()},
+        pop,
+    )
+
+
+def cold_start_tasks(
+    table: EventTable,
+    test_index: np.ndarray,
+    features: np.ndarray,
+    *,
+    min_events: int = 20,
+    min_per_class: int = 4,
+) -> TaskSet:
+    """One classification task per new user of the test period.
+
+    Args:
+        table: the events.
+        test_index: ``[n]`` test-period events (rows of ``features``, same order).
+        features: ``[n, k]`` features of those events.
+        min_events: users with fewer test events are dropped.
+        min_per_class: users with fewer positives or negatives are dropped.
+
+    Returns:
+        Tasks named ``user<id>``, with ``metadata["events"]`` the log indices of their rows.
+    """
+    min_events = check_positive_int(min_events, "min_events")
+    test_index = np.asarray(test_index, dtype=np.int64)
+    if len(features) != len(test_index):
+        raise ValueError(
+            f"features has {len(features)} rows, test_index has {len(test_index)} events"
+        )
+    lg = table.log
+    t0 = lg.time[test_index].min()
+    seen_before = np.unique(lg.user[lg.time < t0])
+    users = lg.user[test_index]
+    tasks = []
+    for u in np.unique(users):
+        if u in seen_before:
+            continue
+        rows = np.flatnonzero(users == u)
+        y = lg.label[test_index[rows]]
+        if len(rows) < min_events or min(y.sum(), len(y) - y.sum()) < min_per_class:
+            continue
+        tasks.append(
+            Task(
+                features[rows],
+                y,
+                "classification",
+                f"user{int(u)}",
+                {"events": test_index[rows].tolist()},
+            )
+        )
+    return TaskSet(tasks, source=f"cold-start users of {lg.name}")
+
+
+class _ScorePredictor:
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def predict_proba(self, x) -> Tensor:
+        return self.fn(torch.as_tensor(np.asarray(x), dtype=torch.float64))
+
+    def predict(self, x) -> tuple[Tensor, Tensor]:
+        p = self.predict_proba(x)
+        return p, p * (1 - p)
+
+
+class ColumnScore:
+    """A non-adaptive scorer: ``P(y = 1) = column`` (or ``sigmoid(column)``).
+
+    Args:
+        name: display name.
+        column: index of the score column in the task inputs.
+        logit: apply a sigmoid to the column.
+    """
+
+    def __init__(self, name: str, column: int, *, logit: bool = False) -> None:
+        self.name, self.column, self.logit = name, int(column), bool(logit)
+
+    def meta_fit(self, train_tasks, valid_tasks=None, **kwargs) -> dict:
+        return {}
+
+    def adapt(self, support_x, support_y) -> _ScorePredictor:
+        c, lg = self.column, self.logit
+        return _ScorePredictor(lambda x: torch.sigmoid(x[:, c]) if lg else x[:, c])
+
+
+class HeadFineTune:
+    r"""Fine-tunes a trained model's output layer on a support set.
+
+    Minimises :math:`\mathrm{BCE}(y, x w + b) + \lambda \|(w, b) - (w_0, b_0)\|^2 / 2` over the
+    support rows by L-BFGS, from the trained weights :math:`(w_0, b_0)` (so an empty support
+    set would return the trained model).
+
+    Args:
+        name: display name.
+        columns: ``(start, stop)`` of the hidden-layer block in the task inputs.
+        weight: ``[h]`` trained output weights ``w_0``.
+        bias: trained output bias ``b_0``.
+        l2: :math:`\lambda`.
+        steps: L-BFGS iterations.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        columns: tuple[int, int],
+        weight: Tensor,
+        bias: float,
+        *,
+        l2: float = 1.0,
+        steps: int = 50,
+    ) -> None:
+        self.name, self.columns = name, tuple(columns)
+        self.w0 = weight.detach().to(torch.float64).reshape(-1)
+        self.b0 = torch.tensor([float(bias)], dtype=torch.float64)
+        if self.columns[1] - self.columns[0] != len(self.w0):
+            raise ValueError(f"columns {columns} do not match weight of length {len(self.w0)}")
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        self.l2, self.steps = float(l2), check_positive_int(steps, "steps")
+
+    def meta_fit(self, train_tasks, valid_tasks=None, **kwargs) -> dict:
+        return {}
+
+    def adapt(self, support_x, support_y) -> _ScorePredictor:
+        a, b = self.columns
+        x = torch.as_tensor(np.asarray(support_x), dtype=torch.float64)[:, a:b]
+        y = torch.as_tensor(np.asarray(support_y), dtype=torch.float64).reshape(-1)
+        if len(x) != len(y) or len(y) == 0:
+            raise ValueError("support_x and support_y must be non-empty and of equal length")
+        theta = torch.cat([self.w0, self.b0]).clone().requires_grad_(True)
+        init = torch.cat([self.w0, self.b0])
+        opt = torch.optim.LBFGS([theta], max_iter=self.steps, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            z = x @ theta[:-1] + theta[-1]
+            loss = F.binary_cross_entropy_with_logits(z, y, reduction="sum")
+            loss = loss + 0.5 * self.l2 * ((theta - init) ** 2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        th = theta.detach()
+        return _ScorePredictor(lambda q: torch.sigmoid(q[:, a:b] @ th[:-1] + th[-1]))

@@ -1,0 +1,58 @@
+"""Hashed embeddings, the DLRM interaction, and model input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probrec.recsys import EventTable, HashedEmbedding, VerticalModel, dot_interaction
+
+
+def test_hashed_embedding_matches_python_integers():
+    emb = HashedEmbedding(97, 4, seed=3)
+    ids = torch.tensor([0, 1, 5, 2**40 + 17, -3, 123456789012], dtype=torch.int64)
+    a, b, p = int(emb.a), int(emb.b), 2**31 - 1
+    want = [((a * (x % p) + b) % p) % 97 for x in ids.tolist()]  # Python big integers
+    assert emb.bucket(ids).tolist() == want
+    out = emb(ids)
+    assert out.shape == (6, 4)
+    torch.testing.assert_close(out[2], emb.table.weight[want[2]])
+    # unseen ids need no table growth and the same seed gives the same hash
+    assert emb.table.weight.shape[0] == 97
+    assert HashedEmbedding(97, 4, seed=3).bucket(ids).tolist() == want
+    with pytest.raises(TypeError, match="int64"):
+        emb(ids.float())
+
+
+def test_dot_interaction_matches_loops():
+    x = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
+    got = dot_interaction(x)
+    want = torch.stack(
+        [
+            torch.stack([x[b, i] @ x[b, j] for i in range(5) for j in range(i + 1, 5)])
+            for b in range(3)
+        ]
+    )
+    torch.testing.assert_close(got, want)
+
+
+def test_vertical_model_needs_loopfm_inputs(small_log):
+    table = EventTable.build(small_log, np.arange(1000), user_history=4, item_history=3)
+    vm = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), fm_dim=6, seed=0)
+    with pytest.raises(ValueError, match="fm_hist"):
+        vm(table.batch(np.arange(5)))
+    vm2 = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), aux_head=True)
+    h, z, aux = vm2(table.batch(np.arange(5)))
+    assert h.shape == (5, 8) and z.shape == (5,) and aux.shape == (5,)
+
+
+def test_models_are_seeded_without_touching_global_rng(small_log):
+    table = EventTable.build(small_log, np.arange(1000), user_history=4, item_history=3)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = VerticalModel(table.field_cardinalities, 3, seed=5)
+    assert torch.equal(before, torch.random.get_rng_state())
+    b = VerticalModel(table.field_cardinalities, 3, seed=5)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)

@@ -1,0 +1,90 @@
+"""KD and auxiliary-head losses, metrics, transfer ratio and training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from probrec.recsys import (
+    EventTable,
+    TrainSpec,
+    VerticalModel,
+    ctr_metrics,
+    kd_loss,
+    predict_logits,
+    train_ctr,
+    transfer_ratio,
+    vm_loss,
+)
+
+
+def test_kd_loss_closed_form_and_gradient():
+    zs = torch.tensor([0.3, -1.2, 2.0], requires_grad=True)
+    zt = torch.tensor([1.0, -0.5, 0.1])
+    T = 2.0
+    loss = kd_loss(zs, zt, T)
+    want = 0.0
+    for s, t in zip(zs.tolist(), zt.tolist()):
+        q, p = 1 / (1 + math.exp(-t / T)), 1 / (1 + math.exp(-s / T))
+        want += -(q * math.log(p) + (1 - q) * math.log(1 - p))
+    assert abs(loss.item() - T * T * want / 3) < 1e-6
+    loss.backward()
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expect = [T * (sig(s / T) - sig(t / T)) / 3 for s, t in zip(zs.tolist(), zt.tolist())]
+    np.testing.assert_allclose(zs.grad.numpy(), expect, rtol=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        kd_loss(zs, zt, 0.0)
+
+
+def test_vm_loss_mixes_terms():
+    z, y, zt = torch.tensor([0.2, -0.4]), torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])
+    za = torch.tensor([0.0, 1.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    got = vm_loss(z, y, teacher_logit=zt, kd_weight=0.3, aux_logit=za, aux_weight=2.0)
+    want = 0.7 * bce(z, y) + 0.3 * bce(z, torch.sigmoid(zt)) + 2.0 * bce(za, torch.sigmoid(zt))
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="teacher_logit"):
+        vm_loss(z, y, kd_weight=0.5)
+    with pytest.raises(ValueError, match="auxiliary head"):
+        vm_loss(z, y, teacher_logit=zt, aux_weight=1.0)
+
+
+def test_ctr_metrics_against_pair_counting():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200).astype(float)
+    z = rng.normal(size=200) + y
+    pos, neg = z[y == 1], z[y == 0]
+    auc = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    p = 1 / (1 + np.exp(-z))
+    ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    m = ctr_metrics(y, z)
+    assert abs(m["auc"] - auc) < 1e-12 and abs(m["logloss"] - ll) < 1e-9
+    with pytest.warns(UserWarning, match="one class"):
+        assert math.isnan(ctr_metrics(np.ones(3), np.zeros(3))["auc"])
+    with pytest.raises(ValueError, match="NaN"):
+        ctr_metrics(y, np.full(200, np.nan))
+
+
+def test_transfer_ratio():
+    assert transfer_ratio(0.75, 0.70, 0.80) == pytest.approx(0.5)
+    assert transfer_ratio(0.68, 0.70, 0.80) == pytest.approx(-0.2)
+    with pytest.raises(ValueError, match="undefined"):
+        transfer_ratio(0.7, 0.7, 0.7)
+
+
+def test_train_ctr_learns_and_keeps_best(small_log):
+    table = EventTable.build(small_log, np.arange(1000), user_history=8, item_history=4)
+    tr, va = np.arange(0, 2400), np.arange(2400, len(small_log))
+    vm = VerticalModel(table.field_cardinalities, 3, emb_dim=8, hidden=(16,), seed=0)
+    before = predict_logits(vm, table, va)
+    hist = train_ctr(vm, table, tr, va, TrainSpec(epochs=4, batch_size=128, lr=5e-3), seed=0)
+    after = ctr_metrics(small_log.label[va], predict_logits(vm, table, va).numpy())
+    assert after["auc"] > ctr_metrics(small_log.label[va], before.numpy())["auc"] + 0.05
+    best = int(np.argmin(hist["valid_logloss"]))
+    assert hist["best_epoch"] == [best]
+    assert after["logloss"] == pytest.approx(hist["valid_logloss"][best], rel=1e-5)
