@@ -13,7 +13,8 @@ products and the concatenated vectors to a logit.
   MLP, ``[B, embed_dim]`` -- is what LoopFM stores.
 * :class:`VerticalModel` -- small: hashed id embeddings (the hashing trick, Weinberger et al.
   2009; Chen et al., "Compressing Neural Networks with the Hashing Trick", ICML 2015), so ids
-  never seen need no table growth; a mean-pooled history of its own hashed item embeddings;
+  never seen need no table growth; mean-pooled histories of its own hashed embeddings with the
+  events' labels (the user's earlier items, the item's earlier users);
   optionally LoopFM inputs -- the user's and the item's histories of *stored* FM event
   embeddings, each with its event label, pooled by history encoders (Jiang et al., "LoopFM",
   2026) -- and optionally ExFM's auxiliary head (Liang et al., "External Large Foundation
@@ -232,6 +233,9 @@ class VerticalModel(nn.Module):
         fm_dim: width ``d`` of the stored FM embeddings; ``None`` = no LoopFM inputs.
         max_history: ``L`` (recency-rank table of the LoopFM user-history encoder).
         aux_head: add ExFM's auxiliary head.
+        item_history: add the mean over the item's earlier events of (hashed user embedding +
+            label embedding) -- the item-side counterpart of the own user history, so that
+            LoopFM's gain is measured against a VM with the same history structure.
         seed: initialisation and hashing seed.
     """
 
@@ -248,9 +252,11 @@ class VerticalModel(nn.Module):
         fm_dim: int | None = None,
         max_history: int = 50,
         aux_head: bool = False,
+        item_history: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.item_history = bool(item_history)
         with _seeded(seed):
             self._build(
                 field_cardinalities,
@@ -293,6 +299,7 @@ class VerticalModel(nn.Module):
         nn.init.normal_(self.label_emb.weight, 0.0, 0.05)
         self.fm_dim = fm_dim
         n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 2
+        n_vec += int(self.item_history)
         if fm_dim is not None:
             d = check_positive_int(fm_dim, "fm_dim")
             self.fm_label = nn.Embedding(2, d)
@@ -314,6 +321,9 @@ class VerticalModel(nn.Module):
         vec.append(self.dense(_dense_stats(batch)))
         own = self.item(batch["hist_item"]) + self.label_emb(batch["hist_label"].long())
         vec.append(_masked_mean(own, batch["hist_mask"]))
+        if self.item_history:
+            own = self.user(batch["ihist_user"]) + self.label_emb(batch["ihist_label"].long())
+            vec.append(_masked_mean(own, batch["ihist_mask"]))
         if self.fm_dim is not None:
             if "fm_hist" not in batch:
                 raise ValueError("this VerticalModel uses LoopFM inputs: batch needs 'fm_hist'")

@@ -72,7 +72,10 @@ def _plant_future(log: InteractionLog, t_cut: int, seed: int) -> InteractionLog:
     pt = np.where(rng.random(m) < 0.3, t_cut, t_cut + rng.integers(1, 10_000, m))
     py = rng.integers(0, 2, m).astype(np.float32)
     dup = {(a, b, c) for a, b, c in zip(log.user, log.item, log.time)}
-    ok = np.array([(a, b, c) not in dup for a, b, c in zip(pu, pi, pt)])
+    ok = np.zeros(m, dtype=bool)
+    for j, key in enumerate(zip(pu, pi, pt)):
+        ok[j] = key not in dup
+        dup.add(key)
     cat = lambda a, b: np.concatenate([a[keep], b[ok]])  # noqa: E731
     fields = {k: cat(v, rng.integers(1, log.cardinality[k], m)) for k, v in log.fields.items()}
     mh = np.concatenate([log.multi_hot[keep], rng.random((m, log.multi_hot.shape[1]))[ok]])
