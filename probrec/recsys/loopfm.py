@@ -81,7 +81,7 @@ def write_fm_store(
         n,
         fm.embed_dim,
         dtype=dtype,
-        metadata={"model": "probrec.recsys.FoundationModel", "layer": "top-MLP last hidden"},
+        metadata={"model": "probrec.recsys.FoundationModel", "stored": fm.stored},
         overwrite=overwrite,
     ) as w:
         for s in range(0, n, batch_size):

@@ -9,8 +9,10 @@ products and the concatenated vectors to a logit.
   training period, every side field, the genre block, dense history statistics and a sequence
   encoder over the user's recent events (item embedding + the event's label, attention pooling
   with recency ranks, :class:`~probrec.backbone.history.HistoryEncoder`), plus masked means of
-  the liked and the disliked items. Its *event embedding* -- the last hidden layer of the top
-  MLP, ``[B, embed_dim]`` -- is what LoopFM stores.
+  the liked and the disliked items. Its *event embedding* ``[B, embed_dim]`` is what LoopFM
+  stores: by default the concatenation of three intermediate representations -- the item
+  embedding, the sequence encoder's output and the last hidden layer of the top MLP
+  (``stored="item+sequence+hidden"``); ``stored="hidden"`` keeps the last hidden layer only.
 * :class:`VerticalModel` -- small: hashed id embeddings (the hashing trick, Weinberger et al.
   2009; Chen et al., "Compressing Neural Networks with the Hashing Trick", ICML 2015), so ids
   never seen need no table growth; mean-pooled histories of its own hashed embeddings with the
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from probrec.backbone.history import HistoryEncoder
 from probrec.backbone.mlp import MLPEncoder
-from probrec.checks import check_positive_int
+from probrec.checks import check_choice, check_positive_int
 from probrec.seeding import torch_generator
 
 __all__ = ["FoundationModel", "HashedEmbedding", "VerticalModel", "dot_interaction"]
@@ -134,6 +136,9 @@ class FoundationModel(nn.Module):
         max_history: ``L`` (recency-rank table size of the sequence encoder).
         heads: attention heads of the sequence encoder.
         dropout: dropout after each top-MLP hidden layer.
+        stored: what :meth:`forward` returns as the event embedding: ``"hidden"`` (last
+            top-MLP hidden layer, width ``hidden[-1]``) or ``"item+sequence+hidden"`` (item
+            embedding, sequence-encoder output and that layer, width ``2 e + hidden[-1]``).
         seed: initialisation seed.
     """
 
@@ -149,10 +154,12 @@ class FoundationModel(nn.Module):
         max_history: int = 50,
         heads: int = 2,
         dropout: float = 0.0,
+        stored: str = "item+sequence+hidden",
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.dropout = float(dropout)
+        self.stored = check_choice(stored, "stored", ("hidden", "item+sequence+hidden"))
         with _seeded(seed):
             self._build(
                 n_users,
@@ -192,7 +199,8 @@ class FoundationModel(nn.Module):
             nn.init.normal_(emb.weight, 0.0, 0.05)
         n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 1 + 3
         self.top = _Top(n_vec, e, hidden, seed, self.dropout)
-        self.embed_dim = int(hidden[-1])
+        self._seq_pos = n_vec - 3  # position of the sequence-encoder output in vectors()
+        self.embed_dim = int(hidden[-1]) + (2 * e if self.stored != "hidden" else 0)
 
     def vectors(self, batch: dict[str, Tensor]) -> Tensor:
         """Sparse-feature vectors ``[B, F, e]`` that enter the interaction layer."""
@@ -211,7 +219,11 @@ class FoundationModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Returns ``(event embedding [B, embed_dim], logit [B])``."""
-        return self.top(self.vectors(batch))
+        vec = self.vectors(batch)
+        h, logit = self.top(vec)
+        if self.stored == "hidden":
+            return h, logit
+        return torch.cat([vec[:, 1], vec[:, self._seq_pos], h], dim=-1), logit
 
 
 class VerticalModel(nn.Module):

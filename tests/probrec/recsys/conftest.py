@@ -13,7 +13,7 @@ def synthetic_log(n: int = 3000, users: int = 60, items: int = 80, seed: int = 0
     times with ties."""
     rng = np.random.default_rng(seed)
     u = rng.integers(1, users + 1, n)
-    new = (np.arange(n) > 0.75 * n) & (rng.random(n) < 0.3)  # late events of new users
+    new = (np.arange(n) > 0.86 * n) & (rng.random(n) < 0.5)  # late events of new users
     u[new] = rng.integers(users + 1, users + 11, int(new.sum()))
     i = rng.integers(1, items + 1, n)
     uf, vf = rng.normal(size=(users + 11, 4)), rng.normal(size=(items + 1, 4))

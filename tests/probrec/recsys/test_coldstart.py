@@ -79,13 +79,13 @@ def test_cold_start_tasks_and_features(small_log, tmp_path):
         seed=0,
     )
     stored = StoredHistory(write_fm_store(fm, table, tmp_path / "fm"), table)
-    vm = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(6,), fm_dim=8, seed=0)
+    vm = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(6,), fm_dim=24, seed=0)
     test_idx = np.arange(2000, len(log))
     feats = cold_start_features(table, stored, {"vm": vm}, test_idx)
     x = feats.matrix()
     cols = feats.columns()
-    assert x.shape == (len(test_idx), 2 * 8 + 2 + 1 + 6 + 1)
-    assert cols["vm/hidden"] == (19, 25) and cols["vm/logit"] == (25, 26)
+    assert x.shape == (len(test_idx), 2 * 24 + 2 + 1 + 6 + 1)
+    assert cols["vm/hidden"] == (51, 57) and cols["vm/logit"] == (57, 58)
     # flipping every test-period label changes no feature of events whose item histories
     # lie before the test period: features never read a user's own (task) labels
     from probrec.data.movielens import InteractionLog

@@ -114,7 +114,13 @@ def test_no_future_leakage_with_planted_events(tmp_path):
         )
         store = write_fm_store(fm, table, tmp_path / f"s{i}")
         vm = VerticalModel(
-            table.field_cardinalities, 3, emb_dim=8, hidden=(8,), fm_dim=8, max_history=8, seed=0
+            table.field_cardinalities,
+            3,
+            emb_dim=8,
+            hidden=(8,),
+            fm_dim=store.dim,
+            max_history=8,
+            seed=0,
         )
         stored = StoredHistory(store, table)
         # the events strictly before t_cut, found by key in either log

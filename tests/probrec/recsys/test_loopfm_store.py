@@ -34,7 +34,7 @@ def test_store_round_trip_is_exact(small_log, tmp_path):
     table = EventTable.build(small_log, np.arange(1500), user_history=6, item_history=4)
     fm = _fm(table)
     store = write_fm_store(fm, table, tmp_path / "fm")
-    assert store.is_memory_mapped and len(store) == len(small_log) and store.dim == 12
+    assert store.is_memory_mapped and len(store) == len(small_log) and store.dim == 8 + 8 + 12
     direct, _ = fm_embeddings(fm, table, np.arange(len(small_log)))
     keys = event_keys(small_log)
     np.testing.assert_array_equal(store.lookup_numpy(keys), direct.numpy())
@@ -46,7 +46,7 @@ def test_store_round_trip_is_exact(small_log, tmp_path):
         sub = [keys[i] for i in perm]
         np.testing.assert_array_equal(again.lookup_numpy(sub), direct.numpy()[perm])
         assert again.keys() == store.keys()
-        assert again.metadata["layer"] == "top-MLP last hidden"
+        assert again.metadata["stored"] == "item+sequence+hidden"
 
 
 def test_stored_history_equals_serving_lookup(small_log, tmp_path):

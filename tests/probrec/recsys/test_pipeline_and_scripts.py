@@ -1,0 +1,143 @@
+"""The chronological experiment end to end on small data, the example scripts and the
+throughput benchmark (smallest sizes; numbers are checked for consistency, not quality)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from probrec.recsys import (
+    UNTRAINED,
+    VARIANTS,
+    LoopFMConfig,
+    TrainSpec,
+    run_loopfm,
+    summarize_runs,
+    summary_markdown,
+    transfer_ratio,
+)
+from tests.probrec.recsys.conftest import synthetic_log
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _tiny_config(**kw) -> LoopFMConfig:
+    return LoopFMConfig(
+        user_history=6,
+        item_history=4,
+        fm_emb=8,
+        fm_hidden=(16, 8),
+        vm_emb=4,
+        vm_hidden=(8,),
+        fm_train=TrainSpec(epochs=1, batch_size=512),
+        vm_train=TrainSpec(epochs=1, batch_size=256),
+        **kw,
+    )
+
+
+def test_run_loopfm_and_summary(tmp_path):
+    log = synthetic_log(2500, seed=5)
+    cfg = _tiny_config(variants=(*VARIANTS, UNTRAINED))
+    runs = [run_loopfm(log, tmp_path, seed=s, config=cfg, verbose=False)[0] for s in (0, 1)]
+    r = runs[0]
+    assert set(r.metrics) == {"FM", *VARIANTS, UNTRAINED}
+    assert sum(r.sizes[k] for k in ("fm_train", "fm_valid", "vm_train", "vm_valid", "test")) == len(
+        log
+    )
+    for v, ratio in r.ratios.items():
+        m = r.metrics
+        assert ratio == pytest.approx(transfer_ratio(m[v]["auc"], m["VM"]["auc"], m["FM"]["auc"]))
+    s = summarize_runs(runs)
+    aucs = [x.metrics["VM+KD"]["auc"] for x in runs]
+    assert s["metrics"]["VM+KD"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
+    assert s["metrics"]["VM+KD"]["auc"]["se"] == pytest.approx(np.std(aucs, ddof=1) / 2**0.5)
+    g = s["gains"]
+    total = g["LoopFM"]["mean"]
+    parts = g["  history structure (untrained-FM store)"]["mean"]
+    parts += g["  FM knowledge (trained - untrained store)"]["mean"]
+    assert parts == pytest.approx(total)
+    assert "| VM+LoopFM |" in summary_markdown(s)
+    with pytest.raises(ValueError, match="unknown variants"):
+        run_loopfm(log, tmp_path, config=_tiny_config(variants=("VM", "nope")))
+
+
+def _write_toy_movielens(folder: Path, seed: int = 0) -> None:
+    log = synthetic_log(2500, seed=seed)
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "toy.inter.gz", "wt") as fh:
+        fh.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+        for u, i, y, t in zip(log.user, log.item, log.label, log.time):
+            fh.write(f"{u}\t{i}\t{5 if y else 2}\t{t}\n")
+    items = "".join(f"{i}\tT\t19{50 + i % 40}\tDrama\n" for i in np.unique(log.item))
+    (folder / "toy.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" + items
+    )
+    users = "".join(f"{u}\t{20 + u % 40}\tM\tother\t1{u:04d}\n" for u in np.unique(log.user))
+    (folder / "toy.user").write_text(
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n" + users
+    )
+
+
+@pytest.fixture
+def examples(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    return importlib.import_module
+
+
+def test_loopfm_example(examples, tmp_path, capsys):
+    _write_toy_movielens(tmp_path / "toy")
+    out = tmp_path / "out"
+    args = ["--data", str(tmp_path / "toy"), "--seeds", "0", "--out", str(out)]
+    assert (
+        examples("recsys_loopfm").main(
+            [*args, "--fm-epochs", "1", "--vm-epochs", "1", "--no-progress"]
+        )
+        == 0
+    )
+    report = json.loads((out / "loopfm.json").read_text())
+    assert set(report["summary"]["metrics"]) == {"FM", *VARIANTS, UNTRAINED}
+    assert "transfer ratio" in capsys.readouterr().out
+
+
+def test_fewshot_example(examples, tmp_path):
+    _write_toy_movielens(tmp_path / "toy", seed=2)
+    out = tmp_path / "out"
+    args = ["--data", str(tmp_path / "toy"), "--out", str(out), "--no-progress"]
+    args += ["--n-train", "3", "--n-valid", "1", "--min-events", "8", "--sizes", "2"]
+    args += [
+        "--eval-seeds",
+        "1",
+        "--steps",
+        "2",
+        "--learners",
+        "ADKF-IFT,LoopVM-finetune,Popularity",
+    ]
+    assert examples("recsys_fewshot").main(args) == 0
+    report = json.loads((out / "fewshot.json").read_text())
+    summ = report["result"]["summary"]
+    assert set(summ) == {"ADKF-IFT", "LoopVM-finetune", "Popularity"}
+    assert all(math.isfinite(v["2"]["mean"]) for v in summ.values())
+
+
+def test_throughput_benchmark(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("recsys_throughput")
+    out = tmp_path / "t.json"
+    args = ["--data", "none", "--batch", "16", "--batches", "1", "--repeats", "1"]
+    assert bench.main([*args, "--warmup", "0", "--device", "cpu", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert set(saved["results"]) == {
+        "stored",
+        "stored, pre-resolved rows",
+        "FM per request",
+        "FM alone",
+    }
+    assert saved["ratio_stored_over_fm_per_request"]["ratio_of_medians"] > 0
+    sys.modules.pop("recsys_throughput", None)
