@@ -44,6 +44,9 @@ DEFAULT_TOXCAST = (
 )
 
 
+CLOCKS = ("wall", "cpu")
+
+
 # ---------------------------------------------------------------------------- options
 def add_common_arguments(parser: argparse.ArgumentParser, name: str, *, repeats: int = 5) -> None:
     """Adds ``--device --threads --repeats --warmup --seed --out --data`` to ``parser``."""
@@ -70,6 +73,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str, *, repeats:
         type=int,
         default=1,
         help="untimed warm-up calls per variant (default %(default)s)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="'wall' (default): elapsed time; 'cpu': CPU time of this process (all threads), "
+        "which leaves out time spent waiting for a core on a shared machine (CPU only)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and models")
     parser.add_argument(
@@ -101,6 +111,8 @@ def setup(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    if getattr(args, "clock", "wall") == "cpu" and device.type != "cpu":
+        raise ValueError("--clock cpu measures host CPU time; use --clock wall on a GPU")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed % 2**32)
@@ -130,26 +142,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall time of one call of ``fn`` in seconds (device work included).
+def timed(fn: Callable[[], Any], device: torch.device, clock: str = "wall") -> float:
+    """Time of one call of ``fn`` in seconds (device work included).
 
+    ``clock="wall"``: elapsed time; ``"cpu"``: CPU time of the process (``time.process_time``,
+    all threads), which excludes waiting for a core when other jobs share the machine.
     Python's garbage collector is paused during the call, as ``timeit`` does.
     """
+    now = time.perf_counter if clock == "wall" else time.process_time
     enabled = gc.isenabled()
     gc.disable()
     try:
         synchronize(device)
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         synchronize(device)
-        return time.perf_counter() - t0
+        return now() - t0
     finally:
         if enabled:
             gc.enable()
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    clock: str = "wall",
 ) -> dict[str, list[float]]:
     """Times every function ``repeats`` times after ``warmup`` untimed calls each.
 
@@ -168,7 +187,7 @@ def time_interleaved(
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            out[name].append(timed(fns[name], device))
+            out[name].append(timed(fns[name], device, clock))
     return out
 
 

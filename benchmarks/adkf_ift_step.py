@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
 
     check = hypergradient_check(learner, batch, args, device)
-    times = time_interleaved(fns, args.repeats, args.warmup, device)
+    times = time_interleaved(fns, args.repeats, args.warmup, device, args.clock)
     stats = {v: summarize(times[v]) for v in VARIANTS}
     speed = ratio_summary(times["unrolled"], times["ift"])
     memory = {v: peak_memory_bytes(fns[v], device) for v in VARIANTS}
@@ -425,7 +425,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"meta-step: {args.tasks} tasks x ({args.support} support + {args.query} query), "
         f"{tb.support_x.shape[-1]}-d inputs ({tb.source}), encoder {args.hidden}, {device}, "
-        f"{torch.get_num_threads()} threads, {args.repeats} repeats (median [min, max])"
+        f"{torch.get_num_threads()} threads, {args.clock} clock, {args.repeats} repeats "
+        "(median [min, max])"
     )
     print(format_table(rows, ["variant", "time", "peak tensor MiB", "peak RSS growth MiB"]))
     print(f"inner fit: {check['inner_fit']}")

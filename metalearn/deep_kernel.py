@@ -33,6 +33,7 @@ from probrec.gp.exact import (
     GPConfig,
     geometry,
     inner_objective,
+    inner_objective_grad,
     median_lengthscale,
     neg_log_marginal_likelihood,
     posterior_from_geometry,
@@ -292,7 +293,12 @@ class ADKFIFT(_DeepKernelBase):
             def inner(th: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
                 return inner_objective(th, c, geometry(c, zs, zs), t_s, None, centres).sum()
 
-            theta = implicit_argmin(inner, theta, [z_s], solver="block", hessian=fit.hessian)
+            def inner_grad(th: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
+                return inner_objective_grad(th, c, geometry(c, zs, zs), t_s, None, centres)
+
+            theta = implicit_argmin(
+                inner, theta, [z_s], solver="block", hessian=fit.hessian, inner_grad=inner_grad
+            )
         return self._outer_loss(theta, z_s, z_q, t_s, t_q, batch.query_mask)
 
 

@@ -30,6 +30,7 @@ SOLVERS = ("auto", "exact", "block", "cg")
 @dataclass
 class _Spec:
     inner: InnerFn
+    inner_grad: InnerFn | None
     solver: str
     hessian: torch.Tensor | None
     cg_tol: float
@@ -133,10 +134,13 @@ class _ImplicitArgmin(torch.autograd.Function):
         with torch.enable_grad():
             theta = theta_star.detach().requires_grad_(True)
             phi_d = [p.detach().requires_grad_(nd) for p, nd in zip(phi, needs)]
-            f = spec.inner(theta, *phi_d)
-            if f.dim() > 0:
-                f = f.sum()
-            (g,) = torch.autograd.grad(f, theta, create_graph=True)
+            if spec.inner_grad is not None:  # closed form: one backward for the mixed term
+                g = spec.inner_grad(theta, *phi_d)
+            else:
+                f = spec.inner(theta, *phi_d)
+                if f.dim() > 0:
+                    f = f.sum()
+                (g,) = torch.autograd.grad(f, theta, create_graph=True)
             w = _solve(spec, theta, g, grad_theta.detach().to(theta.dtype))
             wanted = [p for p, nd in zip(phi_d, needs) if nd]
             grads = (
@@ -160,6 +164,7 @@ def implicit_argmin(
     cg_tol: float = 1e-10,
     cg_max_iter: int = 100,
     damping: float = 0.0,
+    inner_grad: InnerFn | None = None,
 ) -> torch.Tensor:
     """Attaches the implicit derivative ``dtheta*/dphi`` to a converged inner solution.
 
@@ -178,6 +183,12 @@ def implicit_argmin(
         cg_tol: relative residual tolerance of conjugate gradients.
         cg_max_iter: iteration cap of conjugate gradients.
         damping: ``lambda`` added to the Hessian's diagonal (0 for the exact IFT).
+        inner_grad: optional ``inner_grad(theta, *phi) -> dL_in/dtheta`` (same shape as
+            ``theta``) in closed form, built from differentiable operations. The mixed term
+            ``d2 L_in / dphi dtheta`` is then one backward pass through it instead of a double
+            backward through ``inner`` (e.g. :func:`probrec.gp.exact.inner_objective_grad`,
+            which avoids differentiating a Cholesky factorisation twice). It must equal
+            autograd's gradient of ``inner``.
 
     Returns:
         A tensor equal to ``theta_star`` whose gradient flows to ``phi`` through
@@ -194,7 +205,7 @@ def implicit_argmin(
         raise ValueError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}")
     if theta_star.requires_grad:
         theta_star = theta_star.detach()
-    spec = _Spec(inner, solver, hessian, cg_tol, cg_max_iter, damping)
+    spec = _Spec(inner, inner_grad, solver, hessian, cg_tol, cg_max_iter, damping)
     return _ImplicitArgmin.apply(spec, theta_star, *phi)
 
 

@@ -33,6 +33,7 @@ from probrec.gp.kernels import (
     KERNELS,
     has_lengthscale,
     matern52_from_sqdist,
+    matern_a,
     rbf_from_sqdist,
     squared_distance,
     tanimoto,
@@ -346,7 +347,7 @@ def _correlation_and_derivatives(
         u = 0.5 * geom / ls.pow(2)
         c = torch.exp(-u)
         return c, 2.0 * u * c, (4.0 * u.pow(2) - 4.0 * u) * c
-    a = math.sqrt(5.0) * torch.sqrt(geom.clamp_min(0.0)) / ls
+    a = matern_a(geom, ls)  # zero derivative at r = 0 (no inf x 0 on the diagonal)
     e = torch.exp(-a)
     a2 = a.pow(2)
     return (1.0 + a + a2 / 3.0) * e, a2 * (1.0 + a) * e / 3.0, -a2 * (2.0 + 2.0 * a - a2) * e / 3.0
@@ -359,7 +360,9 @@ def inner_objective_derivatives(
     y: torch.Tensor,
     mask: torch.Tensor | None,
     centres: PriorCentres,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    *,
+    hessian: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Value ``[T]``, gradient ``[T, p]`` and Hessian ``[T, p, p]`` of :func:`inner_objective`.
 
     Closed forms (Rasmussen & Williams, 2006, eq. 5.9, and its derivative): with
@@ -372,7 +375,9 @@ def inner_objective_derivatives(
     for the NLML in log hyperparameters, plus the log-normal prior terms and, for a constant
     mean, ``dL/dm = -1^T alpha``, ``d2L/dm2 = 1^T A 1``, ``d2L/dm di = (A 1)^T D_i alpha``.
     One Cholesky and ``p`` batched matrix products per call; no autograd. Equal to autograd
-    derivatives of :func:`inner_objective` (tested).
+    derivatives of :func:`inner_objective` (tested). With ``hessian=False`` the Hessian is
+    skipped (``None``) and the traces are elementwise sums; the result is then a cheap,
+    differentiable function of ``geom`` (see :func:`inner_objective_grad`).
     """
     _check_batch(geom, y, mask)
     h = unpack(theta, config)
@@ -402,18 +407,27 @@ def inner_objective_derivatives(
     noise_diag = ((h.noise - config.min_noise)[:, None] * m).to(dt)  # d noise / d log noise
     dense.append(None)
     p_k = len(dense)  # kernel/noise parameters
-    mats = [a_inv * noise_diag[:, None, :] if d is None else a_inv @ d for d in dense]  # A D_i
     bs = [noise_diag * alpha if d is None else (d @ alpha[..., None])[..., 0] for d in dense]
-    cs = [(a_inv @ b[..., None])[..., 0] for b in bs]
+    if hessian:
+        mats = [a_inv * noise_diag[:, None, :] if d is None else a_inv @ d for d in dense]  # A D_i
+        cs = [(a_inv @ b[..., None])[..., 0] for b in bs]
+        traces = [mt.diagonal(dim1=-2, dim2=-1).sum(-1) for mt in mats]
+    else:  # tr(A D_i) as an elementwise sum (A and D_i symmetric): no matrix products
+        traces = [
+            (a_inv.diagonal(dim1=-2, dim2=-1) * noise_diag).sum(-1)
+            if d is None
+            else (a_inv * d).sum((-1, -2))
+            for d in dense
+        ]
     logdet = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     nlml = 0.5 * (r * alpha).sum(-1) + 0.5 * logdet + 0.5 * n_valid.to(dt) * LOG_2PI
 
     p = config.n_params
     g = torch.zeros(t, p, dtype=dt, device=theta.device)
-    hess = torch.zeros(t, p, p, dtype=dt, device=theta.device)
+    hess = torch.zeros(t, p, p, dtype=dt, device=theta.device) if hessian else None
     for i in range(p_k):
-        g[:, i] = 0.5 * mats[i].diagonal(dim1=-2, dim2=-1).sum(-1) - 0.5 * (alpha * bs[i]).sum(-1)
-        for j in range(i, p_k):
+        g[:, i] = 0.5 * traces[i] - 0.5 * (alpha * bs[i]).sum(-1)
+        for j in range(i, p_k) if hessian else ():
             val = -0.5 * (mats[i] * mats[j].transpose(-1, -2)).sum((-1, -2)) + (bs[i] * cs[j]).sum(
                 -1
             )
@@ -432,10 +446,11 @@ def inner_objective_derivatives(
             hess[:, j, i] = val
     if config.mean == "constant":
         k = p - 1
-        a1 = (a_inv @ m.to(dt)[..., None])[..., 0]
         g[:, k] = -(m.to(dt) * alpha).sum(-1)
-        hess[:, k, k] = (m.to(dt) * a1).sum(-1)
-        for i in range(p_k):
+        a1 = (a_inv @ m.to(dt)[..., None])[..., 0]
+        if hess is not None:
+            hess[:, k, k] = (m.to(dt) * a1).sum(-1)
+        for i in range(p_k) if hess is not None else ():
             v = (a1 * bs[i]).sum(-1)
             hess[:, k, i] = v
             hess[:, i, k] = v
@@ -446,20 +461,40 @@ def inner_objective_derivatives(
     if centres.lengthscale_mode is not None and h.lengthscale is not None:
         loc = centres.lengthscale_mode.to(dt).log() + sc**2
         g[:, 0] += 1.0 + (theta[:, 0].to(dt) - loc) / sc**2
-        hess[:, 0, 0] += 1.0 / sc**2
+        if hess is not None:
+            hess[:, 0, 0] += 1.0 / sc**2
     if config.noise_prior:
         kn = p_k - 1
         x = h.noise.to(dt).log()
         rho = (h.noise - config.min_noise).to(dt) / h.noise.to(dt)
         q = 1.0 + (x - (math.log(config.noise_prior_mode) + sc**2)) / sc**2
         g[:, kn] += q * rho
-        hess[:, kn, kn] += rho.pow(2) / sc**2 + q * rho * (1.0 - rho)
+        if hess is not None:
+            hess[:, kn, kn] += rho.pow(2) / sc**2 + q * rho * (1.0 - rho)
     nv = n_valid.to(dt)
     return (
         (value / nv).to(theta.dtype),
         (g / nv[:, None]).to(theta.dtype),
-        (hess / nv[:, None, None]).to(theta.dtype),
+        None if hess is None else (hess / nv[:, None, None]).to(theta.dtype),
     )
+
+
+def inner_objective_grad(
+    theta: torch.Tensor,
+    config: GPConfig,
+    geom: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor | None,
+    centres: PriorCentres,
+) -> torch.Tensor:
+    """Closed-form gradient ``[T, p]`` of :func:`inner_objective` in ``theta``.
+
+    Built from differentiable operations, so its derivative with respect to ``geom`` (and so
+    the support features) is one backward pass: the mixed second derivative
+    ``d2 L_in / dphi dtheta`` that the implicit hypergradient needs, without the double
+    backward through a Cholesky factorisation that autograd of :func:`inner_objective` takes.
+    """
+    return inner_objective_derivatives(theta, config, geom, y, mask, centres, hessian=False)[1]
 
 
 # ---------------------------------------------------------------------------- posterior

@@ -84,8 +84,9 @@ def matern52_from_sqdist(sq: torch.Tensor, lengthscale: torch.Tensor) -> torch.T
     return _Matern52.apply(sq, lengthscale)
 
 
-def _matern_a(sq: torch.Tensor, lengthscale: torch.Tensor) -> torch.Tensor:
-    """``a = sqrt(5 r^2) / l`` with a zero (not infinite) derivative below ``r^2 = 1e-20``."""
+def matern_a(sq: torch.Tensor, lengthscale: torch.Tensor) -> torch.Tensor:
+    """``a = sqrt(5 r^2) / l`` from squared distances, with a zero (not infinite) derivative
+    below ``r^2 = 1e-20``."""
     return torch.sqrt(sq.clamp_min(_SQ_EPS)) * (sq > _SQ_EPS) * (math.sqrt(5.0) / lengthscale)
 
 
@@ -112,7 +113,7 @@ class _Matern52(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         sq, ls, a, e = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: rebuild a, e on the graph
-            a = _matern_a(sq, ls)
+            a = matern_a(sq, ls)
             e = torch.exp(-a)
             gt = g * (a + 1.0) * e
         else:

@@ -8,6 +8,7 @@ from probrec.gp import (
     GPConfig,
     geometry,
     inner_objective,
+    inner_objective_grad,
     posterior_from_geometry,
     predictive_nll,
     prior_centres,
@@ -138,8 +139,10 @@ def test_unknown_solver_raises():
         implicit_argmin(inner, torch.zeros(3), [torch.zeros(4)], solver="qr")
 
 
-def test_adkf_ift_gp_hypergradient_equals_finite_differences():
-    """The full ADKF-IFT outer loss: encoder -> GP MAP fit -> query predictive NLL."""
+@pytest.mark.parametrize("closed_form", [False, True])
+def test_adkf_ift_gp_hypergradient_equals_finite_differences(closed_form):
+    """The full ADKF-IFT outer loss: encoder -> GP MAP fit -> query predictive NLL; the mixed
+    term from autograd's double backward or from the closed-form inner gradient."""
     g = torch.Generator().manual_seed(3)
     cfg = GPConfig(kind="classification")
     x_s, x_q = torch.randn(2, 12, 5, generator=g), torch.randn(2, 9, 5, generator=g)
@@ -168,6 +171,13 @@ def test_adkf_ift_gp_hypergradient_equals_finite_differences():
                 [z_s],
                 solver="block",
                 hessian=fit.hessian,
+                inner_grad=(
+                    lambda th, zs: inner_objective_grad(
+                        th, cfg, geometry(cfg, zs, zs), t_s, None, centres
+                    )
+                )
+                if closed_form
+                else None,
             )
         post = posterior_from_geometry(
             theta,

@@ -17,6 +17,7 @@ from probrec.gp import (
     geometry,
     inner_objective,
     inner_objective_derivatives,
+    inner_objective_grad,
     neg_log_marginal_likelihood,
     posterior,
     predictive_nll,
@@ -226,6 +227,35 @@ def test_closed_form_derivatives_equal_autograd(kernel, mean):
     torch.testing.assert_close(f1, f2, atol=1e-10, rtol=0)
     torch.testing.assert_close(g1, g2, atol=1e-10, rtol=0)
     torch.testing.assert_close(h1, h2, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["matern52", "rbf", "tanimoto"])
+@pytest.mark.parametrize("mean", ["zero", "constant"])
+def test_closed_form_gradient_gives_the_mixed_derivative_of_autograd(kernel, mean):
+    """inner_objective_grad equals autograd's gradient, and differentiating it once with
+    respect to the features equals autograd's double backward (the IFT mixed term)."""
+    cfg = GPConfig(kernel=kernel, mean=mean, kind="regression")
+    g = torch.Generator().manual_seed(1)
+    z0 = torch.randn(3, 10, 5, generator=g, dtype=torch.float64)
+    z0 = z0.abs() if kernel == "tanimoto" else z0
+    y = torch.randn(3, 10, generator=g, dtype=torch.float64)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    cen = prior_centres(cfg, z0, mask)
+    th = 0.3 * torch.randn(3, cfg.n_params, generator=g, dtype=torch.float64)
+    w = torch.randn(3, cfg.n_params, generator=g, dtype=torch.float64)
+
+    z = z0.clone().requires_grad_()
+    closed = inner_objective_grad(th, cfg, geometry(cfg, z, z), y, mask, cen)
+    (dz_closed,) = torch.autograd.grad((closed * w).sum(), z)
+    z2 = z0.clone().requires_grad_()
+    t = th.clone().requires_grad_()
+    (auto,) = torch.autograd.grad(
+        inner_objective(t, cfg, geometry(cfg, z2, z2), y, mask, cen).sum(), t, create_graph=True
+    )
+    (dz_auto,) = torch.autograd.grad((auto * w).sum(), z2)
+    torch.testing.assert_close(closed.detach(), auto.detach(), atol=1e-10, rtol=0)
+    torch.testing.assert_close(dz_closed, dz_auto, atol=1e-9, rtol=1e-7)
 
 
 def test_batched_fit_equals_one_by_one_and_reaches_tolerance():
