@@ -222,8 +222,8 @@ class EventTable:
             ``label [B]``; ``time [B]``; the user history ``hist_event [B, L]`` (log indices,
             -1 padded), ``hist_mask``, ``hist_label``, ``hist_item`` (raw ids),
             ``hist_fm_item``, ``hist_age_days``; the item history ``ihist_event [B, K]``,
-            ``ihist_mask``, ``ihist_label``, ``ihist_user`` (raw ids); and ``hist_count``,
-            ``hist_pos_rate`` ``[B]``.
+            ``ihist_mask``, ``ihist_label``, ``ihist_user`` (raw ids), ``ihist_fm_user``; and
+            ``hist_count``, ``hist_pos_rate`` ``[B]``.
         """
         idx = torch.as_tensor(np.asarray(index), dtype=torch.int64)
         out = {k: v[idx] for k, v in self._t.items()}
@@ -236,6 +236,7 @@ class EventTable:
             out[f"{prefix}_label"] = torch.where(mask, self._t["label"][hc], 0.0)
             if prefix == "ihist":
                 out["ihist_user"] = torch.where(mask, self._t["user"][hc], 0)
+                out["ihist_fm_user"] = torch.where(mask, self._t["fm_user"][hc], 0)
             if prefix == "hist":
                 out["hist_item"] = torch.where(mask, self._t["item"][hc], 0)
                 out["hist_fm_item"] = torch.where(mask, self._t["fm_item"][hc], 0)

@@ -9,7 +9,8 @@ products and the concatenated vectors to a logit.
   training period, every side field, the genre block, dense history statistics and a sequence
   encoder over the user's recent events (item embedding + the event's label, attention pooling
   with recency ranks, :class:`~probrec.backbone.history.HistoryEncoder`), plus masked means of
-  the liked and the disliked items. Its *event embedding* ``[B, embed_dim]`` is what LoopFM
+  the liked and the disliked items, and the item's recent events (user embedding + label,
+  masked mean). Its *event embedding* ``[B, embed_dim]`` is what LoopFM
   stores: by default the concatenation of three intermediate representations -- the item
   embedding, the sequence encoder's output and the last hidden layer of the top MLP
   (``stored="item+sequence+hidden"``); ``stored="hidden"`` keeps the last hidden layer only.
@@ -197,9 +198,9 @@ class FoundationModel(nn.Module):
         )
         for emb in (self.user, self.item, *self.fields, self.label_emb):
             nn.init.normal_(emb.weight, 0.0, 0.05)
-        n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 1 + 3
+        n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 1 + 4
         self.top = _Top(n_vec, e, hidden, seed, self.dropout)
-        self._seq_pos = n_vec - 3  # position of the sequence-encoder output in vectors()
+        self._seq_pos = n_vec - 4  # position of the sequence-encoder output in vectors()
         self.embed_dim = int(hidden[-1]) + (2 * e if self.stored != "hidden" else 0)
 
     def vectors(self, batch: dict[str, Tensor]) -> Tensor:
@@ -215,6 +216,8 @@ class FoundationModel(nn.Module):
         vec.append(self.seq(seq_in, mask))
         vec.append(_masked_mean(hist_item, mask & (lab > 0.5)))
         vec.append(_masked_mean(hist_item, mask & (lab < 0.5)))
+        item_side = self.user(batch["ihist_fm_user"]) + self.label_emb(batch["ihist_label"].long())
+        vec.append(_masked_mean(item_side, batch["ihist_mask"]))
         return torch.stack(vec, dim=1)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -204,7 +204,8 @@ def train_ctr(
         spec: settings.
         inputs: adds extra inputs to a batch (e.g. :class:`~probrec.recsys.loopfm.StoredHistory`).
         teacher_logit: ``[len(table.log)]`` FM logits of every event, for KD / auxiliary head.
-        seed: seed of the shuffling.
+        seed: seed of the shuffling and of dropout (torch's global generator is left as it
+            was).
         progress: show a progress bar.
 
     Returns:
@@ -212,51 +213,54 @@ def train_ctr(
     """
     if len(train_index) == 0 or len(valid_index) == 0:
         raise ValueError("train_index and valid_index must be non-empty")
-    rng = numpy_rng(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    valid_y = table.log.label[valid_index]
-    best, best_state, bad = -np.inf, copy.deepcopy(model.state_dict()), 0
-    hist: dict[str, list[float]] = {
-        "train_loss": [],
-        "valid_auc": [],
-        "valid_logloss": [],
-        "best_epoch": [0],
-    }
-    for epoch in track(range(spec.epochs), progress=progress, desc="epochs"):
-        model.train()
-        perm = rng.permutation(train_index)
-        total = 0.0
-        for s in range(0, len(perm), spec.batch_size):
-            idx = perm[s : s + spec.batch_size]
-            b = table.batch(idx)
-            logit, aux = _split_output(model(inputs(b) if inputs else b))
-            teach = None if teacher_logit is None else teacher_logit[torch.from_numpy(idx)]
-            loss = vm_loss(
-                logit,
-                b["label"],
-                teacher_logit=teach,
-                kd_weight=spec.kd_weight,
-                temperature=spec.temperature,
-                aux_logit=aux,
-                aux_weight=spec.aux_weight,
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # one-class validation sets: AUC undefined
-            m = ctr_metrics(valid_y, predict_logits(model, table, valid_index, inputs=inputs))
-        hist["train_loss"].append(total / len(perm))
-        hist["valid_auc"].append(m["auc"])
-        hist["valid_logloss"].append(m["logloss"])
-        if -m["logloss"] > best:
-            best, best_state, bad = -m["logloss"], copy.deepcopy(model.state_dict()), 0
-            hist["best_epoch"] = [epoch]
-        else:
-            bad += 1
-            if bad >= spec.patience:
-                break
+    # dropout draws from torch's global generator: seed a private copy for reproducibility
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rng = numpy_rng(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        valid_y = table.log.label[valid_index]
+        best, best_state, bad = -np.inf, copy.deepcopy(model.state_dict()), 0
+        hist: dict[str, list[float]] = {
+            "train_loss": [],
+            "valid_auc": [],
+            "valid_logloss": [],
+            "best_epoch": [0],
+        }
+        for epoch in track(range(spec.epochs), progress=progress, desc="epochs"):
+            model.train()
+            perm = rng.permutation(train_index)
+            total = 0.0
+            for s in range(0, len(perm), spec.batch_size):
+                idx = perm[s : s + spec.batch_size]
+                b = table.batch(idx)
+                logit, aux = _split_output(model(inputs(b) if inputs else b))
+                teach = None if teacher_logit is None else teacher_logit[torch.from_numpy(idx)]
+                loss = vm_loss(
+                    logit,
+                    b["label"],
+                    teacher_logit=teach,
+                    kd_weight=spec.kd_weight,
+                    temperature=spec.temperature,
+                    aux_logit=aux,
+                    aux_weight=spec.aux_weight,
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # one-class validation sets: AUC undefined
+                m = ctr_metrics(valid_y, predict_logits(model, table, valid_index, inputs=inputs))
+            hist["train_loss"].append(total / len(perm))
+            hist["valid_auc"].append(m["auc"])
+            hist["valid_logloss"].append(m["logloss"])
+            if -m["logloss"] > best:
+                best, best_state, bad = -m["logloss"], copy.deepcopy(model.state_dict()), 0
+                hist["best_epoch"] = [epoch]
+            else:
+                bad += 1
+                if bad >= spec.patience:
+                    break
     model.load_state_dict(best_state)
     model.eval()
     return hist

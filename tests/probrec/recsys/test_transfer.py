@@ -88,3 +88,26 @@ def test_train_ctr_learns_and_keeps_best(small_log):
     best = int(np.argmin(hist["valid_logloss"]))
     assert hist["best_epoch"] == [best]
     assert after["logloss"] == pytest.approx(hist["valid_logloss"][best], rel=1e-5)
+
+
+def test_train_ctr_is_reproducible_with_dropout(small_log):
+    from probrec.recsys import FoundationModel
+
+    table = EventTable.build(small_log, np.arange(1000), user_history=4, item_history=3)
+    tr, va = np.arange(0, 1500), np.arange(1500, 1800)
+    outs = []
+    for _ in range(2):
+        fm = FoundationModel(
+            int(table.fm_user.max()) + 1,
+            int(table.fm_item.max()) + 1,
+            table.field_cardinalities,
+            3,
+            emb_dim=4,
+            hidden=(8,),
+            dropout=0.5,
+            seed=0,
+        )
+        torch.manual_seed(len(outs))  # a different global state must not matter
+        train_ctr(fm, table, tr, va, TrainSpec(epochs=1, batch_size=256), seed=3)
+        outs.append(predict_logits(fm, table, va))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
