@@ -51,6 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dkl-steps", type=int, default=100, help="Adam steps of DKL per task")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=-1,
+        help="worker processes for the per-episode evaluation (-1, default: one per core)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -157,7 +163,9 @@ def main(argv=None) -> int:
     for label, tset in (("toxcast_test", test_f), ("tox21", tox21_f)):
         if not tset:
             continue
-        res = metalearn.evaluate(learners, tset, sizes, args.eval_seeds, progress=progress)
+        res = metalearn.evaluate(
+            learners, tset, sizes, args.eval_seeds, progress=progress, n_jobs=args.jobs
+        )
         md = res.to_markdown()
         if "ADKF-IFT" in learners:  # paired differences against ADKF-IFT (same episodes)
             rows = [

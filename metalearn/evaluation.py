@@ -10,7 +10,10 @@ for a support size, or whose query set would miss a class, are skipped and count
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +174,7 @@ def evaluate(
     n_seeds: int = 5,
     *,
     progress: bool | None = None,
+    n_jobs: int = 1,
 ) -> EvalResult:
     """Scores already meta-trained ``learners`` on ``tasks`` by the FS-Mol protocol.
 
@@ -181,10 +185,16 @@ def evaluate(
         n_seeds: support sets drawn per task and size (seeds ``0 .. n_seeds - 1``; the same
             episodes for every learner).
         progress: show a progress bar.
+        n_jobs: worker processes over episodes (forked, one torch thread each; ``-1``: one
+            per CPU core). Learners on a CUDA device, and platforms without ``fork``, run in
+            this process. Scores do not depend on ``n_jobs``.
 
     Returns:
         An :class:`EvalResult` (``to_markdown``, ``to_json``, ``plot``).
     """
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be a positive int or -1, got {n_jobs!r}")
+    n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
     if not isinstance(learners, Mapping):
         learners = {m.name: m for m in learners}
     kinds = {t.kind for t in tasks}
@@ -215,19 +225,9 @@ def evaluate(
     for name, learner in learners.items():
         t0 = time.perf_counter()
         encoded = _encoded_tasks(learner, tasks)
-        for size, ep in track(episodes, progress=progress, desc=f"evaluate {name}"):
-            if encoded is not None:  # frozen encoder: every molecule encoded once per learner
-                ep = Episode(encoded[ep.task.name], ep.support_index, ep.query_index, ep.seed)
-                pred = learner.adapt(ep.support_x, ep.support_y, encoded=True)
-            else:
-                pred = learner.adapt(ep.support_x, ep.support_y)
-            if kind == "classification":
-                score = delta_auprc(
-                    ep.query_y, np.asarray(pred.predict_proba(ep.query_x), dtype=float)
-                )
-            else:
-                mean = np.asarray(pred.predict(ep.query_x)[0], dtype=float)
-                score = r2_os(ep.query_y, mean, float(ep.support_y.mean()))
+        job = (learner, encoded, kind, [ep for _, ep in episodes])
+        scores = _map_episodes(job, len(episodes), n_jobs, progress, f"evaluate {name}")
+        for (size, ep), score in zip(episodes, scores, strict=True):
             res.rows.append(
                 {
                     "learner": name,
@@ -239,3 +239,55 @@ def evaluate(
             )
         res.seconds[name] = time.perf_counter() - t0
     return res
+
+
+# the job of the forked workers: (learner, encoded tasks or None, kind, episodes), inherited
+# from the parent at fork time instead of pickled
+_JOB: tuple[Any, Any, str, list[Episode]] | None = None
+
+
+def _score_episode(i: int) -> float:
+    """Adapts the job's learner to episode ``i`` and scores its query predictions."""
+    learner, encoded, kind, episodes = _JOB
+    ep = episodes[i]
+    if encoded is not None:  # frozen encoder: every molecule encoded once per learner
+        ep = Episode(encoded[ep.task.name], ep.support_index, ep.query_index, ep.seed)
+        pred = learner.adapt(ep.support_x, ep.support_y, encoded=True)
+    else:
+        pred = learner.adapt(ep.support_x, ep.support_y)
+    if kind == "classification":
+        return delta_auprc(ep.query_y, np.asarray(pred.predict_proba(ep.query_x), dtype=float))
+    mean = np.asarray(pred.predict(ep.query_x)[0], dtype=float)
+    return r2_os(ep.query_y, mean, float(ep.support_y.mean()))
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _map_episodes(
+    job: tuple[Any, Any, str, list[Episode]],
+    n: int,
+    n_jobs: int,
+    progress: bool | None,
+    desc: str,
+) -> list[float]:
+    """Scores of episodes ``0 .. n - 1``, in order, in this process or in forked workers."""
+    global _JOB
+    device = getattr(job[0], "device", None)
+    on_gpu = device is not None and getattr(device, "type", str(device)) != "cpu"
+    forkable = "fork" in multiprocessing.get_all_start_methods()
+    if n_jobs > 1 and not forkable:
+        warnings.warn("evaluate: no fork start method here; running n_jobs=1", stacklevel=3)
+    _JOB = job
+    try:
+        if n_jobs == 1 or n < 2 or on_gpu or not forkable:
+            return [_score_episode(i) for i in track(range(n), progress=progress, desc=desc)]
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(min(n_jobs, n), initializer=_worker_init) as pool:
+            it = pool.imap(_score_episode, range(n), chunksize=max(1, n // (16 * n_jobs)))
+            return list(track(it, progress=progress, desc=desc, total=n))
+    finally:
+        _JOB = None

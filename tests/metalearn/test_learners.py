@@ -189,3 +189,21 @@ def test_encoded_adaptation_equals_plain_and_evaluate_matches_a_manual_loop(task
         p = m.adapt(e.support_x, e.support_y).predict_proba(e.query_x).numpy()
         assert row["score"] == pytest.approx(delta_auprc(e.query_y, p), abs=1e-6)
     assert res.summary()["m"][16]["n_tasks"] == len(te)
+
+
+def test_evaluate_in_worker_processes_gives_the_same_scores(tasks):
+    """Episodes scored in forked workers (n_jobs=2) equal the in-process loop, in order."""
+    from metalearn import evaluate
+
+    _, _, te = tasks
+    learners = {"kNN": KNN(seed=0), "LogReg": LogisticRegression(seed=0)}
+    one = evaluate(learners, te, (16,), 2, progress=False)
+    two = evaluate(learners, te, (16,), 2, progress=False, n_jobs=2)
+    assert len(one.rows) == len(two.rows) > 0
+    for a, b in zip(one.rows, two.rows, strict=True):
+        assert {k: a[k] for k in ("learner", "task", "size", "seed")} == {
+            k: b[k] for k in ("learner", "task", "size", "seed")
+        }
+        assert a["score"] == pytest.approx(b["score"], abs=1e-12)
+    with pytest.raises(ValueError, match="n_jobs"):
+        evaluate(learners, te, (16,), 2, progress=False, n_jobs=0)
