@@ -46,7 +46,11 @@ from probrec.progress import track
 from . import metrics
 from .base import Sampler, SamplerResult
 from .digs import DiGS
+from .dikl import PRESETS as DIKL_PRESETS
+from .dikl import DiKL
 from .mcmc import HMC, MALA, RandomWalkMetropolis
+from .ptsd import PRESETS as PTSD_PRESETS
+from .ptsd import PTSD
 from .targets import BNNPosterior, DoubleWell4, LennardJones, ManyWell, MoG40, Target
 from .tempering import ParallelTempering
 
@@ -140,13 +144,20 @@ SAMPLER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         1e-3,
     ),
 }
-SAMPLERS: dict[str, Callable[..., Sampler]] = {
+# neural samplers (PTSD, DiKL): their CPU presets; with a budget, PTSD derives its MCMC steps
+# and DiKL its training iterations from it (independent draws only: --chains 0)
+SAMPLER_SETTINGS["mog40"]["ptsd"] = dict(PTSD_PRESETS["mog40"])
+SAMPLER_SETTINGS["mw32"]["ptsd"] = dict(PTSD_PRESETS["mw32"])
+SAMPLER_SETTINGS["mog40"]["dikl"] = dict(DIKL_PRESETS["mog40"])
+SAMPLERS: dict[str, Callable[..., Sampler | PTSD | DiKL]] = {
     "digs": DiGS,
     "pt": ParallelTempering,
     "pt_hmc": ParallelTempering,
     "mala": MALA,
     "hmc": HMC,
     "rwm": RandomWalkMetropolis,
+    "ptsd": PTSD,
+    "dikl": DiKL,
 }
 TARGETS = ("mog40", "mw32", "dw4", "lj13", "lj55", "bnn")
 PRIMARY_METRIC = {
@@ -193,7 +204,7 @@ def make_sampler(
     compile: bool | str = "auto",
     progress: bool | None = False,
     overrides: dict[str, Any] | None = None,
-) -> Sampler:
+) -> Sampler | PTSD | DiKL:
     """A sampler configured for ``target_name`` with ``budget`` evaluations per sample."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)} or 'map'")
@@ -282,7 +293,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samplers",
         default="digs,pt,mala,hmc",
-        help="comma-separated subset of digs,pt,pt_hmc,mala,hmc,rwm,map (default: %(default)s)",
+        help="comma-separated subset of digs,pt,pt_hmc,mala,hmc,rwm,ptsd,dikl,map "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--budgets",
@@ -413,7 +425,12 @@ def run(args: argparse.Namespace) -> int:
                 overrides=overrides,
             )
             try:
-                sampler.plan(target, args.n_samples)
+                if isinstance(sampler, PTSD):
+                    sampler.plan_steps(args.n_samples)
+                elif isinstance(sampler, DiKL):
+                    sampler.iterations(args.n_samples)
+                else:
+                    sampler.plan(target, args.n_samples)
             except ValueError as exc:  # budget below one transition: report, do not abort
                 rows.append(
                     {
