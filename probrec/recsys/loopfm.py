@@ -113,6 +113,10 @@ class StoredHistory:
         rows = torch.where(events >= 0, self.rows[events.clamp_min(0)], -1)
         return self.vectors[torch.where(rows >= 0, rows, len(self.vectors) - 1)]
 
+    def event_vectors(self, events: np.ndarray | Tensor) -> Tensor:
+        """Stored vectors ``[n, d]`` of the log's events ``[n]`` (zeros where absent)."""
+        return self._gather(torch.as_tensor(np.asarray(events), dtype=torch.int64))
+
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` plus ``fm_hist [B, L, d]`` and ``fm_ihist [B, K, d]`` (zero padded)."""
         out = dict(batch)

@@ -317,6 +317,10 @@ class VerticalModel(nn.Module):
         n_vec += int(self.item_history)
         if fm_dim is not None:
             d = check_positive_int(fm_dim, "fm_dim")
+            # per-dimension standardisation of the stored vectors (set_fm_scaling); the stored
+            # blocks (item embedding, sequence output, hidden layer) differ in scale by 5x
+            self.register_buffer("fm_mean", torch.zeros(d))
+            self.register_buffer("fm_std", torch.ones(d))
             self.fm_label = nn.Embedding(2, d)
             nn.init.normal_(self.fm_label.weight, 0.0, 0.05)
             self.fm_user_seq = HistoryEncoder(
@@ -342,11 +346,27 @@ class VerticalModel(nn.Module):
         if self.fm_dim is not None:
             if "fm_hist" not in batch:
                 raise ValueError("this VerticalModel uses LoopFM inputs: batch needs 'fm_hist'")
-            u = batch["fm_hist"] + self.fm_label(batch["hist_label"].long())
+            u = self._scale(batch["fm_hist"]) + self.fm_label(batch["hist_label"].long())
             vec.append(self.fm_user_seq(u, batch["hist_mask"]))
-            i = batch["fm_ihist"] + self.fm_label(batch["ihist_label"].long())
+            i = self._scale(batch["fm_ihist"]) + self.fm_label(batch["ihist_label"].long())
             vec.append(self.fm_item_seq(i, batch["ihist_mask"]))
         return torch.stack(vec, dim=1)
+
+    def _scale(self, x: Tensor) -> Tensor:
+        return (x - self.fm_mean) / self.fm_std
+
+    @torch.no_grad()
+    def set_fm_scaling(self, vectors: Tensor) -> None:
+        """Standardises the stored FM inputs per dimension with the mean and standard deviation
+        of ``vectors [n, d]`` (e.g. the stored embeddings of the VM's training events)."""
+        if self.fm_dim is None:
+            raise ValueError("this VerticalModel has no LoopFM inputs")
+        if vectors.dim() != 2 or vectors.shape[1] != self.fm_dim or len(vectors) < 2:
+            raise ValueError(
+                f"vectors must have shape [n >= 2, {self.fm_dim}], got {tuple(vectors.shape)}"
+            )
+        self.fm_mean.copy_(vectors.mean(0))
+        self.fm_std.copy_(vectors.std(0).clamp_min(1e-6))
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         """Returns ``(hidden [B, hidden[-1]], logit [B], auxiliary logit [B] or None)``."""

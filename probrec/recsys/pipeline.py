@@ -232,6 +232,8 @@ def run_loopfm(
         if variant == "VM+AuxHead":
             spec.aux_weight, spec.temperature = cfg.aux_weight, cfg.temperature
         inputs = (untrained if variant == UNTRAINED else stored) if "LoopFM" in variant else None
+        if inputs is not None:  # standardise with the stored vectors of the VM's training events
+            vm.set_fm_scaling(inputs.event_vectors(vm_tr))
         history[variant] = train_ctr(
             vm,
             table,

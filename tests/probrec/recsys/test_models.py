@@ -56,3 +56,26 @@ def test_models_are_seeded_without_touching_global_rng(small_log):
     b = VerticalModel(table.field_cardinalities, 3, seed=5)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_fm_scaling_makes_vm_invariant_to_affine_store_changes(small_log):
+    table = EventTable.build(small_log, np.arange(1000), user_history=4, item_history=3)
+    gen = torch.Generator().manual_seed(0)
+    b = table.batch(np.arange(200, 260))
+    d = 6
+    store = torch.randn(len(small_log), d, generator=gen)
+    scale, shift = torch.rand(d, generator=gen) * 5 + 0.1, torch.randn(d, generator=gen)
+    outs = []
+    for vec in (store, store * scale + shift):
+        vm = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), fm_dim=d, seed=0)
+        vm.set_fm_scaling(vec[:1000])
+        batch = dict(b)
+        batch["fm_hist"] = vec[b["hist_event"].clamp_min(0)]
+        batch["fm_ihist"] = vec[b["ihist_event"].clamp_min(0)]
+        with torch.no_grad():
+            outs.append(vm(batch)[1])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        vm.set_fm_scaling(store[:, :3])
+    with pytest.raises(ValueError, match="no LoopFM"):
+        VerticalModel(table.field_cardinalities, 3).set_fm_scaling(store)
