@@ -162,46 +162,22 @@ class FoundationModel(nn.Module):
         self.dropout = float(dropout)
         self.stored = check_choice(stored, "stored", ("hidden", "item+sequence+hidden"))
         with _seeded(seed):
-            self._build(
-                n_users,
-                n_items,
-                field_cardinalities,
-                n_multi_hot,
-                emb_dim,
-                hidden,
-                max_history,
-                heads,
-                seed,
+            e = check_positive_int(emb_dim, "emb_dim")
+            self.user = nn.Embedding(n_users, e)
+            self.item = nn.Embedding(n_items, e)
+            self.fields = nn.ModuleList(nn.Embedding(c, e) for c in field_cardinalities)
+            self.genre = nn.Linear(n_multi_hot, e) if n_multi_hot else None
+            self.label_emb = nn.Embedding(2, e)
+            self.dense = nn.Linear(2, e)
+            self.seq = HistoryEncoder(
+                e, "attention", num_heads=heads, max_positions=max_history, seed=seed
             )
-
-    def _build(
-        self,
-        n_users,
-        n_items,
-        field_cardinalities,
-        n_multi_hot,
-        emb_dim,
-        hidden,
-        max_history,
-        heads,
-        seed,
-    ) -> None:
-        e = check_positive_int(emb_dim, "emb_dim")
-        self.user = nn.Embedding(n_users, e)
-        self.item = nn.Embedding(n_items, e)
-        self.fields = nn.ModuleList(nn.Embedding(c, e) for c in field_cardinalities)
-        self.genre = nn.Linear(n_multi_hot, e) if n_multi_hot else None
-        self.label_emb = nn.Embedding(2, e)
-        self.dense = nn.Linear(2, e)
-        self.seq = HistoryEncoder(
-            e, "attention", num_heads=heads, max_positions=max_history, seed=seed
-        )
-        for emb in (self.user, self.item, *self.fields, self.label_emb):
-            nn.init.normal_(emb.weight, 0.0, 0.05)
-        n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 1 + 4
-        self.top = _Top(n_vec, e, hidden, seed, self.dropout)
-        self._seq_pos = n_vec - 4  # position of the sequence-encoder output in vectors()
-        self.embed_dim = int(hidden[-1]) + (2 * e if self.stored != "hidden" else 0)
+            for emb in (self.user, self.item, *self.fields, self.label_emb):
+                nn.init.normal_(emb.weight, 0.0, 0.05)
+            n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 1 + 4
+            self.top = _Top(n_vec, e, hidden, seed, self.dropout)
+            self._seq_pos = n_vec - 4  # position of the sequence-encoder output in vectors()
+            self.embed_dim = int(hidden[-1]) + (2 * e if self.stored != "hidden" else 0)
 
     def vectors(self, batch: dict[str, Tensor]) -> Tensor:
         """Sparse-feature vectors ``[B, F, e]`` that enter the interaction layer."""
@@ -273,63 +249,35 @@ class VerticalModel(nn.Module):
         super().__init__()
         self.item_history = bool(item_history)
         with _seeded(seed):
-            self._build(
-                field_cardinalities,
-                n_multi_hot,
-                emb_dim,
-                hidden,
-                user_buckets,
-                item_buckets,
-                field_buckets,
-                fm_dim,
-                max_history,
-                aux_head,
-                seed,
+            e = check_positive_int(emb_dim, "emb_dim")
+            self.user = HashedEmbedding(user_buckets, e, seed=seed)
+            self.item = HashedEmbedding(item_buckets, e, seed=seed + 1)
+            self.fields = nn.ModuleList(
+                HashedEmbedding(min(c, field_buckets), e, seed=seed + 2 + j)
+                for j, c in enumerate(field_cardinalities)
             )
-
-    def _build(
-        self,
-        field_cardinalities,
-        n_multi_hot,
-        emb_dim,
-        hidden,
-        user_buckets,
-        item_buckets,
-        field_buckets,
-        fm_dim,
-        max_history,
-        aux_head,
-        seed,
-    ) -> None:
-        e = check_positive_int(emb_dim, "emb_dim")
-        self.user = HashedEmbedding(user_buckets, e, seed=seed)
-        self.item = HashedEmbedding(item_buckets, e, seed=seed + 1)
-        self.fields = nn.ModuleList(
-            HashedEmbedding(min(c, field_buckets), e, seed=seed + 2 + j)
-            for j, c in enumerate(field_cardinalities)
-        )
-        self.genre = nn.Linear(n_multi_hot, e) if n_multi_hot else None
-        self.dense = nn.Linear(2, e)
-        self.label_emb = nn.Embedding(2, e)
-        nn.init.normal_(self.label_emb.weight, 0.0, 0.05)
-        self.fm_dim = fm_dim
-        n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 2
-        n_vec += int(self.item_history)
-        if fm_dim is not None:
-            d = check_positive_int(fm_dim, "fm_dim")
-            # per-dimension standardisation of the stored vectors (set_fm_scaling); the stored
-            # blocks (item embedding, sequence output, hidden layer) differ in scale by 5x
-            self.register_buffer("fm_mean", torch.zeros(d))
-            self.register_buffer("fm_std", torch.ones(d))
-            self.fm_label = nn.Embedding(2, d)
-            nn.init.normal_(self.fm_label.weight, 0.0, 0.05)
-            self.fm_user_seq = HistoryEncoder(
-                d, "attention", out_dim=e, num_heads=2, max_positions=max_history, seed=seed
-            )
-            self.fm_item_seq = HistoryEncoder(d, "mean", out_dim=e, seed=seed + 1)
-            n_vec += 2
-        self.top = _Top(n_vec, e, hidden, seed)
-        self.aux = nn.Linear(hidden[-1], 1) if aux_head else None
+            self.genre = nn.Linear(n_multi_hot, e) if n_multi_hot else None
+            self.dense = nn.Linear(2, e)
+            self.label_emb = nn.Embedding(2, e)
+            nn.init.normal_(self.label_emb.weight, 0.0, 0.05)
+            self.fm_dim = fm_dim
+            n_vec = 2 + len(self.fields) + (1 if self.genre is not None else 0) + 2
+            n_vec += int(self.item_history)
+            if fm_dim is not None:
+                d = check_positive_int(fm_dim, "fm_dim")
+                # per-dimension standardisation of the stored vectors (set_fm_scaling); the stored
+                # blocks (item embedding, sequence output, hidden layer) differ in scale by 5x
+                self.register_buffer("fm_mean", torch.zeros(d))
+                self.register_buffer("fm_std", torch.ones(d))
+                self.fm_label = nn.Embedding(2, d)
+                nn.init.normal_(self.fm_label.weight, 0.0, 0.05)
+                self.fm_user_seq = HistoryEncoder(
+                    d, "attention", out_dim=e, num_heads=2, max_positions=max_history, seed=seed
+                )
+                self.fm_item_seq = HistoryEncoder(d, "mean", out_dim=e, seed=seed + 1)
+                n_vec += 2
+            self.top = _Top(n_vec, e, hidden, seed)
+            self.aux = nn.Linear(hidden[-1], 1) if aux_head else None
 
     def vectors(self, batch: dict[str, Tensor]) -> Tensor:
         """Sparse-feature vectors ``[B, F, e]`` that enter the interaction layer."""
