@@ -175,17 +175,18 @@ def dikl_loss(
         t: ``n`` times; eps: ``n x d`` noise.
         schedule: the kernel's ``alpha_t, sigma_t``.
         model_score, target_score: ``score(u_t, t) -> n x d``.
-        weight: ``"sigma2"`` (``w = sigma_t^2``) or ``"none"`` (``w = 1``).
+        weight: ``"sigma2"`` (``w = sigma_t^2``), ``"sigma"`` (``w = sigma_t``) or ``"none"``
+            (``w = 1``).
 
     Returns:
         A scalar tensor.
     """
-    check_choice(weight, "weight", ["sigma2", "none"])
+    check_choice(weight, "weight", ["sigma2", "sigma", "none"])
     a, s = schedule.alpha(t).to(u), schedule.sigma(t).to(u)
     u_t = a[:, None] * u + s[:, None] * eps
     with torch.no_grad():
         diff = model_score(u_t.detach(), t) - target_score(u_t.detach(), t)
-    wt = s * s if weight == "sigma2" else torch.ones_like(s)
+    wt = {"sigma2": s * s, "sigma": s, "none": torch.ones_like(s)}[weight]
     return (wt * (diff * u_t).sum(-1)).mean()
 
 
@@ -241,7 +242,7 @@ class DiKL(NeuralSampler):
         sigma_min, sigma_max: VE noise range (model coordinates).
         n_is, n_mcmc, n_posterior, step_scale, target_precision: the noisy target score
             estimator (:func:`noisy_target_score`).
-        weight: noise-level weighting of the loss (``"sigma2"`` or ``"none"``).
+        weight: noise-level weighting of the loss (``"sigma2"``, ``"sigma"`` or ``"none"``).
         n_particles: mean-centred networks for particle systems (taken from the target).
         n_chains, compile, progress: see :class:`~samplers.diffusion.NeuralSampler`.
     """
@@ -299,7 +300,7 @@ class DiKL(NeuralSampler):
         self.n_mcmc = check_positive_int(n_mcmc, "n_mcmc", minimum=0)
         self.n_posterior = check_positive_int(n_posterior, "n_posterior")
         self.step_scale, self.target_precision = float(step_scale), float(target_precision)
-        self.weight = check_choice(weight, "weight", ["sigma2", "none"])
+        self.weight = check_choice(weight, "weight", ["sigma2", "sigma", "none"])
         self.n_particles = n_particles
 
     @classmethod
