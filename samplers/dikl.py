@@ -192,7 +192,9 @@ def dikl_loss(
 
 PRESETS: dict[str, dict[str, Any]] = {
     "mog40": {
-        "n_iters": 3000,
+        "n_iters": 2000,
+        "weight": "sigma",
+        "n_score_steps": 4,
         "data_scale": 20.0,
         "latent_dim": 8,
         "gen_hidden": 256,
@@ -209,6 +211,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "mog40_gpu": {
         "n_iters": 30_000,
+        "weight": "sigma",
+        "n_score_steps": 4,
         "data_scale": 20.0,
         "latent_dim": 16,
         "gen_hidden": 400,

@@ -341,14 +341,16 @@ class PTSD(NeuralSampler):
             progress=False,
         )
 
-    def _new_model(self, buffer: Tensor) -> DiffusionModel:
+    def _new_model(self, buffer: Tensor, seed: int) -> DiffusionModel:
         d = buffer.shape[1]
         if self.n_particles is not None:
             norm = Normalizer(torch.zeros(d, dtype=buffer.dtype), buffer.std())
         else:
             norm = Normalizer.fit(buffer)
         sched = VPSchedule() if self.schedule == "vp" else VESchedule(0.01, 3.0)
-        net = ScoreMLP(d, self.hidden, self.n_layers, n_particles=self.n_particles)
+        with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed
+            torch.manual_seed(seed)
+            net = ScoreMLP(d, self.hidden, self.n_layers, n_particles=self.n_particles)
         return DiffusionModel(net.to(buffer.dtype), sched, norm.to(buffer.device))
 
     def _fit(self, model: DiffusionModel, buffer: Tensor, steps: int, seed: int) -> float:
@@ -387,7 +389,7 @@ class PTSD(NeuralSampler):
         levels.append(self._level_stats(k_max - 1, res, target.n_evals - ev0, None))
         # 2. the two hottest models
         models: dict[int, DiffusionModel] = {}
-        models[k_max] = self._new_model(buffers[k_max])
+        models[k_max] = self._new_model(buffers[k_max], next_seed())
         loss = self._fit(models[k_max], buffers[k_max], self.train_steps_first, next_seed())
         levels[-1]["dsm_loss_hot"] = loss
         models[k_max - 1] = models[k_max].copy()
