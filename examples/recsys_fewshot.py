@@ -120,7 +120,7 @@ def main(argv=None) -> int:
 
     def head(name: str):
         lin = vms[name].top.logit
-        return lin.weight.reshape(-1), float(lin.bias)
+        return lin.weight.detach().reshape(-1), lin.bias.item()
 
     full_learners = {
         "VM-finetune": lambda: HeadFineTune("VM-finetune", cols["VM/hidden"], *head("VM")),
