@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/recsys_fewshot", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the models, split and episodes")
     p.add_argument("--sizes", default="4,8,16", help="support sizes")
-    p.add_argument("--eval-seeds", type=int, default=5, help="support sets per task and size")
+    p.add_argument("--eval-seeds", type=int, default=3, help="support sets per task and size")
     p.add_argument("--n-train", type=int, default=50, help="meta-train users")
     p.add_argument("--n-valid", type=int, default=10, help="validation users")
     p.add_argument("--min-events", type=int, default=20, help="test events a user needs")
@@ -92,10 +92,17 @@ def main(argv=None) -> int:
         f"{len(tasks)} cold-start users (test events per user: median {np.median(sizes_ev):.0f},"
         f" min {min(sizes_ev)}): {len(train)} meta-train / {len(valid)} valid / {len(test)} test"
     )
+    sizes = [int(s) for s in args.sizes.split(",")]
     a, b = cols["fm"]
+    # the FM-store block mixes scales (embeddings ~0.05-0.3, a rate in [0, 1], a log count):
+    # standardise it per dimension with the meta-training users' statistics
+    fm_train = np.concatenate([np.asarray(t.inputs)[:, a:b] for t in train])
+    mu, sd = fm_train.mean(0), fm_train.std(0) + 1e-6
 
     def fm_only(ts):
-        return [t.with_inputs(np.asarray(t.inputs)[:, a:b]) for t in ts]
+        return [
+            t.with_inputs(((np.asarray(t.inputs)[:, a:b] - mu) / sd).astype(np.float32)) for t in ts
+        ]
 
     meta = dict(
         hidden=(64,),
@@ -122,11 +129,23 @@ def main(argv=None) -> int:
         lin = vms[name].top.logit
         return lin.weight.detach().reshape(-1), lin.bias.item()
 
+    def finetune(name: str, vm: str) -> HeadFineTune:
+        """The output-layer fine-tuner with its L2 pull chosen on the validation users."""
+        best = None
+        for l2 in (1.0, 10.0, 100.0):
+            ft = HeadFineTune(name, cols[f"{vm}/hidden"], *head(vm), l2=l2)
+            r = metalearn.evaluate({name: ft}, list(valid), sizes, 1, progress=False)
+            score = float(np.mean([v["mean"] for v in r.summary()[name].values()]))
+            if best is None or score > best[0]:
+                best = (score, l2, ft)
+        print(f"  {name}: l2 = {best[1]:g} chosen on the validation users")
+        chosen_l2[name] = best[1]
+        return best[2]
+
+    chosen_l2: dict[str, float] = {}
     full_learners = {
-        "VM-finetune": lambda: HeadFineTune("VM-finetune", cols["VM/hidden"], *head("VM")),
-        "LoopVM-finetune": lambda: HeadFineTune(
-            "LoopVM-finetune", cols["LoopVM/hidden"], *head("LoopVM")
-        ),
+        "VM-finetune": lambda: finetune("VM-finetune", "VM"),
+        "LoopVM-finetune": lambda: finetune("LoopVM-finetune", "LoopVM"),
         "VM": lambda: ColumnScore("VM", cols["VM/logit"][0], logit=True),
         "LoopVM": lambda: ColumnScore("LoopVM", cols["LoopVM/logit"][0], logit=True),
         "Popularity": lambda: ColumnScore("Popularity", cols["pop"][0]),
@@ -135,7 +154,6 @@ def main(argv=None) -> int:
     unknown = [w for w in wanted if w not in fm_learners and w not in full_learners]
     if unknown:
         raise ValueError(f"unknown --learners {unknown}")
-    sizes = [int(s) for s in args.sizes.split(",")]
     fm_set = {}
     train_seconds = {}
     for name in (w for w in wanted if w in fm_learners):
@@ -172,6 +190,7 @@ def main(argv=None) -> int:
         "loopfm_run": run.to_json(),
         "n_tasks": {"train": len(train), "valid": len(valid), "test": len(test)},
         "train_seconds": train_seconds,
+        "finetune_l2": chosen_l2,
         "result": merged.to_json(),
         "seconds": time.perf_counter() - t_start,
     }
