@@ -10,7 +10,7 @@ meta-train users, and every learner is scored by the FS-Mol protocol (stratified
 query = the rest, delta-AUPRC, mean +- s.e. across test users) against fine-tuning the vertical
 models' output layers, the vertical models without adaptation and an item-popularity baseline.
 
-Default: about 6 minutes on one CPU thread.
+Default: about 10 minutes on one CPU thread (measured on a shared 2-core machine).
 
 Example:
     python examples/recsys_fewshot.py --out runs/recsys_fewshot

@@ -8,7 +8,8 @@ with LoopFM inputs (histories of stored FM embeddings), with both, and with ExFM
 head -- and everything is scored on the last 15%. Prints AUC / log loss (mean +- s.e. over
 seeds), transfer ratios and a gain decomposition; writes JSON and markdown to ``--out``.
 
-Positive = rating >= 4. Default: 3 seeds, about 7 minutes on one CPU thread.
+Positive = rating >= 4. Default: 3 seeds on one CPU thread, about 26 minutes measured on a
+2-core machine shared with other jobs (load ~5); the FM takes ~1 minute per seed unloaded.
 
 Example:
     python examples/recsys_loopfm.py --seeds 0,1,2 --out runs/recsys_loopfm
