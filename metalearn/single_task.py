@@ -185,11 +185,14 @@ class KNN(_SklearnBaseline):
 class LogisticRegression(_SklearnBaseline):
     """L2-regularised logistic regression per task (grid over C; classification only).
 
-    Solved by liblinear (coordinate descent; its intercept is regularised too), ~6x faster
-    than lbfgs on 64 x 2048 count fingerprints."""
+    Solved by liblinear (~2x faster than lbfgs on 64 x 2048 count fingerprints). liblinear
+    penalises the intercept like a weight; ``intercept_scaling=100`` makes that penalty
+    negligible, so the model is the usual one (with the default scaling of 1 the intercept
+    is shrunk and delta-AUPRC@16 on ToxCast drops from .048 to .021 on 20 test assays)."""
 
     name = "LogReg"
     supports = ("classification",)
 
     def _estimator(self):
-        return _LR(solver="liblinear", max_iter=2000), {"C": [0.01, 0.1, 1.0]}
+        est = _LR(solver="liblinear", intercept_scaling=100.0, max_iter=2000)
+        return est, {"C": [0.01, 0.1, 1.0]}
