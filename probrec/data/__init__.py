@@ -7,7 +7,9 @@ Public names (plus those of :mod:`probrec.data.annotations`): :class:`Task`,
 :func:`load_chembl_assay_table`, :class:`MoleculeFeaturizer`, :func:`featurize_tasks`,
 :func:`load_fsmol_dir`, :func:`clean_chembl_assay_table`, :class:`CleanedAssay`,
 :class:`ExcludedTaskError`, :func:`load_rdkit_chembl_assay`, :func:`load_nci_smiles`,
-:func:`sinusoid_tasks`, :func:`latent_feature_tasks`, :func:`descriptor_tasks`.
+:func:`sinusoid_tasks`, :func:`latent_feature_tasks`, :func:`descriptor_tasks`,
+:class:`InteractionLog`, :func:`load_movielens`, :func:`download_movielens`,
+:func:`load_taobao_ad`.
 """
 
 from probrec.data import annotations as _annotations
@@ -24,7 +26,9 @@ from probrec.data.fsmol import (
     load_fsmol_task,
 )
 from probrec.data.moleculenet import load_moleculenet, load_regression_csv, load_regression_set
+from probrec.data.movielens import InteractionLog, download_movielens, load_movielens
 from probrec.data.synthetic import descriptor_tasks, latent_feature_tasks, sinusoid_tasks
+from probrec.data.taobao import load_taobao_ad
 from probrec.data.tasks import (
     Episode,
     RowView,
@@ -40,6 +44,7 @@ __all__ = [
     "CleanedAssay",
     "Episode",
     "ExcludedTaskError",
+    "InteractionLog",
     "MoleculeFeaturizer",
     "RowView",
     "Task",
@@ -47,6 +52,7 @@ __all__ = [
     "check_two_classes",
     "clean_chembl_assay_table",
     "descriptor_tasks",
+    "download_movielens",
     "featurize_tasks",
     "latent_feature_tasks",
     "load_chembl_assay_table",
@@ -54,10 +60,12 @@ __all__ = [
     "load_fsmol_split",
     "load_fsmol_task",
     "load_moleculenet",
+    "load_movielens",
     "load_nci_smiles",
     "load_rdkit_chembl_assay",
     "load_regression_csv",
     "load_regression_set",
+    "load_taobao_ad",
     "sample_episode",
     "sinusoid_tasks",
     "split_tasks",
