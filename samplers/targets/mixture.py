@@ -24,15 +24,6 @@ from .base import LOG_2PI, Target, _generator
 __all__ = ["GaussianMixture", "MoG40", "mog40_means"]
 
 
-_UNROLL_MAX_DIM = 4
-
-
-def _compiling() -> bool:
-    """Whether the code is being traced by ``torch.compile``."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
-
-
 class GaussianMixture(Target):
     """Mixture of Gaussians with diagonal covariances.
 
@@ -131,29 +122,17 @@ class GaussianMixture(Target):
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         p = self._shared_prec
-        # under torch.compile, few dimensions and a shared scale: the products over the d
-        # coordinates written out as sums fuse with the exp and the row sums into one loop
-        # (two BLAS calls with an inner size of d = 2 cost 3x more there); eager keeps BLAS
-        unrolled = p is not None and x.shape[-1] <= _UNROLL_MAX_DIM and _compiling()
+        # (a form with the products over the d coordinates written out, faster under
+        # torch.compile, was miscompiled by TorchInductor inside the fused MALA transition of
+        # torch 2.13 on CPU -- non-finite log-densities --, so the BLAS form is used everywhere)
         mp = self._buf("_mean_prec", x)
-        if unrolled:
-            logits = self._buf("_const", x) + sum(
-                x[:, j : j + 1] * mp[:, j] for j in range(x.shape[-1])
-            )
-        else:
-            logits = self._linear_logits(x) if p is not None else self._logits(x)
+        logits = self._linear_logits(x) if p is not None else self._logits(x)
         m = logits.amax(-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         e = torch.exp(logits - m)
         tot = e.sum(-1, keepdim=True)
         lp = (m + torch.log(tot)).squeeze(-1)
-        if unrolled:
-            pull = torch.cat(
-                [(e * mp[:, j]).sum(-1, keepdim=True) for j in range(x.shape[-1])], dim=-1
-            )
-            pull = pull / tot
-        else:
-            pull = (e @ mp) / tot  # sum_k r_k P_k mu_k
+        pull = (e @ mp) / tot  # sum_k r_k P_k mu_k
         if p is not None:
             return lp - 0.5 * p * (x * x).sum(-1), pull - p * x
         return lp, pull - x * ((e @ self._buf("_prec", x)) / tot)
