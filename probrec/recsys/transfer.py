@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.special
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import log_loss, roc_auc_score
@@ -113,7 +114,7 @@ def ctr_metrics(label: np.ndarray, logit: np.ndarray) -> dict[str, float]:
         raise ValueError(f"label and logit must be equal-length 1-d, got {y.shape}, {z.shape}")
     if not np.isfinite(z).all():
         raise ValueError("logit contains NaN/inf")
-    p = 1.0 / (1.0 + np.exp(-z))
+    p = scipy.special.expit(z)  # no overflow warning for very negative logits
     one_class = y.min() == y.max()
     if one_class:
         warnings.warn("AUC is undefined: the labels hold one class", stacklevel=2)
