@@ -596,8 +596,19 @@ class NeuralSampler(ABC):
     ) -> tuple[Tensor, dict[str, Any]]:
         """Draws ``n_samples x d`` samples; returns them with diagnostics."""
 
+    #: named constructor settings (``preset``); subclasses fill it
+    PRESETS: dict[str, dict[str, Any]] = {}
+    #: attributes recorded in every result's ``config``
+    CONFIG_KEYS: tuple[str, ...] = ()
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> NeuralSampler:
+        """An instance configured from the class's ``PRESETS[name]``, updated by ``overrides``."""
+        check_choice(name, "name", sorted(cls.PRESETS))
+        return cls(**{**cls.PRESETS[name], **overrides})
+
     def config(self) -> dict[str, Any]:
-        return {"budget": self.budget}
+        return {"budget": self.budget, **{k: getattr(self, k) for k in self.CONFIG_KEYS}}
 
     def run(self, target: Target, n_samples: int, seed: int = 0) -> SamplerResult:
         """Draws ``n_samples`` samples from ``target`` with the random stream of ``seed``.

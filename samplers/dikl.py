@@ -252,6 +252,30 @@ class DiKL(NeuralSampler):
     """
 
     name = "dikl"
+    PRESETS = PRESETS
+    CONFIG_KEYS = (
+        "n_iters",
+        "data_scale",
+        "data_shift",
+        "latent_dim",
+        "gen_hidden",
+        "gen_layers",
+        "score_hidden",
+        "score_layers",
+        "batch_size",
+        "lr",
+        "score_lr",
+        "n_score_steps",
+        "schedule",
+        "sigma_min",
+        "sigma_max",
+        "n_is",
+        "n_mcmc",
+        "n_posterior",
+        "step_scale",
+        "target_precision",
+        "weight",
+    )
 
     def __init__(
         self,
@@ -306,20 +330,6 @@ class DiKL(NeuralSampler):
         self.step_scale, self.target_precision = float(step_scale), float(target_precision)
         self.weight = check_choice(weight, "weight", ["sigma2", "sigma", "none"])
         self.n_particles = n_particles
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> DiKL:
-        """A DiKL configured from :data:`PRESETS` (``"mog40"``, ``"mog40_gpu"``)."""
-        check_choice(name, "name", sorted(PRESETS))
-        return cls(**{**PRESETS[name], **overrides})
-
-    def config(self) -> dict[str, Any]:
-        keys = (
-            "n_iters data_scale data_shift latent_dim gen_hidden gen_layers score_hidden "
-            "score_layers batch_size lr score_lr n_score_steps schedule sigma_min sigma_max n_is "
-            "n_mcmc n_posterior step_scale target_precision weight"
-        ).split()
-        return {"budget": self.budget, **{k: getattr(self, k) for k in keys}}
 
     def evals_per_iteration(self) -> int:
         """Target rows evaluated per training iteration."""

@@ -210,6 +210,29 @@ class PTSD(NeuralSampler):
     """
 
     name = "ptsd"
+    PRESETS = PRESETS
+    CONFIG_KEYS = (
+        "temperatures",
+        "buffer_size",
+        "hot_steps",
+        "refine_steps",
+        "hot_fraction",
+        "kernel",
+        "step_size",
+        "hidden",
+        "n_layers",
+        "train_steps_first",
+        "train_steps",
+        "batch_size",
+        "lr",
+        "ema",
+        "schedule",
+        "proposal",
+        "n_ode_steps",
+        "importance_weights",
+        "trace",
+        "extrapolation",
+    )
 
     def __init__(
         self,
@@ -275,20 +298,6 @@ class PTSD(NeuralSampler):
         self.extrapolation = float(extrapolation)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.n_particles = n_particles
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> PTSD:
-        """A PTSD configured from :data:`PRESETS` (``"mog40"``, ``"mw32"``, ``"*_gpu"``)."""
-        check_choice(name, "name", sorted(PRESETS))
-        return cls(**{**PRESETS[name], **overrides})
-
-    def config(self) -> dict[str, Any]:
-        keys = (
-            "temperatures buffer_size hot_steps refine_steps hot_fraction kernel step_size hidden "
-            "n_layers train_steps_first train_steps batch_size lr ema schedule proposal "
-            "n_ode_steps importance_weights trace extrapolation"
-        ).split()
-        return {"budget": self.budget, **{k: getattr(self, k) for k in keys}}
 
     # ------------------------------------------------------------------------- schedule
     def plan_steps(self, n_samples: int) -> tuple[int, int]:
