@@ -88,14 +88,13 @@ def main(argv=None) -> int:
     from probrec.data.movielens import load_movielens
     from probrec.recsys import (
         EventTable,
-        FoundationModel,
         LoopFMConfig,
         StoredHistory,
         chronological_split,
         lookup_histories,
         write_fm_store,
     )
-    from probrec.recsys.pipeline import build_vm
+    from probrec.recsys.pipeline import build_fm, build_vm
 
     if args.data == "none" or (args.data == "auto" and not DEFAULT_ML.is_dir()):
         log = _synthetic_log(seed=args.seed)
@@ -106,17 +105,7 @@ def main(argv=None) -> int:
     table = EventTable.build(
         log, fm_idx, user_history=cfg.user_history, item_history=cfg.item_history
     )
-    fm = FoundationModel(
-        int(table.fm_user.max()) + 1,
-        int(table.fm_item.max()) + 1,
-        table.field_cardinalities,
-        table.n_multi_hot,
-        emb_dim=cfg.fm_emb,
-        hidden=cfg.fm_hidden,
-        max_history=cfg.user_history,
-        dropout=cfg.fm_dropout,
-        seed=args.seed,
-    ).eval()
+    fm = build_fm(table, cfg, args.seed).eval()
     tmp = tempfile.TemporaryDirectory()
     store = write_fm_store(fm, table, Path(tmp.name) / "fm")
     stored = StoredHistory(store, table)

@@ -135,6 +135,21 @@ def _train_valid(index: np.ndarray, log: InteractionLog, frac: float) -> tuple[n
     return index[tr], index[va]
 
 
+def build_fm(table: EventTable, cfg: LoopFMConfig, seed: int) -> FoundationModel:
+    """The :class:`FoundationModel` of the experiment, sized to the FM period's ids."""
+    return FoundationModel(
+        int(table.fm_user.max()) + 1,
+        int(table.fm_item.max()) + 1,
+        table.field_cardinalities,
+        table.n_multi_hot,
+        emb_dim=cfg.fm_emb,
+        hidden=cfg.fm_hidden,
+        max_history=cfg.user_history,
+        dropout=cfg.fm_dropout,
+        seed=seed,
+    )
+
+
 def build_vm(table: EventTable, cfg: LoopFMConfig, variant: str, fm_dim: int, seed: int):
     """The :class:`VerticalModel` of a variant."""
     return VerticalModel(
@@ -193,20 +208,7 @@ def run_loopfm(
 
     t0 = time.perf_counter()
 
-    def new_fm() -> FoundationModel:
-        return FoundationModel(
-            int(table.fm_user.max()) + 1,
-            int(table.fm_item.max()) + 1,
-            table.field_cardinalities,
-            table.n_multi_hot,
-            emb_dim=cfg.fm_emb,
-            hidden=cfg.fm_hidden,
-            max_history=cfg.user_history,
-            dropout=cfg.fm_dropout,
-            seed=seed,
-        )
-
-    fm = new_fm()
+    fm = build_fm(table, cfg, seed)
     history["FM"] = train_ctr(fm, table, fm_tr, fm_va, cfg.fm_train, seed=seed, progress=progress)
     seconds["FM"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -220,7 +222,9 @@ def run_loopfm(
     untrained = None
     if UNTRAINED in cfg.variants:
         path = out_dir / f"fm_store_untrained_seed{seed}"
-        untrained = StoredHistory(write_fm_store(new_fm(), table, path, overwrite=True), table)
+        untrained = StoredHistory(
+            write_fm_store(build_fm(table, cfg, seed), table, path, overwrite=True), table
+        )
 
     models: dict[str, VerticalModel] = {}
     for variant in cfg.variants:
