@@ -153,49 +153,39 @@ def _evals_to_reach(curve: list[dict], level: float) -> tuple[float | None, str]
     return None, "not reached"
 
 
-def _savings(rows: list[dict], tname: str) -> list[dict]:
+def _evals_to_match(rows: list[dict], tname: str, given: str, other: str) -> list[dict]:
+    """For each budget of sampler ``given``: the evaluations per sample ``other`` needs to
+    reach ``given``'s mean quality (``given``, ``other``: ``"pt"`` / ``"ptsd"``)."""
     out = []
     for metric in METRICS[tname]:
         if metric == "right_well_fraction":
             continue
-        pt, ptsd = _curve(rows, tname, "pt", metric), _curve(rows, tname, "ptsd", metric)
-        for p in pt:
-            e, how = _evals_to_reach(ptsd, p["mean"])
+        ref, cmp_ = _curve(rows, tname, given, metric), _curve(rows, tname, other, metric)
+        for q in ref:
+            e, how = _evals_to_reach(cmp_, q["mean"])
+            evals = {given: q["evals_per_sample"], other: e}
             out.append(
                 {
                     "metric": metric,
-                    "pt_budget": p["budget"],
-                    "pt_quality": p["mean"],
-                    "pt_evals_per_sample": p["evals_per_sample"],
-                    "ptsd_evals_per_sample": e,
+                    f"{given}_budget": q["budget"],
+                    f"{given}_quality": q["mean"],
+                    f"{given}_evals_per_sample": q["evals_per_sample"],
+                    f"{other}_evals_per_sample": e,
                     "how": how,
-                    "ratio_pt_over_ptsd": None if e is None else p["evals_per_sample"] / e,
+                    "ratio_pt_over_ptsd": None if e is None else evals["pt"] / evals["ptsd"],
                 }
             )
     return out
+
+
+def _savings(rows: list[dict], tname: str) -> list[dict]:
+    """For each PT budget: PTSD's evaluations per sample to reach PT's mean quality."""
+    return _evals_to_match(rows, tname, "pt", "ptsd")
 
 
 def _pt_to_reach_ptsd(rows: list[dict], tname: str) -> list[dict]:
     """For each PTSD budget: PT's evaluations per sample to reach PTSD's mean quality."""
-    out = []
-    for metric in METRICS[tname]:
-        if metric == "right_well_fraction":
-            continue
-        pt, ptsd = _curve(rows, tname, "pt", metric), _curve(rows, tname, "ptsd", metric)
-        for q in ptsd:
-            e, how = _evals_to_reach(pt, q["mean"])
-            out.append(
-                {
-                    "metric": metric,
-                    "ptsd_budget": q["budget"],
-                    "ptsd_quality": q["mean"],
-                    "ptsd_evals_per_sample": q["evals_per_sample"],
-                    "pt_evals_per_sample": e,
-                    "how": how,
-                    "ratio_pt_over_ptsd": None if e is None else e / q["evals_per_sample"],
-                }
-            )
-    return out
+    return _evals_to_match(rows, tname, "ptsd", "pt")
 
 
 def _plot(rows: list[dict], out: Path, targets: list[str]) -> Path:
