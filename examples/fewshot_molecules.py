@@ -68,32 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def learner_configs(args: argparse.Namespace) -> dict[str, dict]:
     """Meta-learner settings: a CPU default and the reference (``--full``) sizes."""
-    if args.full:
-        common = dict(
-            hidden=(2048,),
-            out_dim=2048,
-            n_steps=args.steps or 10_000,
-            batch_size=16,
-            support_size=64,
-            query_size=256,
-            lr=1e-4,
-            eval_every=500,
-            valid_support_size=64,
-            valid_seeds=2,
-        )
-    else:
-        common = dict(
-            hidden=(512,),
-            out_dim=256,
-            n_steps=args.steps or 400,
-            batch_size=8,
-            support_size=32,
-            query_size=128,
-            lr=3e-4,
-            eval_every=50,
-            valid_support_size=32,
-            valid_seeds=1,
-        )
+    from metalearn.training import preset
+
+    common = preset("reference" if args.full else "cpu", args.steps)
     return {"ADKF-IFT": common, "ADKF": common, "DKT": common, "ProtoNet": common}
 
 

@@ -141,29 +141,50 @@ class FittedGP:
             out["lengthscale"] = h.lengthscale
         return {k: (v if self.batched else v[0]) for k, v in out.items()}
 
+    def gpytorch_modules(
+        self,
+    ) -> tuple[gpytorch.means.Mean, gpytorch.kernels.Kernel, gpytorch.likelihoods.Likelihood]:
+        """gpytorch mean, kernel and likelihood holding this (single-task) head's hyperparameters.
+
+        Returns:
+            ``(mean_module, covar_module, likelihood)`` on the features' device and dtype; the
+            kernel is a ``ScaleKernel`` over :func:`~probrec.gp.kernels.gpytorch_kernel`.
+
+        Raises:
+            ValueError: the head holds more than one task.
+        """
+        if self.theta.shape[0] != 1:
+            raise ValueError("one task is converted at a time; index a batched FittedGP first")
+        ref = self.z_s
+        h = unpack(self.theta.detach(), self.config)
+        lik = gpytorch.likelihoods.GaussianLikelihood(
+            noise_constraint=gpytorch.constraints.GreaterThan(1e-12)
+        ).to(ref)
+        lik.noise = h.noise[0]
+        covar = gpytorch_kernel(self.config.kernel).to(ref)
+        covar.outputscale = h.outputscale[0]
+        if h.lengthscale is not None:
+            covar.base_kernel.lengthscale = h.lengthscale[0]
+        if self.config.mean == "constant":
+            mean: gpytorch.means.Mean = gpytorch.means.ConstantMean().to(ref)
+            mean.constant.data.fill_(float(h.mean[0]))
+        else:
+            mean = gpytorch.means.ZeroMean().to(ref)
+        return mean, covar, lik
+
     def to_gpytorch(
         self,
     ) -> tuple[gpytorch.models.ExactGP, gpytorch.likelihoods.GaussianLikelihood]:
         """An equivalent gpytorch exact GP (single task, in eval mode) and its likelihood.
 
         The model is trained on the encoded targets, so its predictions are on the encoded
-        scale (``y = f * scale + shift``).
+        scale (``y = f * scale + shift``). :class:`probrec.gp.bo_models.DeepKernelGP` is the
+        BoTorch model in the original units.
         """
-        if self.batched and self.theta.shape[0] != 1:
-            raise ValueError("to_gpytorch converts one task; index a batched FittedGP first")
+        mean, covar, lik = self.gpytorch_modules()
         x = self.z_s[0] if self.mask is None else self.z_s[0][self.mask[0]]
         y = self.targets[0] if self.mask is None else self.targets[0][self.mask[0]]
-        h = unpack(self.theta, self.config)
-        lik = gpytorch.likelihoods.GaussianLikelihood(
-            noise_constraint=gpytorch.constraints.GreaterThan(1e-12)
-        ).to(x)
-        lik.noise = h.noise[0].detach()
-        model = _ExactGP(x.detach(), y.detach(), lik, self.config)
-        model.covar_module.outputscale = h.outputscale[0].detach()
-        if h.lengthscale is not None:
-            model.covar_module.base_kernel.lengthscale = h.lengthscale[0].detach()
-        if self.config.mean == "constant":
-            model.mean_module.constant.data.fill_(float(h.mean[0]))
+        model = _ExactGP(x.detach(), y.detach(), lik, mean, covar)
         model.eval()
         lik.eval()
         return model, lik
@@ -175,16 +196,12 @@ class _ExactGP(gpytorch.models.ExactGP):
         x: torch.Tensor,
         y: torch.Tensor,
         lik: gpytorch.likelihoods.Likelihood,
-        config: GPConfig,
+        mean: gpytorch.means.Mean,
+        covar: gpytorch.kernels.Kernel,
     ):
         super().__init__(x, y, lik)
-        self.mean_module = (
-            gpytorch.means.ConstantMean()
-            if config.mean == "constant"
-            else gpytorch.means.ZeroMean()
-        )
-        self.covar_module = gpytorch_kernel(config.kernel)
-        self.to(x)
+        self.mean_module = mean
+        self.covar_module = covar
 
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
