@@ -129,14 +129,14 @@ def latent_moments(
     """Mean coefficient and covariance of ``z | y`` for every task.
 
     Args:
-        causal: ``[T, d]`` indicators in ``[0, 1]`` (relaxed or binary).
-        gamma: ``[T, d]`` spurious coefficients.
-        rho: ``[T, d]`` label correlations of the causal latents (``||rho_t|| < 1``), or
+        causal: ``[..., T, d]`` indicators in ``[0, 1]`` (relaxed or binary).
+        gamma: ``[..., T, d]`` spurious coefficients.
+        rho: ``[..., T, d]`` label correlations of the causal latents (``||rho_t|| < 1``), or
             ``None`` for ``z_C | y ~ N(0, I)``.
         sigma_s: standard deviation of spurious latents given ``y``.
 
     Returns:
-        ``(mu [T, d], K [T, d, d])``: ``E[z | y] = mu y``, ``Cov[z | y] = K``.
+        ``(mu [..., T, d], K [..., T, d, d])``: ``E[z | y] = mu y``, ``Cov[z | y] = K``.
     """
     var = causal + (1.0 - causal) * sigma_s**2
     mu = (1.0 - causal) * gamma
@@ -144,7 +144,7 @@ def latent_moments(
     if rho is not None:
         r = causal * rho
         mu = mu + r
-        k = k - r[:, :, None] * r[:, None, :]
+        k = k - r[..., :, None] * r[..., None, :]
     return mu, k
 
 
@@ -163,35 +163,41 @@ def causal_log_marginal(
 
     Computed from sufficient statistics: with ``e_i = h_i - b - a_t y_i`` (``a_t = A mu_t``),
     ``sum_i log N = -n_t / 2 (D log 2 pi + log|S_t| + tr(S_t^{-1} mean_i e_i e_i^T))``.
+    Leading batch dimensions ``...`` (e.g. restarts) broadcast.
 
     Args:
         moments: :func:`task_moments` of the data.
-        mixing: ``[D, d]`` matrix ``A``.
-        offset: ``[D]`` offset ``b``.
-        noise: scalar (or ``[D]``) observation noise variance ``sigma^2 > 0``.
-        causal, gamma, rho, sigma_s: see :func:`latent_moments`.
+        mixing: ``[..., D, d]`` matrix ``A``.
+        offset: ``[..., D]`` offset ``b``.
+        noise: ``[...]`` observation noise variance ``sigma^2 > 0``.
+        causal, gamma, rho: ``[..., T, d]``; ``sigma_s``: see :func:`latent_moments`.
 
     Returns:
-        ``[T]`` log-likelihoods (differentiable in every parameter).
+        ``[..., T]`` log-likelihoods (differentiable in every parameter).
+
+    Raises:
+        ValueError: the model covariance is not positive definite.
     """
     mu, k = latent_moments(causal, gamma, rho, sigma_s)
-    a = mu @ mixing.T  # [T, D]
-    dim = mixing.shape[0]
+    a = torch.einsum("...td,...ed->...te", mu, mixing)  # [..., T, D]
+    dim = mixing.shape[-2]
     eye = torch.eye(dim, dtype=mixing.dtype, device=mixing.device)
-    cov = mixing @ k @ mixing.T + noise * eye  # [T, D, D]
+    am = mixing[..., None, :, :]
+    cov = am @ k @ am.transpose(-1, -2) + noise[..., None, None, None] * eye  # [..., T, D, D]
     m = moments
-    hyb = m.hy - offset * m.y[:, None]  # mean of (h - b) y
+    b = offset[..., None, :]  # [..., 1, D]
+    hyb = m.hy - b * m.y[:, None]  # mean of (h - b) y, [..., T, D]
     hhb = (
         m.hh
-        - m.h[:, :, None] * offset[None, None, :]
-        - offset[None, :, None] * m.h[:, None, :]
-        + offset[:, None] * offset[None, :]
-    )
+        - m.h[:, :, None] * b[..., None, :]
+        - b[..., :, None] * m.h[:, None, :]
+        + b[..., :, None] * b[..., None, :]
+    )  # mean of (h - b)(h - b)^T, [..., T, D, D]
     resid = (
         hhb
-        - a[:, :, None] * hyb[:, None, :]
-        - hyb[:, :, None] * a[:, None, :]
-        + m.yy[:, None, None] * a[:, :, None] * a[:, None, :]
+        - a[..., :, None] * hyb[..., None, :]
+        - hyb[..., :, None] * a[..., None, :]
+        + m.yy[:, None, None] * a[..., :, None] * a[..., None, :]
     )
     chol, info = torch.linalg.cholesky_ex(cov)
     if bool((info > 0).any()):
@@ -205,6 +211,9 @@ def causal_log_marginal(
 class LinearCausalModel(nn.Module):
     """Parameters of the stage-2 model (see the module docstring).
 
+    With ``batch`` > 0 every parameter has a leading dimension of that size: independent
+    copies (restarts) optimised together; :meth:`select` extracts one.
+
     Args:
         obs_dim: ``D``, width of the stage-1 features.
         latent_dim: ``d``.
@@ -212,6 +221,7 @@ class LinearCausalModel(nn.Module):
         sigma_s: standard deviation of spurious latents given the label (0.1 in the paper).
         condition_causal: model ``z_C | y`` exactly (``True``) or as ``N(0, I)`` (``False``).
         min_noise: floor of the observation noise variance.
+        batch: number of independent copies (0: unbatched).
     """
 
     def __init__(
@@ -223,6 +233,7 @@ class LinearCausalModel(nn.Module):
         sigma_s: float = 0.1,
         condition_causal: bool = True,
         min_noise: float = 1e-6,
+        batch: int = 0,
     ) -> None:
         super().__init__()
         d, dd, t = (
@@ -239,39 +250,46 @@ class LinearCausalModel(nn.Module):
             bool(condition_causal),
             float(min_noise),
         )
-        self.mixing = nn.Parameter(torch.zeros(d, dd, dtype=torch.float64))
-        self.offset = nn.Parameter(torch.zeros(d, dtype=torch.float64))
-        self.log_noise = nn.Parameter(torch.tensor(-2.0, dtype=torch.float64))
-        self.logits = nn.Parameter(torch.zeros(t, dd, dtype=torch.float64))
-        self.gamma = nn.Parameter(torch.zeros(t, dd, dtype=torch.float64))
-        self.rho_raw = nn.Parameter(torch.zeros(t, dd, dtype=torch.float64))
+        lead = (check_positive_int(batch, "batch", minimum=0),) if batch else ()
+        f64 = torch.float64
+        self.mixing = nn.Parameter(torch.zeros(*lead, d, dd, dtype=f64))
+        self.offset = nn.Parameter(torch.zeros(*lead, d, dtype=f64))
+        self.log_noise = nn.Parameter(torch.full(lead, -2.0, dtype=f64))
+        self.logits = nn.Parameter(torch.zeros(*lead, t, dd, dtype=f64))
+        self.gamma = nn.Parameter(torch.zeros(*lead, t, dd, dtype=f64))
+        self.rho_raw = nn.Parameter(torch.zeros(*lead, t, dd, dtype=f64))
         self.register_buffer("hard", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("y_mean", torch.zeros(t, dtype=torch.float64))
-        self.register_buffer("y_std", torch.ones(t, dtype=torch.float64))
+        self.register_buffer("y_mean", torch.zeros(t, dtype=f64))
+        self.register_buffer("y_std", torch.ones(t, dtype=f64))
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """``()`` or ``(batch,)``."""
+        return self.log_noise.shape
 
     @property
     def noise(self) -> Tensor:
-        """Observation noise variance ``sigma^2``."""
+        """Observation noise variance ``sigma^2`` (``[...]``)."""
         return self.log_noise.exp() + self.min_noise
 
     def causal_probs(self) -> Tensor:
-        """``[T, d]`` relaxed indicators ``sigmoid(logits)`` (rounded once hardened)."""
+        """``[..., T, d]`` relaxed indicators ``sigmoid(logits)`` (rounded once hardened)."""
         p = torch.sigmoid(self.logits)
         return (p > 0.5).to(p.dtype) if bool(self.hard) else p
 
     def causal_indicators(self) -> Tensor:
-        """``[T, d]`` bool: which latents are causal for each task."""
+        """``[..., T, d]`` bool: which latents are causal for each task."""
         return torch.sigmoid(self.logits.detach()) > 0.5
 
     def rho(self) -> Tensor | None:
-        """``[T, d]`` label correlations of causal latents, norm < 1 per task (or ``None``)."""
+        """``[..., T, d]`` label correlations of causal latents, norm < 1 per task (or ``None``)."""
         if not self.condition_causal:
             return None
         r = self.rho_raw
         return r / (1.0 + (r**2).sum(-1, keepdim=True)).sqrt()
 
     def log_marginal(self, moments: TaskMoments) -> Tensor:
-        """``[T]`` log marginal likelihood of (standardised-label) moments."""
+        """``[..., T]`` log marginal likelihood of (standardised-label) moments."""
         return causal_log_marginal(
             moments,
             self.mixing,
@@ -283,6 +301,26 @@ class LinearCausalModel(nn.Module):
             sigma_s=self.sigma_s,
         )
 
+    def select(self, index: int) -> LinearCausalModel:
+        """The unbatched copy ``index`` of a batched model."""
+        if not self.batch_shape:
+            raise ValueError("select needs a batched model")
+        t, dd = self.logits.shape[-2:]
+        out = LinearCausalModel(
+            self.mixing.shape[-2],
+            dd,
+            t,
+            sigma_s=self.sigma_s,
+            condition_causal=self.condition_causal,
+            min_noise=self.min_noise,
+        ).to(self.mixing)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                getattr(out, name).copy_(p[index])
+            for name, buf in self.named_buffers():
+                getattr(out, name).copy_(buf)
+        return out
+
     @torch.no_grad()
     def latents(self, h: ArrayLike) -> Tensor:
         """Label-free latent estimates ``z_hat = A^+ (h - b)``.
@@ -293,6 +331,8 @@ class LinearCausalModel(nn.Module):
         Returns:
             ``[N, d]`` latents (float64), identified up to permutation and scaling.
         """
+        if self.batch_shape:
+            raise ValueError("latents needs an unbatched model; use select(i) first")
         ht = as_float_tensor(h, "h", ndim=2, dtype=self.mixing.dtype, device=self.mixing.device)
         if ht.shape[1] != self.mixing.shape[0]:
             raise ValueError(f"h must have {self.mixing.shape[0]} columns, got {ht.shape[1]}")
@@ -301,7 +341,8 @@ class LinearCausalModel(nn.Module):
 
 @dataclass
 class CausalFitRecord:
-    """Objective trace of :func:`fit_causal_model` (per-row log-likelihood)."""
+    """Record of :func:`fit_causal_model`: final per-row log-likelihood of every restart and
+    the per-row log-likelihood trace (summed over restarts) along the optimisation."""
 
     restart_objectives: list[float] = field(default_factory=list)
     trace: list[float] = field(default_factory=list)
@@ -322,20 +363,25 @@ def _standardise(moments: TaskMoments) -> tuple[TaskMoments, Tensor, Tensor]:
 
 
 def _initialise(model: LinearCausalModel, m: TaskMoments, gen: torch.Generator) -> None:
-    """``A`` = top principal axes of the pooled features (scaled) times a random rotation."""
+    """``A`` = top principal axes of the pooled features (scaled) times a random rotation per
+    restart; indicators near 1/2, ``gamma = rho = 0``."""
     w = m.n / m.n.sum()
     mean = (w[:, None] * m.h).sum(0)
     cov = (w[:, None, None] * m.hh).sum(0) - torch.outer(mean, mean)
     evals, evecs = torch.linalg.eigh(cov)
-    d = model.mixing.shape[1]
+    d = model.mixing.shape[-1]
     top = evecs[:, -d:] * evals[-d:].clamp_min(1e-12).sqrt()
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=cov.dtype).to(cov.device))
+    lead = tuple(model.batch_shape)
+    g = torch.randn(*lead, d, d, generator=gen, dtype=cov.dtype).to(cov.device)
+    q, _ = torch.linalg.qr(g)
     rest = evals[:-d].clamp_min(0).mean() if d < len(evals) else 1e-3 * evals.mean()
+    floor = 1e-3 * evals.mean().abs() + 1e-12
     with torch.no_grad():
         model.mixing.copy_(top @ q)
-        model.offset.copy_(mean)
-        model.log_noise.copy_(torch.log(rest.clamp_min(1e-3 * evals.mean().abs() + 1e-12)))
-        model.logits.copy_(0.1 * torch.randn(model.logits.shape, generator=gen, dtype=cov.dtype))
+        model.offset.copy_(mean.expand_as(model.offset))
+        model.log_noise.fill_(float(torch.log(rest.clamp_min(floor))))
+        noise = torch.randn(model.logits.shape, generator=gen, dtype=cov.dtype)
+        model.logits.copy_(0.1 * noise.to(cov.device))
         model.gamma.zero_()
         model.rho_raw.zero_()
         model.hard.fill_(False)
@@ -344,6 +390,8 @@ def _initialise(model: LinearCausalModel, m: TaskMoments, gen: torch.Generator) 
 def _optimise(
     model: LinearCausalModel, m: TaskMoments, steps: int, lr: float, progress, desc: str
 ) -> list[float]:
+    """Adam with a cosine schedule on the mean per-row negative log-likelihood (summed over
+    restarts, which are independent: Adam acts elementwise)."""
     params = [p for n, p in model.named_parameters() if not (bool(model.hard) and n == "logits")]
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
@@ -369,7 +417,7 @@ def fit_causal_model(
     steps: int = 1500,
     refine_steps: int = 500,
     lr: float = 0.02,
-    restarts: int = 3,
+    restarts: int = 4,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     progress: bool | None = False,
@@ -377,9 +425,10 @@ def fit_causal_model(
     """Fits :class:`LinearCausalModel` by maximum marginal likelihood.
 
     Labels are standardised per task first. Each restart starts from the principal axes of
-    the pooled features times a random rotation, runs ``steps`` Adam steps on the relaxed
-    objective, rounds the indicators and runs ``refine_steps`` more with them fixed; the
-    restart with the highest final log-likelihood is returned.
+    the pooled features times a random rotation; all restarts run together as one batched
+    model: ``steps`` Adam steps on the relaxed objective, then the indicators are rounded and
+    ``refine_steps`` more run with them fixed. The restart with the highest final
+    log-likelihood is returned.
 
     Args:
         h: ``[N, D]`` stage-1 features.
@@ -402,26 +451,18 @@ def fit_causal_model(
         raise ValueError("some task has constant labels; its label variance is zero")
     dim = m.h.shape[1]
     d = dim if latent_dim is None else check_positive_int(latent_dim, "latent_dim")
-    gen = torch_generator(seed)
-    record = CausalFitRecord()
-    best, best_obj = None, -math.inf
-    total = m.n.sum()
-    for r in range(restarts):
-        model = LinearCausalModel(
-            dim, d, m.n.shape[0], sigma_s=sigma_s, condition_causal=condition_causal
-        ).to(device=m.h.device, dtype=dtype)
-        _initialise(model, m, gen)
-        trace = _optimise(model, m, steps, lr, progress, f"stage 2 ({r + 1}/{restarts})")
-        with torch.no_grad():
-            model.hard.fill_(True)
-        if refine_steps:
-            trace += _optimise(model, m, refine_steps, lr * 0.5, progress, "refine")
-        with torch.no_grad():
-            obj = float(model.log_marginal(m).sum() / total)
-        record.restart_objectives.append(obj)
-        if obj > best_obj:
-            best, best_obj, record.trace = model, obj, trace
-    assert best is not None
-    best.y_mean.copy_(y_mean)
-    best.y_std.copy_(y_std)
-    return best, record
+    model = LinearCausalModel(
+        dim, d, m.n.shape[0], sigma_s=sigma_s, condition_causal=condition_causal, batch=restarts
+    ).to(device=m.h.device, dtype=dtype)
+    _initialise(model, m, torch_generator(seed))
+    trace = _optimise(model, m, steps, lr, progress, "stage 2")
+    with torch.no_grad():
+        model.hard.fill_(True)
+    if refine_steps:
+        trace += _optimise(model, m, refine_steps, lr * 0.5, progress, "stage 2 refine")
+    with torch.no_grad():
+        objectives = model.log_marginal(m).sum(-1) / m.n.sum()
+        best = model.select(int(torch.argmax(objectives)))
+        best.y_mean.copy_(y_mean)
+        best.y_std.copy_(y_std)
+    return best, CausalFitRecord(objectives.tolist(), trace)

@@ -161,6 +161,17 @@ def test_weak_mcc_is_one_for_invertible_linear_maps_and_low_for_noise():
     assert strong_mcc(z, z @ m.T) < weak_mcc(z, z @ m.T)
 
 
+def test_weak_mcc_matches_scikit_learn_cca():
+    from sklearn.cross_decomposition import CCA
+
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((400, 3))
+    z_hat = np.tanh(z @ rng.standard_normal((3, 4))) + 0.3 * rng.standard_normal((400, 4))
+    ua, ub = CCA(n_components=3, max_iter=5000, tol=1e-12).fit(z, z_hat).transform(z, z_hat)
+    want = np.mean([abs(np.corrcoef(ua[:, i], ub[:, i])[0, 1]) for i in range(3)])
+    assert weak_mcc(z, z_hat) == pytest.approx(want, abs=1e-4)
+
+
 def test_mcc_bad_arguments():
     z = np.zeros((10, 2))
     with pytest.raises(ValueError, match="z_hat"):
