@@ -213,12 +213,21 @@ def main(argv=None) -> int:
         summary = summarise(runs)
         table = format_table(summary, title=f"{name} ({len(data)} items, {args.seeds} seeds)")
         flows = [m for m in models if "flow" in m]
-        bases = [m for m in ("gaussian", "softmax", "ensemble") if m in models]
+        bases = [
+            m for m in ("gaussian", "gaussian_discretised", "softmax", "ensemble") if m in models
+        ]
         pairs = [(f, b) for f in flows for b in bases]
+        # ensembles of the same size: flows against Gaussian heads
+        pairs += [
+            (f, "gaussian_x5") for f in flows if f.endswith("_x5") and "gaussian_x5" in models
+        ]
         if pairs and args.seeds > 1:
             table += (
                 "\n\nPaired differences over seeds (same split; negative: the flow is "
-                "better):\n\n" + comparison_table(runs, pairs)
+                "better):\n\n"
+                + comparison_table(
+                    runs, pairs, metrics=("nll", "std_rmse", "std_rmse_panel", "mean_rmse", "w1")
+                )
             )
         print(table, flush=True)
         tables.append(table)

@@ -15,6 +15,9 @@ Density Estimation" (2023): the labels different annotators give an item are dra
 * Baselines: :class:`GaussianHead` (the original Gaussian + rounding approach, discretised),
   :class:`OrdinalLogisticHead` (cumulative link), :class:`SoftmaxHead`,
   :class:`MCDropoutHead`, :class:`DeepEnsemble`.
+* :class:`ModelEnsemble` -- ``M`` independently trained models of any of these classes
+  (e.g. integer flows), probabilities averaged; the member is an item-level latent, so the
+  per-item spread is the members' average within-panel spread.
 * :mod:`probrec.flows.metrics` -- NLL of individual annotations, RMSE of the mean and of the
   per-item standard deviation, Wasserstein-1, majority-vote accuracy, Fleiss' kappa.
 * :mod:`probrec.flows.experiment` -- fit-and-score helpers (``examples/annotators.py``);
@@ -32,6 +35,7 @@ from probrec.flows.baselines import (
     OrdinalLogisticHead,
     SoftmaxHead,
 )
+from probrec.flows.ensemble import ModelEnsemble
 from probrec.flows.integer import ConditionalIntegerFlow
 from probrec.flows.softmax import ConditionalSoftmaxFlow
 
@@ -42,6 +46,7 @@ __all__ = [
     "DeepEnsemble",
     "GaussianHead",
     "MCDropoutHead",
+    "ModelEnsemble",
     "OrdinalLogisticHead",
     "SoftmaxHead",
     "load_model",

@@ -14,6 +14,12 @@
   averaged (Lakshminarayanan, Pritzel & Blundell, NeurIPS 2017); the members are trained
   together as one vectorised network (shared mini-batches, separate dropout masks), each
   with its own early stopping.
+
+In :class:`DeepEnsemble` the member is uncertainty about ``p(y | x)``, shared by every
+annotator of an item (as in :class:`probrec.flows.ModelEnsemble`): one annotation follows the
+averaged distribution, a simulated panel draws one member per item, and the per-item spread
+is the members' average standard deviation -- their disagreement does not widen a panel's
+spread. (:class:`MCDropoutHead` keeps the averaged distribution for everything.)
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch.nn import functional as F
 
 from probrec.backbone import ACTIVATIONS, MLPEncoder
 from probrec.checks import check_choice, check_positive_int
-from probrec.flows.base import AnnotatorModel
+from probrec.flows.base import AnnotatorModel, _categorical, panel_moments
 from probrec.flows.discrete import interval_log_mass
 
 __all__ = ["DeepEnsemble", "GaussianHead", "MCDropoutHead", "OrdinalLogisticHead", "SoftmaxHead"]
@@ -318,6 +324,19 @@ class DeepEnsemble(AnnotatorModel):
 
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         return -(counts * self.member_log_probs(z)).sum(-1)  # [M, B]
+
+    def _item_moments(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> tuple[Tensor, Tensor]:
+        return panel_moments(self.member_log_probs(z).exp(), self.values)
+
+    def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        # one member per item: a simulated panel answers under one member
+        probs = self.member_log_probs(z).exp()  # [M, B, K]
+        pick = torch.randint(
+            0, self.members, (z.shape[0],), generator=generator, device=generator.device
+        ).to(z.device)
+        return _categorical(probs[pick, torch.arange(z.shape[0], device=z.device)], n, generator)
 
     def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         return -(counts * self.member_log_probs(z)).sum((-1, -2)) / counts.sum()

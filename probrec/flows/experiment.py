@@ -26,6 +26,7 @@ from probrec.flows.baselines import (
     OrdinalLogisticHead,
     SoftmaxHead,
 )
+from probrec.flows.ensemble import ModelEnsemble
 from probrec.flows.integer import ConditionalIntegerFlow
 from probrec.flows.metrics import evaluate
 from probrec.flows.softmax import ConditionalSoftmaxFlow
@@ -63,10 +64,25 @@ MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
         {"latent": "item"},
         "conditional softmax flow, one latent per item (panels)",
     ),
+    "integer_flow_panel_x5": (
+        ModelEnsemble,
+        {"model": "ConditionalIntegerFlow", "members": 5, "item_latent": 1, "quadrature": 32},
+        "ensemble of 5 integer flows with item latents (one member per simulated panel)",
+    ),
     "gaussian": (GaussianHead, {}, "Gaussian head, density-trained, rounded (original base)"),
+    "gaussian_discretised": (
+        GaussianHead,
+        {"objective": "discretised"},
+        "Gaussian head trained on its discretised (rounded) probabilities",
+    ),
+    "gaussian_x5": (
+        ModelEnsemble,
+        {"model": "GaussianHead", "members": 5},
+        "ensemble of 5 rounded Gaussian heads (one member per simulated panel)",
+    ),
     "ordinal_logistic": (OrdinalLogisticHead, {}, "ordinal-logistic (cumulative link) head"),
     "softmax": (SoftmaxHead, {}, "softmax head on all individual annotations"),
-    "ensemble": (DeepEnsemble, {}, "deep ensemble of 5 softmax heads"),
+    "ensemble": (DeepEnsemble, {}, "deep ensemble of 5 softmax heads (one member per panel)"),
     "mc_dropout": (MCDropoutHead, {}, "softmax head with MC dropout (50 passes)"),
 }
 
@@ -76,6 +92,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "mean_rmse": ("RMSE mean", True),
     "std_rmse": ("RMSE std", True),
     "std_rmse_panel": ("RMSE std (panel)", True),
+    "std_bias": ("mean std - human", False),
     "w1": ("W1", True),
     "accuracy": ("acc. (majority)", False),
     "kappa_sim": ("kappa sim.", False),

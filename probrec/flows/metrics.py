@@ -251,7 +251,8 @@ def evaluate(
 
     Returns:
         ``nll``, ``nll_mc_se`` (Monte Carlo standard error of the NLL; 0 for closed forms),
-        ``mean_rmse``, ``std_rmse``, ``std_rmse_panel``, ``w1``, ``accuracy``, ``kappa_sim``,
+        ``mean_rmse``, ``std_rmse``, ``std_rmse_panel``, ``std_bias`` / ``std_bias_panel``
+        (mean predicted minus mean human standard deviation), ``w1``, ``accuracy``, ``kappa_sim``,
         ``kappa_human``.
     """
     from probrec.data.annotations import annotation_counts, pad_annotations
@@ -275,6 +276,9 @@ def evaluate(
         "mean_rmse": mean_rmse(probs, counts, values),
         "std_rmse": float(np.sqrt(np.mean((item_sd[has2] - human_sd) ** 2))),
         "std_rmse_panel": float(np.sqrt(np.mean((sim_sd - human_sd) ** 2))),
+        # level of the predicted spread (diagnostic): mean predicted minus mean human std
+        "std_bias": float(np.mean(item_sd[has2] - human_sd)),
+        "std_bias_panel": float(np.mean(sim_sd - human_sd)),
         "w1": float(wasserstein1(probs, counts, values).mean()),
         "accuracy": majority_accuracy(probs, counts),
     }

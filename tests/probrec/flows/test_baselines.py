@@ -61,6 +61,23 @@ def test_deep_ensemble_averages_its_members():
         probs.append(e / e.sum(1, keepdims=True))
     np.testing.assert_allclose(model.predict_proba(x).numpy(), np.mean(probs, 0), rtol=1e-10)
     assert not np.allclose(probs[0], probs[1])  # members start from different weights
+    # the per-item spread: the members' standard deviations averaged (not the mixture's)
+    v = np.array([0.0, 1.0, 2.0])
+    sds = [np.sqrt(p @ v**2 - (p @ v) ** 2) for p in probs]
+    np.testing.assert_allclose(model.item_moments(x)[1].numpy(), np.mean(sds, 0), rtol=1e-10)
+    mix = np.mean(probs, 0)
+    assert (model.item_moments(x)[1].numpy() < np.sqrt(mix @ v**2 - (mix @ v) ** 2)).all()
+
+
+def test_ensemble_panels_answer_under_one_member():
+    model = DeepEnsemble(4, (1, 2, 3), members=2, hidden=(4,), dropout=0.0, seed=0)
+    with torch.no_grad():  # member 0 always answers 1, member 1 always 3
+        model.net[-1].weight.zero_()
+        model.net[-1].bias.copy_(torch.tensor([[[30.0, 0, 0]], [[0, 0, 30.0]]]))
+    draws = model.sample(np.zeros((3000, 4)), 5, seed=1).numpy()  # [5, 3000]
+    assert (draws == draws[:1]).all() and set(np.unique(draws)) == {1, 3}
+    share = (draws[0] == 1).mean()  # the member is uniform over items
+    assert abs(share - 0.5) < 4 * np.sqrt(0.25 / 3000)
 
 
 def test_ensemble_keeps_each_members_best_weights():

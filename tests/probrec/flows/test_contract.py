@@ -15,6 +15,7 @@ from probrec.flows import (
     DeepEnsemble,
     GaussianHead,
     MCDropoutHead,
+    ModelEnsemble,
     OrdinalLogisticHead,
     SoftmaxHead,
     load_model,
@@ -42,6 +43,11 @@ CASES = {
     "softmax": (SoftmaxHead, {}, False),
     "mc_dropout": (MCDropoutHead, {"mc_samples": 20}, False),
     "ensemble": (DeepEnsemble, {"members": 3}, False),
+    "flow_ensemble": (
+        ModelEnsemble,
+        {"model": "ConditionalIntegerFlow", "members": 2, "item_latent": 1, "quadrature": 8},
+        False,
+    ),
 }
 FIT = {"epochs": 4, "batch_size": 32, "lr": 3e-3, "progress": False}
 
