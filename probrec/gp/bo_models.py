@@ -36,6 +36,7 @@ from linear_operator.operators import DiagLinearOperator
 from probrec.checks import as_float_tensor
 from probrec.gp.exact import GPConfig
 from probrec.gp.head import FittedGP, GPHead
+from probrec.gp.linalg import robust_cholesky
 
 
 def _check_xy(train_X: torch.Tensor, train_Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +210,8 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         z_s = self.features(self.train_inputs[0])
         noise = self.likelihood.noise.reshape(())
         k_ss = self.covar_module(z_s).to_dense()
-        chol = torch.linalg.cholesky(k_ss + noise * torch.eye(len(z_s), dtype=z_s.dtype))
+        eye = torch.eye(len(z_s), dtype=z_s.dtype, device=z_s.device)
+        chol = robust_cholesky(k_ss + noise * eye).to(z_s.dtype)
         resid = (self.train_targets - self.mean_module(z_s))[:, None]
         k_sq = self.covar_module(z_s, z_q).to_dense()
         v = torch.linalg.solve_triangular(chol, k_sq, upper=False)

@@ -124,3 +124,16 @@ def test_adkf_ift_step_rss_probe(bench, tmp_path: Path) -> None:
     saved = bench("adkf_ift_step").main(args)
     assert set(saved["peak_rss"]) == {"ift", "unrolled"}
     assert all(v["peak_growth_bytes"] >= 0 for v in saved["peak_rss"].values())
+
+
+def test_bo_iteration(bench, tmp_path: Path) -> None:
+    out = tmp_path / "bo.json"
+    args = ["--data", "none", "--threads", "1", "--repeats", "1", "--warmup", "0"]
+    payload = bench("bo_iteration").main(
+        args + ["--pool", "120", "--observed", "12", "--out", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "bo_iteration" and saved["source"] == "synthetic"
+    # the direct q = 1 marginals and gpytorch's batched path give the same acquisition values
+    assert saved["scoring_max_abs_diff"] < 1e-8 and saved["scoring_same_argmax"]
+    assert math.isfinite(payload["ratios"]["iteration"]["ratio_of_medians"])
