@@ -8,15 +8,27 @@ and cached on disk). Each dataset is split by item (60 / 20 / 20, seeded); every
 fitted on the training items with early stopping on the validation items and scored on the
 test items: NLL of the individual annotations, RMSE of the per-item mean and standard
 deviation, Wasserstein-1, accuracy against the majority vote, and Fleiss' kappa of simulated
-annotators next to the humans' kappa. The table reports mean +- standard error over seeds.
+annotators next to the humans' kappa. The table reports mean +- standard error over seeds,
+then paired differences (flow - baseline, same split) for each flow against the Gaussian
+heads, the softmax head and the deep ensemble, and for the 5-member flow ensemble
+(``integer_flow_panel_x5``, probrec.flows.ModelEnsemble) against the 5-member ensembles of
+Gaussian heads (``gaussian_x5``, ``gaussian_discretised_x5``): ensembles are compared at equal
+size. The column
+"mean std - human" is the level of the predicted per-item spread: RMSE std compares the
+model's population standard deviation with that of 7-10 annotators (ddof 0), which is biased
+low, so it rewards under-dispersed models; RMSE std (panel) compares simulated panels of the
+human panel's size.
 
 Datasets: POPQUORN offensiveness (ordinal 1-5), LeWiDi 2023 ConvAbuse (ordinal -3..1) and
-MD-Agreement (binary). The default subsamples the two LeWiDi sets to --max-items items so that
-everything (9 models x 3 datasets x 3 seeds) runs on 2 CPU cores in about 15 minutes;
---max-items 0 uses every item.
+MD-Agreement (binary). The default subsamples the two LeWiDi sets to --max-items items;
+--max-items 0 uses every item. Measured on 2 shared CPU cores: POPQUORN with the ten ordinal
+models 8 min; ConvAbuse and MD-Agreement with the softmax flows, softmax head and deep
+ensemble about 10 min.
 
 Example:
     python examples/annotators.py --out runs/annotators
+    python examples/annotators.py --datasets POPQUORN --models \
+        integer_flow_panel,integer_flow_panel_x5,gaussian,gaussian_x5,ensemble
     python examples/annotators.py --datasets POPQUORN --seeds 5 --max-items 0
 """
 
@@ -219,7 +231,11 @@ def main(argv=None) -> int:
         pairs = [(f, b) for f in flows for b in bases]
         # ensembles of the same size: flows against Gaussian heads
         pairs += [
-            (f, "gaussian_x5") for f in flows if f.endswith("_x5") and "gaussian_x5" in models
+            (f, g)
+            for f in flows
+            if f.endswith("_x5")
+            for g in ("gaussian_x5", "gaussian_discretised_x5")
+            if g in models
         ]
         if pairs and args.seeds > 1:
             table += (

@@ -80,6 +80,11 @@ MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
         {"model": "GaussianHead", "members": 5},
         "ensemble of 5 rounded Gaussian heads (one member per simulated panel)",
     ),
+    "gaussian_discretised_x5": (
+        ModelEnsemble,
+        {"model": "GaussianHead", "members": 5, "objective": "discretised"},
+        "ensemble of 5 discretised-likelihood Gaussian heads (one member per simulated panel)",
+    ),
     "ordinal_logistic": (OrdinalLogisticHead, {}, "ordinal-logistic (cumulative link) head"),
     "softmax": (SoftmaxHead, {}, "softmax head on all individual annotations"),
     "ensemble": (DeepEnsemble, {}, "deep ensemble of 5 softmax heads (one member per panel)"),
