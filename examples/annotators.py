@@ -22,8 +22,8 @@ human panel's size.
 Datasets: POPQUORN offensiveness (ordinal 1-5), LeWiDi 2023 ConvAbuse (ordinal -3..1) and
 MD-Agreement (binary). The default subsamples the two LeWiDi sets to --max-items items;
 --max-items 0 uses every item. Measured on 2 shared CPU cores: POPQUORN with the ten ordinal
-models 8 min; ConvAbuse and MD-Agreement with the softmax flows, softmax head and deep
-ensemble about 10 min.
+models 8 min; ConvAbuse and MD-Agreement with the two softmax flows, the softmax head and
+the deep ensemble 13 min.
 
 Example:
     python examples/annotators.py --out runs/annotators
