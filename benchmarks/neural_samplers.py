@@ -256,7 +256,9 @@ def _dikl(seeds: list[int], cache: dict, n: int = 10_000) -> list[dict]:
     for seed in seeds:
         s = bench.make_sampler("dikl", "mog40", n_chains=None, budget=None, progress=False)
         assert isinstance(s, DiKL)
+        c0 = time.process_time()
         res = s.run(target, n, seed=seed)
+        train_cpu = time.process_time() - c0
         draw = []
         for k in range(5):
             t0 = time.perf_counter()
@@ -274,6 +276,7 @@ def _dikl(seeds: list[int], cache: dict, n: int = 10_000) -> list[dict]:
             "n_evals": res.n_evals,
             "evals_per_sample": res.evals_per_sample,
             "train_time": res.wall_time,
+            "train_cpu_time": train_cpu,
             "draw_time_median": float(np.median(draw)),
             "draw_times": draw,
             "digs_wall_time": rd.wall_time,
@@ -286,13 +289,30 @@ def _dikl(seeds: list[int], cache: dict, n: int = 10_000) -> list[dict]:
         print(
             f"dikl seed {seed}: MMD^2 {row['mmd2']:.5f} (floor {row['mmd2_floor']:.5f}), modes "
             f"{row['modes_covered']}/40, TV {row['mode_weight_tv']:.4f}, "
-            f"train {row['train_time']:.0f} s, draw 10k {row['draw_time_median'] * 1e3:.1f} ms; "
+            f"train {row['train_time']:.0f} s (CPU {train_cpu:.0f} s), "
+            f"{row['evals_per_sample']:.0f} evals/sample, "
+            f"draw 10k {row['draw_time_median'] * 1e3:.1f} ms; "
             f"DiGS (300/sample): MMD^2 "
             f"{row['digs_mmd2']:.5f}, TV {row['digs_mode_weight_tv']:.4f}, "
             f"{row['digs_wall_time']:.1f} s",
             flush=True,
         )
         rows.append(row)
+    if len(rows) > 1:
+        print("dikl: mean +- s.e. over seeds")
+        for k in (
+            "modes_covered",
+            "mmd2",
+            "mode_weight_tv",
+            "train_time",
+            "train_cpu_time",
+            "draw_time_median",
+            "digs_wall_time",
+            "digs_mmd2",
+            "digs_mode_weight_tv",
+        ):
+            v = np.array([r[k] for r in rows], float)
+            print(f"  {k:20s} {v.mean():.5g} +- {v.std(ddof=1) / math.sqrt(len(v)):.2g}")
     return rows
 
 

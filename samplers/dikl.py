@@ -21,8 +21,13 @@ surrogate ``mean w(t) <stopgrad(s_q - s_p), u_t>``. Its two scores:
   ``p(u_0)``), resampling, then MALA on the posterior; the score is a per-level convex mix of
   Tweedie's identity ``(alpha E[u_0] - u_t) / sigma^2`` and the target score identity
   ``E[grad log p(u_0)] / alpha``, each unbiased under exact posterior samples, weighted
-  ``c = sigma^2 / (alpha^2 + sigma^2)`` towards Tweedie (low variance at large noise) and
-  ``1 - c`` towards the target score identity (low variance at small noise).
+  ``c = P sigma^2 / (alpha^2 + P sigma^2)`` towards Tweedie (low variance at large noise) and
+  ``1 - c`` towards the target score identity (low variance at small noise), with ``P`` the
+  target's curvature scale (``target_precision``): the weight that makes the mix exact for a
+  Gaussian of precision ``P``. (He et al. mix with ``c = 1 - alpha^2`` of a VP kernel in the
+  target's own coordinates, where MoG-40's precision is ~0.6; in model coordinates at
+  ``data_scale`` 20 the precision is ~230 and ``P = 1`` would put the crossover 15x too high,
+  leaving most noise levels to the target score identity's variance.)
 
 Everything runs in coordinates ``u = (x - shift) / scale`` (a fixed :class:`~samplers.diffusion.
 Normalizer` from the settings) with a variance-exploding kernel (``alpha = 1``, ``sigma`` log-
@@ -85,6 +90,19 @@ def _posterior(
     return lp - 0.5 * inv_var * (r * r).sum(-1), g + (alpha * inv_var)[:, None] * r
 
 
+def _mix_weight(alpha: Tensor, sigma: Tensor, precision: float) -> Tensor:
+    """Weight ``c = P sigma^2 / (alpha^2 + P sigma^2)`` of Tweedie's identity in the mixed score.
+
+    For a Gaussian target with precision ``P`` both identities are linear in ``u_0``, with
+    slopes ``alpha / sigma^2`` (Tweedie) and ``-P / alpha`` (target score); this ``c`` cancels
+    the ``u_0`` dependence, so the mix has zero variance there. The crossover ``c = 1 / 2`` is
+    at ``sigma / alpha = P^{-1/2}`` (the target's length scale), not at ``sigma / alpha = 1``:
+    a precision of 230 in model units (MoG-40 at ``data_scale`` 20) moves it 15x lower.
+    """
+    v = precision * sigma * sigma
+    return v / (alpha * alpha + v)
+
+
 def noisy_target_score(
     target: Target,
     u_t: Tensor,
@@ -108,7 +126,9 @@ def noisy_target_score(
             importance estimate of Tweedie's identity).
         n_posterior: posterior chains per row (resampled from the importance samples).
         step_scale: MALA step ``h = step_scale / (alpha^2 / sigma^2 + target_precision)``.
-        target_precision: a curvature scale of ``-log p`` (sets the step at small noise).
+        target_precision: a curvature scale ``P`` of ``-log p`` (e.g. the inverse squared
+            width of a mode): sets the MALA step at small noise and the mix weight
+            ``c = P sigma^2 / (alpha^2 + P sigma^2)`` of Tweedie's identity.
 
     Returns:
         ``(score [n, d], stats)`` with the mean importance ESS fraction and MALA acceptance.
@@ -151,7 +171,7 @@ def noisy_target_score(
     grad_p = state.grad - (a_r * iv_r)[:, None] * resid  # grad log p(u_0) at the states
     tweedie = -resid * iv_r[:, None]
     tsi = grad_p / a_r[:, None]
-    c = (s * s / (a * a + s * s)).repeat_interleave(p)[:, None]
+    c = _mix_weight(a, s, target_precision).repeat_interleave(p)[:, None]
     est = c * tweedie + (1 - c) * tsi
     return est.reshape(n, p, d).mean(1), stats
 
@@ -192,7 +212,9 @@ def dikl_loss(
 
 PRESETS: dict[str, dict[str, Any]] = {
     "mog40": {
-        "n_iters": 2000,
+        "n_iters": 5000,
+        "lr": 3e-3,
+        "lr_decay": 0.1,
         "weight": "sigma",
         "n_score_steps": 4,
         "data_scale": 20.0,
@@ -238,9 +260,15 @@ class DiKL(NeuralSampler):
         budget: target evaluations per returned sample spent in training (sets ``n_iters``).
         data_scale, data_shift: the fixed normaliser ``u = (x - shift) / scale``.
         latent_dim: latent noise dimension (``d`` if ``None``).
+        gen_init_std: initial per-coordinate spread of the generator's outputs in model
+            coordinates (:class:`~samplers.score_nets.GeneratorMLP` ``output_std``; ``None``:
+            PyTorch's default initialisation, a spread of ~0.1).
         gen_hidden, gen_layers, score_hidden, score_layers: MLP sizes.
         batch_size: generator samples per iteration.
         lr, score_lr: Adam learning rates of the generator and the score network.
+        lr_decay: the generator's learning rate follows a cosine from ``lr`` down to
+            ``lr_decay * lr`` over training (1: constant).
+        grad_clip: clip the generator gradient's norm to this (``None``: no clipping).
         n_score_steps: DSM steps of the score network per iteration.
         schedule: ``"ve"`` (``sigma`` in ``[sigma_min, sigma_max]``) or ``"vp"``.
         sigma_min, sigma_max: VE noise range (model coordinates).
@@ -258,6 +286,7 @@ class DiKL(NeuralSampler):
         "data_scale",
         "data_shift",
         "latent_dim",
+        "gen_init_std",
         "gen_hidden",
         "gen_layers",
         "score_hidden",
@@ -265,6 +294,8 @@ class DiKL(NeuralSampler):
         "batch_size",
         "lr",
         "score_lr",
+        "lr_decay",
+        "grad_clip",
         "n_score_steps",
         "schedule",
         "sigma_min",
@@ -285,6 +316,7 @@ class DiKL(NeuralSampler):
         data_scale: float = 1.0,
         data_shift: float = 0.0,
         latent_dim: int | None = None,
+        gen_init_std: float | None = None,
         gen_hidden: int = 256,
         gen_layers: int = 3,
         score_hidden: int = 256,
@@ -292,6 +324,8 @@ class DiKL(NeuralSampler):
         batch_size: int = 256,
         lr: float = 1e-3,
         score_lr: float = 1e-3,
+        lr_decay: float = 1.0,
+        grad_clip: float | None = None,
         n_score_steps: int = 2,
         schedule: str = "ve",
         sigma_min: float = 0.02,
@@ -313,12 +347,21 @@ class DiKL(NeuralSampler):
             raise ValueError(f"data_scale must be positive, got {data_scale}")
         self.data_scale, self.data_shift = float(data_scale), float(data_shift)
         self.latent_dim = latent_dim
+        if gen_init_std is not None and not gen_init_std > 0:
+            raise ValueError(f"gen_init_std must be positive, got {gen_init_std}")
+        self.gen_init_std = None if gen_init_std is None else float(gen_init_std)
         self.gen_hidden = check_positive_int(gen_hidden, "gen_hidden")
         self.gen_layers = check_positive_int(gen_layers, "gen_layers")
         self.score_hidden = check_positive_int(score_hidden, "score_hidden")
         self.score_layers = check_positive_int(score_layers, "score_layers")
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.lr, self.score_lr = float(lr), float(score_lr)
+        if not 0 < lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {grad_clip}")
+        self.lr_decay = float(lr_decay)
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.n_score_steps = check_positive_int(n_score_steps, "n_score_steps")
         self.schedule = check_choice(schedule, "schedule", ["ve", "vp"])
         if not 0 < sigma_min < sigma_max:
@@ -365,7 +408,12 @@ class DiKL(NeuralSampler):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             g_net = GeneratorMLP(
-                d, self.latent_dim, self.gen_hidden, self.gen_layers, n_particles
+                d,
+                self.latent_dim,
+                self.gen_hidden,
+                self.gen_layers,
+                n_particles,
+                output_std=self.gen_init_std,
             ).to(dev, dt)
             s_net = ScoreMLP(d, self.score_hidden, self.score_layers, n_particles=n_particles).to(
                 dev, dt
@@ -377,6 +425,10 @@ class DiKL(NeuralSampler):
         opt_g = torch.optim.Adam(g_net.parameters(), lr=self.lr)
         opt_s = torch.optim.Adam(s_net.parameters(), lr=self.score_lr)
         n_it = self.iterations(n_samples)
+        floor = self.lr_decay
+        sched_g = torch.optim.lr_scheduler.LambdaLR(
+            opt_g, lambda i: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * i / n_it))
+        )
         ess, acc, losses = [], [], []
         for _ in track(range(n_it), progress=self.progress, desc="DiKL", leave=False):
             w = torch.randn(self.batch_size, g_net.latent_dim, generator=gen, dtype=dt, device=dev)
@@ -409,7 +461,10 @@ class DiKL(NeuralSampler):
             loss = dikl_loss(u, t, eps, sched, model.score, t_score, self.weight)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(g_net.parameters(), self.grad_clip)
             opt_g.step()
+            sched_g.step()
             ess.append(box["is_ess_fraction"])
             acc.append(box.get("mcmc_acceptance", float("nan")))
             losses.append(float(loss_s.detach()))

@@ -106,6 +106,13 @@ class GeneratorMLP(nn.Module):
         latent_dim: dimension of the latent noise (``d`` if ``None``).
         hidden, n_layers: MLP size.
         n_particles: centre the output per configuration (particle systems).
+        output_std: if given, the output layer is rescaled at initialisation so that the
+            outputs of ``n_probe`` latent draws have mean 0 and this standard deviation per
+            coordinate (e.g. the spread of the target in model coordinates, so the untrained
+            generator already covers the target's support; He et al. initialise their MoG-40
+            generator this wide). ``None`` keeps PyTorch's default initialisation.
+        n_probe: latent draws (from the global torch random stream, like the weights) used
+            to measure the initial spread.
 
     Shapes: ``forward(w [n, latent_dim]) -> [n, d]``.
     """
@@ -117,6 +124,8 @@ class GeneratorMLP(nn.Module):
         hidden: int = 256,
         n_layers: int = 3,
         n_particles: int | None = None,
+        output_std: float | None = None,
+        n_probe: int = 4096,
     ) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
@@ -130,6 +139,22 @@ class GeneratorMLP(nn.Module):
             check_positive_int(hidden, "hidden"),
             check_positive_int(n_layers, "n_layers"),
         )
+        if output_std is not None:
+            if not (isinstance(output_std, (int, float)) and output_std > 0):
+                raise ValueError(f"output_std must be a positive number, got {output_std!r}")
+            self._rescale_output(float(output_std), check_positive_int(n_probe, "n_probe"))
+
+    @torch.no_grad()
+    def _rescale_output(self, std: float, n_probe: int) -> None:
+        """Scales the last layer so that outputs have mean 0 and standard deviation ``std``."""
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        w = torch.randn(n_probe, self.latent_dim, dtype=last.weight.dtype)
+        out = self(w)
+        scale = std / out.std(0).clamp_min(1e-12)  # d
+        last.weight.mul_(scale[:, None])
+        last.bias.mul_(scale)
+        last.bias.sub_(self(w).mean(0))
 
     def forward(self, w: Tensor) -> Tensor:
         out = self.net(w)
