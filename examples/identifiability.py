@@ -51,6 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=50, help="synthetic tasks")
     p.add_argument("--rows", type=int, default=200, help="synthetic training rows per task")
     p.add_argument("--epochs", type=int, default=60, help="stage-1 epochs (synthetic)")
+    p.add_argument("--hidden", default="64", help="stage-1 hidden widths (synthetic)")
+    p.add_argument("--lr", type=float, default=3e-3, help="stage-1 Adam step (synthetic)")
+    p.add_argument(
+        "--weight-decay", type=float, default=1e-3, help="stage-1 weight decay (synthetic)"
+    )
     p.add_argument("--stage2-steps", type=int, default=1000, help="stage-2 Adam steps")
     p.add_argument("--restarts", type=int, default=3, help="stage-2 restarts")
     p.add_argument(
@@ -72,6 +77,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-molecules", type=int, default=1500, help="stage-1 molecules")
     p.add_argument("--sizes", default="32,64", help="support sizes")
     p.add_argument("--repeats", type=int, default=20, help="support sets per target and size")
+    p.add_argument(
+        "--ard-repeats",
+        type=int,
+        default=0,
+        help="support sets per target for an ARD GP head at the largest support size "
+        "(default 0: skipped; about 2-5 s per fit)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the DOCKSTRING experiment")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="progress bars")
@@ -101,7 +113,16 @@ def synthetic_run(mixing: str, seed: int, args) -> dict:
     )
     train, test = data.split(50)
     t0 = time.time()
-    fit = fit_multitask(train.x, train.y, d, hidden=(128, 128), epochs=args.epochs, seed=seed)
+    fit = fit_multitask(
+        train.x,
+        train.y,
+        d,
+        hidden=tuple(int(w) for w in args.hidden.split(",")),
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=seed,
+    )
     h, h_test = fit.represent(train.x).double(), fit.represent(test.x).double()
     t1 = time.time()
     model, record = fit_causal_model(
@@ -231,6 +252,35 @@ def few_shot_r2(
     return (1.0 - sse / sst).numpy()
 
 
+def few_shot_r2_ard(
+    feats: np.ndarray, y: np.ndarray, pool: np.ndarray, size: int, repeats: int, rng
+) -> np.ndarray:
+    """R^2 of an ARD GP (Matern-5/2 with one lengthscale per feature, scikit-learn): unlike an
+    isotropic kernel it depends on the basis of the features, not only on their geometry."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    pool = pool[~np.isnan(y[pool])]
+    out = []
+    for _ in range(repeats):
+        sup = rng.choice(len(pool), size, replace=False)
+        qry = np.setdiff1d(np.arange(len(pool)), sup)
+        kernel = ConstantKernel(1.0, (1e-3, 1e2)) * Matern(
+            np.ones(feats.shape[1]), (1e-2, 1e3), nu=2.5
+        ) + WhiteKernel(0.1, (1e-5, 1e1))
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(feats[pool[sup]], y[pool[sup]])
+        yq = y[pool[qry]]
+        pred = gp.predict(feats[pool[qry]])
+        out.append(1.0 - ((pred - yq) ** 2).sum() / ((yq - yq.mean()) ** 2).sum())
+    return np.asarray(out)
+
+
 def dockstring(args) -> dict:
     from sklearn.decomposition import PCA, FastICA
 
@@ -354,6 +404,34 @@ def dockstring(args) -> dict:
             }
             line += f" {mu:9.3f} +- {se:.3f} {dmu:+8.3f} +- {dse:.3f}"
         print(line)
+    ard_table: dict = {}
+    if args.ard_repeats:
+        print(
+            f"\nARD GP head (scikit-learn, one lengthscale per feature), {args.ard_repeats} "
+            "support sets per target"
+        )
+        ard_feats = ["stage-1 features", "stage-2 latents", "stage-1 PCA (whitened)"]
+        print(f"{'features':26s}" + f" {'n=' + str(sizes[-1]):>18s}")
+        for fname in ard_feats:
+            line = f"{fname:26s}"
+            for size in sizes[-1:]:
+                vals = np.concatenate(
+                    [
+                        few_shot_r2_ard(
+                            feats[fname][0],
+                            scores[:, j],
+                            mol_pool,
+                            size,
+                            args.ard_repeats,
+                            np.random.default_rng([args.seed, size, int(j)]),
+                        )
+                        for j in held
+                    ]
+                )
+                mu, se = mean_se(vals)
+                ard_table.setdefault(str(size), {})[fname] = {"mean": mu, "se": se}
+                line += f" {mu:9.3f} +- {se:.3f}"
+            print(line, flush=True)
     ind = model.causal_indicators().numpy()
     y_std = np.nan_to_num((yp - np.nanmean(yp, 0)) / np.nanstd(yp, 0))
     both = np.concatenate([standardise(z)[mol_pool], y_std], 1)
@@ -369,6 +447,7 @@ def dockstring(args) -> dict:
         "seconds_stage1": t1 - t0,
         "seconds_stage2": t2 - t1,
         "table": out_table,
+        "ard_table": ard_table,
         "per_target": per_target,
     }
 
@@ -383,7 +462,7 @@ def dockstring_figure(res: dict, path: Path) -> None:
     corr = np.asarray(res["latent_target_corr"])
     names = res["train_targets"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
-    axes[0].imshow(ind.T, aspect="auto", cmap="Greys", interpolation="nearest")
+    axes[0].imshow(ind.T, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     axes[0].set_title("stage 2: causal indicators (black = causal)")
     im = axes[1].imshow(
         corr, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest"

@@ -300,7 +300,9 @@ def test_full_pipeline_beats_unsupervised_baselines(mixing):
 
     data = make_synthetic_tasks(50, 240, 5, 10, seed=0, mixing=mixing)
     train, test = data.split(40)
-    fit = fit_multitask(train.x, train.y, 5, hidden=(128, 128), epochs=60, seed=0)
+    fit = fit_multitask(
+        train.x, train.y, 5, hidden=(64,), epochs=60, lr=3e-3, weight_decay=1e-3, seed=0
+    )
     h, ht = fit.represent(train.x).double(), fit.represent(test.x).double()
     model, _ = fit_causal_model(h, train.y, 5, steps=1000, refine_steps=300, seed=0)
     mcc = strong_mcc(test.z, model.latents(ht))
