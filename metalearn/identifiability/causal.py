@@ -23,7 +23,7 @@ So ``p(h | y, t) = N(b + A mu_t y, A K_t A^T + sigma^2 I)`` with
 ``mu_t = c_t r_t + (1 - c_t) gamma_t`` and ``K_t = diag(c_t + (1 - c_t) sigma_s^2) - r_t r_t^T``,
 a closed-form Gaussian marginal. Because ``K_t`` changes across tasks with their indicators,
 ``A`` is identified up to permutation and scaling of its columns, hence so are the latents
-``z_hat = A^+ (h - b)``.
+(:meth:`LinearCausalModel.latents`).
 
 Indicators: the binary ``c_t`` are relaxed to ``sigmoid(logits)`` in ``[0, 1]`` (each latent's
 variance then interpolates between 1 and ``sigma_s^2``: still a valid Gaussian model, so the
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from probrec.checks import ArrayLike, as_float_tensor, check_positive_int
+from probrec.checks import ArrayLike, as_float_tensor, check_choice, check_positive_int
 from probrec.progress import track
 from probrec.seeding import torch_generator
 
@@ -322,21 +322,33 @@ class LinearCausalModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def latents(self, h: ArrayLike) -> Tensor:
-        """Label-free latent estimates ``z_hat = A^+ (h - b)``.
+    def latents(self, h: ArrayLike, *, method: str = "posterior") -> Tensor:
+        """Label-free latent estimates.
+
+        ``"posterior"`` (default): the posterior mean under a ``N(0, I)`` prior on ``z``,
+        ``(A^T A + sigma^2 I)^{-1} A^T (h - b)``, which shrinks directions that ``A`` barely
+        uses (a stage-1 representation that lost a latent) instead of amplifying their noise.
+        ``"pinv"``: the least-squares inverse ``A^+ (h - b)``.
 
         Args:
             h: ``[N, D]`` features.
+            method: ``"posterior"`` or ``"pinv"``.
 
         Returns:
             ``[N, d]`` latents (float64), identified up to permutation and scaling.
         """
+        check_choice(method, "method", ("posterior", "pinv"))
         if self.batch_shape:
             raise ValueError("latents needs an unbatched model; use select(i) first")
         ht = as_float_tensor(h, "h", ndim=2, dtype=self.mixing.dtype, device=self.mixing.device)
         if ht.shape[1] != self.mixing.shape[0]:
             raise ValueError(f"h must have {self.mixing.shape[0]} columns, got {ht.shape[1]}")
-        return torch.linalg.lstsq(self.mixing, (ht - self.offset).T).solution.T
+        a = self.mixing
+        if method == "pinv":
+            return torch.linalg.lstsq(a, (ht - self.offset).T).solution.T
+        eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
+        gram = a.T @ a + self.noise * eye
+        return torch.linalg.solve(gram, a.T @ (ht - self.offset).T).T
 
 
 @dataclass

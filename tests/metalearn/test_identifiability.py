@@ -236,7 +236,16 @@ def test_latents_invert_a_known_mixing():
         model.offset.copy_(torch.randn(4, generator=g, dtype=DT))
     z = torch.randn(50, 3, generator=g, dtype=DT)
     h = z @ model.mixing.T.detach() + model.offset.detach()
-    torch.testing.assert_close(model.latents(h), z)
+    torch.testing.assert_close(model.latents(h, method="pinv"), z)
+    # posterior mean under N(0, I): ridge solution (A^T A + s^2 I)^{-1} A^T (h - b)
+    a = model.mixing.detach().numpy()
+    ridge = np.linalg.solve(
+        a.T @ a + float(model.noise.detach()) * np.eye(3),
+        a.T @ (h - model.offset).T.detach().numpy(),
+    )
+    np.testing.assert_allclose(model.latents(h).numpy(), ridge.T, rtol=1e-10)
+    with pytest.raises(ValueError, match="method"):
+        model.latents(h, method="mean")
     with pytest.raises(ValueError, match="columns"):
         model.latents(h[:, :3])
 
