@@ -3,10 +3,13 @@ implicit hypergradients; the episodic meta-training loop; FS-Mol-protocol evalua
 
 Public names: :class:`ADKFIFT`, :class:`ADKF`, :class:`DKT`, :class:`DKL`, :class:`ProtoNet`,
 :class:`GPST`, :class:`RandomForest`, :class:`KNN`, :class:`LogisticRegression`,
-:func:`evaluate` and :mod:`metalearn.hypergrad`.
+:func:`evaluate`, :mod:`metalearn.hypergrad` and :mod:`metalearn.identifiability` (multi-task
+representations and the linear causal latent model). :mod:`metalearn.ood` (out-of-domain
+prediction and Bayesian optimisation on frozen features) is imported on its own, as it loads
+BoTorch.
 """
 
-from metalearn import hypergrad
+from metalearn import hypergrad, identifiability
 from metalearn.base import MetaLearner, Predictor, registered_learners
 from metalearn.deep_kernel import ADKF, ADKFIFT, DKT, DeepKernelPredictor
 from metalearn.dkl import DKL
@@ -32,6 +35,7 @@ __all__ = [
     "Predictor",
     "TrainConfig",
     "hypergrad",
+    "identifiability",
     "meta_train",
     "registered_learners",
 ]

@@ -9,11 +9,12 @@ Public names (plus those of :mod:`probrec.data.annotations`): :class:`Task`,
 :class:`ExcludedTaskError`, :func:`load_rdkit_chembl_assay`, :func:`load_nci_smiles`,
 :func:`sinusoid_tasks`, :func:`latent_feature_tasks`, :func:`descriptor_tasks`,
 :class:`InteractionLog`, :func:`load_movielens`, :func:`download_movielens`,
-:func:`load_taobao_ad`.
+:func:`load_taobao_ad`, :func:`load_dockstring_targets`, :data:`DOCKSTRING_TARGETS`.
 """
 
 from probrec.data import annotations as _annotations
 from probrec.data.annotations import *  # noqa: F403 - re-exported through __all__ below
+from probrec.data.dockstring import DOCKSTRING_TARGETS, load_dockstring_targets
 from probrec.data.embedded import load_nci_smiles, load_rdkit_chembl_assay
 from probrec.data.featurize import MoleculeFeaturizer, featurize_tasks
 from probrec.data.fsmol import (
@@ -42,6 +43,7 @@ from probrec.data.tasks import (
 __all__ = [
     *_annotations.__all__,
     "CleanedAssay",
+    "DOCKSTRING_TARGETS",
     "Episode",
     "ExcludedTaskError",
     "InteractionLog",
@@ -56,6 +58,7 @@ __all__ = [
     "featurize_tasks",
     "latent_feature_tasks",
     "load_chembl_assay_table",
+    "load_dockstring_targets",
     "load_fsmol_dir",
     "load_fsmol_split",
     "load_fsmol_task",
