@@ -14,7 +14,8 @@ Parts (``--parts``):
 - ``dikl``: DiKL (its ``mog40`` preset) on MoG-40: MMD^2, coverage, mode-weight TV, training
   time and evaluations, and the time to draw 10,000 samples from the trained generator, next
   to DiGS (the benchmark's settings, 300 evaluations per sample, 10,000 independent chains)
-  timed in the same run.
+  timed in the same run; the samples (``dikl_mog40_samples_seed*.npy``) and a scatter plot
+  per seed (``dikl_mog40_samples.png``).
 
 For every metric it states how many times fewer evaluations PTSD needs than PT to reach the
 quality PT reaches at each of its budgets (log-log interpolation along PTSD's mean curve; when
@@ -250,9 +251,33 @@ def _plot(rows: list[dict], out: Path, targets: list[str]) -> Path:
     return path
 
 
-def _dikl(seeds: list[int], cache: dict, n: int = 10_000) -> list[dict]:
+def _plot_dikl(panels: list[tuple[int, torch.Tensor, dict]], target, out: Path) -> Path:
+    """Scatter of DiKL samples (first 3,000) per seed over the MoG-40 means."""
+    from samplers.plots import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (seed, x, row) in zip(axes[0], panels):
+        x = x[:3000].cpu()
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3)
+        m = target.means.cpu()
+        ax.scatter(m[:, 0], m[:, 1], c="r", marker="x", s=20)
+        ax.set(xlim=(-50, 50), ylim=(-50, 50), aspect="equal")
+        ax.set_title(
+            f"seed {seed}: {row['modes_covered']}/40 modes, MMD^2 {row['mmd2']:.3f}, "
+            f"TV {row['mode_weight_tv']:.2f}",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    path = out / "dikl_mog40_samples.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _dikl(seeds: list[int], cache: dict, out: Path, n: int = 10_000) -> list[dict]:
     target = bench.make_target("mog40", None)
-    rows = []
+    rows, panels = [], []
     for seed in seeds:
         s = bench.make_sampler("dikl", "mog40", n_chains=None, budget=None, progress=False)
         assert isinstance(s, DiKL)
@@ -298,6 +323,9 @@ def _dikl(seeds: list[int], cache: dict, n: int = 10_000) -> list[dict]:
             flush=True,
         )
         rows.append(row)
+        panels.append((seed, res.samples, row))
+        np.save(out / f"dikl_mog40_samples_seed{seed}.npy", res.samples.cpu().numpy())
+    _plot_dikl(panels, target, out)
     if len(rows) > 1:
         print("dikl: mean +- s.e. over seeds")
         for k in (
@@ -439,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     if targets:
         result["figure"] = str(_plot(rows, out, targets).name)
     if "dikl" in parts:
-        result["dikl"] = _dikl(seeds, cache)
+        result["dikl"] = _dikl(seeds, cache, out)
     save()
     print(f"results: {out / 'results.json'}")
     return 0
