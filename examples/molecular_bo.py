@@ -7,7 +7,7 @@ the molecules observed. Baselines: a GP with a Tanimoto kernel on Morgan count f
 a random forest on the same fingerprints (and random search for optimisation). Protocol of
 Chen, Tripp & Hernandez-Lobato (ICLR 2023, Section 5.3).
 
-    python examples/molecular_bo.py --out runs/molecular_bo          # small default, ~15 min
+    python examples/molecular_bo.py --out runs/molecular_bo          # default, ~10 min, 2 cores
     python examples/molecular_bo.py --out runs/molecular_bo --full   # 100 / 20 repeats
 
 Meta-trained learners and the fitted featurizer are saved under ``<out>/models`` and reused by
