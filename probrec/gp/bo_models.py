@@ -92,7 +92,8 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
             caller's module is not modified). ``None``: inputs are features.
 
     Raises:
-        ValueError: ``gp`` is not a single-task regression head, or shapes disagree with it.
+        ValueError: ``gp`` is not a single-task regression head, or ``train_X`` / ``train_Y``
+            disagree with the points it was fitted on.
     """
 
     _num_outputs = 1
@@ -115,6 +116,9 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
             )
         mean, covar, lik = gp.gpytorch_modules()
         targets = gp.targets[0].detach().to(x)
+        refit = targets * gp.scale[0].to(x) + gp.shift[0].to(x)
+        if not torch.allclose(refit, y[:, 0], rtol=1e-5, atol=1e-8 * float(y.abs().max() + 1)):
+            raise ValueError("train_Y differs from the labels gp was fitted on")
         super().__init__(x, targets, lik)
         self.mean_module = mean.to(x)
         self.covar_module = covar.to(x)

@@ -181,6 +181,8 @@ def test_bad_inputs_are_named():
     gp = GPHead(GPConfig(kind="regression")).fit(x, y[:, 0])
     with pytest.raises(ValueError, match="train_X"):
         DeepKernelGP(x[:-1], y[:-1], gp)
+    with pytest.raises(ValueError, match="train_Y differs"):
+        DeepKernelGP(x, y + 1.0, gp)
 
 
 def test_forest_model_posterior_matches_the_forest():
