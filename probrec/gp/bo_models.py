@@ -195,11 +195,7 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
             )
         self.eval()
         mean, var = self._marginals(X[..., 0, :], observation_noise)
-        shape = X.shape[:-1]
-        mvn = gpytorch.distributions.MultivariateNormal(
-            mean.reshape(shape), DiagLinearOperator(var.reshape(shape))
-        )
-        post = self.outcome_transform.untransform_posterior(GPyTorchPosterior(mvn), X=X)
+        post = self.outcome_transform.untransform_posterior(_independent(X, mean, var), X=X)
         return post if posterior_transform is None else posterior_transform(post)
 
     def _marginals(
@@ -232,6 +228,16 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
         z = self.features(x)
         return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))
+
+
+def _independent(X: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> GPyTorchPosterior:
+    """Posterior of independent Gaussians over the points of ``X`` (``batch x q x d``) from flat
+    ``mean`` / ``var`` (``batch * q`` values)."""
+    shape = X.shape[:-1]
+    mvn = gpytorch.distributions.MultivariateNormal(
+        mean.reshape(shape), DiagLinearOperator(var.reshape(shape))
+    )
+    return GPyTorchPosterior(mvn)
 
 
 def _encode(encoder: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
@@ -323,9 +329,5 @@ class ForestModel(Model):
         per_tree = np.stack([t.predict(flat, check_input=False) for t in self.forest.estimators_])
         mean = torch.as_tensor(per_tree.mean(0), dtype=self._dtype, device=X.device)
         var = torch.as_tensor(per_tree.var(0), dtype=self._dtype, device=X.device) + self.noise
-        shape = X.shape[:-1]
-        mvn = gpytorch.distributions.MultivariateNormal(
-            mean.reshape(shape), DiagLinearOperator(var.clamp_min(1e-12).reshape(shape))
-        )
-        post = GPyTorchPosterior(mvn)
+        post = _independent(X, mean, var.clamp_min(1e-12))
         return post if posterior_transform is None else posterior_transform(post)
