@@ -205,10 +205,36 @@ class AnnotatorModel(nn.Module, ABC):
         probs = self._label_log_probs(z, generator, None).exp()
         return _categorical(probs, n, generator)
 
+    @property
+    def panel_latent(self) -> bool:
+        """Whether an item-level latent makes an item's annotators dependent given ``x``."""
+        return False
+
     def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
-        """Validation NLL per annotation; ``[1]`` (``[M]`` for members trained jointly)."""
-        logp = self._label_log_probs(z, generator, self.valid_samples)
-        return (-(counts * logp).sum() / counts.sum()).reshape(1)
+        """Validation NLL per annotation; ``[1]`` (``[M]`` for members trained jointly).
+
+        Per-annotation marginal, or with an item latent the items' joint (panel) likelihood.
+        """
+        if self.panel_latent:
+            ll = self._panel_log_lik(z, counts, generator, self.valid_samples)
+        else:
+            ll = (counts * self._label_log_probs(z, generator, self.valid_samples)).sum(-1)
+        return (-ll.sum() / counts.sum()).reshape(1)
+
+    def _panel_log_lik(
+        self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
+        """``[B]`` ``log p(y_1, ..., y_n | x)`` of each item's annotations as one panel.
+
+        Annotators independent given ``x``: ``sum_k n_k log p(k | x)``. Models with an item
+        latent (:attr:`panel_latent`) implement ``_item_log_lik(z, counts, generator, s,
+        mixture=True)`` (an estimate that does not trust the amortised posterior; exact with
+        quadrature) and ``n_eval_samples``; ensembles override this to match :meth:`_sample`.
+        """
+        if self.panel_latent:
+            s = n_samples or self.n_eval_samples  # type: ignore[attr-defined]
+            return self._item_log_lik(z, counts, generator, s, mixture=True)  # type: ignore[attr-defined]
+        return (counts * self._label_log_probs(z, generator, n_samples)).sum(-1)
 
     def _param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups (one group at ``lr`` by default)."""
@@ -456,6 +482,48 @@ class AnnotatorModel(nn.Module, ABC):
         if counts.shape[0] != logp.shape[0]:
             raise ValueError(f"x has {logp.shape[0]} items but annotations has {counts.shape[0]}")
         return float(-(counts * logp).sum() / counts.sum())
+
+    def panel_log_prob(
+        self,
+        x: Any,
+        annotations: Any,
+        mask: Any = None,
+        *,
+        batch_size: int = 512,
+        seed: int = 0,
+        n_samples: int | None = None,
+    ) -> Tensor:
+        """Log-probability of each item's annotations jointly, as one panel of annotators.
+
+        ``log p(y_1, ..., y_n | x)`` for the sequence of the item's labels (any order: the
+        annotators are exchangeable), under the same rule :meth:`sample` simulates a panel
+        with. For models whose annotators are independent given ``x`` this is
+        ``sum_j log p(y_j | x)``; models with an item latent ``u`` give
+        ``log E_u prod_j p(y_j | x, u)`` and ensembles ``log mean_m prod_j p_m(y_j | x)`` --
+        the likelihood of a human panel's agreement, which the per-annotation NLL cannot see.
+
+        Args:
+            x: ``[n, in_dim]`` features.
+            annotations: padded ``[n, m]`` labels (with ``mask``) or per-item sequences.
+            mask: ``[n, m]`` bool.
+            batch_size: items per forward pass.
+            seed: seed of any Monte Carlo estimate (an unbiased estimate of the probability
+                for importance-sampled models, so its log is biased low by Jensen's gap).
+            n_samples: Monte Carlo samples (``None``: the model's default).
+
+        Returns:
+            ``[n]`` log-probabilities.
+        """
+        counts = self._counts(annotations, mask)
+        n_x = self._features(x).shape[0]
+        if counts.shape[0] != n_x:
+            raise ValueError(f"x has {n_x} items but annotations has {counts.shape[0]}")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        chunks = iter(counts.split(batch_size))  # _run walks the items in the same batches
+        parts = self._run(
+            lambda z, g: self._panel_log_lik(z, next(chunks), g, n_samples), x, batch_size, seed
+        )
+        return torch.cat(parts, 0)
 
     def sample(self, x: Any, n: int, *, seed: int | None = None, batch_size: int = 512) -> Tensor:
         """Simulated annotations: ``n`` independent annotators per item.

@@ -338,6 +338,13 @@ class DeepEnsemble(AnnotatorModel):
         ).to(z.device)
         return _categorical(probs[pick, torch.arange(z.shape[0], device=z.device)], n, generator)
 
+    def _panel_log_lik(
+        self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
+        # a panel answers under one member: log mean_m prod_j p_m(y_j | x)
+        member = (counts * self.member_log_probs(z)).sum(-1)  # [M, B]
+        return torch.logsumexp(member, 0) - math.log(self.members)
+
     def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         return -(counts * self.member_log_probs(z)).sum((-1, -2)) / counts.sum()
 

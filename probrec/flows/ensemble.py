@@ -173,6 +173,16 @@ class ModelEnsemble(AnnotatorModel):
         sd = torch.stack([p[1] for p in parts]).mean(0)
         return mean, sd
 
+    def _panel_log_lik(
+        self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
+        # a panel answers under one member: log mean_m p_m(panel | x)
+        parts = [
+            m._panel_log_lik(self._member_z(m, z), counts, generator, n_samples)
+            for m in self.members
+        ]
+        return torch.logsumexp(torch.stack(parts), 0) - math.log(self.n_members)
+
     def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
         # one member per item (a simulated panel shares it), then that member's annotators
         pick = torch.randint(

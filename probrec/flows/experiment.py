@@ -69,6 +69,11 @@ MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
         {"model": "ConditionalIntegerFlow", "members": 5, "item_latent": 1, "quadrature": 32},
         "ensemble of 5 integer flows with item latents (one member per simulated panel)",
     ),
+    "softmax_flow_panel_x5": (
+        ModelEnsemble,
+        {"model": "ConditionalSoftmaxFlow", "members": 5, "latent": "item"},
+        "ensemble of 5 softmax flows with item latents (one member per simulated panel)",
+    ),
     "gaussian": (GaussianHead, {}, "Gaussian head, density-trained, rounded (original base)"),
     "gaussian_discretised": (
         GaussianHead,
@@ -94,6 +99,7 @@ MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
 #: metric -> (label, lower is better)
 METRICS: dict[str, tuple[str, bool]] = {
     "nll": ("NLL", True),
+    "nll_panel": ("NLL (panel)", True),
     "mean_rmse": ("RMSE mean", True),
     "std_rmse": ("RMSE std", True),
     "std_rmse_panel": ("RMSE std (panel)", True),

@@ -317,12 +317,9 @@ class ConditionalIntegerFlow(AnnotatorModel):
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": latent, "lr": lr * self.latent_lr}]
 
-    def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
-        if not self.item_latent:
-            return super()._valid_scores(z, counts, generator)
-        # the items' joint likelihood per annotation, estimated without trusting q
-        nll = -self._item_log_lik(z, counts, generator, self.valid_samples, mixture=True)
-        return (nll.sum() / counts.sum()).reshape(1)
+    @property
+    def panel_latent(self) -> bool:
+        return self.item_latent > 0
 
     def _q(self, h: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
         n_i = counts.sum(-1, keepdim=True)

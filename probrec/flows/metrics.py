@@ -5,7 +5,9 @@ humans' per-item label counts ``[n, K]`` (:func:`probrec.data.annotation_counts`
 ordered label values ``[K]``, as NumPy arrays or tensors:
 
 * :func:`nll` -- negative log-likelihood per individual annotation,
-  ``-sum_ik n_ik log p_ik / sum_ik n_ik``.
+  ``-sum_ik n_ik log p_ik / sum_ik n_ik``; :func:`evaluate` adds ``nll_panel``, the
+  likelihood of each item's annotations jointly (one panel) per annotation, which rewards a
+  model whose simulated annotators of one item agree as much as the humans do.
 * :func:`mean_rmse` -- RMSE between the predicted mean label and the annotators' mean.
 * :func:`std_rmse` -- RMSE between the predicted standard deviation and the annotators'
   (population form, ``ddof = 0``, as in the paper's scoring), over items with at least two
@@ -251,6 +253,8 @@ def evaluate(
 
     Returns:
         ``nll``, ``nll_mc_se`` (Monte Carlo standard error of the NLL; 0 for closed forms),
+        ``nll_panel`` (each item's annotations as one panel, :meth:`panel_log_prob`, per
+        annotation; equal to ``nll`` for models with independent annotators),
         ``mean_rmse``, ``std_rmse``, ``std_rmse_panel``, ``std_bias`` / ``std_bias_panel``
         (mean predicted minus mean human standard deviation), ``w1``, ``accuracy``, ``kappa_sim``,
         ``kappa_human``.
@@ -269,8 +273,11 @@ def evaluate(
     has2 = n_h >= 2
     human_sd = distribution_moments(counts[has2], values)[1]
     sim_sd = panel_std(model, _np(x, "x")[has2], n_h[has2], panels=panels, seed=seed + 2)
+    panel_ll = model.panel_log_prob(x, labels, m, seed=seed, n_samples=n_samples)
     out = {
         "nll": nll(logp, counts),
+        # each item's annotations jointly (a panel), per annotation
+        "nll_panel": float(-panel_ll.double().sum().cpu() / counts.sum()),
         # independent estimates per (item, label): s.e. of the count-weighted mean
         "nll_mc_se": float(np.sqrt(((counts * se) ** 2).sum()) / counts.sum()),
         "mean_rmse": mean_rmse(probs, counts, values),

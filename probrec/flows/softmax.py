@@ -325,11 +325,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         bound = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])  # [B, Kl]
         return -(counts * bound).sum(-1)
 
-    def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
-        if self.latent != "item":
-            return super()._valid_scores(z, counts, generator)
-        nll = -self._item_log_lik(z, counts, generator, self.valid_samples, mixture=True)
-        return (nll.sum() / counts.sum()).reshape(1)
+    @property
+    def panel_latent(self) -> bool:
+        return self.latent == "item"
 
     def _estimate(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None

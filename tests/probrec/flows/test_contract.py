@@ -98,6 +98,45 @@ def test_samples_follow_the_predicted_distribution(fitted, population, name):
     assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
 
 
+INDEPENDENT = (
+    "integer_flow",
+    "softmax_flow",
+    "gaussian",
+    "ordinal_logistic",
+    "softmax",
+    "mc_dropout",
+)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_panel_likelihood_is_the_distribution_of_simulated_panels(fitted, population, name):
+    """Over the 25 ordered pairs of labels, the joint probability of a panel of two annotators
+    sums to one, and 4000 simulated panels of two follow it (chi-square, level 1e-3); models
+    with independent annotators give the product of the marginals."""
+    model = fitted[name]
+    x = population[2].features[:1]
+    pairs = np.array([(a, b) for a in LABELS for b in LABELS])
+    logp = model.panel_log_prob(np.repeat(x, 25, axis=0), pairs, n_samples=4096, seed=2)
+    p = logp.double().exp().numpy()
+    # importance-sampled panels (an item latent without quadrature) and MC dropout (its masks
+    # differ between the 25 rows) are estimates too
+    tol = 2e-2 if CASES[name][2] or name in ("integer_flow_panel", "mc_dropout") else 1e-5
+    assert abs(p.sum() - 1.0) < tol
+    if name in INDEPENDENT:
+        same = {"n_samples": 4096, "seed": 2}  # the same Monte Carlo draws
+        marginal = model.log_prob(np.repeat(x, 25, axis=0), pairs, **same)
+        torch.testing.assert_close(logp, marginal.sum(1))
+    draws = model.sample(np.repeat(x, 4000, axis=0), 2, seed=5).numpy()  # [2, 4000]
+    cell = (draws[0] - 1) * 5 + (draws[1] - 1)
+    counts = np.bincount(cell, minlength=25)
+    p = p / p.sum()
+    keep = p * 4000 >= 5
+    obs = np.append(counts[keep], counts[~keep].sum())
+    exp = np.append(p[keep], p[~keep].sum()) * 4000
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_save_load_gives_identical_predictions(fitted, population, name, tmp_path):
     model = fitted[name]
