@@ -6,14 +6,15 @@ annotations, simulates annotators on items it has never seen. Inputs are frozen
 all-MiniLM-L6-v2 sentence embeddings of the texts (probrec.backbone.TextEmbedder, computed once
 and cached on disk). Each dataset is split by item (60 / 20 / 20, seeded); every model is
 fitted on the training items with early stopping on the validation items and scored on the
-test items: NLL of the individual annotations, RMSE of the per-item mean and standard
+test items: NLL of the individual annotations, NLL of each item's annotations jointly ("NLL
+(panel)", AnnotatorModel.panel_log_prob), RMSE of the per-item mean and standard
 deviation, Wasserstein-1, accuracy against the majority vote, and Fleiss' kappa of simulated
 annotators next to the humans' kappa. The table reports mean +- standard error over seeds,
 then paired differences (flow - baseline, same split) for each flow against the Gaussian
-heads, the softmax head and the deep ensemble, and for the 5-member flow ensemble
-(``integer_flow_panel_x5``, probrec.flows.ModelEnsemble) against the 5-member ensembles of
-Gaussian heads (``gaussian_x5``, ``gaussian_discretised_x5``): ensembles are compared at equal
-size. The column
+heads, the softmax head and the deep ensemble, and for the 5-member flow ensembles
+(``integer_flow_panel_x5``, ``softmax_flow_panel_x5``, probrec.flows.ModelEnsemble) against
+the deep ensemble and the 5-member ensembles of Gaussian heads (``gaussian_x5``,
+``gaussian_discretised_x5``): ensembles are compared at equal size. The column
 "mean std - human" is the level of the predicted per-item spread: RMSE std compares the
 model's population standard deviation with that of 7-10 annotators (ddof 0), which is biased
 low, so it rewards under-dispersed models; RMSE std (panel) compares simulated panels of the
@@ -21,9 +22,9 @@ human panel's size.
 
 Datasets: POPQUORN offensiveness (ordinal 1-5), LeWiDi 2023 ConvAbuse (ordinal -3..1) and
 MD-Agreement (binary). The default subsamples the two LeWiDi sets to --max-items items;
---max-items 0 uses every item. Measured on 2 shared CPU cores: POPQUORN with the ten ordinal
-models 8 min; ConvAbuse and MD-Agreement with the two softmax flows, the softmax head and
-the deep ensemble 13 min.
+--max-items 0 uses every item. Measured on 2 shared CPU cores (load 4-5): POPQUORN with the
+eleven ordinal models and 5 seeds 17 min; ConvAbuse and MD-Agreement with the three softmax
+flows, the softmax head and the deep ensemble, 3 seeds, 19 min.
 
 Example:
     python examples/annotators.py --out runs/annotators
