@@ -20,7 +20,7 @@ import torch
 
 import samplers
 from samplers.diffusion import VESchedule
-from samplers.dikl import dikl_loss, noisy_target_score
+from samplers.dikl import dikl_loss, noisy_target_score, sample_times
 from samplers.score_nets import GeneratorMLP
 from samplers.targets import Gaussian, GaussianMixture, from_log_prob
 
@@ -190,6 +190,25 @@ def test_dikl_gradient_is_unbiased_for_gaussian_kl():
     mean, se = ests.mean(0), ests.std(0) / reps**0.5
     assert bool(((mean - true).abs() <= 4 * se + 2e-3).all()), (mean, true, se)
     assert float(true.abs().max()) > 10 * float(se.max())  # the check has power
+
+
+@pytest.mark.parametrize("exponent", [1.0, 3.0])
+def test_sample_times_follow_the_power_density(exponent):
+    g = torch.Generator().manual_seed(0)
+    t = sample_times(200_000, exponent, g, torch.float64)
+    assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    # t ~ Beta(exponent, 1): closed-form mean, variance and CDF t^exponent
+    mean = exponent / (exponent + 1)
+    var = exponent / ((exponent + 1) ** 2 * (exponent + 2))
+    se = (var / t.numel()) ** 0.5
+    assert abs(float(t.mean()) - mean) < 5 * se
+    assert abs(float(t.var()) - var) < 0.02 * var
+    for q in (0.3, 0.7, 0.95):
+        assert abs(float((t <= q).double().mean()) - q**exponent) < 0.005
+    with pytest.raises(ValueError, match="exponent"):
+        sample_times(4, 0.0, g)
+    with pytest.raises(ValueError, match="t_exponent"):
+        samplers.DiKL(t_exponent=-1.0)
 
 
 def test_dikl_run_counts_evaluations_and_fits_a_gaussian():
