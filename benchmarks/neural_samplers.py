@@ -22,7 +22,9 @@ quality PT reaches at each of its budgets (log-log interpolation along PTSD's me
 PTSD never gets there, or is better already at its smallest budget, the ratio is a bound or
 missing). Writes ``results.json`` and ``quality_vs_evals.png`` into ``--out``.
 
-Usage: ``python benchmarks/neural_samplers.py --seeds 1,2 --out bench-results/neural_samplers``
+Usage: ``python benchmarks/neural_samplers.py --seeds 1,2 --out bench-results/neural_samplers``;
+runs of further seeds are merged (curves, ratios, figure; no training) with ``--from-json
+a/results.json b/results.json --out merged``.
 """
 
 from __future__ import annotations
@@ -384,7 +386,12 @@ def _summarise(rows: list[dict], t: str, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="mog40,mw32,dikl")
+    p.add_argument(
+        "--parts",
+        default=None,
+        help="comma-separated parts (default: mog40,mw32,dikl; with --from-json: mog40,mw32, "
+        "so merging rows trains nothing)",
+    )
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--samplers", default="pt,ptsd")
     p.add_argument("--threads", type=int, default=1)
@@ -413,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             SETTINGS[t].update(by)
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    parts = args.parts.split(",")
+    parts = (args.parts or ("mog40,mw32" if args.from_json else "mog40,mw32,dikl")).split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
