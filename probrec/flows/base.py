@@ -207,18 +207,18 @@ class AnnotatorModel(nn.Module, ABC):
 
     @property
     def panel_latent(self) -> bool:
-        """Whether an item-level latent makes an item's annotators dependent given ``x``."""
+        """Whether an item's simulated annotators are dependent given ``x`` (they share an
+        item-level latent or an ensemble member); ``False``: independent, so the panel
+        likelihood is the sum of the per-annotation log-probabilities."""
         return False
 
     def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         """Validation NLL per annotation; ``[1]`` (``[M]`` for members trained jointly).
 
-        Per-annotation marginal, or with an item latent the items' joint (panel) likelihood.
+        The items' joint (panel) likelihood: the per-annotation marginal for independent
+        annotators.
         """
-        if self.panel_latent:
-            ll = self._panel_log_lik(z, counts, generator, self.valid_samples)
-        else:
-            ll = (counts * self._label_log_probs(z, generator, self.valid_samples)).sum(-1)
+        ll = self._panel_log_lik(z, counts, generator, self.valid_samples)
         return (-ll.sum() / counts.sum()).reshape(1)
 
     def _panel_log_lik(
@@ -413,8 +413,9 @@ class AnnotatorModel(nn.Module, ABC):
         parts = self._run(lambda z, g: self._label_log_probs(z, g, n_samples), x, batch_size, seed)
         return torch.cat(parts, 0)
 
-    def _run(self, fn: Any, x: Any, batch_size: int, seed: int | None) -> list[Any]:
-        """Applies ``fn(z_batch, generator)`` over item batches in evaluation mode, no grad."""
+    def _run(self, fn: Any, x: Any, batch_size: int, seed: int | None, *rows: Tensor) -> list[Any]:
+        """Applies ``fn(z_batch, generator, *rows_batch)`` over item batches in evaluation
+        mode, no grad; ``rows`` are per-item tensors (``[n, ...]``) batched alongside ``x``."""
         z = self._features(x)
         batch_size = check_positive_int(batch_size, "batch_size")
         gen = self._generator(seed)
@@ -422,7 +423,10 @@ class AnnotatorModel(nn.Module, ABC):
         self.eval()
         try:
             with torch.no_grad(), seeded_rng(seed, self.device):
-                return [fn(z[sl], gen) for sl in self._batches(z.shape[0], batch_size)]
+                return [
+                    fn(z[sl], gen, *(r[sl] for r in rows))
+                    for sl in self._batches(z.shape[0], batch_size)
+                ]
         finally:
             self.train(was)
 
@@ -518,10 +522,8 @@ class AnnotatorModel(nn.Module, ABC):
         n_x = self._features(x).shape[0]
         if counts.shape[0] != n_x:
             raise ValueError(f"x has {n_x} items but annotations has {counts.shape[0]}")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        chunks = iter(counts.split(batch_size))  # _run walks the items in the same batches
         parts = self._run(
-            lambda z, g: self._panel_log_lik(z, next(chunks), g, n_samples), x, batch_size, seed
+            lambda z, g, c: self._panel_log_lik(z, c, g, n_samples), x, batch_size, seed, counts
         )
         return torch.cat(parts, 0)
 

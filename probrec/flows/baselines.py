@@ -338,6 +338,10 @@ class DeepEnsemble(AnnotatorModel):
         ).to(z.device)
         return _categorical(probs[pick, torch.arange(z.shape[0], device=z.device)], n, generator)
 
+    @property
+    def panel_latent(self) -> bool:
+        return True  # the member a simulated panel answers under is shared by its annotators
+
     def _panel_log_lik(
         self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
     ) -> Tensor:

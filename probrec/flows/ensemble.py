@@ -173,6 +173,10 @@ class ModelEnsemble(AnnotatorModel):
         sd = torch.stack([p[1] for p in parts]).mean(0)
         return mean, sd
 
+    @property
+    def panel_latent(self) -> bool:
+        return True  # the member a simulated panel answers under is shared by its annotators
+
     def _panel_log_lik(
         self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
     ) -> Tensor:

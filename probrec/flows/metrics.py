@@ -273,11 +273,15 @@ def evaluate(
     has2 = n_h >= 2
     human_sd = distribution_moments(counts[has2], values)[1]
     sim_sd = panel_std(model, _np(x, "x")[has2], n_h[has2], panels=panels, seed=seed + 2)
-    panel_ll = model.panel_log_prob(x, labels, m, seed=seed, n_samples=n_samples)
+    if model.panel_latent:
+        panel_ll = model.panel_log_prob(x, labels, m, seed=seed, n_samples=n_samples)
+        nll_panel = float(-panel_ll.double().sum().cpu() / counts.sum())
+    else:  # independent annotators: the panel likelihood is the sum of the marginals
+        nll_panel = nll(logp, counts)
     out = {
         "nll": nll(logp, counts),
         # each item's annotations jointly (a panel), per annotation
-        "nll_panel": float(-panel_ll.double().sum().cpu() / counts.sum()),
+        "nll_panel": nll_panel,
         # independent estimates per (item, label): s.e. of the count-weighted mean
         "nll_mc_se": float(np.sqrt(((counts * se) ** 2).sum()) / counts.sum()),
         "mean_rmse": mean_rmse(probs, counts, values),
