@@ -50,6 +50,7 @@ from probrec.seeding import torch_generator
 
 __all__ = [
     "AnnotatorModel",
+    "MemberPanels",
     "load_model",
     "normal_points",
     "panel_moments",
@@ -597,6 +598,30 @@ def load_model(
 ) -> AnnotatorModel:
     """Loads any model saved with :meth:`AnnotatorModel.save`."""
     return AnnotatorModel.load(path, map_location)
+
+
+class MemberPanels:
+    """Mixin of ensembles whose simulated panel answers under one member drawn per panel.
+
+    The member is shared by a panel's annotators (annotators are dependent given ``x``), so a
+    panel's likelihood is ``log mean_m p_m(panel | x)``; subclasses give the members' panel
+    log-likelihoods with ``_member_panel_log_liks -> [M, B]``.
+    """
+
+    @property
+    def panel_latent(self) -> bool:
+        return True
+
+    def _member_panel_log_liks(
+        self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def _panel_log_lik(
+        self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
+        member = self._member_panel_log_liks(z, counts, generator, n_samples)
+        return torch.logsumexp(member, 0) - math.log(member.shape[0])
 
 
 def normal_points(

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from probrec.backbone import ACTIVATIONS, MLPEncoder
 from probrec.checks import check_choice, check_positive_int
-from probrec.flows.base import AnnotatorModel, _categorical, panel_moments
+from probrec.flows.base import AnnotatorModel, MemberPanels, _categorical, panel_moments
 from probrec.flows.discrete import interval_log_mass
 
 __all__ = ["DeepEnsemble", "GaussianHead", "MCDropoutHead", "OrdinalLogisticHead", "SoftmaxHead"]
@@ -267,7 +267,7 @@ class _EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class DeepEnsemble(AnnotatorModel):
+class DeepEnsemble(MemberPanels, AnnotatorModel):
     """``M`` softmax heads, probabilities averaged (Lakshminarayanan et al., NeurIPS 2017).
 
     The members are one vectorised network (weights ``[M, ...]``): each has its own
@@ -338,16 +338,10 @@ class DeepEnsemble(AnnotatorModel):
         ).to(z.device)
         return _categorical(probs[pick, torch.arange(z.shape[0], device=z.device)], n, generator)
 
-    @property
-    def panel_latent(self) -> bool:
-        return True  # the member a simulated panel answers under is shared by its annotators
-
-    def _panel_log_lik(
+    def _member_panel_log_liks(
         self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
     ) -> Tensor:
-        # a panel answers under one member: log mean_m prod_j p_m(y_j | x)
-        member = (counts * self.member_log_probs(z)).sum(-1)  # [M, B]
-        return torch.logsumexp(member, 0) - math.log(self.members)
+        return (counts * self.member_log_probs(z)).sum(-1)  # [M, B]
 
     def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         return -(counts * self.member_log_probs(z)).sum((-1, -2)) / counts.sum()

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from probrec.checks import check_positive_int
-from probrec.flows.base import AnnotatorModel
+from probrec.flows.base import AnnotatorModel, MemberPanels
 
 __all__ = ["ModelEnsemble", "member_seeds"]
 
@@ -49,7 +49,7 @@ def member_seeds(seed: int, members: int) -> list[int]:
     return [int(s.generate_state(1)[0] & 0x7FFFFFFF) for s in seq.spawn(members)]
 
 
-class ModelEnsemble(AnnotatorModel):
+class ModelEnsemble(MemberPanels, AnnotatorModel):
     """``M`` independently trained annotator simulators of one class, probabilities averaged.
 
     Example:
@@ -173,19 +173,14 @@ class ModelEnsemble(AnnotatorModel):
         sd = torch.stack([p[1] for p in parts]).mean(0)
         return mean, sd
 
-    @property
-    def panel_latent(self) -> bool:
-        return True  # the member a simulated panel answers under is shared by its annotators
-
-    def _panel_log_lik(
+    def _member_panel_log_liks(
         self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
     ) -> Tensor:
-        # a panel answers under one member: log mean_m p_m(panel | x)
         parts = [
             m._panel_log_lik(self._member_z(m, z), counts, generator, n_samples)
             for m in self.members
         ]
-        return torch.logsumexp(torch.stack(parts), 0) - math.log(self.n_members)
+        return torch.stack(parts)  # [M, B]
 
     def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
         # one member per item (a simulated panel shares it), then that member's annotators
