@@ -658,19 +658,42 @@ def normal_points(
     return torch.stack(pts).to(device=like.device, dtype=like.dtype)
 
 
-def replicate_log_mean(log_w: Tensor) -> tuple[Tensor, Tensor]:
+def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tensor, Tensor]:
     """Log of the mean of ``exp(log_w)`` ``[R, n, ...]`` and its s.e. over the ``R`` replicates.
 
     The estimate is the average of the replicate means; its standard error is the standard
     deviation of the replicate means over ``sqrt(R)``, carried to the log scale by the delta
     method (``se / mean``).
+
+    With ``normalise=True`` the last axis holds the labels of one distribution and the means
+    are divided by their sum over it (a ratio estimator: consistent, with an ``O(1/n)`` bias,
+    exactly normalised). When the labels' estimates share draws their common error cancels in
+    the ratio. The standard error is then the jackknife over the replicates (leave one
+    replicate out), computed in log space so that no label's weights underflow.
     """
-    top = log_w.amax((0, 1))
-    per = torch.exp(log_w - top).mean(1)  # [R, ...]
-    mean = per.mean(0)
-    r = per.shape[0]
-    sd = per.std(0, correction=1) if r > 1 else torch.zeros_like(mean)
-    return torch.log(mean) + top, sd / (math.sqrt(r) * mean)
+    if not normalise:
+        top = log_w.amax((0, 1))
+        per = torch.exp(log_w - top).mean(1)  # [R, ...]
+        mean = per.mean(0)
+        r = per.shape[0]
+        sd = per.std(0, correction=1) if r > 1 else torch.zeros_like(mean)
+        return torch.log(mean) + top, sd / (math.sqrt(r) * mean)
+    r, n = log_w.shape[:2]
+    log_per = torch.logsumexp(log_w, 1) - math.log(n)  # [R, ..., K] replicate means
+
+    def _normalised(log_mean: Tensor) -> Tensor:
+        return log_mean - torch.logsumexp(log_mean, -1, keepdim=True)
+
+    est = _normalised(torch.logsumexp(log_per, 0) - math.log(r))
+    if r < 2:
+        return est, torch.zeros_like(est)
+    drop = torch.eye(r, dtype=torch.bool, device=log_w.device).reshape(
+        r, r, *([1] * (log_per.dim() - 1))
+    )
+    loo = torch.logsumexp(log_per.unsqueeze(0).masked_fill(drop, -math.inf), 1)
+    loo = _normalised(loo - math.log(r - 1))  # [R, ..., K] leave-one-replicate-out estimates
+    se = torch.sqrt((r - 1) / r * ((loo - loo.mean(0)) ** 2).sum(0))
+    return est, se
 
 
 def panel_moments(probs: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:

@@ -28,9 +28,11 @@ as much as human panels do.
 
 For evaluation ``log p(y | x)`` (the per-annotation marginal ``E_{p(v|x)} softmax(v)_y`` in both
 modes) is estimated by the same balance-heuristic importance sampling (Veach & Guibas,
-SIGGRAPH 1995) with randomised quasi-Monte Carlo draws in 8 independent replicates: unbiased
-for ``p(y | x)``, with the standard error of the log estimate from the spread of the
-replicates (:meth:`~probrec.flows.AnnotatorModel.label_log_probs_se`).
+SIGGRAPH 1995) with randomised quasi-Monte Carlo draws in 8 independent replicates: each
+label's estimate is unbiased for ``p(y | x)``, and since the labels share the flow's draws the
+estimates are divided by their sum over the labels (a ratio estimator: the shared draws' common
+error cancels and the distribution sums to one exactly), with the jackknife standard error over
+the replicates (:meth:`~probrec.flows.AnnotatorModel.label_log_probs_se`).
 """
 
 from __future__ import annotations
@@ -336,7 +338,11 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
 
         ``n / 2`` points (randomised QMC, :func:`~probrec.flows.base.normal_points`, 8
         replicates) each give one draw of ``q(v | y = k, x)`` for every label and one draw of
-        ``p(v | x)``; weights ``p(v|x) softmax(v)_k / ((q_k(v) + p(v|x)) / 2)``.
+        ``p(v | x)``; weights ``p(v|x) softmax(v)_k / ((q_k(v) + p(v|x)) / 2)``. The labels'
+        estimates share the flow draws, so they are divided by their sum over the labels
+        (:func:`~probrec.flows.base.replicate_log_mean` with ``normalise=True``): the common
+        error of the shared draws cancels and the estimated distribution sums to one exactly.
+        The standard error is the jackknife over the replicates.
         """
         n = n_samples or self.n_eval_samples
         if n < 2:
@@ -351,7 +357,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             [log_w_q.reshape(r, m, *log_w_q.shape[1:]), log_w_p.reshape(r, m, *log_w_p.shape[1:])],
             1,
         )
-        return replicate_log_mean(log_w)
+        return replicate_log_mean(log_w, normalise=True)
 
     def _label_log_probs(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None

@@ -88,6 +88,24 @@ def test_replicate_mean_and_standard_error_match_direct_computation():
     torch.testing.assert_close(se_r, per.std(0) / (math.sqrt(8) * per.mean(0)))
 
 
+def test_normalised_replicate_mean_and_jackknife_match_a_direct_loop():
+    g = torch.Generator().manual_seed(1)
+    log_w = torch.randn(8, 50, 4, 3, generator=g, dtype=torch.float64) - 30.0  # tiny weights
+    est, se = replicate_log_mean(log_w, normalise=True)
+    w = log_w.exp().numpy()
+    mean = w.mean((0, 1))
+    np.testing.assert_allclose(est.numpy(), np.log(mean / mean.sum(-1, keepdims=True)))
+    np.testing.assert_allclose(est.exp().sum(-1).numpy(), 1.0, rtol=1e-12)
+    per = w.mean(1)  # [8, 4, 3]
+    loo = []
+    for i in range(8):
+        m = np.delete(per, i, 0).mean(0)
+        loo.append(np.log(m / m.sum(-1, keepdims=True)))
+    loo = np.stack(loo)
+    direct = np.sqrt(7 / 8 * ((loo - loo.mean(0)) ** 2).sum(0))
+    np.testing.assert_allclose(se.numpy(), direct, rtol=1e-9)
+
+
 def test_quasi_random_normals_are_normal_and_even():
     from scipy.stats import kstest
 

@@ -70,6 +70,19 @@ def test_estimated_probabilities_sum_to_one(seed, k, latent):
     np.testing.assert_allclose(p.sum(-1).numpy(), 1.0, atol=1e-2)
 
 
+def test_jackknife_standard_error_matches_the_spread_over_seeds():
+    # at a small sample size the reported s.e. of log p(k | x) should describe how much the
+    # estimate moves between independent seeds
+    model = _scrambled(4, seed=11, scale=0.3, latent="item")
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    runs = [model.label_log_probs_se(x, n_samples=256, seed=s) for s in range(40)]
+    est = torch.stack([r[0] for r in runs])
+    spread = est.std(0)
+    reported = torch.stack([r[1] for r in runs]).mean(0)
+    ratio = float(reported.mean() / spread.mean())
+    assert 0.6 < ratio < 1.6, ratio
+
+
 def test_standard_error_shrinks_with_samples_and_training_bound_is_below():
     model = _scrambled(4, seed=7, scale=0.3)
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
