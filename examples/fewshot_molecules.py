@@ -77,6 +77,7 @@ def learner_configs(args: argparse.Namespace) -> dict[str, dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import metalearn
+    from metalearn.metrics import json_safe
     from probrec.data import MoleculeFeaturizer, featurize_tasks, load_moleculenet, split_tasks
 
     torch.manual_seed(args.seed)
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
             f"\nCPU time: {report['cpu_seconds']['main'] / 60:.1f} min in the main process, "
             f"{report['cpu_seconds']['workers'] / 60:.1f} min in evaluation workers"
         )
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=1, default=str))
     print(f"\nwrote {out}/ (tables, JSON, plots) in {report['seconds'] / 60:.1f} min")
     return 0
 

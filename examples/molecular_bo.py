@@ -132,7 +132,7 @@ def plot_bo(curves: dict[str, np.ndarray], title: str, ylabel: str, path: Path) 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from metalearn.metrics import mean_and_se
+    from metalearn.metrics import json_safe, mean_and_se
     from metalearn.ood import default_surrogates, optimise_out_of_domain, predict_out_of_domain
     from probrec.data import load_regression_set
 
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     (out / "prediction.md").write_text(md_pred + "\n")
     (out / "bo.md").write_text(md_bo + "\n")
     report["seconds"] = time.perf_counter() - t_start
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=1))
     print(f"\ntotal {report['seconds'] / 60:.1f} min; results in {out}")
     return 0
 

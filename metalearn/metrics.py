@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import average_precision_score
 
@@ -42,6 +45,19 @@ def r2_os(y_true, y_pred, train_mean: float) -> float:
     if sst == 0:
         raise ValueError("R^2_os is undefined when every query label equals the training mean")
     return 1.0 - float(((y - p) ** 2).sum()) / sst
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (e.g. the ``nan`` s.e. of a single repeat) replaced by
+    ``None``, recursively through dicts, lists and tuples, so that ``json.dumps`` writes
+    standard JSON (``null``) instead of ``NaN``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def mean_and_se(values) -> tuple[float, float]:
