@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from probrec.checks import as_float_tensor, check_positive_int
 from probrec.data.annotations import annotation_counts, check_label_values, pad_annotations
@@ -260,6 +261,7 @@ class AnnotatorModel(nn.Module, ABC):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         patience: int = 20,
+        input_dropout: float = 0.0,
         seed: int | None = None,
         progress: bool | None = None,
     ) -> AnnotatorModel:
@@ -280,6 +282,10 @@ class AnnotatorModel(nn.Module, ABC):
             weight_decay: AdamW weight decay.
             patience: epochs without improvement before stopping; the best epoch's weights
                 are restored.
+            input_dropout: dropout on the standardised input features of every training
+                batch (each feature zeroed with this probability, the rest scaled by
+                ``1 / (1 - p)``; one mask per item, shared by an ensemble's members); a
+                regulariser for wide frozen embeddings. Never applied at prediction.
             seed: seed of the batch order, dropout masks and Monte Carlo noise (default: the
                 constructor's seed).
             progress: progress bar over epochs (``None``: when attached to a terminal).
@@ -314,6 +320,8 @@ class AnnotatorModel(nn.Module, ABC):
             raise ValueError(f"lr must be positive, got {lr}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
         seed = self.seed if seed is None else int(seed)
 
         # standardise with the training statistics (undo the current ones first)
@@ -350,7 +358,8 @@ class AnnotatorModel(nn.Module, ABC):
                 for sl in self._batches(n, batch_size):
                     idx = perm[sl]
                     c = counts[idx]
-                    loss_items = self._train_loss(z[idx], c, gen)
+                    zb = F.dropout(z[idx], input_dropout) if input_dropout > 0 else z[idx]
+                    loss_items = self._train_loss(zb, c, gen)
                     loss = loss_items.sum() / c.sum()
                     if not torch.isfinite(loss):
                         raise FloatingPointError(

@@ -128,6 +128,7 @@ def compare_models(
     common_kwargs: dict[str, Any] | None = None,
     model_kwargs: dict[str, dict[str, Any]] | None = None,
     fit_kwargs: dict[str, Any] | None = None,
+    model_fit_kwargs: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
     progress: bool | None = None,
     keep_models: bool = False,
@@ -145,6 +146,8 @@ def compare_models(
             MC dropout keeps a dropout of at least 0.25).
         model_kwargs: per-model constructor overrides, by name.
         fit_kwargs: :meth:`AnnotatorModel.fit` options for every model.
+        model_fit_kwargs: per-model overrides of ``fit_kwargs`` (e.g. ``input_dropout``), by
+            name.
         device: torch device (default CPU).
         progress: progress bars.
         keep_models: also return the fitted models (key ``"model"``).
@@ -177,7 +180,7 @@ def compare_models(
             valid=(xva, valid.labels, valid.mask),
             seed=seed,
             progress=progress,
-            **(fit_kwargs or {}),
+            **{**(fit_kwargs or {}), **(model_fit_kwargs or {}).get(name, {})},
         )
         fit_s = time.perf_counter() - t0
         res: dict[str, Any] = evaluate(model, xte, test.labels, test.mask, seed=seed)

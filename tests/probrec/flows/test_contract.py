@@ -213,6 +213,8 @@ def test_bad_inputs_raise_clear_errors(fitted, population):
         model.fit(x, train.labels, train.mask, valid=(x,), **FIT)
     with pytest.raises(ValueError, match="lr"):
         model.fit(x, train.labels, train.mask, lr=-1.0, epochs=1)
+    with pytest.raises(ValueError, match="input_dropout"):
+        model.fit(x, train.labels, train.mask, input_dropout=1.0, epochs=1)
     fitted_model = fitted["softmax"]
     with pytest.raises(ValueError, match="outside the label set"):
         fitted_model.log_prob(x[:2], [0, 1])
@@ -230,6 +232,25 @@ def test_bad_inputs_raise_clear_errors(fitted, population):
         ConditionalIntegerFlow(6, LABELS, item_latent=-1)
     with pytest.raises(ValueError, match="unknown latent"):
         ConditionalSoftmaxFlow(6, LABELS, latent="both")
+
+
+@pytest.mark.parametrize("name", ["softmax", "integer_flow_quadrature", "ensemble"])
+def test_input_dropout_acts_in_training_only(name, population):
+    train = population[0]
+    x = train.features
+    fits = {}
+    for p in (0.0, 0.5):
+        model = make(name)
+        model.fit(x, train.labels, train.mask, input_dropout=p, **FIT)
+        fits[p] = model
+    plain = make(name).fit(x, train.labels, train.mask, **FIT)  # the default is no dropout
+    assert [h["train"] for h in plain.history] == [h["train"] for h in fits[0.0].history]
+    # dropped inputs change the training losses from the first epoch on ...
+    assert fits[0.5].history[0]["train"] != fits[0.0].history[0]["train"]
+    # ... but never a prediction: repeated calls agree exactly
+    model = fits[0.5]
+    torch.testing.assert_close(model.label_log_probs(x), model.label_log_probs(x))
+    assert not model.training
 
 
 def test_dtype_and_device_follow_the_model(fitted, population):
