@@ -51,7 +51,7 @@ DATASETS = ("POPQUORN", "ConvAbuse", "MD-Agreement")
 #: and both Gaussian heads) or {0.2, 0.5} (ConvAbuse, MD-Agreement: the item-latent softmax
 #: flow, softmax head and deep ensemble); models outside the grid take the dataset's setting.
 #: Then, at those settings, the input dropout of every model in {0, 0.2, 0.5} on the
-#: validation NLL of seeds 0-4 (an ensemble of 5 takes its member's choice).
+#: validation NLL of seeds 0-4. An ensemble of 5 (``<model>_x5``) takes its member's settings.
 TUNED: dict[str, dict] = {
     "POPQUORN": {
         "hidden": 256,
@@ -61,9 +61,7 @@ TUNED: dict[str, dict] = {
             "ensemble": {"hidden": 64},
             "integer_flow": {"input_dropout": 0.2},
             "integer_flow_panel": {"input_dropout": 0.5},
-            "integer_flow_panel_x5": {"input_dropout": 0.5},
             "gaussian_discretised": {"input_dropout": 0.2},
-            "gaussian_discretised_x5": {"input_dropout": 0.2},
             "ordinal_logistic": {"input_dropout": 0.2},
             "softmax": {"input_dropout": 0.2},
             "mc_dropout": {"input_dropout": 0.2},
@@ -74,7 +72,6 @@ TUNED: dict[str, dict] = {
         "dropout": 0.5,
         "models": {
             "softmax_flow_panel": {"input_dropout": 0.2},
-            "softmax_flow_panel_x5": {"input_dropout": 0.2},
             "softmax": {"input_dropout": 0.2},
         },
     },
@@ -84,7 +81,6 @@ TUNED: dict[str, dict] = {
         "models": {
             "softmax": {"hidden": 256},
             "softmax_flow_panel": {"input_dropout": 0.2},
-            "softmax_flow_panel_x5": {"input_dropout": 0.2},
             "ensemble": {"input_dropout": 0.2},
         },
     },
@@ -203,7 +199,9 @@ def main(argv=None) -> int:
         }
         common = {"hidden": (tuned["hidden"],), "dropout": tuned["dropout"]}
         per_model, per_model_fit = {}, {}  # per-model settings unless set on the command line
-        for m, kw in TUNED.get(name, {}).get("models", {}).items():
+        settings = TUNED.get(name, {}).get("models", {})
+        for m in models:  # an ensemble of 5 ("<model>_x5") takes its member's settings
+            kw = settings.get(m, settings.get(m.removesuffix("_x5"), {}))
             own = {k: v for k, v in kw.items() if getattr(args, k) is None}
             per_model[m] = {
                 k: (v,) if k == "hidden" else v for k, v in own.items() if k not in FIT_KEYS
