@@ -609,7 +609,7 @@ def load_model(
     return AnnotatorModel.load(path, map_location)
 
 
-class MemberPanels:
+class MemberPanels(ABC):
     """Mixin of ensembles whose simulated panel answers under one member drawn per panel.
 
     The member is shared by a panel's annotators (annotators are dependent given ``x``), so a
@@ -621,10 +621,11 @@ class MemberPanels:
     def panel_latent(self) -> bool:
         return True
 
+    @abstractmethod
     def _member_panel_log_liks(
         self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
     ) -> Tensor:
-        raise NotImplementedError
+        """``[M, B]`` log-likelihood of each item's annotations under every member."""
 
     def _panel_log_lik(
         self, z: Tensor, counts: Tensor, generator: torch.Generator, n_samples: int | None
