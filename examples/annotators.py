@@ -166,6 +166,7 @@ def load_dataset(name: str, root: Path):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from metalearn.metrics import json_safe
     from probrec.backbone import TextEmbedder
     from probrec.flows.experiment import (
         MODELS,
@@ -319,9 +320,9 @@ def main(argv=None) -> int:
             "runs": runs,
             "summary": summary,
         }
-        (out / "results.json").write_text(json.dumps(report, indent=2))
+        (out / "results.json").write_text(json.dumps(json_safe(report), indent=2))
     report["seconds"] = time.perf_counter() - t_all
-    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.json").write_text(json.dumps(json_safe(report), indent=2))
     (out / "results.md").write_text("\n\n".join(tables) + "\n")
     print(
         f"done in {report['seconds'] / 60:.1f} min; {out / 'results.json'}, "

@@ -104,3 +104,19 @@ def test_example_runs_on_real_data(shared_data, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["datasets"]["MD-Agreement"]["summary"]["softmax"]["nll"]["n"] == 2
     assert (out / "histograms_MD-Agreement.png").stat().st_size > 5000
+
+
+@pytest.mark.data
+def test_example_single_seed_report_is_strict_json(shared_data, tmp_path):
+    """One seed has no standard error: the report holds null there, never NaN."""
+    out = tmp_path / "run"
+    args = ["--data", str(shared_data / "annotators"), "--out", str(out)]
+    args += ["--datasets", "MD-Agreement", "--max-items", "60", "--seeds", "1"]
+    args += ["--models", "softmax", "--epochs", "2", "--no-progress"]
+    assert _example().main(args) == 0
+
+    def reject(name):
+        raise AssertionError(f"results.json holds {name}")
+
+    res = json.loads((out / "results.json").read_text(), parse_constant=reject)
+    assert res["datasets"]["MD-Agreement"]["summary"]["softmax"]["nll"]["se"] is None
