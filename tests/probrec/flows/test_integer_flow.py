@@ -42,8 +42,10 @@ def test_probabilities_sum_to_one_exactly_for_any_input(seed, scale, x_scale, la
     assert p.shape == (32, len(labels)) and bool((p >= 0).all())
     np.testing.assert_allclose(p.sum(-1).numpy(), 1.0, rtol=0, atol=1e-12)
     img = model.cdf_at_cuts(x)
-    # a monotone transform of the cut points (extreme weights may round neighbours together)
-    assert bool((img.diff(dim=-1) >= 0).all())
+    # a monotone transform of the cut points, up to rounding: extreme weights saturate the
+    # spline, where neighbours round together and may differ by an ulp either way
+    ulps = 8 * torch.finfo(img.dtype).eps * img.abs()[..., 1:].clamp_min(1.0)
+    assert bool((img.diff(dim=-1) >= -ulps).all())
 
 
 def test_without_splines_it_is_a_discretised_normal():
