@@ -51,7 +51,10 @@ DATASETS = ("POPQUORN", "ConvAbuse", "MD-Agreement")
 #: and both Gaussian heads) or {0.2, 0.5} (ConvAbuse, MD-Agreement: the item-latent softmax
 #: flow, softmax head and deep ensemble); models outside the grid take the dataset's setting.
 #: Then, at those settings, the input dropout of every model in {0, 0.2, 0.5} on the
-#: validation NLL of seeds 0-4. An ensemble of 5 (``<model>_x5``) takes its member's settings.
+#: validation NLL of seeds 0-4; last, the item-latent softmax flow's training importance
+#: samples ({8, 16, 32} on ConvAbuse, {8, 32} on MD-Agreement) on its validation panel NLL
+#: (its early-stopping score), seeds 0-4.
+#: An ensemble of 5 (``<model>_x5``) takes its member's settings.
 TUNED: dict[str, dict] = {
     "POPQUORN": {
         "hidden": 256,
@@ -71,7 +74,7 @@ TUNED: dict[str, dict] = {
         "hidden": 256,
         "dropout": 0.5,
         "models": {
-            "softmax_flow_panel": {"input_dropout": 0.2},
+            "softmax_flow_panel": {"input_dropout": 0.2, "n_train_samples": 32},
             "softmax": {"input_dropout": 0.2},
         },
     },
@@ -80,7 +83,7 @@ TUNED: dict[str, dict] = {
         "dropout": 0.5,
         "models": {
             "softmax": {"hidden": 256},
-            "softmax_flow_panel": {"input_dropout": 0.2},
+            "softmax_flow_panel": {"input_dropout": 0.2, "n_train_samples": 32},
             "ensemble": {"input_dropout": 0.2},
         },
     },

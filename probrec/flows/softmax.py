@@ -20,7 +20,15 @@ ICLR 2016) with an amortised Gaussian ``q(v | y, x)``:
 where the ``S`` draws come half from ``q(v | y, x)`` and half from the flow ``p(v | x)`` and
 ``r = (q + p) / 2`` is their mixture (a defensive proposal: every weight is at most 2, and the
 labels' gradient reaches the flow both through ``q``'s draws and through the flow's own
-reparameterised draws). ``latent="annotation"`` (the default, as in the paper) draws one ``v``
+reparameterised draws). The bound is maximised over the flow with ``q`` held fixed; ``q`` is
+fitted by the wake-phase update of reweighted wake-sleep (Bornschein & Bengio, ICLR 2015; Le,
+Kosiorek, Siddharth, Teh & Wood, UAI 2019), ``sum_s w_s grad log q(v_s)`` with the
+self-normalised weights, which moves ``q`` towards the posterior ``p(v | y, x)``. (The
+bound's own gradient starved ``q``: once the flow's draws carried the weight, ``q``'s draws
+had weights near zero and ``q`` stopped learning; on ConvAbuse importance sampling with ``q``
+alone was 4-8 nats per annotation off, 0.01-0.03 with the wake-phase update.)
+
+``latent="annotation"`` (the default, as in the paper) draws one ``v``
 per annotation; ``latent="item"`` draws one ``v`` per item shared by its annotators, so
 ``softmax(v)`` is the item's label distribution, the bound is on the item's joint likelihood
 ``log E_v prod_k softmax(v)_k^{n_k}`` with ``q(v | counts, x)``, and simulated panels disagree
@@ -61,6 +69,25 @@ _SCALE_LIMIT = 3.0
 
 def _std_normal_log_prob(e: Tensor) -> Tensor:
     return -0.5 * (e * e + _LOG_2PI).sum(-1)
+
+
+def _wake_q_term(log_w: Tensor, log_q: Tensor) -> Tensor:
+    """Zero-valued term whose gradient is the wake-phase update of ``q`` (reweighted
+    wake-sleep, Bornschein & Bengio, ICLR 2015; Le et al., UAI 2019).
+
+    ``sum_s w_s grad log q(v_s)`` with the self-normalised importance weights ``w_s`` of the
+    draws ``v_s``: a stochastic gradient of ``-KL(p(v | y, x) || q)``, which fits ``q`` to
+    cover the posterior (what an importance-sampling proposal needs).
+
+    Args:
+        log_w: ``[S, ...]`` log importance weights (no gradient is taken through them).
+        log_q: ``[S, ...]`` ``log q`` at the (fixed) draws, with gradient to ``q``.
+
+    Returns:
+        ``[...]`` zeros that carry the gradient.
+    """
+    term = (torch.softmax(log_w.detach(), 0) * log_q).sum(0)
+    return term - term.detach()
 
 
 class _ConditionalCoupling(nn.Module):
@@ -236,7 +263,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         e = (v - mu) * torch.exp(-log_sd)
         return _std_normal_log_prob(e) - log_sd.sum(-1)
 
-    def _label_log_weights(self, z: Tensor, eps_q: Tensor, eps_p: Tensor) -> tuple[Tensor, Tensor]:
+    def _label_log_weights(
+        self, z: Tensor, eps_q: Tensor, eps_p: Tensor, *, wake: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Balance-heuristic importance weights for ``p(y = k | x)``, every label ``k``.
 
         The proposal is the mixture ``a q(v | y = k, x) + (1 - a) p(v | x)`` with
@@ -249,17 +278,24 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             eps_q: ``[S_q, ..., K]`` standard normal draws, broadcastable to
                 ``[S_q, B, K_labels, K]``.
             eps_p: ``[S_p, ..., K]`` standard normal draws, broadcastable to ``[S_p, B, K]``.
+            wake: training with the wake-phase update of ``q`` (:func:`_wake_q_term`): the
+                weights see ``q`` as a fixed proposal (no gradient to ``q``), and ``q``'s log
+                density at every draw ``[S_q + S_p, B, K_labels]`` is returned with gradient.
 
         Returns:
             Log weights of the ``q`` draws ``[S_q, B, K_labels]`` and of the flow draws
-            ``[S_p, B, K_labels]``.
+            ``[S_p, B, K_labels]``; ``q``'s log density at all the draws with ``wake=True``
+            (else ``None``).
         """
         k = self.n_labels
         s_q, s_p = eps_q.shape[0], eps_p.shape[0]
         log_a, log_1ma = math.log(s_q / (s_q + s_p)), math.log(s_p / (s_q + s_p))
         h, ctxs, loc, log_scale = self._context(z)
         onehot = torch.eye(k, dtype=h.dtype, device=h.device).expand(h.shape[0], k, k)
-        mu, log_sd = self._q(h[:, None, :].expand(-1, k, -1), onehot)  # [B, Kl, K]
+        mu_live, log_sd_live = self._q(
+            (h.detach() if wake else h)[:, None, :].expand(-1, k, -1), onehot
+        )  # [B, Kl, K]
+        mu, log_sd = (mu_live.detach(), log_sd_live.detach()) if wake else (mu_live, log_sd_live)
         # draws of q(v | y = k, x) for every label k
         v_q = mu + torch.exp(log_sd) * eps_q  # [S_q, B, Kl, K]
         log_q_q = _std_normal_log_prob(eps_q) - log_sd.sum(-1)
@@ -279,7 +315,16 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             + torch.log_softmax(v_p, -1)
             - torch.logaddexp(log_a + log_q_p, log_1ma + log_p_p)
         )
-        return log_w_q, log_w_p
+        if not wake:
+            return log_w_q, log_w_p, None
+        live = torch.cat(
+            [
+                self._q_log_prob(v_q, mu_live, log_sd_live),
+                self._q_log_prob(v_p.detach()[:, :, None, :], mu_live, log_sd_live),
+            ],
+            0,
+        )
+        return log_w_q, log_w_p, live
 
     def _item_log_lik(
         self,
@@ -289,13 +334,17 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         s: int,
         *,
         mixture: bool = False,
+        wake: bool = False,
     ) -> Tensor:
         """``log p(annotations of an item | x) = log E_v prod_k softmax(v)_k^{n_k}`` ``[B]``
         (item latent): the importance-weighted bound with ``s`` draws of ``q(v | counts, x)``,
         or with ``mixture=True`` the balance-heuristic estimate from half ``q`` and half prior
-        draws (weights bounded by 2)."""
+        draws (weights bounded by 2). ``wake=True`` (training): ``q`` is a fixed proposal in
+        the bound and gets the wake-phase update instead (:func:`_wake_q_term`; the returned
+        value is unchanged)."""
         h, ctxs, loc, log_scale = self._context(z)
-        mu, log_sd = self._q(h, counts)  # [B, K]
+        mu_live, log_sd_live = self._q(h.detach() if wake else h, counts)  # [B, K]
+        mu, log_sd = (mu_live.detach(), log_sd_live.detach()) if wake else (mu_live, log_sd_live)
         n_q = s // 2 if mixture else s
         eps = torch.randn((n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype)
         v = mu + torch.exp(log_sd) * eps
@@ -310,22 +359,29 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             a = n_q / s
             log_q = torch.logaddexp(math.log(a) + log_q, math.log1p(-a) + log_p)
         log_lik = (counts * torch.log_softmax(v, -1)).sum(-1)
-        return torch.logsumexp(log_lik + log_p - log_q, 0) - math.log(s)
+        log_w = log_lik + log_p - log_q
+        bound = torch.logsumexp(log_w, 0) - math.log(s)
+        if wake:
+            bound = bound + _wake_q_term(log_w, self._q_log_prob(v.detach(), mu_live, log_sd_live))
+        return bound
 
     # ------------------------------------------------------------------ hooks
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         s = self.n_train_samples
         if self.latent == "item":
-            return -self._item_log_lik(z, counts, generator, s, mixture=s > 1)
+            return -self._item_log_lik(z, counts, generator, s, mixture=s > 1, wake=True)
         k, b = self.n_labels, z.shape[0]
         s_q = max(s // 2, 1)
         opts = {"generator": generator, "device": z.device, "dtype": z.dtype}
-        log_w_q, log_w_p = self._label_log_weights(
-            z, torch.randn((s_q, b, k, k), **opts), torch.randn((max(s - s_q, 1), b, k), **opts)
+        log_w_q, log_w_p, live = self._label_log_weights(
+            z,
+            torch.randn((s_q, b, k, k), **opts),
+            torch.randn((max(s - s_q, 1), b, k), **opts),
+            wake=True,
         )
         log_w = torch.cat([log_w_q, log_w_p], 0)
         bound = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])  # [B, Kl]
-        return -(counts * bound).sum(-1)
+        return -(counts * (bound + _wake_q_term(log_w, live))).sum(-1)
 
     @property
     def panel_latent(self) -> bool:
@@ -350,7 +406,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         k = self.n_labels
         pts = normal_points(max(n // 2, 1), 2 * k, generator, z, replicates=min(8, n // 2))
         r, m = pts.shape[:2]
-        log_w_q, log_w_p = self._label_log_weights(
+        log_w_q, log_w_p, _ = self._label_log_weights(
             z, pts[..., :k].reshape(r * m, 1, 1, k), pts[..., k:].reshape(r * m, 1, k)
         )
         log_w = torch.cat(

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probrec.flows import ConditionalSoftmaxFlow
+from probrec.flows.softmax import _wake_q_term
 
 
 def _scrambled(k: int, seed: int, scale: float = 0.5, **kw) -> ConditionalSoftmaxFlow:
@@ -123,3 +124,61 @@ def test_constructor_checks():
     assert math.isfinite(
         float(ConditionalSoftmaxFlow(3, (0, 1)).nll(np.zeros((2, 3)), [[0], [1, 1]]))
     )
+
+
+def test_wake_phase_term_is_zero_with_the_weighted_score_as_gradient():
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(16, 2, 3, generator=g, dtype=torch.float64)  # [S, B, K] fixed draws
+    log_w = 3 * torch.randn(16, 2, generator=g, dtype=torch.float64)
+    mu = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
+    log_sd = (0.3 * torch.randn(2, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    term = _wake_q_term(log_w, ConditionalSoftmaxFlow._q_log_prob(v, mu, log_sd))
+    assert torch.equal(term, torch.zeros(2, dtype=torch.float64))
+    term.sum().backward()
+    w = torch.softmax(log_w, 0)[..., None]  # self-normalised weights
+    e = (v - mu.detach()) * torch.exp(-log_sd.detach())
+    # closed-form Gaussian scores: d/dmu log q = e / sd, d/dlog_sd log q = e^2 - 1
+    torch.testing.assert_close(mu.grad, (w * e * torch.exp(-log_sd.detach())).sum(0))
+    torch.testing.assert_close(log_sd.grad, (w * (e * e - 1)).sum(0))
+
+
+def _q_only_nll(model: ConditionalSoftmaxFlow, data, n: int = 256) -> float:
+    """Per-annotation NLL estimated with draws of the amortised posterior ``q`` alone."""
+    z, c = model._features(data.features), model._counts(data.labels, data.mask)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if model.latent == "item":
+            return float(-model._item_log_lik(z, c, g, n).sum() / c.sum())
+        h, ctxs, loc, log_scale = model._context(z)
+        k = model.n_labels
+        mu, log_sd = model._q(h[:, None, :].expand(-1, k, -1), torch.eye(k).expand(len(z), k, k))
+        v = mu + torch.exp(log_sd) * torch.randn((n, *mu.shape), generator=g)
+        log_p = model._flow_log_prob(
+            [x[:, None, :] for x in ctxs], loc[:, None, :], log_scale[:, None, :], v
+        )
+        log_w = (
+            log_p
+            + torch.log_softmax(v, -1).diagonal(dim1=-2, dim2=-1)
+            - ConditionalSoftmaxFlow._q_log_prob(v, mu, log_sd)
+        )
+        return float(-(c * (torch.logsumexp(log_w, 0) - math.log(n))).sum() / c.sum())
+
+
+@pytest.mark.parametrize("latent", ["item", "annotation"])
+def test_amortised_posterior_learns_to_propose(population, latent):
+    """``q`` trained by the wake-phase update is a usable proposal on its own: importance
+    sampling with ``q`` alone lands near the accurate estimate (the bound's own gradient had
+    starved it: 100-200 nats off on this population)."""
+    train, _, test = population
+    model = ConditionalSoftmaxFlow(
+        train.features.shape[1], train.label_values, hidden=(32,), latent=latent, seed=0
+    )
+    model.fit(train.features, train.labels, train.mask, epochs=40, lr=3e-3, progress=False)
+    if latent == "item":
+        z, c = model._features(test.features), model._counts(test.labels, test.mask)
+        with torch.no_grad():
+            ll = model._item_log_lik(z, c, torch.Generator().manual_seed(1), 4096, mixture=True)
+        reference = float(-ll.sum() / c.sum())
+    else:
+        reference = model.nll(test.features, test.labels, test.mask, n_samples=4096)
+    assert _q_only_nll(model, test) < reference + 0.4
