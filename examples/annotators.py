@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         settings = TUNED.get(name, {}).get("models", {})
         for m in models:  # an ensemble of 5 ("<model>_x5") takes its member's settings
             kw = settings.get(m, settings.get(m.removesuffix("_x5"), {}))
-            own = {k: v for k, v in kw.items() if getattr(args, k) is None}
+            own = {k: v for k, v in kw.items() if getattr(args, k, None) is None}
             per_model[m] = {
                 k: (v,) if k == "hidden" else v for k, v in own.items() if k not in FIT_KEYS
             }

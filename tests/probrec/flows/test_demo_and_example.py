@@ -112,7 +112,7 @@ def test_example_single_seed_report_is_strict_json(shared_data, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(shared_data / "annotators"), "--out", str(out)]
     args += ["--datasets", "MD-Agreement", "--max-items", "60", "--seeds", "1"]
-    args += ["--models", "softmax", "--epochs", "2", "--no-progress"]
+    args += ["--models", "softmax,softmax_flow_panel", "--epochs", "2", "--no-progress"]
     assert _example().main(args) == 0
 
     def reject(name):
