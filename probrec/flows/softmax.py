@@ -158,7 +158,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         n_layers: conditional coupling layers (alternating halves).
         flow_hidden: hidden width of the coupling networks.
         q_hidden: width of the variational network ``q(v | y, x)``.
-        n_train_samples: importance samples ``S`` of the training bound (1: the ELBO).
+        n_train_samples: importance samples ``S`` of the training bound (1 with
+            ``latent="item"``: the reparameterised ELBO, which also trains ``q``; otherwise
+            ``q`` gets the wake-phase update).
         n_eval_samples: importance samples per item and label for evaluation.
         latent: ``"annotation"`` (one latent per annotation, as in the paper) or ``"item"``
             (one per item, shared by its annotators: simulated panels).
@@ -369,7 +371,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         s = self.n_train_samples
         if self.latent == "item":
-            return -self._item_log_lik(z, counts, generator, s, mixture=s > 1, wake=True)
+            # one draw: the reparameterised ELBO trains q (a wake-phase update from a single
+            # self-normalised draw has zero expectation)
+            return -self._item_log_lik(z, counts, generator, s, mixture=s > 1, wake=s > 1)
         k, b = self.n_labels, z.shape[0]
         s_q = max(s // 2, 1)
         opts = {"generator": generator, "device": z.device, "dtype": z.dtype}
