@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probrec.flows import ConditionalSoftmaxFlow
+from probrec.flows import ConditionalSoftmaxFlow, load_model
 from probrec.flows.softmax import _wake_q_term
 
 
@@ -187,3 +187,33 @@ def test_amortised_posterior_learns_to_propose(population, latent, samples):
     else:
         reference = model.nll(test.features, test.labels, test.mask, n_samples=4096)
     assert _q_only_nll(model, test) < reference + 0.4
+
+
+def test_conditioning_weight_decay_acts_on_the_conditioning_weights_only(population, tmp_path):
+    """AdamW shrinks a weight by ``1 - lr * decay`` per step: with ``lr * decay = 1`` the
+    conditioning weights are wiped every step (left at one Adam step, at most about ``lr``),
+    the other weights are not; the setting survives save / load."""
+    train, _, test = population
+    kw = {"hidden": (16,), "latent": "item", "seed": 0}
+    model = ConditionalSoftmaxFlow(
+        train.features.shape[1], train.label_values, conditioning_weight_decay=1000.0, **kw
+    )
+    model.fit(train.features, train.labels, train.mask, epochs=2, lr=1e-3, progress=False)
+    cond = [c.ctx.weight for c in model.couplings] + [model.affine.weight]
+    assert max(float(w.detach().abs().max()) for w in cond) <= 1.1e-3
+    assert float(model.q_net[0].weight.detach().abs().max()) > 0.01
+    assert float(model.encoder.net[0].weight.detach().abs().max()) > 0.01
+    path = tmp_path / "flow.pt"
+    model.save(path)
+    again = load_model(path)
+    assert again.conditioning_weight_decay == 1000.0
+    torch.testing.assert_close(
+        again.predict_proba(test.features, n_samples=64),
+        model.predict_proba(test.features, n_samples=64),
+    )
+    plain = ConditionalSoftmaxFlow(train.features.shape[1], train.label_values, **kw)
+    plain.fit(train.features, train.labels, train.mask, epochs=2, lr=1e-3, progress=False)
+    assert float(plain.affine.weight.detach().abs().max()) > 0.01
+    for bad in (-1.0, math.inf, True, "1"):
+        with pytest.raises(ValueError, match="conditioning_weight_decay"):
+            ConditionalSoftmaxFlow(4, (0, 1), conditioning_weight_decay=bad)
