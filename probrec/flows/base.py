@@ -52,6 +52,7 @@ from probrec.seeding import torch_generator
 __all__ = [
     "AnnotatorModel",
     "MemberPanels",
+    "count_conditioned_gaussian",
     "load_model",
     "normal_points",
     "panel_moments",
@@ -704,6 +705,20 @@ def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tenso
     loo = _normalised(loo - math.log(r - 1))  # [R, ..., K] leave-one-replicate-out estimates
     se = torch.sqrt((r - 1) / r * ((loo - loo.mean(0)) ** 2).sum(0))
     return est, se
+
+
+def count_conditioned_gaussian(
+    net: nn.Module, h: Tensor, counts: Tensor, *, log_sd_limit: float = 3.0
+) -> tuple[Tensor, Tensor]:
+    """Amortised Gaussian posterior of an item latent given its annotations.
+
+    ``net`` maps ``[h, counts / n, log n]`` (features ``[..., H]``, label proportions
+    ``[..., K]`` and the log number of annotations) to a mean and a log-std ``[..., L]``; the
+    log-std is soft-clipped to ``[-log_sd_limit, log_sd_limit]``.
+    """
+    n = counts.sum(-1, keepdim=True)
+    mu, log_sd = net(torch.cat([h, counts / n, torch.log(n)], -1)).chunk(2, -1)
+    return mu, log_sd_limit * torch.tanh(log_sd / log_sd_limit)
 
 
 def panel_moments(probs: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:

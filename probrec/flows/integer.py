@@ -47,6 +47,7 @@ from probrec.backbone import MLPEncoder
 from probrec.checks import check_choice, check_positive_int
 from probrec.flows.base import (
     AnnotatorModel,
+    count_conditioned_gaussian,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -322,9 +323,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
         return self.item_latent > 0
 
     def _q(self, h: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-        n_i = counts.sum(-1, keepdim=True)
-        mu, log_sd = self.q_net(torch.cat([h, counts / n_i, torch.log(n_i)], -1)).chunk(2, -1)
-        return mu, 3.0 * torch.tanh(log_sd / 3.0)
+        return count_conditioned_gaussian(self.q_net, h, counts)
 
     def _item_log_lik(
         self,

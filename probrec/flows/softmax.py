@@ -56,6 +56,7 @@ from probrec.backbone import MLPEncoder
 from probrec.checks import check_choice, check_positive_int
 from probrec.flows.base import (
     AnnotatorModel,
+    count_conditioned_gaussian,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -274,9 +275,21 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
     def _q(self, h: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
         """``q(v | annotations, x)``: mean and log-std ``[..., K]`` from features ``h``
         ``[..., H]`` and label counts ``[..., K]`` (one-hot for a single annotation)."""
-        n = counts.sum(-1, keepdim=True)
-        mu, log_sd = self.q_net(torch.cat([h, counts / n, torch.log(n)], -1)).chunk(2, -1)
-        return mu, _SCALE_LIMIT * torch.tanh(log_sd / _SCALE_LIMIT)
+        return count_conditioned_gaussian(self.q_net, h, counts, log_sd_limit=_SCALE_LIMIT)
+
+    def _proposal(
+        self, h: Tensor, counts: Tensor, wake: bool
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """``q``'s mean and log-std as the bound sees them, and as its update sees them.
+
+        With ``wake=True`` ``q`` is a fixed proposal in the bound (the first two are detached)
+        and its parameters with gradient (from detached features: ``q``'s update does not
+        reach the encoder) are returned for :func:`_wake_q_term`; otherwise all are the same.
+        """
+        mu, log_sd = self._q(h.detach() if wake else h, counts)
+        if not wake:
+            return mu, log_sd, (mu, log_sd)
+        return mu.detach(), log_sd.detach(), (mu, log_sd)
 
     @staticmethod
     def _q_log_prob(v: Tensor, mu: Tensor, log_sd: Tensor) -> Tensor:
@@ -312,10 +325,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         log_a, log_1ma = math.log(s_q / (s_q + s_p)), math.log(s_p / (s_q + s_p))
         h, ctxs, loc, log_scale = self._context(z)
         onehot = torch.eye(k, dtype=h.dtype, device=h.device).expand(h.shape[0], k, k)
-        mu_live, log_sd_live = self._q(
-            (h.detach() if wake else h)[:, None, :].expand(-1, k, -1), onehot
-        )  # [B, Kl, K]
-        mu, log_sd = (mu_live.detach(), log_sd_live.detach()) if wake else (mu_live, log_sd_live)
+        mu, log_sd, live_q = self._proposal(h[:, None, :].expand(-1, k, -1), onehot, wake)
         # draws of q(v | y = k, x) for every label k
         v_q = mu + torch.exp(log_sd) * eps_q  # [S_q, B, Kl, K]
         log_q_q = _std_normal_log_prob(eps_q) - log_sd.sum(-1)
@@ -339,8 +349,8 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             return log_w_q, log_w_p, None
         live = torch.cat(
             [
-                self._q_log_prob(v_q, mu_live, log_sd_live),
-                self._q_log_prob(v_p.detach()[:, :, None, :], mu_live, log_sd_live),
+                self._q_log_prob(v_q, *live_q),
+                self._q_log_prob(v_p.detach()[:, :, None, :], *live_q),
             ],
             0,
         )
@@ -363,8 +373,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         the bound and gets the wake-phase update instead (:func:`_wake_q_term`; the returned
         value is unchanged)."""
         h, ctxs, loc, log_scale = self._context(z)
-        mu_live, log_sd_live = self._q(h.detach() if wake else h, counts)  # [B, K]
-        mu, log_sd = (mu_live.detach(), log_sd_live.detach()) if wake else (mu_live, log_sd_live)
+        mu, log_sd, live_q = self._proposal(h, counts, wake)  # [B, K]
         n_q = s // 2 if mixture else s
         eps = torch.randn((n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype)
         v = mu + torch.exp(log_sd) * eps
@@ -382,7 +391,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         log_w = log_lik + log_p - log_q
         bound = torch.logsumexp(log_w, 0) - math.log(s)
         if wake:
-            bound = bound + _wake_q_term(log_w, self._q_log_prob(v.detach(), mu_live, log_sd_live))
+            bound = bound + _wake_q_term(log_w, self._q_log_prob(v.detach(), *live_q))
         return bound
 
     # ------------------------------------------------------------------ hooks
