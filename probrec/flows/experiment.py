@@ -99,6 +99,7 @@ MODELS: dict[str, tuple[type[AnnotatorModel], dict[str, Any], str]] = {
 #: metric -> (label, lower is better)
 METRICS: dict[str, tuple[str, bool]] = {
     "nll": ("NLL", True),
+    "nll_item": ("NLL (item avg.)", True),
     "nll_panel": ("NLL (panel)", True),
     "mean_rmse": ("RMSE mean", True),
     "std_rmse": ("RMSE std", True),

@@ -5,9 +5,12 @@ humans' per-item label counts ``[n, K]`` (:func:`probrec.data.annotation_counts`
 ordered label values ``[K]``, as NumPy arrays or tensors:
 
 * :func:`nll` -- negative log-likelihood per individual annotation,
-  ``-sum_ik n_ik log p_ik / sum_ik n_ik``; :func:`evaluate` adds ``nll_panel``, the
-  likelihood of each item's annotations jointly (one panel) per annotation, which rewards a
-  model whose simulated annotators of one item agree as much as the humans do.
+  ``-sum_ik n_ik log p_ik / sum_ik n_ik``; with ``per_item=True`` each item weighs the same,
+  ``-mean_i sum_k (n_ik / n_i) log p_ik`` (the paper's "NLL-all": the cross-entropy of the
+  item's empirical label distribution, averaged over items). :func:`evaluate` adds
+  ``nll_panel``, the likelihood of each item's annotations jointly (one panel) per
+  annotation, which rewards a model whose simulated annotators of one item agree as much as
+  the humans do.
 * :func:`mean_rmse` -- RMSE between the predicted mean label and the annotators' mean.
 * :func:`std_rmse` -- RMSE between the predicted standard deviation and the annotators'
   (population form, ``ddof = 0``, as in the paper's scoring), over items with at least two
@@ -92,20 +95,29 @@ def _normalise(p: np.ndarray) -> np.ndarray:
     return p / s
 
 
-def nll(log_probs: Any, counts: Any) -> float:
-    """Mean negative log-likelihood per annotation.
+def nll(log_probs: Any, counts: Any, *, per_item: bool = False) -> float:
+    """Mean negative log-likelihood per annotation (or per item).
 
     Args:
         log_probs: ``[n, K]`` predicted log-probabilities.
         counts: ``[n, K]`` human label counts.
+        per_item: weigh every item the same: the mean over items of the cross-entropy
+            ``-sum_k (n_ik / n_i) log p_ik`` (Wu et al.'s "NLL-all"); items without
+            annotations are skipped. Default: every annotation weighs the same.
     """
     lp, c = _np(log_probs, "log_probs"), _np(counts, "counts")
     if lp.shape != c.shape:
         raise ValueError(f"log_probs {lp.shape} and counts {c.shape} must have the same shape")
-    used = c > 0
     if np.isnan(lp).any() or np.isposinf(lp).any():
         raise ValueError("log_probs contains NaN or +inf")
-    return float(-(c[used] * lp[used]).sum() / c.sum())
+    terms = c * np.where(c > 0, lp, 0.0)  # 0 * -inf for unused labels is 0
+    if not per_item:
+        return float(-terms.sum() / c.sum())
+    n_i = c.sum(-1)
+    has = n_i > 0
+    if not has.any():
+        raise ValueError("counts has no annotations")
+    return float(-(terms[has].sum(-1) / n_i[has]).mean())
 
 
 def distribution_moments(probs: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +264,9 @@ def evaluate(
         panels: simulated panels per item for ``std_rmse_panel`` (:func:`panel_std`).
 
     Returns:
-        ``nll``, ``nll_mc_se`` (Monte Carlo standard error of the NLL; 0 for closed forms),
+        ``nll``, ``nll_item`` (every item weighs the same, :func:`nll` with
+        ``per_item=True``), ``nll_mc_se`` (Monte Carlo standard error of the NLL; 0 for
+        closed forms),
         ``nll_panel`` (each item's annotations as one panel, :meth:`panel_log_prob`, per
         annotation; equal to ``nll`` for models with independent annotators),
         ``mean_rmse``, ``std_rmse``, ``std_rmse_panel``, ``std_bias`` / ``std_bias_panel``
@@ -280,6 +294,7 @@ def evaluate(
         nll_panel = nll(logp, counts)
     out = {
         "nll": nll(logp, counts),
+        "nll_item": nll(logp, counts, per_item=True),
         # each item's annotations jointly (a panel), per annotation
         "nll_panel": nll_panel,
         # independent estimates per (item, label): s.e. of the count-weighted mean

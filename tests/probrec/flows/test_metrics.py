@@ -83,6 +83,13 @@ def test_moments_rmse_nll_accuracy_on_a_hand_case():
         logp = np.log(probs)
     assert nll(np.log(np.full((3, 5), 0.2)), counts) == pytest.approx(np.log(5))
     assert nll(logp, counts) == np.inf  # a zero-probability annotation
+    # every item weighs the same (the paper's NLL-all): item cross-entropies 0.693, 0, 0.693
+    half = np.log(np.array([[0.5, 0.5, 1e-9, 1e-9, 1e-9], [1e-9, 1e-9, 1.0, 1e-9, 1e-9]]))
+    two = np.array([[3, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
+    assert nll(half, two, per_item=True) == pytest.approx(np.log(2) / 2)
+    assert nll(half, two) == pytest.approx(4 * np.log(2) / 5)
+    with pytest.raises(ValueError, match="no annotations"):
+        nll(half, np.zeros_like(two), per_item=True)
     assert majority_accuracy(probs, counts) == pytest.approx(2 / 3)  # ties count as hits
     with pytest.raises(ValueError, match="same shape"):
         mean_rmse(probs[:2], counts, values)
@@ -122,6 +129,8 @@ def test_evaluate_on_a_model_with_known_probabilities():
     x = np.arange(300, dtype=np.float32)[:, None]
     res = evaluate(model, x, lists, seed=0)
     assert res["nll"] == pytest.approx(-(counts * np.log(true)).sum() / counts.sum(), rel=1e-5)
+    # every item has 6 annotations: item and annotation averages coincide
+    assert res["nll_item"] == pytest.approx(res["nll"], rel=1e-6)
     assert res["std_rmse"] == pytest.approx(std_rmse(true, counts, [1, 2, 3]), rel=1e-5)
     assert res["w1"] == pytest.approx(wasserstein1(true, counts, [1, 2, 3]).mean(), rel=1e-5)
     assert res["nll_mc_se"] == 0.0
