@@ -110,13 +110,13 @@ def nll(log_probs: Any, counts: Any, *, per_item: bool = False) -> float:
         raise ValueError(f"log_probs {lp.shape} and counts {c.shape} must have the same shape")
     if np.isnan(lp).any() or np.isposinf(lp).any():
         raise ValueError("log_probs contains NaN or +inf")
+    if not c.sum() > 0:
+        raise ValueError("counts has no annotations")
     terms = c * np.where(c > 0, lp, 0.0)  # 0 * -inf for unused labels is 0
     if not per_item:
         return float(-terms.sum() / c.sum())
     n_i = c.sum(-1)
     has = n_i > 0
-    if not has.any():
-        raise ValueError("counts has no annotations")
     return float(-(terms[has].sum(-1) / n_i[has]).mean())
 
 

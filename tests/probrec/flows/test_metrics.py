@@ -83,13 +83,14 @@ def test_moments_rmse_nll_accuracy_on_a_hand_case():
         logp = np.log(probs)
     assert nll(np.log(np.full((3, 5), 0.2)), counts) == pytest.approx(np.log(5))
     assert nll(logp, counts) == np.inf  # a zero-probability annotation
-    # every item weighs the same (the paper's NLL-all): item cross-entropies 0.693, 0, 0.693
+    # every item weighs the same (the paper's NLL-all): item cross-entropies log 2 and 0
     half = np.log(np.array([[0.5, 0.5, 1e-9, 1e-9, 1e-9], [1e-9, 1e-9, 1.0, 1e-9, 1e-9]]))
     two = np.array([[3, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
     assert nll(half, two, per_item=True) == pytest.approx(np.log(2) / 2)
     assert nll(half, two) == pytest.approx(4 * np.log(2) / 5)
-    with pytest.raises(ValueError, match="no annotations"):
-        nll(half, np.zeros_like(two), per_item=True)
+    for per_item in (False, True):  # an error, not a NaN
+        with pytest.raises(ValueError, match="no annotations"):
+            nll(half, np.zeros_like(two), per_item=per_item)
     assert majority_accuracy(probs, counts) == pytest.approx(2 / 3)  # ties count as hits
     with pytest.raises(ValueError, match="same shape"):
         mean_rmse(probs[:2], counts, values)
