@@ -92,7 +92,7 @@ TUNED: dict[str, dict] = {
         "dropout": 0.5,
         "models": {
             "softmax": {"hidden": 256},
-            "softmax_flow_panel": {"input_dropout": 0.2, "n_train_samples": 32},
+            "softmax_flow_panel": {"hidden": 256, "input_dropout": 0.2, "n_train_samples": 32},
             "ensemble": {"input_dropout": 0.2},
         },
     },
