@@ -80,11 +80,13 @@ TUNED: dict[str, dict] = {
         "dropout": 0.5,
         "models": {
             "softmax_flow_panel": {
+                "hidden": 512,
+                "dropout": 0.7,
                 "input_dropout": 0.2,
                 "n_train_samples": 32,
                 "conditioning_weight_decay": 10.0,
             },
-            "softmax": {"input_dropout": 0.2},
+            "softmax": {"hidden": 512, "dropout": 0.7, "input_dropout": 0.2},
         },
     },
     "MD-Agreement": {
