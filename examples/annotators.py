@@ -93,9 +93,14 @@ TUNED: dict[str, dict] = {
         "hidden": 64,
         "dropout": 0.5,
         "models": {
-            "softmax": {"hidden": 256},
-            "softmax_flow_panel": {"hidden": 256, "input_dropout": 0.2, "n_train_samples": 32},
-            "ensemble": {"input_dropout": 0.2},
+            "softmax": {"hidden": 256, "dropout": 0.7},
+            "softmax_flow_panel": {
+                "hidden": 256,
+                "dropout": 0.7,
+                "input_dropout": 0.2,
+                "n_train_samples": 32,
+            },
+            "ensemble": {"dropout": 0.3, "input_dropout": 0.2},
         },
     },
 }
