@@ -16,7 +16,12 @@ ordered label values ``[K]``, as NumPy arrays or tensors:
   (population form, ``ddof = 0``, as in the paper's scoring), over items with at least two
   annotations.
 * :func:`wasserstein1` -- per-item ``W1`` between the predicted and the empirical label
-  distribution on the label line, ``sum_j |F_p(v_j) - F_e(v_j)| (v_{j+1} - v_j)``.
+  distribution on the label line, ``sum_j |F_p(v_j) - F_e(v_j)| (v_{j+1} - v_j)``. Against
+  a panel of a few annotators this is an absolute error on the panel's empirical CDF, whose
+  expectation is minimised by the CDF's median over panels, not by the true distribution
+  (not a proper score): for an item where 20% of annotators say 1, a point mass on 0 has
+  a lower expected W1 to 3-annotator panels than the truth (0.200 vs 0.205). It rewards
+  predictions more concentrated than the population on skewed items.
 * :func:`majority_accuracy` -- the predicted most likely label is one of the item's most
   frequent human labels (ties count as hits for any tied label).
 * :func:`fleiss_kappa` -- Fleiss' kappa (Fleiss, 1971) for items with possibly different

@@ -161,7 +161,11 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         q_hidden: width of the variational network ``q(v | y, x)``.
         n_train_samples: importance samples ``S`` of the training bound (1 with
             ``latent="item"``: the reparameterised ELBO, which also trains ``q``; otherwise
-            ``q`` gets the wake-phase update).
+            ``q`` gets the wake-phase update). The default 32 against 8 on the validation
+            items of ConvAbuse and MD-Agreement (3 seeds; both latents, two fit settings):
+            per-annotation NLL lower in 5 of 8 cells (mean -0.0025; the other 3 within
+            0.002), panel NLL lower in all 4 item-latent cells (-0.003 to -0.012); training
+            takes about 1.5x as long.
         n_eval_samples: importance samples per item and label for evaluation.
         latent: ``"annotation"`` (one latent per annotation, as in the paper) or ``"item"``
             (one per item, shared by its annotators: simulated panels).
@@ -185,7 +189,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         n_layers: int = 4,
         flow_hidden: int = 32,
         q_hidden: int = 64,
-        n_train_samples: int = 8,
+        n_train_samples: int = 32,
         n_eval_samples: int = 1024,
         latent: str = "annotation",
         conditioning_weight_decay: float | None = None,

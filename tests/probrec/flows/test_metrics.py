@@ -106,6 +106,32 @@ def test_wasserstein_matches_scipy():
     np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
+def test_wasserstein_to_small_panels_is_not_a_proper_score():
+    """The expected W1 to a 3-annotator panel is lower for a point mass than for the truth.
+
+    Exact expectation over every panel of n = 3 annotators drawn from p = (0.8, 0.2): for
+    binary labels W1 is ``|k / n - q|`` (``k`` annotators say 1, the prediction puts ``q`` on
+    1), so it is minimised by the median of ``k / n``, here 0, not by ``q = p_1``.
+    """
+    from scipy.stats import binom
+
+    n, p1 = 3, 0.2
+    k = np.arange(n + 1)
+    weight = binom.pmf(k, n, p1)
+    panels = np.stack([n - k, k], -1)  # [n + 1, 2] counts of labels 0 and 1
+
+    def expected_w1(q1: float) -> float:
+        probs = np.tile([1 - q1, q1], (n + 1, 1))
+        return float(weight @ wasserstein1(probs, panels, [0, 1]))
+
+    truth, point_mass = expected_w1(p1), expected_w1(0.0)
+    assert truth == pytest.approx(weight @ np.abs(k / n - p1), rel=1e-12)  # 0.2048
+    assert point_mass == pytest.approx(p1, rel=1e-12)  # E[k / n]
+    assert point_mass < truth
+    grid = np.linspace(0, 1, 101)
+    assert grid[np.argmin([expected_w1(q) for q in grid])] == 0.0
+
+
 class _Lookup(AnnotatorModel):
     """A fixed distribution per item (the item's index is its only feature)."""
 
