@@ -259,8 +259,8 @@ class AnnotatorModel(nn.Module, ABC):
         valid: tuple[Any, ...] | None = None,
         epochs: int = 300,
         batch_size: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        lr: float = 3e-4,
+        weight_decay: float = 1e-2,
         patience: int = 20,
         input_dropout: float = 0.0,
         seed: int | None = None,
@@ -280,13 +280,20 @@ class AnnotatorModel(nn.Module, ABC):
             epochs: maximum passes over the items.
             batch_size: items per step.
             lr: AdamW learning rate.
-            weight_decay: AdamW weight decay.
+            weight_decay: AdamW weight decay. The defaults (3e-4, 1e-2), with the models'
+                default width 256 and dropout 0.5, were chosen on the validation items of
+                POPQUORN, ConvAbuse and MD-Agreement (MiniLM features, 3 seeds, every
+                annotator model): validation NLL lower than at (1e-3, 1e-4, 128, 0.1) in 15
+                of 17 (dataset, model) cells, by 0.007 on average (the ordinal-logistic head
+                and the discretised Gaussian on POPQUORN 0.002-0.004 worse).
             patience: epochs without improvement before stopping; the best epoch's weights
                 are restored.
             input_dropout: dropout on the standardised input features of every training
                 batch (each feature zeroed with this probability, the rest scaled by
                 ``1 / (1 - p)``; one mask per item, shared by an ensemble's members); a
-                regulariser for wide frozen embeddings. Never applied at prediction.
+                regulariser for wide frozen embeddings (0.2 on the MiniLM features above
+                lowered the validation NLL by a further 0.002 on average; off by default, as
+                it would hurt low-dimensional features). Never applied at prediction.
             seed: seed of the batch order, dropout masks and Monte Carlo noise (default: the
                 constructor's seed).
             progress: progress bar over epochs (``None``: when attached to a terminal).

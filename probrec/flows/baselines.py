@@ -101,8 +101,8 @@ class GaussianHead(_EncodedHead):
         in_dim: int,
         labels: Sequence[int] = (1, 2, 3, 4, 5),
         *,
-        hidden: Sequence[int] = (128,),
-        dropout: float = 0.1,
+        hidden: Sequence[int] = (256,),
+        dropout: float = 0.5,
         objective: str = "density",
         seed: int = 0,
     ) -> None:
@@ -153,8 +153,8 @@ class OrdinalLogisticHead(_EncodedHead):
         in_dim: int,
         labels: Sequence[int] = (1, 2, 3, 4, 5),
         *,
-        hidden: Sequence[int] = (128,),
-        dropout: float = 0.1,
+        hidden: Sequence[int] = (256,),
+        dropout: float = 0.5,
         seed: int = 0,
     ) -> None:
         super().__init__(in_dim, labels, 1, hidden=hidden, dropout=dropout, seed=seed)
@@ -191,8 +191,8 @@ class SoftmaxHead(_EncodedHead):
         in_dim: int,
         labels: Sequence[int] = (0, 1),
         *,
-        hidden: Sequence[int] = (128,),
-        dropout: float = 0.1,
+        hidden: Sequence[int] = (256,),
+        dropout: float = 0.5,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -225,8 +225,8 @@ class MCDropoutHead(SoftmaxHead):
         in_dim: int,
         labels: Sequence[int] = (0, 1),
         *,
-        hidden: Sequence[int] = (128,),
-        dropout: float = 0.25,
+        hidden: Sequence[int] = (256,),
+        dropout: float = 0.5,
         mc_samples: int = 50,
         seed: int = 0,
     ) -> None:
@@ -290,8 +290,8 @@ class DeepEnsemble(MemberPanels, AnnotatorModel):
         labels: Sequence[int] = (0, 1),
         *,
         members: int = 5,
-        hidden: Sequence[int] = (128,),
-        dropout: float = 0.1,
+        hidden: Sequence[int] = (256,),
+        dropout: float = 0.5,
         activation: str = "relu",
         seed: int = 0,
     ) -> None:
