@@ -50,6 +50,8 @@ from probrec.progress import track
 from probrec.seeding import torch_generator
 
 __all__ = [
+    "DEFAULT_DROPOUT",
+    "DEFAULT_HIDDEN",
     "AnnotatorModel",
     "MemberPanels",
     "count_conditioned_gaussian",
@@ -60,6 +62,11 @@ __all__ = [
 ]
 
 _FORMAT = "probrec.flows/1"
+
+#: Default feature-encoder width and dropout of every annotator model, chosen together with
+#: :meth:`AnnotatorModel.fit`'s learning rate and weight decay (evidence in its docstring).
+DEFAULT_HIDDEN: tuple[int, ...] = (256,)
+DEFAULT_DROPOUT: float = 0.5
 
 
 @contextlib.contextmanager
@@ -281,11 +288,12 @@ class AnnotatorModel(nn.Module, ABC):
             batch_size: items per step.
             lr: AdamW learning rate.
             weight_decay: AdamW weight decay. The defaults (3e-4, 1e-2), with the models'
-                default width 256 and dropout 0.5, were chosen on the validation items of
-                POPQUORN, ConvAbuse and MD-Agreement (MiniLM features, 3 seeds, every
-                annotator model): validation NLL lower than at (1e-3, 1e-4, 128, 0.1) in 15
-                of 17 (dataset, model) cells, by 0.007 on average (the ordinal-logistic head
-                and the discretised Gaussian on POPQUORN 0.002-0.004 worse).
+                default width 256 and dropout 0.5 (``DEFAULT_HIDDEN``, ``DEFAULT_DROPOUT``),
+                were chosen on the validation items of POPQUORN, ConvAbuse and MD-Agreement
+                (MiniLM features, 3 seeds, every annotator model): validation NLL lower than
+                at (1e-3, 1e-4, 128, 0.1) in 15 of 17 (dataset, model) cells, by 0.007 on
+                average (the ordinal-logistic head and the discretised Gaussian on POPQUORN
+                0.002-0.004 worse).
             patience: epochs without improvement before stopping; the best epoch's weights
                 are restored.
             input_dropout: dropout on the standardised input features of every training

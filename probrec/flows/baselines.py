@@ -33,7 +33,14 @@ from torch.nn import functional as F
 
 from probrec.backbone import ACTIVATIONS, MLPEncoder
 from probrec.checks import check_choice, check_positive_int
-from probrec.flows.base import AnnotatorModel, MemberPanels, _categorical, panel_moments
+from probrec.flows.base import (
+    DEFAULT_DROPOUT,
+    DEFAULT_HIDDEN,
+    AnnotatorModel,
+    MemberPanels,
+    _categorical,
+    panel_moments,
+)
 from probrec.flows.discrete import interval_log_mass
 
 __all__ = ["DeepEnsemble", "GaussianHead", "MCDropoutHead", "OrdinalLogisticHead", "SoftmaxHead"]
@@ -101,8 +108,8 @@ class GaussianHead(_EncodedHead):
         in_dim: int,
         labels: Sequence[int] = (1, 2, 3, 4, 5),
         *,
-        hidden: Sequence[int] = (256,),
-        dropout: float = 0.5,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
         objective: str = "density",
         seed: int = 0,
     ) -> None:
@@ -153,8 +160,8 @@ class OrdinalLogisticHead(_EncodedHead):
         in_dim: int,
         labels: Sequence[int] = (1, 2, 3, 4, 5),
         *,
-        hidden: Sequence[int] = (256,),
-        dropout: float = 0.5,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
         seed: int = 0,
     ) -> None:
         super().__init__(in_dim, labels, 1, hidden=hidden, dropout=dropout, seed=seed)
@@ -191,8 +198,8 @@ class SoftmaxHead(_EncodedHead):
         in_dim: int,
         labels: Sequence[int] = (0, 1),
         *,
-        hidden: Sequence[int] = (256,),
-        dropout: float = 0.5,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -225,8 +232,8 @@ class MCDropoutHead(SoftmaxHead):
         in_dim: int,
         labels: Sequence[int] = (0, 1),
         *,
-        hidden: Sequence[int] = (256,),
-        dropout: float = 0.5,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
         mc_samples: int = 50,
         seed: int = 0,
     ) -> None:
@@ -290,8 +297,8 @@ class DeepEnsemble(MemberPanels, AnnotatorModel):
         labels: Sequence[int] = (0, 1),
         *,
         members: int = 5,
-        hidden: Sequence[int] = (256,),
-        dropout: float = 0.5,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
         activation: str = "relu",
         seed: int = 0,
     ) -> None:

@@ -46,6 +46,8 @@ from torch.nn import functional as F
 from probrec.backbone import MLPEncoder
 from probrec.checks import check_choice, check_positive_int
 from probrec.flows.base import (
+    DEFAULT_DROPOUT,
+    DEFAULT_HIDDEN,
     AnnotatorModel,
     count_conditioned_gaussian,
     normal_points,
@@ -108,8 +110,8 @@ class ConditionalIntegerFlow(AnnotatorModel):
         in_dim: int,
         labels: Sequence[int] = (1, 2, 3, 4, 5),
         *,
-        hidden: Sequence[int] = (256,),
-        dropout: float = 0.5,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
         n_layers: int = 1,
         n_bins: int = 8,
         bound: float = 4.0,
