@@ -37,6 +37,7 @@ __all__ = [
     "check_label_values",
     "load_lewidi",
     "load_popquorn",
+    "overdispersed_annotations",
     "pad_annotations",
     "split_items",
     "synthetic_annotations",
@@ -601,4 +602,99 @@ def synthetic_annotations(
         annotator_ids=who.astype(str),
         annotators=annotators,
         metadata={"true_probs": true_probs, "per_item": ("true_probs",)},
+    )
+
+
+def overdispersed_annotations(
+    n_items: int = 1000,
+    dim: int = 8,
+    *,
+    label_values: Sequence[int] = (0, 1),
+    concentration: float = 2.0,
+    panel_sizes: Sequence[int] = (5,),
+    panel_probs: Sequence[float] | None = None,
+    seed: SeedLike = 0,
+) -> AnnotationSet:
+    """Annotations with an item-level latent that the features do not explain.
+
+    Item ``i`` has features ``x_i ~ N(0, I_dim)``, a population-average label distribution
+    ``m(x_i) = softmax(1.5 tanh(x_i W_1) + 0.8 sin(x_i W_2))`` (``W`` random ``[dim, K]``,
+    fixed by the seed), and its own label distribution ``p_i ~ Dirichlet(concentration *
+    m(x_i))``; its ``n_i`` annotators draw their labels independently from ``p_i``
+    (a Dirichlet-multinomial panel). Two annotations of one item agree beyond ``m``: their
+    correlation is ``rho = 1 / (concentration + 1)``. The per-annotation target
+    ``p(y | x) = m(x)`` is known exactly, and panel sizes are drawn from ``panel_sizes``, so the
+    set separates what an item latent adds to the marginal fit (efficient weighting of
+    correlated annotations when panels differ in size, as in quasi-likelihood / GEE: Liang &
+    Zeger, Biometrika 1986) from what it adds to the joint of a panel.
+
+    Args:
+        n_items: number of items.
+        dim: feature width.
+        label_values: the ``K >= 2`` labels (categorical).
+        concentration: Dirichlet concentration ``> 0`` (large: annotators independent given x).
+        panel_sizes: possible panel sizes (each ``>= 1``).
+        panel_probs: probability of each panel size (default uniform).
+        seed: seed of everything.
+
+    Returns:
+        :class:`AnnotationSet` named ``"overdispersed"`` (kind ``"categorical"``) with
+        ``features`` ``[n, dim]`` and ``metadata["true_probs"]`` ``[n, K]`` = ``m(x)``.
+
+    Raises:
+        ValueError: on a non-positive concentration, an empty ``panel_sizes``, a size below 1,
+            or ``panel_probs`` that do not match ``panel_sizes`` or are not a distribution.
+    """
+    n_items = check_positive_int(n_items, "n_items")
+    dim = check_positive_int(dim, "dim")
+    lv = np.asarray(check_label_values(label_values))
+    if not (
+        isinstance(concentration, (int, float, np.floating))
+        and not isinstance(concentration, bool)
+        and np.isfinite(concentration)
+        and concentration > 0
+    ):
+        raise ValueError(f"concentration must be a finite number > 0, got {concentration!r}")
+    sizes = np.asarray(panel_sizes)
+    if sizes.ndim != 1 or sizes.size == 0:
+        raise ValueError(f"panel_sizes must be a non-empty sequence, got {panel_sizes!r}")
+    if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in sizes.tolist()):
+        raise ValueError(f"panel_sizes must be integers >= 1, got {panel_sizes!r}")
+    if panel_probs is None:
+        probs = np.full(sizes.size, 1.0 / sizes.size)
+    else:
+        probs = np.asarray(panel_probs, dtype=float)
+        if (
+            probs.shape != sizes.shape
+            or not np.isfinite(probs).all()
+            or (probs < 0).any()
+            or abs(probs.sum() - 1) > 1e-8
+        ):
+            raise ValueError(
+                "panel_probs must be one non-negative probability per panel size, summing to "
+                f"1; got {panel_probs!r} for panel_sizes {panel_sizes!r}"
+            )
+    rng = numpy_rng(seed)
+    k = len(lv)
+    w = rng.standard_normal((2, dim, k)) * 1.5 / np.sqrt(dim)
+    x = rng.standard_normal((n_items, dim))
+    logits = 1.5 * np.tanh(x @ w[0]) + 0.8 * np.sin(x @ w[1])
+    m = np.exp(logits - logits.max(1, keepdims=True))
+    m /= m.sum(1, keepdims=True)
+    p = np.stack([rng.dirichlet(concentration * m[i]) for i in range(n_items)])  # [n, K]
+    counts = sizes[rng.choice(sizes.size, n_items, p=probs)]
+    width = int(sizes.max())
+    labels = np.full((n_items, width), lv[0], dtype=np.int64)
+    mask = np.arange(width)[None, :] < counts[:, None]
+    for i in range(n_items):
+        labels[i, : counts[i]] = lv[rng.choice(k, counts[i], p=p[i] / p[i].sum())]
+    return AnnotationSet(
+        "overdispersed",
+        labels,
+        mask,
+        tuple(int(v) for v in lv),
+        "categorical",
+        np.asarray([f"o{i}" for i in range(n_items)]),
+        features=x.astype(np.float32),
+        metadata={"true_probs": m, "per_item": ("true_probs",)},
     )

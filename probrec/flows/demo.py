@@ -32,7 +32,7 @@ def run_section(ctx: Any) -> dict[str, Any]:
 
     from probrec.data import synthetic_annotations
     from probrec.flows.experiment import MODELS
-    from probrec.flows.metrics import evaluate
+    from probrec.flows.metrics import evaluate, kl_to_truth
 
     n_items = 300 if ctx.quick else 800
     epochs = 15 if ctx.quick else 120
@@ -70,9 +70,7 @@ def run_section(ctx: Any) -> dict[str, Any]:
             res = evaluate(model, test.features, test.labels, test.mask, seed=ctx.seed)
             p = model.predict_proba(test.features, seed=ctx.seed).double().numpy()
             p = p / p.sum(1, keepdims=True)
-            res["kl_true"] = float(
-                np.mean(np.sum(true * (np.log(np.clip(true, 1e-12, None)) - np.log(p)), 1))
-            )
+            res["kl_true"] = kl_to_truth(true, p)
             results["models"][name] = {k: round(float(v), 4) for k, v in res.items()}
             models[name] = (model, p)
     finally:

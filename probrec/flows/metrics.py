@@ -28,6 +28,8 @@ ordered label values ``[K]``, as NumPy arrays or tensors:
   numbers of raters: ``P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1))`` over items with
   ``n_i >= 2``, ``p_j`` the pooled label proportions, ``kappa = (mean P_i - sum_j p_j^2) /
   (1 - sum_j p_j^2)``; equal to the textbook formula when every item has the same count.
+* :func:`kl_to_truth` -- mean over items of ``KL(p_true || p)``, for synthetic items whose
+  label distribution is known (the expected per-annotation NLL minus its floor, the entropy).
 * :func:`panel_std` -- the expected standard deviation (``ddof = 0``) of a simulated panel
   with as many annotators as the human panel of the item, estimated from simulated panels.
 * :func:`evaluate` -- all of the above for a fitted model on held-out items, with the
@@ -55,6 +57,7 @@ __all__ = [
     "distribution_moments",
     "evaluate",
     "fleiss_kappa",
+    "kl_to_truth",
     "majority_accuracy",
     "mean_rmse",
     "nll",
@@ -123,6 +126,32 @@ def nll(log_probs: Any, counts: Any, *, per_item: bool = False) -> float:
     n_i = c.sum(-1)
     has = n_i > 0
     return float(-(terms[has].sum(-1) / n_i[has]).mean())
+
+
+def kl_to_truth(true_probs: Any, probs: Any) -> float:
+    """Mean over items of ``KL(true || predicted)`` in nats.
+
+    Args:
+        true_probs: ``[n, K]`` the items' true label distributions (e.g. synthetic data's
+            ``metadata["true_probs"]``).
+        probs: ``[n, K]`` predicted label distributions (rows renormalised).
+
+    Returns:
+        ``mean_i sum_k t_ik (log t_ik - log p_ik)``; ``inf`` if a prediction puts zero mass
+        on a label the truth uses.
+    """
+    t, p = _np(true_probs, "true_probs"), _np(probs, "probs")
+    if t.shape != p.shape:
+        raise ValueError(f"true_probs {t.shape} and probs {p.shape} must have the same shape")
+    if (t < 0).any() or (p < 0).any():
+        raise ValueError("true_probs and probs must be non-negative")
+    t, p = _normalise(t), _normalise(p)
+    with np.errstate(divide="ignore"):
+        used = t > 0
+        terms = np.where(
+            used, t * (np.log(np.where(used, t, 1.0)) - np.log(np.where(used, p, 1.0))), 0.0
+        )
+    return float(terms.sum(-1).mean())
 
 
 def distribution_moments(probs: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:

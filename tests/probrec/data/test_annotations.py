@@ -12,6 +12,7 @@ from probrec.data import (
     annotation_counts,
     load_lewidi,
     load_popquorn,
+    overdispersed_annotations,
     pad_annotations,
     split_items,
     synthetic_annotations,
@@ -134,6 +135,51 @@ def test_synthetic_population_follows_its_true_distribution():
         synthetic_annotations(20, seed=1).labels.tolist()
         == synthetic_annotations(20, seed=1).labels.tolist()
     )
+
+
+def test_overdispersed_panels_agree_as_the_dirichlet_multinomial_says():
+    # two annotations of one item agree with probability sum_k m_k (c m_k + 1) / (c + 1)
+    # (Dirichlet-multinomial, c = concentration); independent annotators: sum_k m_k^2
+    from scipy.stats import binomtest
+
+    data = overdispersed_annotations(
+        6000, 5, label_values=(0, 1, 2), concentration=2.0, panel_sizes=(2, 3), seed=4
+    )
+    m, y = data.metadata["true_probs"], data.labels
+    np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-12)
+    assert data.features.shape == (6000, 5) and data.kind == "categorical"
+    np.testing.assert_array_equal(np.unique(data.mask.sum(1)), [2, 3])
+    agree = int((y[:, 0] == y[:, 1]).sum())
+    expected = float(np.mean((m * (2.0 * m + 1) / 3.0).sum(1)))
+    assert binomtest(agree, len(y), expected).pvalue > 1e-3
+    assert agree / len(y) > float(np.mean((m**2).sum(1))) + 0.1  # far from independence
+    # marginally every annotation is a draw from m(x)
+    from scipy.stats import chisquare
+
+    counts = data.counts()
+    assert chisquare(counts.sum(0), (counts.sum(1, keepdims=True) * m).sum(0)).pvalue > 1e-3
+    skewed = overdispersed_annotations(
+        4000, panel_sizes=(2, 17), panel_probs=(0.8, 0.2), seed=0
+    ).mask.sum(1)
+    assert abs((skewed == 17).mean() - 0.2) < 0.03
+    again = overdispersed_annotations(30, seed=1).labels
+    np.testing.assert_array_equal(again, overdispersed_annotations(30, seed=1).labels)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"concentration": 0.0}, "concentration"),
+        ({"concentration": "2"}, "concentration"),
+        ({"panel_sizes": ()}, "panel_sizes"),
+        ({"panel_sizes": (0, 3)}, "panel_sizes"),
+        ({"panel_sizes": (2, 3), "panel_probs": (1.0,)}, "panel_probs"),
+        ({"panel_sizes": (2, 3), "panel_probs": (0.7, 0.7)}, "panel_probs"),
+    ],
+)
+def test_overdispersed_annotations_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        overdispersed_annotations(10, **kwargs)
 
 
 # ---------------------------------------------------------------------------- loaders

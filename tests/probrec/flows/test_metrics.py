@@ -12,6 +12,7 @@ from probrec.flows.metrics import (
     distribution_moments,
     evaluate,
     fleiss_kappa,
+    kl_to_truth,
     majority_accuracy,
     mean_rmse,
     nll,
@@ -94,6 +95,25 @@ def test_moments_rmse_nll_accuracy_on_a_hand_case():
     assert majority_accuracy(probs, counts) == pytest.approx(2 / 3)  # ties count as hits
     with pytest.raises(ValueError, match="same shape"):
         mean_rmse(probs[:2], counts, values)
+
+
+def test_kl_to_truth_matches_scipy_entropy():
+    from scipy.stats import entropy
+
+    rng = np.random.default_rng(5)
+    true = rng.dirichlet(np.ones(4), size=30)
+    true[0] = [0.5, 0.5, 0.0, 0.0]  # a label the truth never uses costs nothing
+    probs = rng.dirichlet(np.ones(4), size=30)
+    ref = np.mean([entropy(t, q) for t, q in zip(true, probs)])
+    assert kl_to_truth(true, 3.0 * probs) == pytest.approx(ref, rel=1e-12)  # rows renormalised
+    assert kl_to_truth(true, true) == pytest.approx(0.0, abs=1e-15)
+    missing = true.copy()
+    missing[1] = [1.0, 0.0, 0.0, 0.0]
+    assert kl_to_truth(true, missing) == np.inf
+    with pytest.raises(ValueError, match="true_probs"):
+        kl_to_truth(true[:3], probs)
+    with pytest.raises(ValueError, match="non-negative"):
+        kl_to_truth(true, -probs)
 
 
 def test_wasserstein_matches_scipy():
