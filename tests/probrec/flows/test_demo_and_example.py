@@ -58,14 +58,29 @@ def test_compare_models_and_summaries(population):
         compare_models(train, valid, test, models=["nope"])
 
 
-def _example():
+def _example(name: str = "annotators"):
     spec = importlib.util.spec_from_file_location(
-        "annotators_example", REPO / "examples" / "annotators.py"
+        f"{name}_example", REPO / "examples" / f"{name}.py"
     )
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["annotators_example"] = mod
+    sys.modules[f"{name}_example"] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_overdispersion_example_runs_and_reports_paired_kl(tmp_path):
+    out = tmp_path / "od"
+    args = ["--seeds", "2", "--train", "60", "--test", "50", "--epochs", "2", "--out", str(out)]
+    assert _example("annotators_overdispersion").main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    for design in res["designs"].values():
+        runs = design["runs"]
+        assert len(runs) == 2
+        kl = [[r[m]["kl_true"] for r in runs] for m in ("softmax_flow_panel", "softmax")]
+        assert all(np.isfinite(v) and v >= 0 for v in kl[0] + kl[1])
+        diff = design["paired"]["softmax_flow_panel - softmax"]
+        assert diff["mean"] == pytest.approx(np.mean(np.subtract(*kl)))
+    assert "flow (item) - head" in (out / "results.md").read_text()
 
 
 def test_example_help(capsys):
