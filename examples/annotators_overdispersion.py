@@ -8,9 +8,9 @@ item were independent given x; the softmax flow with an item latent
 the features do not explain, the annotations of one item are correlated (intra-item
 correlation ``rho``), and the independent likelihood weighs an item by its panel size ``n_i``
 where the efficient weight is ``n_i / (1 + (n_i - 1) rho)`` (quasi-likelihood / GEE; Liang &
-Zeger, Biometrika 1986). With equal panels both weightings agree, so the item latent cannot
-improve the marginal fit there (MD-Agreement: 5 annotators on every item); with unequal
-panels (ConvAbuse: 2-7) it can.
+Zeger, Biometrika 1986). With equal panels and a common ``rho`` both weightings agree, so the
+item latent cannot improve the marginal fit there (MD-Agreement: 5 annotators on every item);
+with unequal panels (ConvAbuse: 2-7) it can.
 
 The check: :func:`probrec.data.overdispersed_annotations` (binary labels, Dirichlet item
 latent, ``rho = 1 / (concentration + 1)``, the true ``p(y | x)`` known) with equal panels of
