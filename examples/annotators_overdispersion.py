@@ -36,7 +36,6 @@ import torch
 
 #: panel-size designs: name -> (sizes, probabilities); both have 5 annotators per item on average
 PANELS = {"equal (5)": ((5,), (1.0,)), "unequal (2 or 17)": ((2, 17), (0.8, 0.2))}
-DIM = 8  # feature width
 MODELS = ("softmax", "softmax_flow", "softmax_flow_panel")
 
 
@@ -57,8 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from probrec.data import overdispersed_annotations
-    from probrec.flows.experiment import MODELS as MODEL_SPECS
-    from probrec.flows.experiment import paired_difference
+    from probrec.flows.experiment import compare_models, paired_difference
     from probrec.flows.metrics import kl_to_truth
 
     if args.seeds < 2:
@@ -79,7 +77,7 @@ def main(argv=None) -> int:
             n_valid = round(0.3 * args.train)
             data = overdispersed_annotations(
                 args.train + n_valid + args.test,
-                DIM,
+                8,
                 concentration=args.concentration,
                 panel_sizes=sizes,
                 panel_probs=probs,
@@ -89,21 +87,21 @@ def main(argv=None) -> int:
             train, valid, test = data.split_items(
                 (args.train / n, n_valid / n, args.test / n), seed=seed
             )
-            res = {}
+            res = compare_models(
+                train,
+                valid,
+                test,
+                models=MODELS,
+                seed=seed,
+                fit_kwargs={"epochs": args.epochs},
+                progress=False,
+                keep_models=True,
+                score=False,
+            )
             for name in MODELS:
-                klass, kwargs, _ = MODEL_SPECS[name]
-                model = klass(DIM, train.label_values, seed=seed, **kwargs)
-                model.fit(
-                    train.features,
-                    train.labels,
-                    train.mask,
-                    valid=(valid.features, valid.labels, valid.mask),
-                    epochs=args.epochs,
-                    seed=seed,
-                    progress=False,
-                )
+                model = res[name].pop("model")
                 p = model.predict_proba(test.features, seed=seed).double().cpu().numpy()
-                res[name] = {"kl_true": kl_to_truth(test.metadata["true_probs"], p)}
+                res[name]["kl_true"] = kl_to_truth(test.metadata["true_probs"], p)
             runs.append(res)
             print(
                 f"{design} seed {seed}: "

@@ -133,6 +133,7 @@ def compare_models(
     device: str | None = None,
     progress: bool | None = None,
     keep_models: bool = False,
+    score: bool = True,
     callback: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fits and scores annotator simulators on one split.
@@ -152,11 +153,14 @@ def compare_models(
         device: torch device (default CPU).
         progress: progress bars.
         keep_models: also return the fitted models (key ``"model"``).
+        score: score the models on ``test`` with :func:`probrec.flows.metrics.evaluate`;
+            ``False`` only fits them (for callers that score the models themselves, e.g.
+            against known true distributions, with ``keep_models=True``).
         callback: called with ``(name, metrics)`` after each model.
 
     Returns:
-        name -> metrics of :func:`probrec.flows.metrics.evaluate` plus ``fit_seconds`` and
-        ``epochs``.
+        name -> metrics of :func:`probrec.flows.metrics.evaluate` (with ``score``) plus
+        ``fit_seconds`` and ``epochs``.
     """
     xtr, xva, xte = (
         _check_split(d, n) for d, n in ((train, "train"), (valid, "valid"), (test, "test"))
@@ -184,7 +188,9 @@ def compare_models(
             **{**(fit_kwargs or {}), **(model_fit_kwargs or {}).get(name, {})},
         )
         fit_s = time.perf_counter() - t0
-        res: dict[str, Any] = evaluate(model, xte, test.labels, test.mask, seed=seed)
+        res: dict[str, Any] = (
+            evaluate(model, xte, test.labels, test.mask, seed=seed) if score else {}
+        )
         res["fit_seconds"] = fit_s
         res["epochs"] = len(model.history)
         if keep_models:

@@ -54,6 +54,24 @@ def test_compare_models_and_summaries(population):
         np.mean([r["integer_flow"]["nll"] - r["softmax"]["nll"] for r in runs])
     )
     assert "| integer_flow |" in format_table(summ)
+    # fitting only: the same fitted model (same predictions), no metrics
+    fitted = compare_models(
+        train,
+        valid,
+        test,
+        models=["softmax"],
+        seed=0,
+        common_kwargs={"hidden": (8,)},
+        fit_kwargs={"epochs": 3},
+        progress=False,
+        keep_models=True,
+        score=False,
+    )["softmax"]
+    assert set(fitted) == {"fit_seconds", "epochs", "model"}
+    from probrec.flows.metrics import evaluate
+
+    scored = evaluate(fitted["model"], test.features, test.labels, test.mask, seed=0)
+    assert scored["nll"] == pytest.approx(runs[0]["softmax"]["nll"], rel=1e-6)
     with pytest.raises(ValueError, match="unknown models"):
         compare_models(train, valid, test, models=["nope"])
 
