@@ -97,3 +97,22 @@ def check_positive_int(value: int, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_real(value: float, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """Checks that ``value`` is a finite real number ``>= minimum`` (``> minimum`` if ``strict``).
+
+    NaN and infinities are refused: a NaN learning rate, decay or concentration would otherwise
+    pass an ``x < 0`` test and surface later as NaN parameters.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a bool is refused too).
+        ValueError: ``value`` is not finite or is below (at or below, ``strict``) ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return float(value)

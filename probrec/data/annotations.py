@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.seeding import SeedLike, numpy_rng
 
 __all__ = [
@@ -648,13 +648,7 @@ def overdispersed_annotations(
     n_items = check_positive_int(n_items, "n_items")
     dim = check_positive_int(dim, "dim")
     lv = np.asarray(check_label_values(label_values))
-    if not (
-        isinstance(concentration, (int, float, np.floating))
-        and not isinstance(concentration, bool)
-        and np.isfinite(concentration)
-        and concentration > 0
-    ):
-        raise ValueError(f"concentration must be a finite number > 0, got {concentration!r}")
+    concentration = check_real(concentration, "concentration", strict=True)
     sizes = np.asarray(panel_sizes)
     if sizes.ndim != 1 or sizes.size == 0:
         raise ValueError(f"panel_sizes must be a non-empty sequence, got {panel_sizes!r}")

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from probrec.checks import as_float_tensor, check_positive_int
+from probrec.checks import as_float_tensor, check_positive_int, check_real
 from probrec.data.annotations import annotation_counts, check_label_values, pad_annotations
 from probrec.progress import track
 from probrec.seeding import torch_generator
@@ -332,10 +332,8 @@ class AnnotatorModel(nn.Module, ABC):
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         patience = check_positive_int(patience, "patience")
-        if not lr > 0 or not math.isfinite(lr):
-            raise ValueError(f"lr must be positive, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        lr = check_real(lr, "lr", strict=True)
+        weight_decay = check_real(weight_decay, "weight_decay")
         if not 0.0 <= input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
         seed = self.seed if seed is None else int(seed)

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from probrec.backbone import MLPEncoder
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.flows.base import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN,
@@ -200,15 +200,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
     ) -> None:
         super().__init__(in_dim, labels, seed=seed)
         self.latent = check_choice(latent, "latent", ("item", "annotation"))
-        if conditioning_weight_decay is not None and not (
-            isinstance(conditioning_weight_decay, (int, float))
-            and not isinstance(conditioning_weight_decay, bool)
-            and math.isfinite(conditioning_weight_decay)
-            and conditioning_weight_decay >= 0
-        ):
-            raise ValueError(
-                "conditioning_weight_decay must be None or a finite number >= 0, got "
-                f"{conditioning_weight_decay!r}"
+        if conditioning_weight_decay is not None:
+            conditioning_weight_decay = check_real(
+                conditioning_weight_decay, "conditioning_weight_decay"
             )
         self.conditioning_weight_decay = conditioning_weight_decay
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:

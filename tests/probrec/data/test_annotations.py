@@ -170,7 +170,7 @@ def test_overdispersed_panels_agree_as_the_dirichlet_multinomial_says():
     "kwargs, match",
     [
         ({"concentration": 0.0}, "concentration"),
-        ({"concentration": "2"}, "concentration"),
+        ({"concentration": float("nan")}, "concentration"),
         ({"panel_sizes": ()}, "panel_sizes"),
         ({"panel_sizes": (0, 3)}, "panel_sizes"),
         ({"panel_sizes": (2, 3), "panel_probs": (1.0,)}, "panel_probs"),
@@ -180,6 +180,8 @@ def test_overdispersed_panels_agree_as_the_dirichlet_multinomial_says():
 def test_overdispersed_annotations_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         overdispersed_annotations(10, **kwargs)
+    with pytest.raises(TypeError, match="concentration"):
+        overdispersed_annotations(10, concentration="2")
 
 
 # ---------------------------------------------------------------------------- loaders

@@ -211,8 +211,14 @@ def test_bad_inputs_raise_clear_errors(fitted, population):
         model.fit(x, train.labels, train.mask[:, :2], **FIT)
     with pytest.raises(TypeError, match="valid must be"):
         model.fit(x, train.labels, train.mask, valid=(x,), **FIT)
-    with pytest.raises(ValueError, match="lr"):
-        model.fit(x, train.labels, train.mask, lr=-1.0, epochs=1)
+    for lr in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="lr"):
+            model.fit(x, train.labels, train.mask, lr=lr, epochs=1)
+    # refused up front with the argument's name (before: torch's own message for NaN, and
+    # an infinite decay surfaced as a non-finite loss blamed on the lr)
+    for decay in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight_decay"):
+            model.fit(x, train.labels, train.mask, weight_decay=decay, epochs=1)
     with pytest.raises(ValueError, match="input_dropout"):
         model.fit(x, train.labels, train.mask, input_dropout=1.0, epochs=1)
     fitted_model = fitted["softmax"]

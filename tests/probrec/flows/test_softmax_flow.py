@@ -214,6 +214,6 @@ def test_conditioning_weight_decay_acts_on_the_conditioning_weights_only(populat
     plain = ConditionalSoftmaxFlow(train.features.shape[1], train.label_values, **kw)
     plain.fit(train.features, train.labels, train.mask, epochs=2, lr=1e-3, progress=False)
     assert float(plain.affine.weight.detach().abs().max()) > 0.01
-    for bad in (-1.0, math.inf, True, "1"):
-        with pytest.raises(ValueError, match="conditioning_weight_decay"):
+    for bad in (-1.0, math.inf, math.nan, True, "1"):
+        with pytest.raises((ValueError, TypeError), match="conditioning_weight_decay"):
             ConditionalSoftmaxFlow(4, (0, 1), conditioning_weight_decay=bad)

@@ -1,0 +1,35 @@
+"""Shared argument checks: each refuses bad input with an error naming the argument."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from probrec.checks import check_real
+
+
+@pytest.mark.parametrize("value", [0.0, 1, 2.5, np.float32(3.0), np.int64(4)])
+def test_check_real_accepts_finite_numbers_at_or_above_the_minimum(value):
+    out = check_real(value, "rate")
+    assert isinstance(out, float) and out == float(value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1e-12])
+def test_check_real_refuses_non_finite_or_small_values(value):
+    with pytest.raises(ValueError, match="rate"):
+        check_real(value, "rate")
+
+
+@pytest.mark.parametrize("value", [True, "1", None, [1.0]])
+def test_check_real_refuses_non_numbers(value):
+    with pytest.raises(TypeError, match="rate must be a real number"):
+        check_real(value, "rate")
+
+
+def test_check_real_strict_minimum():
+    assert check_real(0.5, "lr", minimum=0.5) == 0.5
+    with pytest.raises(ValueError, match="lr must be > 0.5"):
+        check_real(0.5, "lr", minimum=0.5, strict=True)
+    assert check_real(0.6, "lr", minimum=0.5, strict=True) == 0.6
