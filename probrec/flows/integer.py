@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from probrec.backbone import MLPEncoder
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.flows.base import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN,
@@ -133,14 +133,11 @@ class ConditionalIntegerFlow(AnnotatorModel):
         ):
             if isinstance(val, bool) or not isinstance(val, int) or val < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
-        if not bound > 0:
-            raise ValueError(f"bound must be positive, got {bound}")
+        bound = check_real(bound, "bound", strict=True)
         self.base = check_choice(base, "base", BASES)
         self.n_layers, self.n_bins, self.bound = n_layers, n_bins, float(bound)
         self.item_latent = item_latent
-        if not latent_lr > 0:
-            raise ValueError(f"latent_lr must be positive, got {latent_lr}")
-        self.latent_lr = float(latent_lr)
+        self.latent_lr = check_real(latent_lr, "latent_lr", strict=True)
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples")
         self.quadrature = quadrature if item_latent else 0

@@ -107,8 +107,11 @@ def test_constructor_checks():
         ConditionalIntegerFlow(2, range(1, 6), n_bins=1)
     with pytest.raises(ValueError, match="unknown base"):
         ConditionalIntegerFlow(2, range(1, 6), base="cauchy")
-    with pytest.raises(ValueError, match="bound"):
-        ConditionalIntegerFlow(2, range(1, 6), bound=0.0)
+    for bad in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="bound"):
+            ConditionalIntegerFlow(2, range(1, 6), bound=bad)
+        with pytest.raises(ValueError, match="latent_lr"):
+            ConditionalIntegerFlow(2, range(1, 6), latent_lr=bad)
 
 
 def test_quadrature_integrates_the_item_latent():
