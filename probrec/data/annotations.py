@@ -567,8 +567,7 @@ def synthetic_annotations(
     group = rng.integers(0, 2, n_annotators) * 2 - 1
     # per-(item, annotator) perceived location
     loc = mu[:, None] + bias[None, :] + group[None, :] * delta[:, None]
-    if not cut_power > 0:
-        raise ValueError(f"cut_power must be positive, got {cut_power}")
+    cut_power = check_real(cut_power, "cut_power", strict=True)
     k = len(lv)
     inner = lv[0] - 0.5 + k * (np.arange(1, k) / k) ** cut_power
     cuts = np.concatenate([[-np.inf], inner, [np.inf]])

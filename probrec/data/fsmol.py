@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from probrec.checks import check_choice
+from probrec.checks import check_choice, check_real
 from probrec.data.featurize import _require_rdkit, parse_smiles
 from probrec.data.tasks import Task, TaskSet
 from probrec.progress import track
@@ -726,14 +726,12 @@ def clean_chembl_assay_table(
         >>> len(a), round(a.threshold, 2)  # doctest: +SKIP
         (33, 4.23)
     """
-    if max_mol_weight <= 0:
-        raise ValueError(f"max_mol_weight must be positive, got {max_mol_weight}")
+    max_mol_weight = check_real(max_mol_weight, "max_mol_weight", strict=True)
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)):
         check_choice(threshold, "threshold", ("auto", "fixed"))  # type: ignore[arg-type]
     elif not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    if not (buffer_fraction >= 0 and math.isfinite(buffer_fraction)):
-        raise ValueError(f"buffer_fraction must be a finite number >= 0, got {buffer_fraction}")
+    buffer_fraction = check_real(buffer_fraction, "buffer_fraction")
     p = Path(path)
     header, rows = _read_table(p)
     assay = _assay_name(rows, p, name)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probrec.checks import check_choice
+from probrec.checks import check_choice, check_real
 from probrec.gp.kernels import (
     KERNELS,
     has_lengthscale,
@@ -71,8 +71,7 @@ class GPConfig:
         check_choice(self.kernel, "kernel", KERNELS)
         check_choice(self.mean, "mean", ("zero", "constant"))
         check_choice(self.kind, "kind", ("classification", "regression"))
-        if self.prior_scale <= 0:
-            raise ValueError(f"prior_scale must be > 0, got {self.prior_scale}")
+        check_real(self.prior_scale, "prior_scale", strict=True)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probrec.checks import check_positive_int
+from probrec.checks import check_positive_int, check_real
 from probrec.data.tasks import Task, TaskSet
 from probrec.recsys.features import EventTable
 from probrec.recsys.loopfm import StoredHistory
@@ -273,9 +273,7 @@ class HeadFineTune:
         self.b0 = torch.tensor([float(bias)], dtype=torch.float64)
         if self.columns[1] - self.columns[0] != len(self.w0):
             raise ValueError(f"columns {columns} do not match weight of length {len(self.w0)}")
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {l2}")
-        self.l2, self.steps = float(l2), check_positive_int(steps, "steps")
+        self.l2, self.steps = check_real(l2, "l2"), check_positive_int(steps, "steps")
 
     def meta_fit(self, train_tasks, valid_tasks=None, **kwargs) -> dict:
         return {}

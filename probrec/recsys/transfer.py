@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import Tensor, nn
 
+from probrec.checks import check_real
 from probrec.progress import track
 from probrec.recsys.features import EventTable
 from probrec.seeding import numpy_rng
@@ -55,8 +56,7 @@ def kd_loss(student_logit: Tensor, teacher_logit: Tensor, temperature: float = 1
         teacher_logit: ``[B]`` (no gradient flows into it).
         temperature: ``T > 0``.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_real(temperature, "temperature", strict=True)
     if student_logit.shape != teacher_logit.shape:
         raise ValueError(
             f"student_logit {tuple(student_logit.shape)} and teacher_logit "
