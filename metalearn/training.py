@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from metalearn.episodes import MetaBatch, eligible_tasks, sample_meta_batch
 from metalearn.metrics import delta_auprc, r2_os
+from probrec.checks import check_positive_int, check_real
 from probrec.data.tasks import Task, sample_episode
 from probrec.progress import track
 
@@ -38,7 +39,7 @@ class TrainConfig:
         query_size: query rows per training episode [256].
         lr: Adam learning rate [1e-4].
         weight_decay: Adam weight decay.
-        clip_norm: gradient-norm clip [1.0].
+        clip_norm: gradient-norm clip [1.0]; 0 turns clipping off.
         eval_every: validate every this many steps.
         valid_support_size: support size of validation episodes.
         valid_seeds: validation episodes per task.
@@ -54,6 +55,21 @@ class TrainConfig:
     eval_every: int = 100
     valid_support_size: int = 64
     valid_seeds: int = 2
+
+    def __post_init__(self) -> None:
+        for name in (
+            "n_steps",
+            "batch_size",
+            "support_size",
+            "query_size",
+            "eval_every",
+            "valid_support_size",
+            "valid_seeds",
+        ):
+            setattr(self, name, check_positive_int(getattr(self, name), name))
+        self.lr = check_real(self.lr, "lr", strict=True)
+        self.weight_decay = check_real(self.weight_decay, "weight_decay")
+        self.clip_norm = check_real(self.clip_norm, "clip_norm")
 
 
 # Encoder widths and episodic training sizes of the ToxCast examples: "reference" is the

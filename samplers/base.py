@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.progress import track
 from probrec.seeding import torch_generator
 
@@ -184,13 +184,9 @@ class Sampler(ABC):
         progress: bool | None = None,
     ) -> None:
         self.n_chains = None if n_chains is None else check_positive_int(n_chains, "n_chains")
-        if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
-            raise ValueError(
-                f"budget must be a positive number of evaluations per sample, got {budget!r}"
-            )
+        self.budget = None if budget is None else check_real(budget, "budget", strict=True)
         if budget is not None and (burn_in is not None or thin is not None):
             raise ValueError("give either budget or burn_in/thin, not both")
-        self.budget = None if budget is None else float(budget)
         self.burn_in = (
             1000 if burn_in is None else check_positive_int(burn_in, "burn_in", minimum=0)
         )

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.progress import track
 from probrec.seeding import torch_generator
 
@@ -103,9 +103,11 @@ class VPSchedule(NoiseSchedule):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        if not 0 < beta_min < beta_max:
+        beta_min = check_real(beta_min, "beta_min", strict=True)
+        beta_max = check_real(beta_max, "beta_max", strict=True)
+        if not beta_min < beta_max:
             raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.beta_min, self.beta_max = beta_min, beta_max
 
     def _b(self, t: Tensor) -> Tensor:
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t
@@ -138,9 +140,11 @@ class VESchedule(NoiseSchedule):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 3.0) -> None:
-        if not 0 < sigma_min < sigma_max:
+        sigma_min = check_real(sigma_min, "sigma_min", strict=True)
+        sigma_max = check_real(sigma_max, "sigma_max", strict=True)
+        if not sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def alpha(self, t: Tensor) -> Tensor:
@@ -539,10 +543,9 @@ class TemperedTarget(Target):
     """``beta * log p(x)`` of a base target (gradient scaled alike)."""
 
     def __init__(self, base: Target, beta: float) -> None:
-        if not beta > 0:
-            raise ValueError(f"beta must be positive, got {beta}")
+        beta = check_real(beta, "beta", strict=True)
         super().__init__(base.dim)
-        self.base, self.beta = base, float(beta)
+        self.base, self.beta = base, beta
         self.name = f"{base.name}@T={1.0 / self.beta:.4g}"
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -584,9 +587,7 @@ class NeuralSampler(ABC):
                 f"{type(self).__name__} returns independent draws; n_chains must be None, got "
                 f"{n_chains!r}"
             )
-        if budget is not None and (isinstance(budget, bool) or not budget > 0):
-            raise ValueError(f"budget must be a positive number, got {budget!r}")
-        self.budget = None if budget is None else float(budget)
+        self.budget = None if budget is None else check_real(budget, "budget", strict=True)
         self.compile = compile
         self.progress = progress
 

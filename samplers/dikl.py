@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.progress import track
 from probrec.seeding import torch_generator
 
@@ -200,8 +200,7 @@ def sample_times(
     ``exponent = 1`` is uniform, ``exponent > 1`` puts more noise levels near ``t = 1`` (high
     noise). Drawing ``t`` this way multiplies the loss's noise-level weighting by that density.
     """
-    if not exponent > 0:
-        raise ValueError(f"exponent must be positive, got {exponent}")
+    exponent = check_real(exponent, "exponent", strict=True)
     u = torch.rand(n, generator=generator, dtype=dtype, device=device)
     return u if exponent == 1.0 else u.pow(1.0 / exponent)
 
@@ -386,13 +385,12 @@ class DiKL(NeuralSampler):
     ) -> None:
         super().__init__(n_chains=n_chains, budget=budget, compile=compile, progress=progress)
         self.n_iters = check_positive_int(n_iters, "n_iters")
-        if not data_scale > 0:
-            raise ValueError(f"data_scale must be positive, got {data_scale}")
-        self.data_scale, self.data_shift = float(data_scale), float(data_shift)
+        self.data_scale = check_real(data_scale, "data_scale", strict=True)
+        self.data_shift = float(data_shift)
         self.latent_dim = latent_dim
-        if gen_init_std is not None and not gen_init_std > 0:
-            raise ValueError(f"gen_init_std must be positive, got {gen_init_std}")
-        self.gen_init_std = None if gen_init_std is None else float(gen_init_std)
+        self.gen_init_std = (
+            None if gen_init_std is None else check_real(gen_init_std, "gen_init_std", strict=True)
+        )
         self.gen_hidden = check_positive_int(gen_hidden, "gen_hidden")
         self.gen_layers = check_positive_int(gen_layers, "gen_layers")
         self.score_hidden = check_positive_int(score_hidden, "score_hidden")
@@ -401,18 +399,18 @@ class DiKL(NeuralSampler):
         self.lr, self.score_lr = float(lr), float(score_lr)
         if not 0 < lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive, got {grad_clip}")
         self.lr_decay = float(lr_decay)
-        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.grad_clip = (
+            None if grad_clip is None else check_real(grad_clip, "grad_clip", strict=True)
+        )
         self.n_score_steps = check_positive_int(n_score_steps, "n_score_steps")
-        if not t_exponent > 0:
-            raise ValueError(f"t_exponent must be positive, got {t_exponent}")
-        self.t_exponent = float(t_exponent)
+        self.t_exponent = check_real(t_exponent, "t_exponent", strict=True)
         self.schedule = check_choice(schedule, "schedule", ["ve", "vp"])
-        if not 0 < sigma_min < sigma_max:
+        sigma_min = check_real(sigma_min, "sigma_min", strict=True)
+        sigma_max = check_real(sigma_max, "sigma_max", strict=True)
+        if not sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.n_is = check_positive_int(n_is, "n_is")
         self.n_mcmc = check_positive_int(n_mcmc, "n_mcmc", minimum=0)
         self.n_posterior = check_positive_int(n_posterior, "n_posterior")

@@ -21,7 +21,7 @@ import torch
 from scipy.stats import chi2
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 
 from .diagnostics import ess, split_rhat
 from .targets.base import Target
@@ -125,8 +125,8 @@ def mmd(
         raise ValueError(
             f"x and y must have the same dimension, got {xa.shape[1]} and {ya.shape[1]}"
         )
-    bw = [float(h) for h in bandwidths]
-    if not bw or any(not h > 0 for h in bw):
+    bw = [check_real(float(h), "bandwidths", strict=True) for h in bandwidths]
+    if not bw:
         raise ValueError(f"bandwidths must be positive numbers, got {list(bandwidths)}")
     block = check_positive_int(block_size, "block_size")
     gammas = [1.0 / (2.0 * h * h) for h in bw]

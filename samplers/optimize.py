@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from probrec.checks import check_positive_int
+from probrec.checks import check_positive_int, check_real
 from probrec.seeding import torch_generator
 
 from .targets.base import Target, check_start
@@ -41,8 +41,7 @@ def map_estimate(
     """
     n_starts = check_positive_int(n_starts, "n_starts")
     steps = check_positive_int(steps, "steps")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    lr = check_real(lr, "lr", strict=True)
     g = torch_generator(seed, target._device())
     x = target.init_positions(n_starts, g) if init is None else init.clone()
     check_start(target, x, need_grad=True)

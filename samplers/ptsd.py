@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.seeding import torch_generator
 
 from .diffusion import (
@@ -267,9 +267,8 @@ class PTSD(NeuralSampler):
     ) -> None:
         super().__init__(n_chains=n_chains, budget=budget, compile=compile, progress=progress)
         self.n_temperatures = check_positive_int(n_temperatures, "n_temperatures", minimum=3)
-        if not max_temperature > 1.0:
-            raise ValueError(f"max_temperature must be > 1, got {max_temperature}")
-        self.temperatures = geometric_ladder(self.n_temperatures, float(max_temperature))
+        max_temperature = check_real(max_temperature, "max_temperature", minimum=1.0, strict=True)
+        self.temperatures = geometric_ladder(self.n_temperatures, max_temperature)
         self.buffer_size = check_positive_int(buffer_size, "buffer_size", minimum=2)
         self.hot_steps = check_positive_int(hot_steps, "hot_steps", minimum=0)
         self.refine_steps = check_positive_int(refine_steps, "refine_steps", minimum=0)
@@ -277,9 +276,7 @@ class PTSD(NeuralSampler):
             raise ValueError(f"hot_fraction must be in (0, 1), got {hot_fraction}")
         self.hot_fraction = float(hot_fraction)
         self.kernel = check_choice(kernel, "kernel", ["mala", "hmc", "rwm"])
-        if not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size}")
-        self.step_size = float(step_size)
+        self.step_size = check_real(step_size, "step_size", strict=True)
         self.hidden = check_positive_int(hidden, "hidden")
         self.n_layers = check_positive_int(n_layers, "n_layers")
         self.train_steps_first = check_positive_int(train_steps_first, "train_steps_first")
@@ -293,9 +290,7 @@ class PTSD(NeuralSampler):
             raise ValueError("importance_weights needs proposal='ode' (the SDE has no density)")
         self.importance_weights = bool(importance_weights)
         self.trace = check_choice(trace, "trace", ["auto", "exact", "hutchinson"])
-        if not math.isfinite(extrapolation) or extrapolation < 0:
-            raise ValueError(f"extrapolation must be a finite number >= 0, got {extrapolation}")
-        self.extrapolation = float(extrapolation)
+        self.extrapolation = check_real(extrapolation, "extrapolation")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.n_particles = n_particles
 

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from probrec.checks import check_positive_int
+from probrec.checks import check_positive_int, check_real
 
 __all__ = ["ScoreMLP", "GeneratorMLP", "centre_particles", "mlp"]
 
@@ -140,9 +140,8 @@ class GeneratorMLP(nn.Module):
             check_positive_int(n_layers, "n_layers"),
         )
         if output_std is not None:
-            if not (isinstance(output_std, (int, float)) and output_std > 0):
-                raise ValueError(f"output_std must be a positive number, got {output_std!r}")
-            self._rescale_output(float(output_std), check_positive_int(n_probe, "n_probe"))
+            std = check_real(output_std, "output_std", strict=True)
+            self._rescale_output(std, check_positive_int(n_probe, "n_probe"))
 
     @torch.no_grad()
     def _rescale_output(self, std: float, n_probe: int) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from probrec.checks import check_real
+
 from .adaptation import DualAveraging
 from .base import RunPlan, Sampler
 from .kernels import ChainState, Kernel, make_kernel
@@ -121,9 +123,8 @@ class ParallelTempering(Sampler):
                 or n_temperatures < 1
             ):
                 raise ValueError(f"n_temperatures must be a positive int, got {n_temperatures!r}")
-            if not max_temperature >= 1.0:
-                raise ValueError(f"max_temperature must be >= 1, got {max_temperature}")
-            temperatures = geometric_ladder(n_temperatures, float(max_temperature))
+            max_temperature = check_real(max_temperature, "max_temperature", minimum=1.0)
+            temperatures = geometric_ladder(n_temperatures, max_temperature)
         temps = [float(t) for t in temperatures]
         if not temps or abs(temps[0] - 1.0) > 1e-12:
             raise ValueError(f"temperatures must start at 1.0, got {temps[:1]}")

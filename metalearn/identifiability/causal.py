@@ -44,7 +44,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from probrec.checks import ArrayLike, as_float_tensor, check_choice, check_positive_int
+from probrec.checks import (
+    ArrayLike,
+    as_float_tensor,
+    check_choice,
+    check_positive_int,
+    check_real,
+)
 from probrec.progress import track
 from probrec.seeding import torch_generator
 
@@ -243,10 +249,8 @@ class LinearCausalModel(nn.Module):
         )
         if dd > d:
             raise ValueError(f"latent_dim must be <= obs_dim = {d}, got {dd}")
-        if not sigma_s > 0:
-            raise ValueError(f"sigma_s must be > 0, got {sigma_s}")
         self.sigma_s, self.condition_causal, self.min_noise = (
-            float(sigma_s),
+            check_real(sigma_s, "sigma_s", strict=True),
             bool(condition_causal),
             float(min_noise),
         )

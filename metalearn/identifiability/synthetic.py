@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.seeding import SeedLike, numpy_rng
 
 __all__ = ["SyntheticTasks", "make_synthetic_tasks", "mixing_function"]
@@ -161,10 +161,10 @@ def make_synthetic_tasks(
     check_choice(mixing, "mixing", ("linear", "nonlinear"))
     if not 0.0 < causal_prob < 1.0:
         raise ValueError(f"causal_prob must be in (0, 1), got {causal_prob}")
-    if label_noise < 0 or sigma_s <= 0:
-        raise ValueError(f"need label_noise >= 0 and sigma_s > 0, got {label_noise}, {sigma_s}")
-    lo, hi = gamma_range
-    if not 0.0 <= lo <= hi:
+    label_noise = check_real(label_noise, "label_noise")
+    sigma_s = check_real(sigma_s, "sigma_s", strict=True)
+    lo, hi = (check_real(v, "gamma_range") for v in gamma_range)
+    if not lo <= hi:
         raise ValueError(f"gamma_range must satisfy 0 <= low <= high, got {gamma_range}")
     rng = numpy_rng(seed)
     g = mixing_function(d, obs_dim, mixing, rng if mixing_seed is None else mixing_seed)

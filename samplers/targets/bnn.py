@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 
 from .base import LOG_2PI, Target, check_positions
 
@@ -60,9 +60,9 @@ class BNNPosterior(Target):
         self.n_hidden = check_positive_int(n_hidden, "n_hidden")
         super().__init__(self.n_inputs * self.n_hidden + 2 * self.n_hidden)
         self.name = "bnn"
-        if not noise > 0 or not prior_scale > 0:
-            raise ValueError("noise and prior_scale must be positive")
-        self.noise, self.prior_scale, self.seed = float(noise), float(prior_scale), int(seed)
+        self.noise = check_real(noise, "noise", strict=True)
+        self.prior_scale = check_real(prior_scale, "prior_scale", strict=True)
+        self.seed = int(seed)
         g = torch.Generator().manual_seed(self.seed)
         teacher = torch.randn(self.dim, generator=g)
         x_train = torch.randn(check_positive_int(n_train, "n_train"), self.n_inputs, generator=g)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from probrec.checks import check_positive_int
+from probrec.checks import check_positive_int, check_real
 
 from .base import Target, load_reference_samples
 
@@ -79,9 +79,7 @@ class ParticleSystem(Target):
         self.n_particles = check_positive_int(n_particles, "n_particles", minimum=2)
         self.spatial_dim = check_positive_int(spatial_dim, "spatial_dim")
         super().__init__(self.n_particles * self.spatial_dim)
-        if not com_scale > 0:
-            raise ValueError(f"com_scale must be positive, got {com_scale}")
-        self.com_scale = float(com_scale)
+        self.com_scale = check_real(com_scale, "com_scale", strict=True)
         self.reference_path = None if reference_path is None else Path(reference_path)
         self.register_buffer("_offdiag", 1.0 - torch.eye(self.n_particles), persistent=False)
 

@@ -1,0 +1,81 @@
+"""Real-valued arguments of the samplers refuse NaN, infinities and values below their minimum.
+
+The former ``x <= 0`` / ``not x > 0`` tests let ``inf`` (and ``x < 0`` tests also NaN) through
+to the numerics, where they surfaced as NaN or infinite samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+
+def _entry_points():
+    """``id -> (argument, call, a value below the minimum)`` for every checked argument."""
+    import samplers
+    from samplers.diffusion import TemperedTarget, VESchedule, VPSchedule
+    from samplers.dikl import sample_times
+    from samplers.metrics import mmd
+    from samplers.optimize import map_estimate
+    from samplers.score_nets import GeneratorMLP
+    from samplers.targets import BNNPosterior, DoubleWell4, Gaussian
+
+    z = torch.zeros(3, 2)
+    small = {"n_inputs": 2, "n_hidden": 2, "n_train": 4, "n_test": 4}
+    return {
+        "Sampler.budget": ("budget", lambda v: samplers.MALA(budget=v), 0.0),
+        "NeuralSampler.budget": ("budget", lambda v: samplers.DiKL(budget=v), 0.0),
+        "VPSchedule.beta_min": ("beta_min", lambda v: VPSchedule(beta_min=v), 0.0),
+        "VPSchedule.beta_max": ("beta_max", lambda v: VPSchedule(beta_max=v), 0.0),
+        "VESchedule.sigma_min": ("sigma_min", lambda v: VESchedule(sigma_min=v), 0.0),
+        "VESchedule.sigma_max": ("sigma_max", lambda v: VESchedule(sigma_max=v), 0.0),
+        "TemperedTarget.beta": (
+            "beta",
+            lambda v: TemperedTarget(Gaussian(torch.zeros(2)), v),
+            0.0,
+        ),
+        "sample_times.exponent": (
+            "exponent",
+            lambda v: sample_times(4, v, torch.Generator().manual_seed(0)),
+            0.0,
+        ),
+        "DiKL.data_scale": ("data_scale", lambda v: samplers.DiKL(data_scale=v), 0.0),
+        "DiKL.gen_init_std": ("gen_init_std", lambda v: samplers.DiKL(gen_init_std=v), 0.0),
+        "DiKL.grad_clip": ("grad_clip", lambda v: samplers.DiKL(grad_clip=v), 0.0),
+        "DiKL.t_exponent": ("t_exponent", lambda v: samplers.DiKL(t_exponent=v), 0.0),
+        "DiKL.sigma_min": ("sigma_min", lambda v: samplers.DiKL(sigma_min=v), 0.0),
+        "DiKL.sigma_max": ("sigma_max", lambda v: samplers.DiKL(sigma_max=v), 0.0),
+        "mmd.bandwidths": ("bandwidths", lambda v: mmd(z, z, bandwidths=(1.0, v)), 0.0),
+        "map_estimate.lr": ("lr", lambda v: map_estimate(Gaussian(torch.zeros(2)), lr=v), 0.0),
+        "PTSD.max_temperature": (
+            "max_temperature",
+            lambda v: samplers.PTSD(max_temperature=v),
+            1.0,
+        ),
+        "PTSD.step_size": ("step_size", lambda v: samplers.PTSD(step_size=v), 0.0),
+        "PTSD.extrapolation": ("extrapolation", lambda v: samplers.PTSD(extrapolation=v), -1.0),
+        "ParallelTempering.max_temperature": (
+            "max_temperature",
+            lambda v: samplers.ParallelTempering("mala", max_temperature=v),
+            0.5,
+        ),
+        "GeneratorMLP.output_std": ("output_std", lambda v: GeneratorMLP(2, output_std=v), 0.0),
+        "BNNPosterior.noise": ("noise", lambda v: BNNPosterior(noise=v, **small), 0.0),
+        "BNNPosterior.prior_scale": (
+            "prior_scale",
+            lambda v: BNNPosterior(prior_scale=v, **small),
+            0.0,
+        ),
+        "ParticleSystem.com_scale": ("com_scale", lambda v: DoubleWell4(com_scale=v), 0.0),
+    }
+
+
+@pytest.mark.parametrize("entry", sorted(_entry_points()))
+@pytest.mark.parametrize("kind", ["nan", "inf", "below_minimum"])
+def test_entry_points_refuse_non_finite_and_too_small_reals(entry, kind):
+    argument, call, below = _entry_points()[entry]
+    value = {"nan": math.nan, "inf": math.inf, "below_minimum": below}[kind]
+    with pytest.raises(ValueError, match=argument):
+        call(value)
