@@ -1,7 +1,8 @@
-"""Real-valued arguments of the samplers refuse NaN, infinities and values below their minimum.
+"""Real-valued arguments across the distribution refuse NaN, infinities and too-small values.
 
-The former ``x <= 0`` / ``not x > 0`` tests let ``inf`` (and ``x < 0`` tests also NaN) through
-to the numerics, where they surfaced as NaN or infinite samples.
+Every entry point below validates through :func:`probrec.checks.check_real`. The checks they
+replaced (``x <= 0``, ``x < 0``, ``not x > 0``) let ``inf`` and, for the first two, NaN through
+to the numerics, where they surfaced as NaN parameters, samples or likelihoods.
 """
 
 from __future__ import annotations
@@ -12,8 +13,41 @@ import pytest
 import torch
 
 
-def _entry_points():
-    """``id -> (argument, call, a value below the minimum)`` for every checked argument."""
+def _probrec():
+    from probrec.data import synthetic_annotations
+    from probrec.data.fsmol import clean_chembl_assay_table
+    from probrec.gp.exact import GPConfig
+    from probrec.recsys.coldstart import HeadFineTune
+    from probrec.recsys.transfer import kd_loss
+
+    z = torch.zeros(3)
+    return {
+        "GPConfig.prior_scale": ("prior_scale", lambda v: GPConfig(prior_scale=v), 0.0),
+        "clean_chembl_assay_table.max_mol_weight": (
+            "max_mol_weight",
+            lambda v: clean_chembl_assay_table("missing.csv", max_mol_weight=v),
+            0.0,
+        ),
+        "clean_chembl_assay_table.buffer_fraction": (
+            "buffer_fraction",
+            lambda v: clean_chembl_assay_table("missing.csv", buffer_fraction=v),
+            -1.0,
+        ),
+        "HeadFineTune.l2": (
+            "l2",
+            lambda v: HeadFineTune("ft", (0, 2), torch.zeros(2), 0.0, l2=v),
+            -1.0,
+        ),
+        "kd_loss.temperature": ("temperature", lambda v: kd_loss(z, z, v), 0.0),
+        "synthetic_annotations.cut_power": (
+            "cut_power",
+            lambda v: synthetic_annotations(5, cut_power=v),
+            0.0,
+        ),
+    }
+
+
+def _samplers():
     import samplers
     from samplers.diffusion import TemperedTarget, VESchedule, VPSchedule
     from samplers.dikl import sample_times
@@ -72,6 +106,46 @@ def _entry_points():
     }
 
 
+def _metalearn():
+    from metalearn.identifiability import LinearCausalModel, make_synthetic_tasks
+    from metalearn.training import TrainConfig
+
+    def tasks(**kw):
+        return make_synthetic_tasks(2, 10, 2, 3, seed=0, **kw)
+
+    return {
+        "make_synthetic_tasks.label_noise": (
+            "label_noise",
+            lambda v: tasks(label_noise=v),
+            -1.0,
+        ),
+        "make_synthetic_tasks.sigma_s": ("sigma_s", lambda v: tasks(sigma_s=v), 0.0),
+        "make_synthetic_tasks.gamma_range_low": (
+            "gamma_range",
+            lambda v: tasks(gamma_range=(v, 1.5)),
+            -1.0,
+        ),
+        "make_synthetic_tasks.gamma_range_high": (
+            "gamma_range",
+            lambda v: tasks(gamma_range=(0.5, v)),
+            -1.0,
+        ),
+        "TrainConfig.lr": ("lr", lambda v: TrainConfig(lr=v), 0.0),
+        "TrainConfig.weight_decay": ("weight_decay", lambda v: TrainConfig(weight_decay=v), -1.0),
+        "TrainConfig.clip_norm": ("clip_norm", lambda v: TrainConfig(clip_norm=v), -1.0),
+        "LinearCausalModel.sigma_s": (
+            "sigma_s",
+            lambda v: LinearCausalModel(3, 2, 2, sigma_s=v),
+            0.0,
+        ),
+    }
+
+
+def _entry_points():
+    """``id -> (argument, call, a value below the minimum)`` for every checked argument."""
+    return {**_probrec(), **_samplers(), **_metalearn()}
+
+
 @pytest.mark.parametrize("entry", sorted(_entry_points()))
 @pytest.mark.parametrize("kind", ["nan", "inf", "below_minimum"])
 def test_entry_points_refuse_non_finite_and_too_small_reals(entry, kind):
@@ -79,3 +153,14 @@ def test_entry_points_refuse_non_finite_and_too_small_reals(entry, kind):
     value = {"nan": math.nan, "inf": math.inf, "below_minimum": below}[kind]
     with pytest.raises(ValueError, match=argument):
         call(value)
+
+
+def test_train_config_checks_its_counts():
+    from metalearn.training import TrainConfig
+
+    assert TrainConfig(clip_norm=0).clip_norm == 0.0  # 0 turns clipping off
+    for name in ("n_steps", "batch_size", "support_size", "query_size", "eval_every"):
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**{name: 0})
+        with pytest.raises(TypeError, match=name):
+            TrainConfig(**{name: 2.5})
