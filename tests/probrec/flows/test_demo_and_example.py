@@ -153,3 +153,26 @@ def test_example_single_seed_report_is_strict_json(shared_data, tmp_path):
 
     res = json.loads((out / "results.json").read_text(), parse_constant=reject)
     assert res["datasets"]["MD-Agreement"]["summary"]["softmax"]["nll"]["se"] is None
+
+
+def test_example_settings_all_items_on_top_of_the_subsample_ones():
+    """All items of MD-Agreement take TUNED_ALL_ITEMS over TUNED; the command line wins."""
+    ex = _example()
+    models = ["softmax", "softmax_flow_panel", "ensemble", "ensemble_x5"]
+    args = ex.parse_args(["--datasets", "MD-Agreement"])
+    _, common, sub, sub_fit, _ = ex.settings_for("MD-Agreement", models, args, all_items=False)
+    _, _, full, full_fit, fit = ex.settings_for("MD-Agreement", models, args, all_items=True)
+    assert common == {"hidden": (64,), "dropout": 0.5} and fit["input_dropout"] == 0.0
+    assert "input_dropout" not in sub_fit["softmax"]
+    assert full_fit["softmax"] == {"input_dropout": 0.2}
+    assert sub["softmax_flow_panel"]["dropout"] == 0.7
+    assert full["softmax_flow_panel"]["dropout"] == 0.5
+    assert full["softmax_flow_panel"]["n_train_samples"] == 32  # kept from TUNED
+    assert sub["ensemble"] == {"dropout": 0.3}
+    assert full["ensemble"] == full["ensemble_x5"] == {"dropout": 0.7, "hidden": (256,)}
+    assert full_fit["ensemble"] == {"input_dropout": 0.2}
+    args = ex.parse_args(["--datasets", "MD-Agreement", "--dropout", "0.1"])
+    _, common, full, _, _ = ex.settings_for("MD-Agreement", models, args, all_items=True)
+    assert common["dropout"] == 0.1 and "dropout" not in full["softmax_flow_panel"]
+    _, _, pop, _, _ = ex.settings_for("POPQUORN", ["softmax"], args, all_items=True)
+    assert pop["softmax"] == {}  # no all-items changes for POPQUORN
