@@ -55,6 +55,8 @@ __all__ = [
     "AnnotatorModel",
     "MemberPanels",
     "count_conditioned_gaussian",
+    "hermite_draws",
+    "hermite_grid",
     "load_model",
     "normal_points",
     "panel_moments",
@@ -734,20 +736,51 @@ def count_conditioned_gaussian(
     return mu, log_sd_limit * torch.tanh(log_sd / log_sd_limit)
 
 
-def panel_moments(probs: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+def panel_moments(
+    probs: Tensor, values: Tensor, log_weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Mean over the first axis of the mean and standard deviation of label distributions.
 
     Args:
-        probs: ``[S, B, K]`` label distributions (e.g. one per latent draw).
+        probs: ``[S, B, K]`` label distributions (e.g. one per latent draw or node).
         values: ``[K]`` label values.
+        log_weights: ``[S]`` log-weights summing to one (quadrature nodes); ``None``: equal.
 
     Returns:
         ``E_s mean_s`` and ``E_s sd_s``, each ``[B]``.
     """
     p = probs / probs.sum(-1, keepdim=True)
     mean = p @ values
-    var = (p @ (values * values) - mean * mean).clamp_min(0.0)
-    return mean.mean(0), var.sqrt().mean(0)
+    sd = (p @ (values * values) - mean * mean).clamp_min(0.0).sqrt()
+    if log_weights is None:
+        return mean.mean(0), sd.mean(0)
+    w = log_weights.exp()
+    return w @ mean, w @ sd
+
+
+def hermite_grid(n: int, dim: int) -> tuple[Tensor, Tensor]:
+    """Gauss-Hermite nodes ``[n**dim, dim]`` and log-weights ``[n**dim]`` for ``N(0, I_dim)``.
+
+    The probabilists' rule (weight ``exp(-u^2 / 2)``, Abramowitz & Stegun 25.4.46) normalised to
+    sum to one, as a tensor product over the dimensions: exact for polynomials of degree
+    ``2n - 1`` in each coordinate.
+    """
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    grids = np.meshgrid(*([x] * dim), indexing="ij")
+    wgrid = np.meshgrid(*([w / w.sum()] * dim), indexing="ij")
+    nodes = np.stack([g.reshape(-1) for g in grids], -1)
+    log_w = np.sum([np.log(g.reshape(-1)) for g in wgrid], 0)
+    return torch.as_tensor(nodes, dtype=torch.float64), torch.as_tensor(log_w, dtype=torch.float64)
+
+
+def hermite_draws(
+    nodes: Tensor, log_weights: Tensor, n: int, batch: int, generator: torch.Generator
+) -> Tensor:
+    """``[n, batch, dim]`` independent draws from the node mixture of :func:`hermite_grid`
+    (each node with its weight): latent draws whose distribution is exactly the one the
+    quadrature integrates against, so samples agree with the quadrature likelihood."""
+    idx = torch.multinomial(log_weights.exp().expand(batch, -1), n, True, generator=generator)
+    return nodes[idx.T]
 
 
 def _categorical(probs: Tensor, n: int, generator: torch.Generator) -> Tensor:

@@ -38,7 +38,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -50,6 +49,8 @@ from probrec.flows.base import (
     DEFAULT_HIDDEN,
     AnnotatorModel,
     count_conditioned_gaussian,
+    hermite_draws,
+    hermite_grid,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -181,7 +182,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
             self.u_scale = nn.Linear(width, 2)
             inits = [(self.u_h, 1.0), (self.u_u, 1.0), (self.u_out, 0.1), (self.u_scale, 0.1)]
             if self.quadrature:  # a fixed grid of nodes: no proposal network
-                nodes, log_w = _hermite_grid(self.quadrature, item_latent)
+                nodes, log_w = hermite_grid(self.quadrature, item_latent)
                 self.register_buffer("nodes", nodes.to(self.dtype))
                 self.register_buffer("log_weights", log_w.to(self.dtype))
             else:
@@ -275,10 +276,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
     def _prior_draws(self, h: Tensor, n: int, generator: torch.Generator) -> Tensor:
         """``[n, B, L]`` draws of the item latent's prior (the node grid with quadrature)."""
         if self.quadrature:
-            idx = torch.multinomial(
-                self.log_weights.exp().expand(h.shape[0], -1), n, True, generator=generator
-            )  # [B, n]
-            return self.nodes[idx.T]
+            return hermite_draws(self.nodes, self.log_weights, n, h.shape[0], generator)
         return torch.randn(
             (n, h.shape[0], self.item_latent), generator=generator, device=h.device, dtype=h.dtype
         )
@@ -381,29 +379,10 @@ class ConditionalIntegerFlow(AnnotatorModel):
             return super()._item_moments(z, generator, n_samples)
         h = self.encoder(z)
         if self.quadrature:
-            p = self._node_log_probs(h).exp()  # [Q, B, K]
-            mean = p @ self.values
-            sd = (p @ (self.values * self.values) - mean * mean).clamp_min(0.0).sqrt()
-            w = self.log_weights.exp()
-            return w @ mean, w @ sd
+            return panel_moments(self._node_log_probs(h).exp(), self.values, self.log_weights)
         pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
         p = self._conditional_log_probs(self._params(h, pts.reshape(-1, 1, self.item_latent)))
         return panel_moments(p.exp(), self.values)
-
-
-def _hermite_grid(n: int, dim: int) -> tuple[Tensor, Tensor]:
-    """Gauss-Hermite nodes ``[n**dim, dim]`` and log-weights ``[n**dim]`` for ``N(0, I_dim)``.
-
-    The probabilists' rule (weight ``exp(-u^2 / 2)``, Abramowitz & Stegun 25.4.46) normalised to
-    sum to one, as a tensor product over the dimensions: exact for polynomials of degree
-    ``2n - 1`` in each coordinate.
-    """
-    x, w = np.polynomial.hermite_e.hermegauss(n)
-    grids = np.meshgrid(*([x] * dim), indexing="ij")
-    wgrid = np.meshgrid(*([w / w.sum()] * dim), indexing="ij")
-    nodes = np.stack([g.reshape(-1) for g in grids], -1)
-    log_w = np.sum([np.log(g.reshape(-1)) for g in wgrid], 0)
-    return torch.as_tensor(nodes, dtype=torch.float64), torch.as_tensor(log_w, dtype=torch.float64)
 
 
 def _init(lin: nn.Linear, gen: torch.Generator, gain: float) -> None:

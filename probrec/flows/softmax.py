@@ -41,6 +41,14 @@ label's estimate is unbiased for ``p(y | x)``, and since the labels share the fl
 estimates are divided by their sum over the labels (a ratio estimator: the shared draws' common
 error cancels and the distribution sums to one exactly), with the jackknife standard error over
 the replicates (:meth:`~probrec.flows.AnnotatorModel.label_log_probs_se`).
+
+With few labels, ``quadrature=Q`` replaces all of this by a fixed Gauss-Hermite grid of ``Q**K``
+base points ``eps_g`` with weights ``w_g``: the model becomes the finite mixture
+``p(y | x) = sum_g w_g softmax(v_g(x))_y`` (and ``sum_g w_g prod_k softmax(v_g)_k^{n_k}`` for a
+panel), whose likelihoods are computed exactly in training and evaluation -- no bound, no
+``q`` -- and whose samples draw a node by its weight. For a smooth, moderately spread latent
+it matches the continuous-base flow (tested against Monte Carlo); where the flow spreads ``v``
+far into softmax saturation the node mixture is a coarser model of its own, still exact.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ from probrec.flows.base import (
     DEFAULT_HIDDEN,
     AnnotatorModel,
     count_conditioned_gaussian,
+    hermite_draws,
+    hermite_grid,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -172,6 +182,17 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         n_eval_samples: importance samples per item and label for evaluation.
         latent: ``"annotation"`` (one latent per annotation, as in the paper) or ``"item"``
             (one per item, shared by its annotators: simulated panels).
+        quadrature: Gauss-Hermite nodes per latent dimension (0: importance sampling). With
+            ``Q > 0`` every likelihood -- the training objective, ``log p(y | x)`` and a
+            panel's joint likelihood -- is a sum over the ``Q**K`` nodes of the flow's base
+            (a finite mixture, exact for the model it defines, no bound and no proposal
+            network ``q``), and sampling draws the nodes with their weights, so samples
+            agree with ``log_prob`` exactly. Needs ``Q**K <= 4096`` (binary labels: up to
+            64; three labels: up to 16). On all MD-Agreement items (binary, item latent,
+            width 256, dropout 0.5, input dropout 0.2; validation items, seeds 0-4) ``Q = 8``
+            against 32 importance samples: validation NLL +0.0000 +- 0.0004 per annotation,
+            panel NLL -0.0001 +- 0.0002, the same fit time: the training bound's gap costs
+            nothing measurable there.
         conditioning_weight_decay: AdamW weight decay of the weights through which the
             features condition the latent's transforms (the coupling networks' context maps
             and the final affine map), in place of ``fit``'s ``weight_decay`` for them
@@ -195,6 +216,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         n_train_samples: int = 32,
         n_eval_samples: int = 1024,
         latent: str = "annotation",
+        quadrature: int = 0,
         conditioning_weight_decay: float | None = None,
         seed: int = 0,
     ) -> None:
@@ -209,6 +231,13 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples", minimum=2)
+        self.quadrature = check_positive_int(quadrature, "quadrature", minimum=0)
+        if self.quadrature**self.n_labels > 4096:
+            raise ValueError(
+                f"quadrature={quadrature} nodes per dimension give {quadrature}**"
+                f"{self.n_labels} grid points (at most 4096); use fewer nodes or importance "
+                "sampling (0)"
+            )
         self._remember(
             hidden=tuple(hidden),
             dropout=dropout,
@@ -218,6 +247,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             n_train_samples=n_train_samples,
             n_eval_samples=n_eval_samples,
             latent=latent,
+            quadrature=quadrature,
             conditioning_weight_decay=conditioning_weight_decay,
         )
         gen = torch.Generator().manual_seed(self.seed)
@@ -232,16 +262,26 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         )
         self.affine = nn.Linear(width, 2 * k)  # loc(x), log scale(x) of the last map
         qh = check_positive_int(q_hidden, "q_hidden")
-        self.q_net = nn.Sequential(nn.Linear(width + k + 1, qh), nn.SiLU(), nn.Linear(qh, 2 * k))
+        linears = [self.affine]
+        if self.quadrature:  # a fixed grid of base points: no proposal network
+            nodes, log_w = hermite_grid(self.quadrature, k)
+            self.register_buffer("nodes", nodes.to(self.dtype))
+            self.register_buffer("log_weights", log_w.to(self.dtype))
+        else:
+            self.q_net = nn.Sequential(
+                nn.Linear(width + k + 1, qh), nn.SiLU(), nn.Linear(qh, 2 * k)
+            )
+            linears += [self.q_net[0], self.q_net[2]]
         with torch.no_grad():
-            for lin in (self.affine, self.q_net[0], self.q_net[2]):
+            for lin in linears:
                 b = lin.in_features**-0.5
                 lin.weight.uniform_(-b, b, generator=gen)
                 lin.bias.zero_()
             # location like a softmax head's logits; latent noise of scale 0.5 to start
             self.affine.weight[k:].mul_(0.1)
             self.affine.bias[k:] = math.log(0.5)
-            self.q_net[2].weight.mul_(0.1)
+            if not self.quadrature:
+                self.q_net[2].weight.mul_(0.1)
 
     # ------------------------------------------------------------------ the flow p(v | x)
     def _context(self, z: Tensor) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
@@ -272,6 +312,16 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             e, ld = layer.inverse(e, c)
             logdet = logdet + ld
         return _std_normal_log_prob(e) - logdet
+
+    def _node_log_probs(self, z: Tensor) -> Tensor:
+        """``[G, B, K]`` ``log softmax(v)`` at the flow's image of every quadrature node."""
+        _, ctxs, loc, log_scale = self._context(z)
+        eps = self.nodes[:, None, :].expand(-1, z.shape[0], -1)
+        return torch.log_softmax(self._flow_sample(ctxs, loc, log_scale, eps)[0], -1)
+
+    def _node_label_log_probs(self, z: Tensor) -> Tensor:
+        """``[B, K]`` ``log p(k | x)`` by quadrature (sums to one exactly over the labels)."""
+        return torch.logsumexp(self.log_weights[:, None, None] + self._node_log_probs(z), 0)
 
     def _q(self, h: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
         """``q(v | annotations, x)``: mean and log-std ``[..., K]`` from features ``h``
@@ -372,7 +422,11 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         or with ``mixture=True`` the balance-heuristic estimate from half ``q`` and half prior
         draws (weights bounded by 2). ``wake=True`` (training): ``q`` is a fixed proposal in
         the bound and gets the wake-phase update instead (:func:`_wake_q_term`; the returned
-        value is unchanged)."""
+        value is unchanged). With quadrature: exact, ``log sum_g w_g prod_k
+        softmax(v_g)_k^{n_k}`` over the nodes (the other arguments are unused)."""
+        if self.quadrature:
+            log_lik = (counts * self._node_log_probs(z)).sum(-1)  # [G, B]
+            return torch.logsumexp(self.log_weights[:, None] + log_lik, 0)
         h, ctxs, loc, log_scale = self._context(z)
         mu, log_sd, live_q = self._proposal(h, counts, wake)  # [B, K]
         n_q = s // 2 if mixture else s
@@ -409,6 +463,10 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
 
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         s = self.n_train_samples
+        if self.quadrature:  # the exact likelihood of the model
+            if self.latent == "item":
+                return -self._item_log_lik(z, counts, generator, s)
+            return -(counts * self._node_label_log_probs(z)).sum(-1)
         if self.latent == "item":
             # one draw: the reparameterised ELBO trains q (a wake-phase update from a single
             # self-normalised draw has zero expectation)
@@ -441,8 +499,12 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         estimates share the flow draws, so they are divided by their sum over the labels
         (:func:`~probrec.flows.base.replicate_log_mean` with ``normalise=True``): the common
         error of the shared draws cancels and the estimated distribution sums to one exactly.
-        The standard error is the jackknife over the replicates.
+        The standard error is the jackknife over the replicates. With quadrature: exact
+        (standard error zero).
         """
+        if self.quadrature:
+            logp = self._node_label_log_probs(z)
+            return logp, torch.zeros_like(logp)
         n = n_samples or self.n_eval_samples
         if n < 2:
             raise ValueError(f"n_samples must be >= 2, got {n}")
@@ -467,9 +529,12 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         self, z: Tensor, n: int, generator: torch.Generator, *, qmc: bool = False
     ) -> Tensor:
         """``softmax(v)`` ``[n, B, K]`` for ``n`` draws ``v ~ p(v | x)`` per item
-        (independent draws, or randomised QMC points shared by the items)."""
+        (independent draws, or randomised QMC points shared by the items; with quadrature
+        independent draws of the node mixture)."""
         _, ctxs, loc, log_scale = self._context(z)
-        if qmc:
+        if self.quadrature:
+            eps = hermite_draws(self.nodes, self.log_weights, n, z.shape[0], generator)
+        elif qmc:
             eps = normal_points(n, self.n_labels, generator, z).reshape(-1, 1, self.n_labels)
             eps = eps.expand(-1, z.shape[0], -1)
         else:
@@ -483,6 +548,8 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
     ) -> tuple[Tensor, Tensor]:
         if self.latent != "item":
             return super()._item_moments(z, generator, n_samples)
+        if self.quadrature:
+            return panel_moments(self._node_log_probs(z).exp(), self.values, self.log_weights)
         probs = self._prior_probs(z, n_samples or self.n_eval_samples, generator, qmc=True)
         return panel_moments(probs, self.values)
 

@@ -38,6 +38,7 @@ CASES = {
     ),
     "softmax_flow": (ConditionalSoftmaxFlow, {"n_eval_samples": 512}, True),
     "softmax_flow_panel": (ConditionalSoftmaxFlow, {"latent": "item", "n_eval_samples": 512}, True),
+    "softmax_flow_quadrature": (ConditionalSoftmaxFlow, {"latent": "item", "quadrature": 4}, False),
     "gaussian": (GaussianHead, {}, False),
     "ordinal_logistic": (OrdinalLogisticHead, {}, False),
     "softmax": (SoftmaxHead, {}, False),

@@ -118,9 +118,9 @@ def test_quadrature_integrates_the_item_latent():
     """Gauss-Hermite nodes give the moments of N(0, I); the node mixture matches a Monte Carlo
     average over the continuous latent, for the label distribution and for a panel's joint
     likelihood."""
-    from probrec.flows.integer import _hermite_grid
+    from probrec.flows.base import hermite_grid
 
-    nodes, log_w = _hermite_grid(5, 2)
+    nodes, log_w = hermite_grid(5, 2)
     w = log_w.exp()
     assert nodes.shape == (25, 2) and float(w.sum()) == pytest.approx(1.0, abs=1e-12)
     torch.testing.assert_close(w @ nodes**2, torch.ones(2, dtype=torch.float64))

@@ -116,7 +116,61 @@ def test_item_latent_panel_samples_share_one_distribution():
     np.testing.assert_allclose(per_panel.mean(0), iid, atol=0.05)
 
 
+@pytest.mark.parametrize("latent", ["annotation", "item"])
+def test_quadrature_is_the_expectation_over_the_base_and_samples_agree(latent):
+    """With quadrature the label probabilities and a panel's joint likelihood are the node
+    mixture's: they match brute-force Monte Carlo over the continuous base N(0, I) (a smooth
+    integrand) and sum to one exactly; simulated panels follow the joint likelihood."""
+    model = _scrambled(2, seed=3, scale=0.1, latent=latent, quadrature=24)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    p = model.predict_proba(x)
+    np.testing.assert_allclose(p.sum(-1).numpy(), 1.0, atol=1e-12)
+    z = model._features(x)
+    counts = torch.tensor([[3.0, 1.0], [0.0, 4.0], [2.0, 2.0], [1.0, 0.0]], dtype=torch.float64)
+    with torch.no_grad():
+        _, ctxs, loc, log_scale = model._context(z)
+        eps = torch.randn(400_000, 4, 2, generator=torch.Generator().manual_seed(0)).double()
+        probs = torch.softmax(model._flow_sample(ctxs, loc, log_scale, eps)[0], -1)
+        joint = (probs**counts).prod(-1)
+        quad = model._item_log_lik(z, counts, torch.Generator(), 1).exp()
+    se = probs[..., 1].std(0) / math.sqrt(eps.shape[0])
+    assert bool(((p[:, 1] - probs[..., 1].mean(0)).abs() < 4 * se + 1e-4).all())
+    se_joint = joint.std(0) / math.sqrt(eps.shape[0])
+    assert bool(((quad - joint.mean(0)).abs() < 4 * se_joint + 1e-5).all())
+    if latent == "item":  # panels of 4 drawn from the model: counts follow exp(panel log-lik)
+        xs = x[:1].repeat(4000, 1)
+        n_one = (model.sample(xs, 4, seed=0) == 1).sum(0).numpy()
+        obs = np.bincount(n_one, minlength=5)
+        panel = torch.tensor([[4.0 - j, float(j)] for j in range(5)], dtype=torch.float64)
+        with torch.no_grad():
+            log_joint = model._item_log_lik(z[:1].expand(5, -1), panel, torch.Generator(), 1)
+        exp = np.array([math.comb(4, j) for j in range(5)]) * log_joint.exp().numpy()
+        from scipy.stats import chisquare
+
+        np.testing.assert_allclose(exp.sum(), 1.0, atol=1e-12)
+        assert chisquare(obs, exp * obs.sum()).pvalue > 1e-3
+
+
+def test_quadrature_needs_no_proposal_and_survives_save_load(population, tmp_path):
+    train, valid, test = population
+    model = ConditionalSoftmaxFlow(
+        train.features.shape[1], train.label_values, hidden=(8,), latent="item", quadrature=4
+    )
+    assert not hasattr(model, "q_net") and model.nodes.shape == (4**5, 5)
+    model.fit(train.features, train.labels, train.mask, epochs=2, lr=1e-3, progress=False)
+    model.save(tmp_path / "q.pt")
+    again = load_model(tmp_path / "q.pt")
+    assert again.quadrature == 4
+    torch.testing.assert_close(
+        again.predict_proba(test.features), model.predict_proba(test.features)
+    )
+
+
 def test_constructor_checks():
+    with pytest.raises(ValueError, match="4096"):
+        ConditionalSoftmaxFlow(3, (0, 1, 2), quadrature=17)
+    with pytest.raises(ValueError, match="quadrature"):
+        ConditionalSoftmaxFlow(3, (0, 1), quadrature=-1)
     with pytest.raises(ValueError, match="n_eval_samples"):
         ConditionalSoftmaxFlow(3, (0, 1), n_eval_samples=1)
     with pytest.raises(ValueError, match="n_layers"):
