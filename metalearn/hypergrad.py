@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from probrec.checks import check_real
+
 InnerFn = Callable[..., torch.Tensor]
 SOLVERS = ("auto", "exact", "block", "cg")
 
@@ -203,6 +205,8 @@ def implicit_argmin(
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}")
+    cg_tol = check_real(cg_tol, "cg_tol", strict=True)
+    damping = check_real(damping, "damping")
     if theta_star.requires_grad:
         theta_star = theta_star.detach()
     spec = _Spec(inner, inner_grad, solver, hessian, cg_tol, cg_max_iter, damping)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from probrec.checks import check_real
+
 __all__ = ["DualAveraging"]
 
 
@@ -48,7 +50,11 @@ class DualAveraging:
         if bool((eps0 <= 0).any()) or not bool(torch.isfinite(eps0).all()):
             raise ValueError("initial step sizes must be positive and finite")
         self.target_accept = float(target_accept)
-        self.gamma, self.t0, self.kappa = gamma, t0, kappa
+        self.gamma = check_real(gamma, "gamma", strict=True)
+        self.t0 = check_real(t0, "t0")
+        self.kappa = check_real(kappa, "kappa", strict=True)
+        if self.kappa > 1.0:
+            raise ValueError(f"kappa must be in (0, 1], got {kappa}")
         self.mu = torch.log(10 * eps0)
         self.log_eps = torch.log(eps0)
         self.log_eps_bar = torch.zeros_like(eps0)

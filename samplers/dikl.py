@@ -386,7 +386,7 @@ class DiKL(NeuralSampler):
         super().__init__(n_chains=n_chains, budget=budget, compile=compile, progress=progress)
         self.n_iters = check_positive_int(n_iters, "n_iters")
         self.data_scale = check_real(data_scale, "data_scale", strict=True)
-        self.data_shift = float(data_shift)
+        self.data_shift = check_real(data_shift, "data_shift", minimum=-math.inf)
         self.latent_dim = latent_dim
         self.gen_init_std = (
             None if gen_init_std is None else check_real(gen_init_std, "gen_init_std", strict=True)
@@ -396,7 +396,8 @@ class DiKL(NeuralSampler):
         self.score_hidden = check_positive_int(score_hidden, "score_hidden")
         self.score_layers = check_positive_int(score_layers, "score_layers")
         self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.lr, self.score_lr = float(lr), float(score_lr)
+        self.lr = check_real(lr, "lr", strict=True)
+        self.score_lr = check_real(score_lr, "score_lr", strict=True)
         if not 0 < lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
         self.lr_decay = float(lr_decay)
@@ -414,7 +415,8 @@ class DiKL(NeuralSampler):
         self.n_is = check_positive_int(n_is, "n_is")
         self.n_mcmc = check_positive_int(n_mcmc, "n_mcmc", minimum=0)
         self.n_posterior = check_positive_int(n_posterior, "n_posterior")
-        self.step_scale, self.target_precision = float(step_scale), float(target_precision)
+        self.step_scale = check_real(step_scale, "step_scale", strict=True)
+        self.target_precision = check_real(target_precision, "target_precision")
         self.weight = check_choice(weight, "weight", ["sigma2", "sigma", "none"])
         self.n_particles = n_particles
 

@@ -282,7 +282,10 @@ class PTSD(NeuralSampler):
         self.train_steps_first = check_positive_int(train_steps_first, "train_steps_first")
         self.train_steps = check_positive_int(train_steps, "train_steps", minimum=0)
         self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.lr, self.ema = float(lr), float(ema)
+        self.lr = check_real(lr, "lr", strict=True)
+        self.ema = check_real(ema, "ema")
+        if not self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {ema}")
         self.schedule = check_choice(schedule, "schedule", ["vp", "ve"])
         self.proposal = check_choice(proposal, "proposal", ["ode", "sde"])
         self.n_ode_steps = check_positive_int(n_ode_steps, "n_ode_steps")

@@ -49,12 +49,13 @@ def _probrec():
 
 def _samplers():
     import samplers
+    from samplers.adaptation import DualAveraging
     from samplers.diffusion import TemperedTarget, VESchedule, VPSchedule
     from samplers.dikl import sample_times
     from samplers.metrics import mmd
     from samplers.optimize import map_estimate
     from samplers.score_nets import GeneratorMLP
-    from samplers.targets import BNNPosterior, DoubleWell4, Gaussian
+    from samplers.targets import BNNPosterior, DoubleWell4, Gaussian, LennardJones
 
     z = torch.zeros(3, 2)
     small = {"n_inputs": 2, "n_hidden": 2, "n_train": 4, "n_test": 4}
@@ -89,6 +90,25 @@ def _samplers():
             1.0,
         ),
         "PTSD.step_size": ("step_size", lambda v: samplers.PTSD(step_size=v), 0.0),
+        "PTSD.lr": ("lr", lambda v: samplers.PTSD(lr=v), 0.0),
+        "PTSD.ema": ("ema", lambda v: samplers.PTSD(ema=v), -0.1),
+        "DiKL.data_shift": ("data_shift", lambda v: samplers.DiKL(data_shift=v), -math.inf),
+        "DiKL.lr": ("lr", lambda v: samplers.DiKL(lr=v), 0.0),
+        "DiKL.score_lr": ("score_lr", lambda v: samplers.DiKL(score_lr=v), 0.0),
+        "DiKL.step_scale": ("step_scale", lambda v: samplers.DiKL(step_scale=v), 0.0),
+        "DiKL.target_precision": (
+            "target_precision",
+            lambda v: samplers.DiKL(target_precision=v),
+            -1.0,
+        ),
+        "DualAveraging.gamma": ("gamma", lambda v: DualAveraging(0.1, 0.8, gamma=v), 0.0),
+        "DualAveraging.t0": ("t0", lambda v: DualAveraging(0.1, 0.8, t0=v), -1.0),
+        "DualAveraging.kappa": ("kappa", lambda v: DualAveraging(0.1, 0.8, kappa=v), 0.0),
+        "LennardJones.oscillator_scale": (
+            "oscillator_scale",
+            lambda v: LennardJones(oscillator_scale=v),
+            -1.0,
+        ),
         "PTSD.extrapolation": ("extrapolation", lambda v: samplers.PTSD(extrapolation=v), -1.0),
         "ParallelTempering.max_temperature": (
             "max_temperature",
@@ -107,8 +127,13 @@ def _samplers():
 
 
 def _metalearn():
+    from metalearn.hypergrad import implicit_argmin
     from metalearn.identifiability import LinearCausalModel, make_synthetic_tasks
+    from metalearn.identifiability.causal import fit_causal_model
     from metalearn.training import TrainConfig
+
+    def argmin(**kw):
+        return implicit_argmin(lambda th: (th * th).sum(), torch.zeros(2), [], **kw)
 
     def tasks(**kw):
         return make_synthetic_tasks(2, 10, 2, 3, seed=0, **kw)
@@ -130,6 +155,18 @@ def _metalearn():
             lambda v: tasks(gamma_range=(0.5, v)),
             -1.0,
         ),
+        "LinearCausalModel.min_noise": (
+            "min_noise",
+            lambda v: LinearCausalModel(3, 2, 2, min_noise=v),
+            -1.0,
+        ),
+        "fit_causal_model.lr": (
+            "lr",
+            lambda v: fit_causal_model(torch.zeros(4, 3), torch.zeros(4, 2), lr=v),
+            0.0,
+        ),
+        "implicit_argmin.cg_tol": ("cg_tol", lambda v: argmin(cg_tol=v), 0.0),
+        "implicit_argmin.damping": ("damping", lambda v: argmin(damping=v), -1.0),
         "TrainConfig.lr": ("lr", lambda v: TrainConfig(lr=v), 0.0),
         "TrainConfig.weight_decay": ("weight_decay", lambda v: TrainConfig(weight_decay=v), -1.0),
         "TrainConfig.clip_norm": ("clip_norm", lambda v: TrainConfig(clip_norm=v), -1.0),

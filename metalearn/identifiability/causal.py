@@ -252,7 +252,7 @@ class LinearCausalModel(nn.Module):
         self.sigma_s, self.condition_causal, self.min_noise = (
             check_real(sigma_s, "sigma_s", strict=True),
             bool(condition_causal),
-            float(min_noise),
+            check_real(min_noise, "min_noise"),
         )
         lead = (check_positive_int(batch, "batch", minimum=0),) if batch else ()
         f64 = torch.float64
@@ -462,6 +462,7 @@ def fit_causal_model(
     check_positive_int(steps, "steps")
     check_positive_int(refine_steps, "refine_steps", minimum=0)
     check_positive_int(restarts, "restarts")
+    check_real(lr, "lr", strict=True)
     m, y_mean, y_std = _standardise(task_moments(h, y, dtype=dtype))
     if bool((y_std <= 1e-10 * (1.0 + y_mean.abs())).any()):
         raise ValueError("some task has constant labels; its label variance is zero")

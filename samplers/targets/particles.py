@@ -202,7 +202,7 @@ class LennardJones(ParticleSystem):
     ) -> None:
         super().__init__(n_particles, spatial_dim, com_scale, reference_path)
         self.name = f"lj{self.n_particles}"
-        self.oscillator_scale = float(oscillator_scale)
+        self.oscillator_scale = check_real(oscillator_scale, "oscillator_scale")
 
     def pair_energy(self, r: Tensor) -> Tensor:
         inv6 = r.pow(-6)
