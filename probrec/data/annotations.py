@@ -556,6 +556,7 @@ def synthetic_annotations(
     lv = np.asarray(check_label_values(label_values))
     if (np.diff(lv) != 1).any():
         raise ValueError("label_values must be consecutive integers")
+    cut_power = check_real(cut_power, "cut_power", strict=True)
     rng = numpy_rng(seed)
     x = rng.standard_normal((n_items, dim))
     w = rng.standard_normal((4, dim)) / np.sqrt(dim)
@@ -567,7 +568,6 @@ def synthetic_annotations(
     group = rng.integers(0, 2, n_annotators) * 2 - 1
     # per-(item, annotator) perceived location
     loc = mu[:, None] + bias[None, :] + group[None, :] * delta[:, None]
-    cut_power = check_real(cut_power, "cut_power", strict=True)
     k = len(lv)
     inner = lv[0] - 0.5 + k * (np.arange(1, k) / k) ** cut_power
     cuts = np.concatenate([[-np.inf], inner, [np.inf]])

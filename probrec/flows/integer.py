@@ -136,7 +136,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
                 raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
         bound = check_real(bound, "bound", strict=True)
         self.base = check_choice(base, "base", BASES)
-        self.n_layers, self.n_bins, self.bound = n_layers, n_bins, float(bound)
+        self.n_layers, self.n_bins, self.bound = n_layers, n_bins, bound
         self.item_latent = item_latent
         self.latent_lr = check_real(latent_lr, "latent_lr", strict=True)
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
