@@ -350,7 +350,10 @@ class DeepEnsemble(MemberPanels, AnnotatorModel):
     ) -> Tensor:
         return (counts * self.member_log_probs(z)).sum(-1)  # [M, B]
 
-    def _valid_scores(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
+    def _valid_scores(
+        self, z: Tensor, counts: Tensor, generator: torch.Generator, metric: str = "panel"
+    ) -> Tensor:
+        # each member's annotators are independent: panel and per-annotation scores coincide
         return -(counts * self.member_log_probs(z)).sum((-1, -2)) / counts.sum()
 
     def _snapshot(self, best: dict[str, Tensor] | None, improved: Tensor) -> dict[str, Tensor]:

@@ -241,6 +241,39 @@ def test_bad_inputs_raise_clear_errors(fitted, population):
         ConditionalSoftmaxFlow(6, LABELS, latent="both")
 
 
+@pytest.mark.parametrize("name", ["softmax_flow_quadrature", "integer_flow_quadrature", "softmax"])
+def test_valid_metric_chooses_what_early_stopping_minimises(name, population):
+    train, valid, _ = population
+    va = (valid.features, valid.labels, valid.mask)
+    fits = {
+        metric: make(name).fit(
+            train.features, train.labels, train.mask, valid=va, valid_metric=metric, **FIT
+        )
+        for metric in ("panel", "annotation")
+    }
+    n = valid.mask.sum()
+    for metric, model in fits.items():
+        # the restored weights are the best epoch's under the chosen metric, scored here
+        # through the public API (exact for these models: no Monte Carlo)
+        score = (
+            model.nll(*va)
+            if metric == "annotation"
+            else -float(model.panel_log_prob(*va).sum()) / n
+        )
+        assert min(h["valid"] for h in model.history) == pytest.approx(score, abs=1e-5)
+    # the metric selects an epoch; it does not change training
+    assert [h["train"] for h in fits["panel"].history] == [
+        h["train"] for h in fits["annotation"].history
+    ]
+    panel, annotation = ([h["valid"] for h in fits[m].history] for m in ("panel", "annotation"))
+    if fits["panel"].panel_latent:  # the joint likelihood of a panel is not the marginal's
+        assert all(abs(a - b) > 1e-4 for a, b in zip(panel, annotation))
+    else:  # independent annotators: the two coincide
+        assert panel == annotation
+    with pytest.raises(ValueError, match="valid_metric"):
+        make(name).fit(train.features, train.labels, train.mask, valid=va, valid_metric="item")
+
+
 @pytest.mark.parametrize("name", ["softmax", "integer_flow_quadrature", "ensemble"])
 def test_input_dropout_acts_in_training_only(name, population):
     train = population[0]
