@@ -99,6 +99,9 @@ class AnnotatorModel(nn.Module, ABC):
     kind: ClassVar[str] = "categorical"
     #: Monte Carlo samples used for the validation NLL during :meth:`fit` (stochastic models)
     valid_samples: ClassVar[int | None] = None
+    #: the same for the per-annotation validation NLL of ``fit(valid_metric="annotation")``
+    #: (``None``: ``valid_samples``)
+    valid_marginal_samples: ClassVar[int | None] = None
     _registry: ClassVar[dict[str, type[AnnotatorModel]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -233,7 +236,8 @@ class AnnotatorModel(nn.Module, ABC):
         per-annotation marginal ``p(y | x)``. The two are the same for independent annotators.
         """
         if metric == "annotation" and self.panel_latent:
-            ll = (counts * self._label_log_probs(z, generator, self.valid_samples)).sum(-1)
+            n = self.valid_marginal_samples or self.valid_samples
+            ll = (counts * self._label_log_probs(z, generator, n)).sum(-1)
         else:
             ll = self._panel_log_lik(z, counts, generator, self.valid_samples)
         return (-ll.sum() / counts.sum()).reshape(1)
