@@ -176,3 +176,12 @@ def test_example_settings_all_items_on_top_of_the_subsample_ones():
     assert common["dropout"] == 0.1 and "dropout" not in full["softmax_flow_panel"]
     _, _, pop, _, _ = ex.settings_for("POPQUORN", ["softmax"], args, all_items=True)
     assert pop["softmax"] == {}  # no all-items changes for POPQUORN
+    # a per-model fit option (the early-stopping score), unless given on the command line
+    flows = ["integer_flow_panel", "integer_flow_panel_x5", "gaussian"]
+    _, _, _, pop_fit, fit = ex.settings_for("POPQUORN", flows, args, all_items=False)
+    assert fit["valid_metric"] == "panel" and pop_fit["gaussian"] == {}
+    assert pop_fit["integer_flow_panel"] == pop_fit["integer_flow_panel_x5"]
+    assert pop_fit["integer_flow_panel"]["valid_metric"] == "annotation"
+    args = ex.parse_args(["--datasets", "POPQUORN", "--valid-metric", "panel"])
+    _, _, _, pop_fit, fit = ex.settings_for("POPQUORN", flows, args, all_items=False)
+    assert fit["valid_metric"] == "panel" and "valid_metric" not in pop_fit["integer_flow_panel"]
