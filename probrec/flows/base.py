@@ -323,9 +323,9 @@ class AnnotatorModel(nn.Module, ABC):
                 (``examples/annotators.py --valid-metric``): POPQUORN integer flow with an
                 item latent, NLL per annotation -0.0051 +- 0.0022, panel NLL +0.0003 +-
                 0.0006 (seeds 10-19: -0.0026 +- 0.0014 and +0.0016 +- 0.0007); all
-                MD-Agreement items, softmax flow, -0.0012 +- 0.0005 and
-                +0.0011 +- 0.0006; no gain on ConvAbuse (+0.0055 +- 0.0043; all items
-                +0.0003 +- 0.0010) or the MD-Agreement subsample (+0.0006 +- 0.0011).
+                MD-Agreement items, softmax flow, -0.0011 +- 0.0005 and +0.0012 +- 0.0005;
+                no consistent gain on ConvAbuse (-0.0014 +- 0.0014; all items +0.0015 +-
+                0.0009) or the MD-Agreement subsample (+0.0012 +- 0.0010).
             seed: seed of the batch order, dropout masks and Monte Carlo noise (default: the
                 constructor's seed).
             progress: progress bar over epochs (``None``: when attached to a terminal).
