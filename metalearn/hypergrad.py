@@ -51,7 +51,11 @@ def conjugate_gradient(
 
     Stops when ``||r|| <= tol * ||b||`` or after ``max_iter`` iterations (Hestenes & Stiefel,
     1952).
+
+    Raises:
+        ValueError: ``tol`` negative or not finite.
     """
+    tol = check_real(tol, "tol")
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()

@@ -127,7 +127,7 @@ def _samplers():
 
 
 def _metalearn():
-    from metalearn.hypergrad import implicit_argmin
+    from metalearn.hypergrad import conjugate_gradient, implicit_argmin
     from metalearn.identifiability import LinearCausalModel, make_synthetic_tasks
     from metalearn.identifiability.causal import fit_causal_model
     from metalearn.training import TrainConfig
@@ -167,6 +167,11 @@ def _metalearn():
         ),
         "implicit_argmin.cg_tol": ("cg_tol", lambda v: argmin(cg_tol=v), 0.0),
         "implicit_argmin.damping": ("damping", lambda v: argmin(damping=v), -1.0),
+        "conjugate_gradient.tol": (
+            "tol",
+            lambda v: conjugate_gradient(lambda x: x, torch.ones(2), tol=v),
+            -1.0,
+        ),
         "TrainConfig.lr": ("lr", lambda v: TrainConfig(lr=v), 0.0),
         "TrainConfig.weight_decay": ("weight_decay", lambda v: TrainConfig(weight_decay=v), -1.0),
         "TrainConfig.clip_norm": ("clip_norm", lambda v: TrainConfig(clip_norm=v), -1.0),
