@@ -52,8 +52,10 @@ from probrec.seeding import torch_generator
 __all__ = [
     "DEFAULT_DROPOUT",
     "DEFAULT_HIDDEN",
+    "MAX_QUADRATURE_POINTS",
     "AnnotatorModel",
     "MemberPanels",
+    "check_quadrature",
     "count_conditioned_gaussian",
     "hermite_draws",
     "hermite_grid",
@@ -779,6 +781,26 @@ def panel_moments(
         return mean.mean(0), sd.mean(0)
     w = log_weights.exp()
     return w @ mean, w @ sd
+
+
+#: most points a tensor-product quadrature grid over a latent may have
+MAX_QUADRATURE_POINTS = 4096
+
+
+def check_quadrature(quadrature: int, dim: int) -> int:
+    """Checks a quadrature setting: an int ``Q >= 0`` (0: off) with ``Q**dim`` grid points at
+    most :data:`MAX_QUADRATURE_POINTS`; returns ``Q``.
+
+    Raises:
+        TypeError / ValueError: naming ``quadrature``.
+    """
+    q = check_positive_int(quadrature, "quadrature", minimum=0)
+    if q**dim > MAX_QUADRATURE_POINTS:
+        raise ValueError(
+            f"quadrature={q} nodes per dimension give {q}**{dim} grid points (at most "
+            f"{MAX_QUADRATURE_POINTS}); use fewer nodes or importance sampling (0)"
+        )
+    return q
 
 
 def hermite_grid(n: int, dim: int) -> tuple[Tensor, Tensor]:

@@ -48,6 +48,7 @@ from probrec.flows.base import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN,
     AnnotatorModel,
+    check_quadrature,
     count_conditioned_gaussian,
     hermite_draws,
     hermite_grid,
@@ -141,12 +142,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
         self.latent_lr = check_real(latent_lr, "latent_lr", strict=True)
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples")
-        self.quadrature = quadrature if item_latent else 0
-        if self.quadrature and self.quadrature**item_latent > 4096:
-            raise ValueError(
-                f"quadrature={quadrature} nodes per dimension give {quadrature}**{item_latent} "
-                "grid points (at most 4096); use fewer nodes or importance sampling (0)"
-            )
+        self.quadrature = check_quadrature(quadrature, item_latent) if item_latent else 0
         self._remember(
             hidden=tuple(hidden),
             dropout=dropout,

@@ -66,6 +66,7 @@ from probrec.flows.base import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN,
     AnnotatorModel,
+    check_quadrature,
     count_conditioned_gaussian,
     hermite_draws,
     hermite_grid,
@@ -235,13 +236,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples", minimum=2)
-        self.quadrature = check_positive_int(quadrature, "quadrature", minimum=0)
-        if self.quadrature**self.n_labels > 4096:
-            raise ValueError(
-                f"quadrature={quadrature} nodes per dimension give {quadrature}**"
-                f"{self.n_labels} grid points (at most 4096); use fewer nodes or importance "
-                "sampling (0)"
-            )
+        self.quadrature = check_quadrature(quadrature, self.n_labels)
         self._remember(
             hidden=tuple(hidden),
             dropout=dropout,
