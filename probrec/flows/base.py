@@ -51,6 +51,7 @@ from probrec.seeding import torch_generator
 
 __all__ = [
     "DEFAULT_DROPOUT",
+    "CHUNK_ELEMENTS",
     "DEFAULT_HIDDEN",
     "MAX_QUADRATURE_POINTS",
     "AnnotatorModel",
@@ -59,6 +60,7 @@ __all__ = [
     "count_conditioned_gaussian",
     "hermite_draws",
     "hermite_grid",
+    "item_chunks",
     "load_model",
     "normal_points",
     "panel_moments",
@@ -745,6 +747,33 @@ def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tenso
     loo = _normalised(loo - math.log(r - 1))  # [R, ..., K] leave-one-replicate-out estimates
     se = torch.sqrt((r - 1) / r * ((loo - loo.mean(0)) ** 2).sum(0))
     return est, se
+
+
+#: elements of the largest intermediate tensor of one chunk of a Monte Carlo estimate over
+#: items (:func:`item_chunks`): on a CPU about the size of a core's cache (per-label
+#: importance-sampling estimates of the softmax flow ran 2x faster in chunks of this size than
+#: over 512 items at once, ``benchmarks/annotator_flows.py``); on a GPU large, for parallelism,
+#: but bounded so that memory does not grow with the number of items.
+CHUNK_ELEMENTS: dict[str, int] = {"cpu": 2**21, "cuda": 2**27}
+
+
+def item_chunks(n_items: int, per_item: int, device: torch.device) -> list[slice]:
+    """Slices of ``n_items`` items whose Monte Carlo work fits :data:`CHUNK_ELEMENTS`.
+
+    Estimators that broadcast shared draws (QMC points) over items call this after drawing
+    them, so the numbers do not depend on the chunking.
+
+    Args:
+        n_items: items to cover.
+        per_item: elements of the largest intermediate tensor per item (samples x width).
+        device: where the work runs (CPU budget for any device other than CUDA).
+
+    Returns:
+        Consecutive slices covering ``range(n_items)``.
+    """
+    budget = CHUNK_ELEMENTS["cuda" if device.type == "cuda" else "cpu"]
+    size = max(1, budget // max(int(per_item), 1))
+    return [slice(i, min(i + size, n_items)) for i in range(0, n_items, size)]
 
 
 def count_conditioned_gaussian(

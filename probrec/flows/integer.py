@@ -52,6 +52,7 @@ from probrec.flows.base import (
     count_conditioned_gaussian,
     hermite_draws,
     hermite_grid,
+    item_chunks,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -295,7 +296,15 @@ class ConditionalIntegerFlow(AnnotatorModel):
         # randomised QMC over u (8 scrambled replicates), shared by the items
         pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
         r, m = pts.shape[:2]
-        logp = self._conditional_log_probs(self._params(h, pts.reshape(r * m, 1, -1)))
+        u = pts.reshape(r * m, 1, -1)
+        width = max(self.n_params, self.u_h.out_features, len(self.cuts) * self.n_bins)
+        logp = torch.cat(  # chunks of items sharing the points: the same numbers
+            [
+                self._conditional_log_probs(self._params(h[sl], u))
+                for sl in item_chunks(h.shape[0], r * m * width, h.device)
+            ],
+            1,
+        )
         return replicate_log_mean(logp.reshape(r, m, *logp.shape[1:]))
 
     def _label_log_probs(

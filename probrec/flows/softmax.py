@@ -70,6 +70,7 @@ from probrec.flows.base import (
     count_conditioned_gaussian,
     hermite_draws,
     hermite_grid,
+    item_chunks,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -510,9 +511,13 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         k = self.n_labels
         pts = normal_points(max(n // 2, 1), 2 * k, generator, z, replicates=min(8, n // 2))
         r, m = pts.shape[:2]
-        log_w_q, log_w_p, _ = self._label_log_weights(
-            z, pts[..., :k].reshape(r * m, 1, 1, k), pts[..., k:].reshape(r * m, 1, k)
-        )
+        eps_q, eps_p = pts[..., :k].reshape(r * m, 1, 1, k), pts[..., k:].reshape(r * m, 1, k)
+        width = max([k] + [c.inp.out_features for c in self.couplings])
+        parts = [  # chunks of items sharing the points: the same numbers, cache-sized work
+            self._label_log_weights(z[sl], eps_q, eps_p)[:2]
+            for sl in item_chunks(z.shape[0], r * m * (k + 1) * width, z.device)
+        ]
+        log_w_q, log_w_p = (torch.cat(w, 1) for w in zip(*parts))
         log_w = torch.cat(
             [log_w_q.reshape(r, m, *log_w_q.shape[1:]), log_w_p.reshape(r, m, *log_w_p.shape[1:])],
             1,

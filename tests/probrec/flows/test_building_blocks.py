@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import logistic, norm
 
-from probrec.flows.base import normal_points, replicate_log_mean
+from probrec.flows.base import item_chunks, normal_points, replicate_log_mean
 from probrec.flows.discrete import interval_log_mass
 from probrec.flows.spline import rq_spline
 
@@ -120,3 +120,36 @@ def test_quasi_random_normals_are_normal_and_even():
     assert abs(float(vals.mean()) - 1) < 0.01
     again = normal_points(4096, 3, torch.Generator().manual_seed(3), pts)
     assert torch.equal(again, pts)
+
+
+@given(st.integers(0, 300), st.integers(1, 10**7))
+@settings(max_examples=50, deadline=None)
+def test_item_chunks_cover_every_item_once_within_the_budget(n, per_item):
+    chunks = item_chunks(n, per_item, torch.device("cpu"))
+    covered = [i for sl in chunks for i in range(n)[sl]]
+    assert covered == list(range(n))
+    size = max(1, 2**21 // per_item)
+    assert all(sl.stop - sl.start <= size for sl in chunks)
+    assert len(chunks) == -(-n // size)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "integer"])
+def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
+    """The per-label importance-sampling estimates share their QMC points across items, so
+    computing them one item at a time gives the numbers of one pass over all items."""
+    import probrec.flows.base as base
+    from probrec.flows import ConditionalIntegerFlow, ConditionalSoftmaxFlow
+
+    x = torch.randn(23, 5, generator=torch.Generator().manual_seed(0))
+    if kind == "softmax":
+        model = ConditionalSoftmaxFlow(5, (0, 1, 2), latent="item", n_eval_samples=64, seed=1)
+    else:
+        model = ConditionalIntegerFlow(5, range(1, 6), item_latent=1, n_eval_samples=64, seed=1)
+    monkeypatch.setitem(base.CHUNK_ELEMENTS, "cpu", 2**40)
+    whole, whole_se = model.label_log_probs_se(x, seed=3)
+    monkeypatch.setitem(base.CHUNK_ELEMENTS, "cpu", 1)  # one item per chunk
+    assert len(item_chunks(23, 2, torch.device("cpu"))) == 23
+    one, one_se = model.label_log_probs_se(x, seed=3)
+    torch.testing.assert_close(one, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(one_se, whole_se, rtol=0, atol=1e-6)
+    assert torch.allclose(one.exp().sum(-1), torch.ones(23), atol=1e-6)
