@@ -137,3 +137,19 @@ def test_bo_iteration(bench, tmp_path: Path) -> None:
     # the direct q = 1 marginals and gpytorch's batched path give the same acquisition values
     assert saved["scoring_max_abs_diff"] < 1e-8 and saved["scoring_same_argmax"]
     assert math.isfinite(payload["ratios"]["iteration"]["ratio_of_medians"])
+
+
+def test_annotator_flows(bench, tmp_path: Path) -> None:
+    out = tmp_path / "flows.json"
+    args = ["--items", "40", "--dim", "8", "--threads", "1", "--repeats", "1", "--warmup", "0"]
+    bench("annotator_flows").main(args + ["--no-memory", "--no-zuko", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    res = saved["results"]
+    assert set(res) == set(bench("annotator_flows").MODELS) and saved["zuko"] is None
+    assert saved["data"]["train_items"] == 40 and saved["data"]["labels"] == [1, 2, 3, 4, 5]
+    for r in res.values():
+        # every model's per-label probabilities are a distribution (exactly or by normalisation)
+        assert r["probs_sum_max_abs_error"] < 1e-5
+        assert r["epoch_ratio_to_head"]["ratio_of_medians"] > 0
+        assert r["epoch_peak_memory_bytes"] is None
+    assert res["softmax head"]["epoch_ratio_to_head"]["per_repeat"] == [1.0]
