@@ -50,8 +50,8 @@ from probrec.progress import track
 from probrec.seeding import torch_generator
 
 __all__ = [
-    "DEFAULT_DROPOUT",
     "CHUNK_ELEMENTS",
+    "DEFAULT_DROPOUT",
     "DEFAULT_HIDDEN",
     "MAX_QUADRATURE_POINTS",
     "AnnotatorModel",
