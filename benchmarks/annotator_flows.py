@@ -10,6 +10,8 @@ items, AdamW):
 * **epoch**: one training epoch (``fit(x, annotations, mask, epochs=1)``, no validation);
 * **probs**: the per-label distribution of every held-out item (``label_log_probs``: exact,
   by Gauss-Hermite quadrature or by importance sampling with the model's default samples);
+* **moments**: every held-out item's mean label and the spread of a simulated panel
+  (``item_moments``, what the standard-deviation RMSE scores);
 * **sample**: a simulated panel of 10 annotators for every held-out item (``sample(x, 10)``);
 * **memory**: the peak tensor memory of one training epoch (:func:`_common.peak_memory_bytes`).
 
@@ -78,7 +80,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 PANEL = 10
-OPS = ("epoch", "probs", "sample")
+OPS = ("epoch", "probs", "moments", "sample")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,6 +136,7 @@ def _ours(
     fns = {
         "epoch": lambda: model.fit(x, y, mask, **fit),
         "probs": lambda: model.label_log_probs(x_test),
+        "moments": lambda: model.item_moments(x_test),
         "sample": lambda: model.sample(x_test, PANEL, seed=seed),
     }
     return fns, sum(p.numel() for p in model.parameters())
@@ -191,6 +194,14 @@ def _zuko(
             out.append((cdf[:, 1:] - cdf[:, :-1]).clamp_min(1e-12).log())
         return torch.cat(out)
 
+    values = torch.tensor(labels, device=dev, dtype=torch.float32)
+
+    @torch.no_grad()
+    def moments() -> tuple[torch.Tensor, torch.Tensor]:
+        p = probs().exp()
+        mean = p @ values
+        return mean, (p @ values**2 - mean**2).clamp_min(0).sqrt()
+
     @torch.no_grad()
     def sample() -> torch.Tensor:
         flow.eval()
@@ -198,7 +209,8 @@ def _zuko(
         return (t.floor().clamp(0, len(labels) - 1) + lo).long()
 
     n_params = sum(p.numel() for p in flow.parameters())
-    return {"epoch": epoch, "probs": probs, "sample": sample}, n_params, zuko.__version__
+    fns = {"epoch": epoch, "probs": probs, "moments": moments, "sample": sample}
+    return fns, n_params, zuko.__version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.items} training items ({n_ann} annotations), {len(x_test)} held-out items, "
         f"dim {args.dim}, {device}, {torch.get_num_threads()} thread(s); ratio to the {BASELINE}"
     )
-    headers = ["model", "params", "epoch", "probs", f"sample {PANEL}", "epoch peak MiB"]
+    headers = ["model", "params", "epoch", "probs", "moments", f"sample {PANEL}", "epoch peak MiB"]
     print(format_table(rows, headers))
     payload = {
         "benchmark": NAME,

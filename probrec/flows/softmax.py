@@ -512,10 +512,9 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         pts = normal_points(max(n // 2, 1), 2 * k, generator, z, replicates=min(8, n // 2))
         r, m = pts.shape[:2]
         eps_q, eps_p = pts[..., :k].reshape(r * m, 1, 1, k), pts[..., k:].reshape(r * m, 1, k)
-        width = max([k] + [c.inp.out_features for c in self.couplings])
         parts = [  # chunks of items sharing the points: the same numbers, cache-sized work
             self._label_log_weights(z[sl], eps_q, eps_p)[:2]
-            for sl in item_chunks(z.shape[0], r * m * (k + 1) * width, z.device)
+            for sl in item_chunks(z.shape[0], r * m * (k + 1) * self._width(), z.device)
         ]
         log_w_q, log_w_p = (torch.cat(w, 1) for w in zip(*parts))
         log_w = torch.cat(
@@ -529,23 +528,27 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
     ) -> Tensor:
         return self._estimate(z, generator, n_samples)[0]
 
-    def _prior_probs(
-        self, z: Tensor, n: int, generator: torch.Generator, *, qmc: bool = False
-    ) -> Tensor:
-        """``softmax(v)`` ``[n, B, K]`` for ``n`` draws ``v ~ p(v | x)`` per item
-        (independent draws, or randomised QMC points shared by the items; with quadrature
-        independent draws of the node mixture)."""
-        _, ctxs, loc, log_scale = self._context(z)
+    def _prior_probs(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """``softmax(v)`` ``[n, B, K]`` for ``n`` independent draws ``v ~ p(v | x)`` per item
+        (with quadrature, draws of the node mixture)."""
         if self.quadrature:
             eps = hermite_draws(self.nodes, self.log_weights, n, z.shape[0], generator)
-        elif qmc:
-            eps = normal_points(n, self.n_labels, generator, z).reshape(-1, 1, self.n_labels)
-            eps = eps.expand(-1, z.shape[0], -1)
         else:
             eps = torch.randn(
                 (n, z.shape[0], self.n_labels), generator=generator, device=z.device, dtype=z.dtype
             )
+        return self._probs_at(z, eps)
+
+    def _probs_at(self, z: Tensor, eps: Tensor) -> Tensor:
+        """``softmax(v)`` ``[S, B, K]`` at the flow's image of base points ``eps``
+        ``[S, B or 1, K]`` (one set per item, or shared by the items)."""
+        _, ctxs, loc, log_scale = self._context(z)
+        eps = eps.expand(-1, z.shape[0], -1)
         return torch.softmax(self._flow_sample(ctxs, loc, log_scale, eps)[0], -1)
+
+    def _width(self) -> int:
+        """Widest per-sample intermediate of the latent flow (coupling hidden units)."""
+        return max([self.n_labels] + [c.inp.out_features for c in self.couplings])
 
     def _item_moments(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
@@ -554,8 +557,14 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             return super()._item_moments(z, generator, n_samples)
         if self.quadrature:
             return panel_moments(self._node_log_probs(z).exp(), self.values, self.log_weights)
-        probs = self._prior_probs(z, n_samples or self.n_eval_samples, generator, qmc=True)
-        return panel_moments(probs, self.values)
+        n = n_samples or self.n_eval_samples
+        eps = normal_points(n, self.n_labels, generator, z).reshape(-1, 1, self.n_labels)
+        parts = [  # chunks of items sharing the points: the same numbers, cache-sized work
+            panel_moments(self._probs_at(z[sl], eps), self.values)
+            for sl in item_chunks(z.shape[0], eps.shape[0] * self._width(), z.device)
+        ]
+        mean, sd = (torch.cat(t) for t in zip(*parts))
+        return mean, sd
 
     def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
         # item latent: one v per item, shared by its n simulated annotators (one panel)

@@ -135,8 +135,9 @@ def test_item_chunks_cover_every_item_once_within_the_budget(n, per_item):
 
 @pytest.mark.parametrize("kind", ["softmax", "integer"])
 def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
-    """The per-label importance-sampling estimates share their QMC points across items, so
-    computing them one item at a time gives the numbers of one pass over all items."""
+    """The per-label importance-sampling estimates (and the softmax flow's per-item moments)
+    share their QMC points across items, so computing them one item at a time gives the
+    numbers of one pass over all items."""
     import probrec.flows.base as base
     from probrec.flows import ConditionalIntegerFlow, ConditionalSoftmaxFlow
 
@@ -147,9 +148,12 @@ def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
         model = ConditionalIntegerFlow(5, range(1, 6), item_latent=1, n_eval_samples=64, seed=1)
     monkeypatch.setitem(base.CHUNK_ELEMENTS, "cpu", 2**40)
     whole, whole_se = model.label_log_probs_se(x, seed=3)
+    whole_moments = model.item_moments(x, seed=3, n_samples=64)
     monkeypatch.setitem(base.CHUNK_ELEMENTS, "cpu", 1)  # one item per chunk
     assert len(item_chunks(23, 2, torch.device("cpu"))) == 23
     one, one_se = model.label_log_probs_se(x, seed=3)
     torch.testing.assert_close(one, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(one_se, whole_se, rtol=0, atol=1e-6)
+    for a, b in zip(model.item_moments(x, seed=3, n_samples=64), whole_moments):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert torch.allclose(one.exp().sum(-1), torch.ones(23), atol=1e-6)
