@@ -35,7 +35,7 @@ import copy
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +62,7 @@ __all__ = [
     "hermite_grid",
     "item_chunks",
     "load_model",
+    "map_item_chunks",
     "normal_points",
     "panel_moments",
     "replicate_log_mean",
@@ -775,6 +776,21 @@ def item_chunks(n_items: int, per_item: int, device: torch.device) -> list[slice
     budget = CHUNK_ELEMENTS["cuda" if device.type == "cuda" else "cpu"]
     size = max(1, budget // max(int(per_item), 1))
     return [slice(i, min(i + size, n_items)) for i in range(0, n_items, size)]
+
+
+def map_item_chunks(
+    fn: Callable[[slice], Tensor | tuple[Tensor, ...]],
+    n_items: int,
+    per_item: int,
+    device: torch.device,
+    dim: int = 0,
+) -> Tensor | tuple[Tensor, ...]:
+    """``fn`` over the :func:`item_chunks` of ``n_items`` items, its outputs (a tensor or a
+    tuple of tensors) concatenated along their item axis ``dim``."""
+    parts = [fn(sl) for sl in item_chunks(n_items, per_item, device)] or [fn(slice(0, 0))]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p, dim) for p in zip(*parts))
+    return torch.cat(parts, dim)
 
 
 def count_conditioned_gaussian(

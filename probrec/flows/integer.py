@@ -52,7 +52,7 @@ from probrec.flows.base import (
     count_conditioned_gaussian,
     hermite_draws,
     hermite_grid,
-    item_chunks,
+    map_item_chunks,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -298,12 +298,12 @@ class ConditionalIntegerFlow(AnnotatorModel):
         r, m = pts.shape[:2]
         u = pts.reshape(r * m, 1, -1)
         width = max(self.n_params, self.u_h.out_features, len(self.cuts) * self.n_bins)
-        logp = torch.cat(  # chunks of items sharing the points: the same numbers
-            [
-                self._conditional_log_probs(self._params(h[sl], u))
-                for sl in item_chunks(h.shape[0], r * m * width, h.device)
-            ],
-            1,
+        logp = map_item_chunks(  # items share the points: the same numbers
+            lambda sl: self._conditional_log_probs(self._params(h[sl], u)),
+            h.shape[0],
+            r * m * width,
+            h.device,
+            dim=1,
         )
         return replicate_log_mean(logp.reshape(r, m, *logp.shape[1:]))
 

@@ -70,7 +70,7 @@ from probrec.flows.base import (
     count_conditioned_gaussian,
     hermite_draws,
     hermite_grid,
-    item_chunks,
+    map_item_chunks,
     normal_points,
     panel_moments,
     replicate_log_mean,
@@ -512,11 +512,13 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         pts = normal_points(max(n // 2, 1), 2 * k, generator, z, replicates=min(8, n // 2))
         r, m = pts.shape[:2]
         eps_q, eps_p = pts[..., :k].reshape(r * m, 1, 1, k), pts[..., k:].reshape(r * m, 1, k)
-        parts = [  # chunks of items sharing the points: the same numbers, cache-sized work
-            self._label_log_weights(z[sl], eps_q, eps_p)[:2]
-            for sl in item_chunks(z.shape[0], r * m * (k + 1) * self._width(), z.device)
-        ]
-        log_w_q, log_w_p = (torch.cat(w, 1) for w in zip(*parts))
+        log_w_q, log_w_p = map_item_chunks(  # items share the points: the same numbers
+            lambda sl: self._label_log_weights(z[sl], eps_q, eps_p)[:2],
+            z.shape[0],
+            r * m * (k + 1) * self._width(),
+            z.device,
+            dim=1,
+        )
         log_w = torch.cat(
             [log_w_q.reshape(r, m, *log_w_q.shape[1:]), log_w_p.reshape(r, m, *log_w_p.shape[1:])],
             1,
@@ -559,12 +561,12 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             return panel_moments(self._node_log_probs(z).exp(), self.values, self.log_weights)
         n = n_samples or self.n_eval_samples
         eps = normal_points(n, self.n_labels, generator, z).reshape(-1, 1, self.n_labels)
-        parts = [  # chunks of items sharing the points: the same numbers, cache-sized work
-            panel_moments(self._probs_at(z[sl], eps), self.values)
-            for sl in item_chunks(z.shape[0], eps.shape[0] * self._width(), z.device)
-        ]
-        mean, sd = (torch.cat(t) for t in zip(*parts))
-        return mean, sd
+        return map_item_chunks(  # items share the points: the same numbers
+            lambda sl: panel_moments(self._probs_at(z[sl], eps), self.values),
+            z.shape[0],
+            eps.shape[0] * self._width(),
+            z.device,
+        )
 
     def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
         # item latent: one v per item, shared by its n simulated annotators (one panel)

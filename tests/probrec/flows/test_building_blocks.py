@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import logistic, norm
 
-from probrec.flows.base import item_chunks, normal_points, replicate_log_mean
+from probrec.flows.base import item_chunks, map_item_chunks, normal_points, replicate_log_mean
 from probrec.flows.discrete import interval_log_mass
 from probrec.flows.spline import rq_spline
 
@@ -131,6 +131,18 @@ def test_item_chunks_cover_every_item_once_within_the_budget(n, per_item):
     size = max(1, 2**21 // per_item)
     assert all(sl.stop - sl.start <= size for sl in chunks)
     assert len(chunks) == -(-n // size)
+
+
+def test_map_item_chunks_concatenates_tensors_and_tuples_along_the_item_axis():
+    x = torch.arange(30.0).reshape(2, 15)  # items on axis 1
+    cpu = torch.device("cpu")
+    out = map_item_chunks(lambda sl: x[:, sl] * 2, 15, 2**20, cpu, dim=1)  # 2 items a chunk
+    torch.testing.assert_close(out, x * 2)
+    a, b = map_item_chunks(lambda sl: (x[0, sl], x[:, sl].T), 15, 2**21 // 4, cpu)
+    torch.testing.assert_close(a, x[0])
+    torch.testing.assert_close(b, x.T)
+    empty = map_item_chunks(lambda sl: x[0, sl], 0, 1, cpu)
+    assert empty.shape == (0,)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "integer"])
