@@ -107,6 +107,9 @@ class ConditionalIntegerFlow(AnnotatorModel):
 
     kind = "ordinal"
     valid_samples = 64
+    # the per-annotation validation score (importance-sampled item latent) keeps these 64
+    # RQMC points: 512 changed POPQUORN's test NLL by -0.0005 +- 0.0005 (valid_metric
+    # "annotation", quadrature 0, 10 seeds); with quadrature the score is exact
 
     def __init__(
         self,
