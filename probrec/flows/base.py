@@ -754,8 +754,7 @@ def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tenso
 #: items (:func:`item_chunks`): on a CPU about the size of a core's cache (the softmax flow's
 #: per-label importance-sampling estimates and per-item moments ran about 2x faster in chunks of
 #: this size than over 512 items at once, ``benchmarks/annotator_flows.py``); on a GPU large,
-#: for parallelism,
-#: but bounded so that memory does not grow with the number of items.
+#: for parallelism, but bounded so that memory does not grow with the number of items.
 CHUNK_ELEMENTS: dict[str, int] = {"cpu": 2**21, "cuda": 2**27}
 
 
