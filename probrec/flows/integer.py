@@ -17,8 +17,9 @@ rational-quadratic splines (Durkan et al., NeurIPS 2019) on ``[-B, B]`` (identit
 folded into the end labels, so the probabilities telescope to exactly one for every ``x``. The
 model is trained by maximum likelihood of these probabilities -- no dequantisation bound, no
 rounding of continuous samples. Sampling draws ``eps ~ F_0`` and returns the label whose interval
-holds ``T_x^{-1}(eps)`` (the spline's analytic inverse), which follows exactly the same
-distribution.
+holds ``T_x^{-1}(eps)``, which follows exactly the same distribution; as ``T_x`` is increasing,
+that label is the number of cut points with ``T_x(c_k) < eps``, so a panel of ``n`` costs the
+``K - 1`` forward evaluations at the cuts per item, not ``n`` spline inversions.
 
 The input conditions the transform itself (location, scale and the spline's shape), not only
 a base distribution; with ``n_layers=0`` the model reduces to a discretised logistic (or
@@ -237,23 +238,6 @@ class ConditionalIntegerFlow(AnnotatorModel):
             )
         return t
 
-    def _inverse_map(self, t: Tensor, prm: Tensor) -> Tensor:
-        """``T_x^{-1}(t)`` for base coordinates ``t`` ``[...]``."""
-        shift, log_scale, spl = self._split(prm)
-        nb, ns = self.n_bins, self.n_spline
-        for layer in reversed(range(self.n_layers)):
-            p = spl[..., layer * ns : (layer + 1) * ns]
-            t, _ = rq_spline(
-                t,
-                p[..., :nb],
-                p[..., nb : 2 * nb],
-                p[..., 2 * nb :],
-                bound=self.bound,
-                inverse=True,
-                min_derivative=_MIN_DERIVATIVE,
-            )
-        return t * torch.exp(log_scale) + shift
-
     def cdf_at_cuts(self, x: Any) -> Tensor:
         """``T_x(c_k)``, the cut points in base coordinates, ``[n, K - 1]`` (increasing).
 
@@ -374,11 +358,12 @@ class ConditionalIntegerFlow(AnnotatorModel):
         h = self.encoder(z)
         # one latent per item: the n annotations of an item form one simulated panel
         prm = self._params(h, self._prior_draws(h, 1, generator)[0] if self.item_latent else None)
+        t = self._forward_map(self.cuts, prm[..., None, :])  # [B, K-1] cuts in base coordinates
         tiny = torch.finfo(z.dtype).eps
         uni = torch.rand((n, z.shape[0]), generator=generator, device=z.device, dtype=z.dtype)
-        eps = base_icdf(uni.clamp(tiny, 1 - tiny), self.base)
-        r = self._inverse_map(eps, prm)  # [n, B] normalised ratings
-        return (r[..., None] > self.cuts).sum(-1)
+        eps = base_icdf(uni.clamp(tiny, 1 - tiny), self.base)  # [n, B]
+        # T_x^{-1}(eps) > c_k  <=>  eps > T_x(c_k): the label of the rating T_x^{-1}(eps)
+        return (eps[..., None] > t).sum(-1)
 
     def _item_moments(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
