@@ -12,6 +12,9 @@ items, AdamW):
   by Gauss-Hermite quadrature or by importance sampling with the model's default samples);
 * **moments**: every held-out item's mean label and the spread of a simulated panel
   (``item_moments``, what the standard-deviation RMSE scores);
+* **panel**: the joint likelihood of every held-out item's annotations, scored as one panel
+  (``panel_log_prob``, what the panel NLL scores: with an item latent a mixture importance
+  sampling or quadrature estimate; otherwise the sum of the per-annotation log-probabilities);
 * **sample**: a simulated panel of 10 annotators for every held-out item (``sample(x, 10)``);
 * **memory**: the peak tensor memory of one training epoch (:func:`_common.peak_memory_bytes`).
 
@@ -80,7 +83,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 PANEL = 10
-OPS = ("epoch", "probs", "moments", "sample")
+OPS = ("epoch", "probs", "moments", "panel", "sample")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,30 +109,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _data(
-    items: int, dim: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
-    """Training features / labels / mask and the held-out features of one population."""
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, padded labels, mask
+
+
+def _data(items: int, dim: int, seed: int) -> tuple[Split, Split, tuple[int, ...]]:
+    """Training and held-out (features, labels, mask) of one population, and its labels."""
     from probrec.data import synthetic_annotations
 
     data = synthetic_annotations(2 * items, dim, seed=seed)
     x = np.asarray(data.features, dtype=np.float32)
-    return x[:items], data.labels[:items], data.mask[:items], x[items:], data.label_values
+    y, mask = data.labels, data.mask
+    train = (x[:items], y[:items], mask[:items])
+    return train, (x[items:], y[items:], mask[items:]), data.label_values
 
 
 def _ours(
     cls_name: str,
     kwargs: dict[str, Any],
-    train: tuple[np.ndarray, np.ndarray, np.ndarray],
-    x_test: np.ndarray,
+    train: Split,
+    test: Split,
     labels: tuple[int, ...],
     device: torch.device,
     seed: int,
 ) -> tuple[dict[str, Callable[[], Any]], int]:
-    """One model of ``probrec.flows``: its three timed calls and its parameter count."""
+    """One model of ``probrec.flows``: its timed calls (:data:`OPS`) and its parameter count."""
     import probrec.flows as flows
 
     x, y, mask = train
+    x_test = test[0]
     model = getattr(flows, cls_name)(x.shape[1], labels, seed=seed, **kwargs).to(device)
     fit = dict(epochs=1, valid=None, seed=seed, progress=False)
     model.fit(x, y, mask, **fit)  # one untimed epoch first, whatever --warmup says
@@ -137,14 +144,15 @@ def _ours(
         "epoch": lambda: model.fit(x, y, mask, **fit),
         "probs": lambda: model.label_log_probs(x_test),
         "moments": lambda: model.item_moments(x_test),
+        "panel": lambda: model.panel_log_prob(*test),
         "sample": lambda: model.sample(x_test, PANEL, seed=seed),
     }
     return fns, sum(p.numel() for p in model.parameters())
 
 
 def _zuko(
-    train: tuple[np.ndarray, np.ndarray, np.ndarray],
-    x_test: np.ndarray,
+    train: Split,
+    test: Split,
     labels: tuple[int, ...],
     dev: torch.device,
     seed: int,
@@ -155,6 +163,7 @@ def _zuko(
     from probrec.flows.base import panel_moments
 
     x, y, mask = train
+    x_test = test[0]
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xs = torch.as_tensor((x - mu) / sd, device=dev)
     xt = torch.as_tensor((x_test - mu) / sd, device=dev)
@@ -202,6 +211,18 @@ def _zuko(
     def moments() -> tuple[torch.Tensor, torch.Tensor]:
         return panel_moments(probs().exp()[None], values)  # one distribution per item
 
+    # held-out label counts [n, K]: annotators independent given x, a panel's log-likelihood
+    # is the sum of its annotations' log-probabilities
+    y_idx = torch.as_tensor(np.searchsorted(labels, np.where(test[2], test[1], labels[0])))
+    counts = torch.nn.functional.one_hot(y_idx, len(labels)).mul(
+        torch.as_tensor(test[2])[..., None]
+    )
+    counts = counts.sum(1).to(dev, torch.float32)
+
+    @torch.no_grad()
+    def panel() -> torch.Tensor:
+        return (counts * probs()).sum(-1)
+
     @torch.no_grad()
     def sample() -> torch.Tensor:
         flow.eval()
@@ -209,25 +230,25 @@ def _zuko(
         return (t.floor().clamp(0, len(labels) - 1) + lo).long()
 
     n_params = sum(p.numel() for p in flow.parameters())
-    fns = {"epoch": epoch, "probs": probs, "moments": moments, "sample": sample}
+    fns = {"epoch": epoch, "probs": probs, "moments": moments, "panel": panel, "sample": sample}
     return fns, n_params, zuko.__version__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = setup(args)
-    x, y, mask, x_test, labels = _data(args.items, args.dim, args.seed)
-    train = (x, y, mask)
+    train, test, labels = _data(args.items, args.dim, args.seed)
+    mask, x_test = train[2], test[0]
     variants: dict[str, dict[str, Callable[[], Any]]] = {}
     params: dict[str, int] = {}
     for name, (cls_name, kwargs) in MODELS.items():
         variants[name], params[name] = _ours(
-            cls_name, kwargs, train, x_test, labels, device, args.seed
+            cls_name, kwargs, train, test, labels, device, args.seed
         )
     zuko_version = None
     if not args.no_zuko:
         try:
-            fns, n, zuko_version = _zuko(train, x_test, labels, device, args.seed)
+            fns, n, zuko_version = _zuko(train, test, labels, device, args.seed)
         except ImportError:
             print("zuko is not installed (pip install zuko): its row is left out")
         else:
@@ -275,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.items} training items ({n_ann} annotations), {len(x_test)} held-out items, "
         f"dim {args.dim}, {device}, {torch.get_num_threads()} thread(s); ratio to the {BASELINE}"
     )
-    headers = ["model", "params", "epoch", "probs", "moments", f"sample {PANEL}", "epoch peak MiB"]
+    headers = ["model", "params", *OPS[:-1], f"sample {PANEL}", "epoch peak MiB"]
     print(format_table(rows, headers))
     payload = {
         "benchmark": NAME,

@@ -427,20 +427,36 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         if self.quadrature:
             log_lik = (counts * self._node_log_probs(z)).sum(-1)  # [G, B]
             return torch.logsumexp(self.log_weights[:, None] + log_lik, 0)
+        n_q = s // 2 if mixture else s
+        opts = {"generator": generator, "device": z.device, "dtype": z.dtype}
+        eps = torch.randn((n_q, *counts.shape), **opts)
+        eps_p = torch.randn((s - n_q, *counts.shape), **opts) if mixture else None
+
+        def at(sl: slice) -> Tensor:
+            return self._item_log_lik_at(
+                z[sl], counts[sl], eps[:, sl], None if eps_p is None else eps_p[:, sl], wake
+            )
+
+        if torch.is_grad_enabled():  # training: a graph keeps every chunk's tensors anyway
+            return at(slice(None))
+        # the draws are made above for the whole batch: the same numbers in any chunking
+        return map_item_chunks(at, z.shape[0], s * self._width(), z.device)
+
+    def _item_log_lik_at(
+        self, z: Tensor, counts: Tensor, eps: Tensor, eps_p: Tensor | None, wake: bool
+    ) -> Tensor:
+        """:meth:`_item_log_lik` at given standard normal draws: ``eps`` ``[S_q, B, K]`` for
+        ``q``, ``eps_p`` ``[S_p, B, K]`` for the flow (mixture proposal) or ``None``."""
         h, ctxs, loc, log_scale = self._context(z)
         mu, log_sd, live_q = self._proposal(h, counts, wake)  # [B, K]
-        n_q = s // 2 if mixture else s
-        eps = torch.randn((n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype)
         v = mu + torch.exp(log_sd) * eps
-        if mixture:
-            eps_p = torch.randn(
-                (s - n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype
-            )
+        if eps_p is not None:
             v = torch.cat([v, self._flow_sample(ctxs, loc, log_scale, eps_p)[0]], 0)
+        s = v.shape[0]
         log_p = self._flow_log_prob(ctxs, loc, log_scale, v)
         log_q = self._q_log_prob(v, mu, log_sd)
-        if mixture:
-            a = n_q / s
+        if eps_p is not None:
+            a = eps.shape[0] / s
             log_q = torch.logaddexp(math.log(a) + log_q, math.log1p(-a) + log_p)
         log_lik = (counts * torch.log_softmax(v, -1)).sum(-1)
         log_w = log_lik + log_p - log_q

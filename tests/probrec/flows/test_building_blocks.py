@@ -147,9 +147,9 @@ def test_map_item_chunks_concatenates_tensors_and_tuples_along_the_item_axis():
 
 @pytest.mark.parametrize("kind", ["softmax", "integer"])
 def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
-    """The per-label importance-sampling estimates (and the softmax flow's per-item moments)
-    share their QMC points across items, so computing them one item at a time gives the
-    numbers of one pass over all items."""
+    """The per-label importance-sampling estimates (and the softmax flow's per-item moments and
+    panel likelihood) draw their points for all items first, so computing them one item at a
+    time gives the numbers of one pass over all items."""
     import probrec.flows.base as base
     from probrec.flows import ConditionalIntegerFlow, ConditionalSoftmaxFlow
 
@@ -161,6 +161,10 @@ def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
     monkeypatch.setitem(base.CHUNK_ELEMENTS, "cpu", 2**40)
     whole, whole_se = model.label_log_probs_se(x, seed=3)
     whole_moments = model.item_moments(x, seed=3, n_samples=64)
+    ann = torch.randint(0, 3, (23, 4), generator=torch.Generator().manual_seed(2))
+    if kind == "integer":
+        ann = ann + 2
+    whole_panel = model.panel_log_prob(x, ann, seed=3)
     monkeypatch.setitem(base.CHUNK_ELEMENTS, "cpu", 1)  # one item per chunk
     assert len(item_chunks(23, 2, torch.device("cpu"))) == 23
     one, one_se = model.label_log_probs_se(x, seed=3)
@@ -168,4 +172,5 @@ def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
     torch.testing.assert_close(one_se, whole_se, rtol=0, atol=1e-6)
     for a, b in zip(model.item_moments(x, seed=3, n_samples=64), whole_moments):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.panel_log_prob(x, ann, seed=3), whole_panel, rtol=0, atol=1e-6)
     assert torch.allclose(one.exp().sum(-1), torch.ones(23), atol=1e-6)
