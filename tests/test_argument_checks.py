@@ -206,3 +206,20 @@ def test_train_config_checks_its_counts():
             TrainConfig(**{name: 0})
         with pytest.raises(TypeError, match=name):
             TrainConfig(**{name: 2.5})
+
+
+def test_all_finite_agrees_with_the_elementwise_check_including_overflowing_sums():
+    from probrec.checks import all_finite
+
+    x = torch.randn(50, 7, dtype=torch.float32)
+    cases = [x, x.double(), x.half(), torch.full((10,), 3e38), torch.full((4,), 6e4).half()]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[3, 4] = bad
+        cases.append(y)
+    both = x.clone()
+    both[0, 0], both[1, 1] = float("inf"), -float("inf")  # their sum is NaN, not inf
+    cases += [both, torch.full((10,), 3e38).index_fill(0, torch.tensor([9]), float("nan"))]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all())
+    assert all_finite(torch.full((10,), 3e38))  # the sum overflows, the entries are finite

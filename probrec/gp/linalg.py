@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from probrec.checks import all_finite
+
 JITTERS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
@@ -31,9 +33,7 @@ def robust_cholesky(k: torch.Tensor, *, jitters: tuple[float, ...] = JITTERS) ->
         ValueError: ``k`` contains NaN or inf.
         NotPositiveDefiniteError: the matrix is not positive definite even in float64.
     """
-    # one reduction instead of an elementwise mask: the sum is finite when every entry is (a
-    # huge but finite matrix whose sum overflows gets the elementwise check)
-    if not bool(torch.isfinite(k.sum((-2, -1))).all()) and not bool(torch.isfinite(k).all()):
+    if not all_finite(k):
         raise ValueError("kernel matrix contains NaN/inf (check the features and hyperparameters)")
     dtypes = [k.dtype] if k.dtype == torch.float64 else [k.dtype, torch.float64]
     for dtype in dtypes:
