@@ -238,6 +238,11 @@ class ConditionalIntegerFlow(AnnotatorModel):
             )
         return t
 
+    def _cut_images(self, prm: Tensor) -> Tensor:
+        """``T_x(c_k)`` ``[..., K-1]``, the cut points in base coordinates, for parameters
+        ``[..., P]``: ``P(y <= labels[k] | x) = F_0(T_x(c_k))``."""
+        return self._forward_map(self.cuts, prm[..., None, :])
+
     def cdf_at_cuts(self, x: Any) -> Tensor:
         """``T_x(c_k)``, the cut points in base coordinates, ``[n, K - 1]`` (increasing).
 
@@ -249,11 +254,11 @@ class ConditionalIntegerFlow(AnnotatorModel):
             u = None
             if self.item_latent:
                 u = torch.zeros(*h.shape[:-1], self.item_latent, dtype=h.dtype, device=h.device)
-            return self._forward_map(self.cuts, self._params(h, u)[..., None, :])
+            return self._cut_images(self._params(h, u))
 
     def _conditional_log_probs(self, prm: Tensor) -> Tensor:
         """``[..., K]`` exact label log-probabilities for parameters ``[..., P]``."""
-        t = self._forward_map(self.cuts, prm[..., None, :])  # [..., K-1]
+        t = self._cut_images(prm)
         inf = torch.full_like(t[..., :1], math.inf)
         return interval_log_mass(torch.cat([-inf, t], -1), torch.cat([t, inf], -1), self.base)
 
@@ -358,7 +363,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
         h = self.encoder(z)
         # one latent per item: the n annotations of an item form one simulated panel
         prm = self._params(h, self._prior_draws(h, 1, generator)[0] if self.item_latent else None)
-        t = self._forward_map(self.cuts, prm[..., None, :])  # [B, K-1] cuts in base coordinates
+        t = self._cut_images(prm)  # [B, K-1]
         tiny = torch.finfo(z.dtype).eps
         uni = torch.rand((n, z.shape[0]), generator=generator, device=z.device, dtype=z.dtype)
         eps = base_icdf(uni.clamp(tiny, 1 - tiny), self.base)  # [n, B]
