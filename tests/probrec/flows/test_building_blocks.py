@@ -176,10 +176,8 @@ def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
     assert torch.allclose(one.exp().sum(-1), torch.ones(23), atol=1e-6)
 
 
-def test_softmax_flow_coupling_gives_the_same_map_with_and_without_autograd():
-    """The coupling works in place when no graph is built (evaluation) and out of place when
-    one is (training): the same scale and shift, and the training path still differentiates
-    (against a finite difference of one output weight)."""
+def test_softmax_flow_coupling_gradient_matches_a_finite_difference():
+    """The coupling's scale and shift differentiate correctly in an output weight."""
     from probrec.flows import ConditionalSoftmaxFlow
 
     flow = ConditionalSoftmaxFlow(6, (0, 1, 2, 3), latent="item", seed=0)
@@ -190,17 +188,14 @@ def test_softmax_flow_coupling_gives_the_same_map_with_and_without_autograd():
     h = torch.randn(5, flow.encoder.out_dim, generator=g)
     e = torch.randn(7, 5, 4, generator=g) * layer.keep
     ctx = layer.context(h)
-    with torch.no_grad():
-        s0, t0 = layer._scale_shift(e, ctx)
     s1, t1 = layer._scale_shift(e, ctx)
-    torch.testing.assert_close(s1.detach(), s0, rtol=0, atol=0)
-    torch.testing.assert_close(t1.detach(), t0, rtol=0, atol=0)
     (s1.sum() + t1.sum()).backward()
-    grad = float(layer.out.weight.grad[1, 3])
+    grad = float(layer.out.weight.grad[1, 3])  # a moved coordinate's scale: not zero
     with torch.no_grad():
         w = layer.out.weight
         w[1, 3] += 1e-3
         up = sum(float(z.double().sum()) for z in layer._scale_shift(e, ctx))
         w[1, 3] -= 2e-3
         down = sum(float(z.double().sum()) for z in layer._scale_shift(e, ctx))
+    assert abs(grad) > 0.1
     assert grad == pytest.approx((up - down) / 2e-3, rel=1e-2, abs=1e-3)
