@@ -160,6 +160,7 @@ def _zuko(
     """A dequantised zuko NSF on the same data: its timed calls, parameters, version."""
     import zuko
 
+    from probrec.data.annotations import annotation_counts
     from probrec.flows.base import panel_moments
 
     x, y, mask = train
@@ -218,11 +219,7 @@ def _zuko(
 
     # held-out label counts [n, K]: annotators independent given x, a panel's log-likelihood
     # is the sum of its annotations' log-probabilities
-    y_idx = torch.as_tensor(np.searchsorted(labels, np.where(test[2], test[1], labels[0])))
-    counts = torch.nn.functional.one_hot(y_idx, len(labels)).mul(
-        torch.as_tensor(test[2])[..., None]
-    )
-    counts = counts.sum(1).to(dev, torch.float32)
+    counts = torch.as_tensor(annotation_counts(test[1], test[2], labels), device=dev).float()
 
     @torch.no_grad()
     def panel() -> torch.Tensor:

@@ -437,9 +437,8 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
                 z[sl], counts[sl], eps[:, sl], None if eps_p is None else eps_p[:, sl], wake
             )
 
-        if torch.is_grad_enabled():  # training: a graph keeps every chunk's tensors anyway
-            return at(slice(None))
-        # the draws are made above for the whole batch: the same numbers in any chunking
+        # the draws are made above for the whole batch: the same numbers in any chunking (a
+        # training batch of 64 items fits one chunk at the default sample counts)
         return map_item_chunks(at, z.shape[0], s * self._width(), z.device)
 
     def _item_log_lik_at(
