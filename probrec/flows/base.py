@@ -191,7 +191,7 @@ class AnnotatorModel(nn.Module, ABC):
         bad = values[idx] != arr
         if bad.any():
             raise ValueError(
-                f"{name} holds labels {sorted(set(arr[bad].astype(int)))[:10]} "
+                f"{name} holds labels {sorted(set(arr[bad].astype(int).tolist()))[:10]} "
                 f"outside the label set {list(self.labels)}"
             )
         return torch.as_tensor(idx, dtype=torch.long, device=self.device)

@@ -223,7 +223,7 @@ def test_bad_inputs_raise_clear_errors(fitted, population):
     with pytest.raises(ValueError, match="input_dropout"):
         model.fit(x, train.labels, train.mask, input_dropout=1.0, epochs=1)
     fitted_model = fitted["softmax"]
-    with pytest.raises(ValueError, match="outside the label set"):
+    with pytest.raises(ValueError, match=r"y holds labels \[0\] outside the label set"):
         fitted_model.log_prob(x[:2], [0, 1])
     with pytest.raises(ValueError, match="integer labels"):
         fitted_model.log_prob(x[:2], [1.5, 2])
