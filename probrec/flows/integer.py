@@ -289,15 +289,19 @@ class ConditionalIntegerFlow(AnnotatorModel):
         pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
         r, m = pts.shape[:2]
         u = pts.reshape(r * m, 1, -1)
-        width = max(self.n_params, self.u_h.out_features, len(self.cuts) * self.n_bins)
         logp = map_item_chunks(  # items share the points: the same numbers
             lambda sl: self._conditional_log_probs(self._params(h[sl], u)),
             h.shape[0],
-            r * m * width,
+            r * m * self._width(),
             h.device,
             dim=1,
         )
         return replicate_log_mean(logp.reshape(r, m, *logp.shape[1:]))
+
+    def _width(self) -> int:
+        """Widest per-draw intermediate of the latent path (parameters, latent hidden units,
+        spline evaluations at the cut points): the per-item work of one latent draw."""
+        return max(self.n_params, self.u_h.out_features, len(self.cuts) * self.n_bins)
 
     def _label_log_probs(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
@@ -344,17 +348,24 @@ class ConditionalIntegerFlow(AnnotatorModel):
         mu, log_sd = self._q(h, counts)
         n_q = s // 2 if mixture else s
         eps = torch.randn((n_q, *mu.shape), generator=generator, device=z.device, dtype=z.dtype)
-        u = mu + torch.exp(log_sd) * eps
-        if mixture:
-            u = torch.cat([u, self._prior_draws(h, s - n_q, generator)], 0)
-        log_lik = (counts * self._conditional_log_probs(self._params(h, u))).sum(-1)
-        log_prior = _std_normal_log_prob(u)
-        log_q = _std_normal_log_prob((u - mu) * torch.exp(-log_sd)) - log_sd.sum(-1)
-        if mixture:
-            a = n_q / s
-            log_q = torch.logaddexp(math.log(a) + log_q, math.log1p(-a) + log_prior)
-        log_w = log_lik + log_prior - log_q
-        return torch.logsumexp(log_w, 0) - math.log(s)
+        u_p = self._prior_draws(h, s - n_q, generator) if mixture else None
+
+        def at(sl: slice) -> Tensor:
+            u = mu[sl] + torch.exp(log_sd[sl]) * eps[:, sl]
+            if u_p is not None:
+                u = torch.cat([u, u_p[:, sl]], 0)
+            log_lik = (counts[sl] * self._conditional_log_probs(self._params(h[sl], u))).sum(-1)
+            log_prior = _std_normal_log_prob(u)
+            log_q = _std_normal_log_prob((u - mu[sl]) * torch.exp(-log_sd[sl]))
+            log_q = log_q - log_sd[sl].sum(-1)
+            if u_p is not None:
+                a = n_q / s
+                log_q = torch.logaddexp(math.log(a) + log_q, math.log1p(-a) + log_prior)
+            return torch.logsumexp(log_lik + log_prior - log_q, 0) - math.log(s)
+
+        # the draws are made above for the whole batch: the same numbers in any chunking (a
+        # training batch fits one chunk at the default sample counts)
+        return map_item_chunks(at, h.shape[0], s * self._width(), h.device)
 
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         return -self._item_log_lik(z, counts, generator, self.n_train_samples)
@@ -379,8 +390,15 @@ class ConditionalIntegerFlow(AnnotatorModel):
         if self.quadrature:
             return panel_moments(self._node_log_probs(h).exp(), self.values, self.log_weights)
         pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
-        p = self._conditional_log_probs(self._params(h, pts.reshape(-1, 1, self.item_latent)))
-        return panel_moments(p.exp(), self.values)
+        u = pts.reshape(-1, 1, self.item_latent)
+        return map_item_chunks(  # items share the points: the same numbers
+            lambda sl: panel_moments(
+                self._conditional_log_probs(self._params(h[sl], u)).exp(), self.values
+            ),
+            h.shape[0],
+            u.shape[0] * self._width(),
+            h.device,
+        )
 
 
 def _init(lin: nn.Linear, gen: torch.Generator, gain: float) -> None:

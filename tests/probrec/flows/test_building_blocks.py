@@ -153,9 +153,9 @@ def test_map_item_chunks_concatenates_tensors_and_tuples_along_the_item_axis():
 
 @pytest.mark.parametrize("kind", ["softmax", "integer"])
 def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
-    """The per-label importance-sampling estimates (and the softmax flow's per-item moments and
-    panel likelihood) draw their points for all items first, so computing them one item at a
-    time gives the numbers of one pass over all items."""
+    """The per-label importance-sampling estimates, the per-item moments and the panel
+    likelihood of both flows draw their points for all items first, so computing them one item
+    at a time gives the numbers of one pass over all items."""
     import probrec.flows.base as base
     from probrec.flows import ConditionalIntegerFlow, ConditionalSoftmaxFlow
 
