@@ -761,7 +761,8 @@ def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tenso
 #: elements of the largest intermediate tensor of one chunk of a Monte Carlo estimate over
 #: items (:func:`item_chunks`): on a CPU about the size of a core's cache (the softmax flow's
 #: per-label importance-sampling estimates and per-item moments ran about 2x faster in chunks of
-#: this size than over 512 items at once, ``benchmarks/annotator_flows.py``); on a GPU large,
+#: this size than over 512 items at once, the integer flow's per-item moments and panel
+#: likelihood 1.2-1.8x, ``benchmarks/annotator_flows.py``); on a GPU large,
 #: for parallelism, but bounded so that memory does not grow with the number of items.
 CHUNK_ELEMENTS: dict[str, int] = {"cpu": 2**21, "cuda": 2**27}
 
