@@ -111,6 +111,16 @@ def check_positive_int(value: int, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_seed(value: int | None, name: str = "seed", *, optional: bool = False) -> int | None:
+    """Checks that ``value`` is an integer seed (or ``None`` when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        expected = "an int or None" if optional else "an int"
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return int(value)
+
+
 def check_real(value: float, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
     """Checks that ``value`` is a finite real number ``>= minimum`` (``> minimum`` if ``strict``).
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probrec.checks import check_choice, check_positive_int, check_real
+from probrec.checks import check_choice, check_positive_int, check_real, check_seed
 from probrec.progress import track
 from probrec.seeding import torch_generator
 
@@ -623,8 +623,7 @@ class NeuralSampler(ABC):
                 "target must be a samplers.targets.Target (wrap a function with "
                 f"samplers.targets.from_log_prob(fn, dim)), got {type(target).__name__}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        seed = check_seed(seed)
         n_samples = check_positive_int(n_samples, "n_samples")
         counter = CountingTarget(target)
         gen = torch_generator(seed, target._device())

@@ -44,7 +44,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
+from probrec.checks import (
+    as_float_tensor,
+    check_choice,
+    check_positive_int,
+    check_real,
+    check_seed,
+)
 from probrec.data.annotations import annotation_counts, check_label_values, pad_annotations
 from probrec.progress import track
 from probrec.seeding import torch_generator
@@ -126,14 +132,13 @@ class AnnotatorModel(nn.Module, ABC):
         self.in_dim = check_positive_int(in_dim, "in_dim")
         self.labels = check_label_values(list(labels), "labels")
         self.n_labels = len(self.labels)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         dtype = torch.get_default_dtype()
         self.register_buffer("values", torch.tensor(self.labels, dtype=dtype))
         self.register_buffer("x_loc", torch.zeros(self.in_dim, dtype=dtype))
         self.register_buffer("x_scale", torch.ones(self.in_dim, dtype=dtype))
         self.history: list[dict[str, float]] = []
+        self._hermite: tuple[int, int] | None = None
         self._config: dict[str, Any] = {
             "in_dim": self.in_dim,
             "labels": list(self.labels),
@@ -145,6 +150,25 @@ class AnnotatorModel(nn.Module, ABC):
         for k, v in kwargs.items():
             self._config[k] = list(v) if isinstance(v, tuple) else v
 
+    def _register_hermite_grid(self, nodes_per_dim: int, dim: int) -> None:
+        """Registers :func:`hermite_grid`'s ``nodes`` ``[Q**dim, dim]`` and ``log_weights``
+        ``[Q**dim]`` as buffers, in the model's dtype."""
+        self._hermite = (nodes_per_dim, dim)
+        nodes, log_w = hermite_grid(nodes_per_dim, dim)
+        self.register_buffer("nodes", nodes.to(self.dtype))
+        self.register_buffer("log_weights", log_w.to(self.dtype))
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AnnotatorModel:
+        """``nn.Module``'s dtype / device conversion; the quadrature grid is recomputed from
+        float64 rather than converted, so that a model built in float32 and moved to float64
+        integrates (and sums to one) with float64 accuracy."""
+        super()._apply(fn, recurse)
+        if self._hermite is not None:
+            nodes, log_w = hermite_grid(*self._hermite)
+            self.nodes = nodes.to(self.nodes)
+            self.log_weights = log_w.to(self.log_weights)
+        return self
+
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
@@ -154,11 +178,7 @@ class AnnotatorModel(nn.Module, ABC):
     def dtype(self) -> torch.dtype:
         return self.values.dtype
 
-    def _generator(self, seed: int | torch.Generator | None) -> torch.Generator:
-        if isinstance(seed, torch.Generator):
-            if seed.device.type != self.device.type:
-                raise ValueError(f"generator is on {seed.device}, the model on {self.device}")
-            return seed
+    def _generator(self, seed: int | None) -> torch.Generator:
         return torch_generator(seed, self.device)
 
     def _features(self, x: Any, name: str = "x") -> Tensor:
@@ -267,6 +287,8 @@ class AnnotatorModel(nn.Module, ABC):
         """
         if self.panel_latent:
             s = n_samples or self.n_eval_samples  # type: ignore[attr-defined]
+            if s < 2:
+                raise ValueError(f"n_samples must be >= 2 for a panel's likelihood, got {s}")
             return self._item_log_lik(z, counts, generator, s, mixture=True)  # type: ignore[attr-defined]
         return (counts * self._label_log_probs(z, generator, n_samples)).sum(-1)
 
@@ -374,7 +396,9 @@ class AnnotatorModel(nn.Module, ABC):
         if not 0.0 <= input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
         valid_metric = check_choice(valid_metric, "valid_metric", ("panel", "annotation"))
-        seed = self.seed if seed is None else int(seed)
+        seed = self.seed if seed is None else check_seed(seed)
+        if valid is not None and zv_raw.shape[1] != self.in_dim:
+            raise ValueError(f"valid x must have {self.in_dim} features, got {tuple(zv_raw.shape)}")
 
         # standardise with the training statistics (undo the current ones first)
         raw = z * self.x_scale + self.x_loc
@@ -385,10 +409,6 @@ class AnnotatorModel(nn.Module, ABC):
         self.x_scale.copy_(scale)
         z = (raw - loc) / scale
         if valid is not None:
-            if zv_raw.shape[1] != self.in_dim:
-                raise ValueError(
-                    f"valid x must have {self.in_dim} features, got {tuple(zv_raw.shape)}"
-                )
             zv = (zv_raw - loc) / scale
 
         gen_cpu = torch.Generator().manual_seed(seed)
@@ -465,32 +485,60 @@ class AnnotatorModel(nn.Module, ABC):
         Args:
             x: ``[n, in_dim]`` features.
             batch_size: items per forward pass.
-            seed: seed of any Monte Carlo estimate (same seed, same numbers).
+            seed: seed of any Monte Carlo estimate (same seed, same numbers). The Monte Carlo
+                points are shared by the items, so an item's estimate does not depend on
+                ``batch_size`` or on the other items (except :class:`MCDropoutHead`'s, whose
+                dropout masks are drawn per batch).
             n_samples: Monte Carlo samples for models that need them (``None``: the model's
                 default); ignored by models with closed-form probabilities.
 
         Returns:
             ``[n, K]`` log ``p(y = labels[k] | x)``, on the model's device.
         """
-        parts = self._run(lambda z, g: self._label_log_probs(z, g, n_samples), x, batch_size, seed)
+        n_samples = _n_samples(n_samples)
+        parts = self._run(
+            lambda z, g: self._label_log_probs(z, g, n_samples),
+            x,
+            batch_size,
+            seed,
+            same_draws=True,
+        )
         return torch.cat(parts, 0)
 
-    def _run(self, fn: Any, x: Any, batch_size: int, seed: int | None, *rows: Tensor) -> list[Any]:
+    def _run(
+        self,
+        fn: Any,
+        x: Any,
+        batch_size: int,
+        seed: int | None,
+        *rows: Tensor,
+        same_draws: bool = False,
+    ) -> list[Any]:
         """Applies ``fn(z_batch, generator, *rows_batch)`` over item batches in evaluation
-        mode, no grad; ``rows`` are per-item tensors (``[n, ...]``) batched alongside ``x``."""
+        mode, no grad; ``rows`` are per-item tensors (``[n, ...]``) batched alongside ``x``.
+
+        With ``same_draws`` every batch starts from the same generator state, so estimators
+        whose Monte Carlo points are shared by the items (:func:`normal_points`) draw the
+        same points in every batch; otherwise the batches draw in turn (independent draws
+        per item, as simulated annotations need).
+        """
         z = self._features(x)
         batch_size = check_positive_int(batch_size, "batch_size")
+        seed = check_seed(seed, optional=True)
         gen = self._generator(seed)
+        start = gen.get_state() if same_draws else None
         was = self.training
         self.eval()
+        out = []
         try:
             with torch.no_grad(), seeded_rng(seed, self.device):
-                return [
-                    fn(z[sl], gen, *(r[sl] for r in rows))
-                    for sl in self._batches(z.shape[0], batch_size)
-                ]
+                for sl in self._batches(z.shape[0], batch_size):
+                    if start is not None:
+                        gen.set_state(start)
+                    out.append(fn(z[sl], gen, *(r[sl] for r in rows)))
         finally:
             self.train(was)
+        return out
 
     def label_log_probs_se(
         self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None
@@ -500,7 +548,10 @@ class AnnotatorModel(nn.Module, ABC):
         For Monte Carlo estimates the standard error of ``log p`` is the delta-method
         ``sd(w) / (sqrt(S) mean(w))`` of the importance weights ``w``; exact models return 0.
         """
-        parts = self._run(lambda z, g: self._estimate(z, g, n_samples), x, batch_size, seed)
+        n_samples = _n_samples(n_samples)
+        parts = self._run(
+            lambda z, g: self._estimate(z, g, n_samples), x, batch_size, seed, same_draws=True
+        )
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def item_moments(
@@ -513,7 +564,10 @@ class AnnotatorModel(nn.Module, ABC):
         ``p(y | x, u)`` -- the spread within one simulated panel, the quantity a human panel's
         per-item standard deviation estimates.
         """
-        parts = self._run(lambda z, g: self._item_moments(z, g, n_samples), x, batch_size, seed)
+        n_samples = _n_samples(n_samples)
+        parts = self._run(
+            lambda z, g: self._item_moments(z, g, n_samples), x, batch_size, seed, same_draws=True
+        )
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def predict_proba(self, x: Any, **kwargs: Any) -> Tensor:
@@ -574,13 +628,16 @@ class AnnotatorModel(nn.Module, ABC):
             mask: ``[n, m]`` bool.
             batch_size: items per forward pass.
             seed: seed of any Monte Carlo estimate (an unbiased estimate of the probability
-                for importance-sampled models, so its log is biased low by Jensen's gap).
-            n_samples: Monte Carlo samples (``None``: the model's default).
+                for importance-sampled models, so its log is biased low by Jensen's gap). The
+                draws are made per item, batch after batch, so they depend on ``batch_size``.
+            n_samples: Monte Carlo samples (``None``: the model's default; ``>= 2`` for models
+                with an item latent, whose estimate mixes two proposals).
 
         Returns:
             ``[n]`` log-probabilities.
         """
         counts = self._counts(annotations, mask)
+        n_samples = _n_samples(n_samples)
         n_x = self._features(x).shape[0]
         if counts.shape[0] != n_x:
             raise ValueError(f"x has {n_x} items but annotations has {counts.shape[0]}")
@@ -596,7 +653,8 @@ class AnnotatorModel(nn.Module, ABC):
             x: ``[N, in_dim]`` features.
             n: annotations per item.
             seed: seed (``None``: fresh randomness).
-            batch_size: items per forward pass.
+            batch_size: items per forward pass (the draws are made batch after batch, so a
+                seeded draw depends on it).
 
         Returns:
             ``[n, N]`` int64 label values.
@@ -652,6 +710,11 @@ class AnnotatorModel(nn.Module, ABC):
             model.to(map_location)
         model.eval()
         return model
+
+
+def _n_samples(n_samples: int | None) -> int | None:
+    """Checks a user's Monte Carlo sample count: ``None`` (the model's default) or ``>= 1``."""
+    return None if n_samples is None else check_positive_int(n_samples, "n_samples")
 
 
 def load_model(

@@ -52,7 +52,6 @@ from probrec.flows.base import (
     check_quadrature,
     count_conditioned_gaussian,
     hermite_draws,
-    hermite_grid,
     map_item_chunks,
     normal_points,
     panel_moments,
@@ -183,9 +182,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
             self.u_scale = nn.Linear(width, 2)
             inits = [(self.u_h, 1.0), (self.u_u, 1.0), (self.u_out, 0.1), (self.u_scale, 0.1)]
             if self.quadrature:  # a fixed grid of nodes: no proposal network
-                nodes, log_w = hermite_grid(self.quadrature, item_latent)
-                self.register_buffer("nodes", nodes.to(self.dtype))
-                self.register_buffer("log_weights", log_w.to(self.dtype))
+                self._register_hermite_grid(self.quadrature, item_latent)
             else:
                 self.q_net = nn.Sequential(
                     nn.Linear(width + self.n_labels + 1, lh),
@@ -214,7 +211,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
         # x-dependent sizes, plus a nonlinear effect of u on every parameter (the shape)
         extra = self.u_out(F.silu(self.u_h(h) + self.u_u(u)))
         j = min(2, self.item_latent)
-        direct = torch.exp(self.u_scale(h)[..., :j]) * u[..., :j]
+        direct = torch.exp(self.u_scale(h)[..., :j].clamp(-7.0, 7.0)) * u[..., :j]
         return out + extra + F.pad(direct, (0, self.n_params - j))
 
     def _split(self, prm: Tensor) -> tuple[Tensor, Tensor, Tensor]:

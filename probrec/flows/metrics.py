@@ -78,14 +78,19 @@ def _np(a: Any, name: str, ndim: int | None = 2) -> np.ndarray:
     return arr
 
 
+def _counts(counts: Any) -> np.ndarray:
+    c = _np(counts, "counts")
+    if (c < 0).any():
+        raise ValueError("counts must be non-negative")
+    return c
+
+
 def _check_pair(probs: Any, counts: Any) -> tuple[np.ndarray, np.ndarray]:
-    p, c = _np(probs, "probs"), _np(counts, "counts")
+    p, c = _np(probs, "probs"), _counts(counts)
     if p.shape != c.shape:
         raise ValueError(f"probs {p.shape} and counts {c.shape} must have the same shape")
     if (p < -1e-12).any():
         raise ValueError("probs must be non-negative")
-    if (c < 0).any():
-        raise ValueError("counts must be non-negative")
     return p, c
 
 
@@ -113,7 +118,7 @@ def nll(log_probs: Any, counts: Any, *, per_item: bool = False) -> float:
             ``-sum_k (n_ik / n_i) log p_ik`` (Wu et al.'s "NLL-all"); items without
             annotations are skipped. Default: every annotation weighs the same.
     """
-    lp, c = _np(log_probs, "log_probs"), _np(counts, "counts")
+    lp, c = _np(log_probs, "log_probs"), _counts(counts)
     if lp.shape != c.shape:
         raise ValueError(f"log_probs {lp.shape} and counts {c.shape} must have the same shape")
     if np.isnan(lp).any() or np.isposinf(lp).any():
@@ -212,8 +217,8 @@ def fleiss_kappa(counts: Any) -> float:
         ValueError: fewer than one item with two ratings, or all ratings in one category
             (kappa undefined).
     """
-    c = _np(counts, "counts")
-    if (c < 0).any() or not np.all(c == np.round(c)):
+    c = _counts(counts)
+    if not np.all(c == np.round(c)):
         raise ValueError("counts must be non-negative integers")
     n_i = c.sum(-1)
     c = c[n_i >= 2]
@@ -305,22 +310,33 @@ def evaluate(
         annotation; equal to ``nll`` for models with independent annotators),
         ``mean_rmse``, ``std_rmse``, ``std_rmse_panel``, ``std_bias`` / ``std_bias_panel``
         (mean predicted minus mean human standard deviation), ``w1``, ``accuracy``, ``kappa_sim``,
-        ``kappa_human``.
+        ``kappa_human`` (NaN where Fleiss' kappa is undefined: all labels in one category).
+
+    Raises:
+        ValueError: ``x`` and ``annotations`` of different lengths, or no item with at least
+            two annotations (the spread metrics need them).
     """
     from probrec.data.annotations import annotation_counts, pad_annotations
 
     labels, m = pad_annotations(annotations, mask, label_values=model.labels)
     counts = annotation_counts(labels, m, model.labels)
+    xs = _np(x, "x")
+    if len(xs) != len(counts):
+        raise ValueError(f"x has {len(xs)} items but annotations has {len(counts)}")
+    n_h = counts.sum(-1)
+    has2 = n_h >= 2
+    if not has2.any():
+        raise ValueError(
+            "annotations: the spread metrics and kappa need items with at least 2 annotations"
+        )
     values = np.asarray(model.labels, dtype=np.float64)
     logp_t, se_t = model.label_log_probs_se(x, seed=seed, n_samples=n_samples)
     logp, se = logp_t.double().cpu().numpy(), se_t.double().cpu().numpy()
     probs = _normalise(np.exp(logp))
     # expected spread within one simulated item (for independent annotators: of p(y | x))
     item_sd = model.item_moments(x, seed=seed, n_samples=n_samples)[1].double().cpu().numpy()
-    n_h = counts.sum(-1)
-    has2 = n_h >= 2
     human_sd = distribution_moments(counts[has2], values)[1]
-    sim_sd = panel_std(model, _np(x, "x")[has2], n_h[has2], panels=panels, seed=seed + 2)
+    sim_sd = panel_std(model, xs[has2], n_h[has2], panels=panels, seed=seed + 2)
     if model.panel_latent:
         panel_ll = model.panel_log_prob(x, labels, m, seed=seed, n_samples=n_samples)
         nll_panel = float(-panel_ll.double().sum().cpu() / counts.sum())

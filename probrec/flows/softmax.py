@@ -69,7 +69,6 @@ from probrec.flows.base import (
     check_quadrature,
     count_conditioned_gaussian,
     hermite_draws,
-    hermite_grid,
     map_item_chunks,
     normal_points,
     panel_moments,
@@ -264,9 +263,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         qh = check_positive_int(q_hidden, "q_hidden")
         linears = [self.affine]
         if self.quadrature:  # a fixed grid of base points: no proposal network
-            nodes, log_w = hermite_grid(self.quadrature, k)
-            self.register_buffer("nodes", nodes.to(self.dtype))
-            self.register_buffer("log_weights", log_w.to(self.dtype))
+            self._register_hermite_grid(self.quadrature, k)
         else:
             self.q_net = nn.Sequential(
                 nn.Linear(width + k + 1, qh), nn.SiLU(), nn.Linear(qh, 2 * k)
