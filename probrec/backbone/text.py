@@ -10,6 +10,8 @@ Cache layout: ``<cache_dir>/text/<model tag hash>/<shard>.npz``, each shard hold
 (SHA-256 hex digests of ``model tag + text``) and ``vectors`` ``[m, 384]`` float32. Shards are
 written atomically after every chunk, so an interrupted run resumes where it stopped and
 concurrent processes do not clash. A cache hit needs neither the model nor the extra's import.
+A shard that cannot be read or does not hold one finite vector of the model's width per key
+(a damaged file) is skipped with a warning, and its texts are embedded again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,7 +121,8 @@ class TextEmbedder:
         self._model: Any = None
         self._dim: int | None = MINILM_DIM if model_path is None else None
         self._index: dict[str, tuple[Path, int]] = {}
-        self._shards: dict[Path, np.ndarray | None] = {}
+        self._shards: dict[Path, np.ndarray] = {}
+        self._damaged: set[Path] = set()
 
     # ------------------------------------------------------------------ model
     @property
@@ -150,14 +155,42 @@ class TextEmbedder:
     def _refresh_index(self) -> None:
         if self.cache_path is None or not self.cache_path.is_dir():
             return
-        for shard in sorted(self.cache_path.glob("*.npz")):
-            if shard in self._shards:
+        # "[!.]": not the hidden temporary file of a write that was interrupted
+        for shard in sorted(self.cache_path.glob("[!.]*.npz")):
+            if shard in self._shards or shard in self._damaged:
                 continue
-            with np.load(shard, allow_pickle=False) as z:
-                keys = z["keys"]  # vectors are read when first needed
-            self._shards[shard] = None
-            for i, k in enumerate(keys.tolist()):
-                self._index.setdefault(k.decode() if isinstance(k, bytes) else str(k), (shard, i))
+            try:
+                keys, vectors = self._read_shard(shard)
+            except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+                self._damaged.add(shard)
+                warnings.warn(
+                    f"TextEmbedder: skipping the damaged cache shard {shard} ({exc}); "
+                    "its texts will be embedded again",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            self._shards[shard] = vectors
+            for i, k in enumerate(keys):
+                self._index.setdefault(k, (shard, i))
+
+    def _read_shard(self, shard: Path) -> tuple[list[str], np.ndarray]:
+        """A shard's keys and ``[m, dim]`` vectors, checked (``ValueError`` if inconsistent)."""
+        with np.load(shard, allow_pickle=False) as z:
+            keys = [k.decode() if isinstance(k, bytes) else str(k) for k in z["keys"].tolist()]
+            vectors = z["vectors"]
+        if (
+            vectors.ndim != 2
+            or vectors.shape[0] != len(keys)
+            or (self._dim is not None and vectors.shape[1] != self._dim)
+        ):
+            raise ValueError(
+                f"{len(keys)} keys but vectors of shape {vectors.shape}"
+                + (f" (expected width {self._dim})" if self._dim else "")
+            )
+        if not np.isfinite(vectors).all():
+            raise ValueError("non-finite vectors")
+        return keys, vectors
 
     def _write_shard(self, keys: list[str], vectors: np.ndarray) -> None:
         if self.cache_path is None:
@@ -171,17 +204,10 @@ class TextEmbedder:
         tmp = self.cache_path / f".{name}.{uuid.uuid4().hex[:8]}.tmp.npz"
         np.savez(tmp, keys=np.asarray(keys, dtype="S64"), vectors=vectors)
         os.replace(tmp, path)
+        self._damaged.discard(path)
         self._shards[path] = vectors
         for i, k in enumerate(keys):
             self._index.setdefault(k, (path, i))
-
-    def _shard_vectors(self, shard: Path) -> np.ndarray:
-        vectors = self._shards.get(shard)
-        if vectors is None:
-            with np.load(shard, allow_pickle=False) as z:
-                vectors = z["vectors"]
-            self._shards[shard] = vectors
-        return vectors
 
     def cached(self, texts: Sequence[str]) -> np.ndarray:
         """Whether each text's embedding is in the cache; ``[n]`` bool."""
@@ -242,7 +268,7 @@ class TextEmbedder:
                 out[i] = fresh[k]
             else:
                 shard, row = self._index[k]
-                out[i] = self._shard_vectors(shard)[row]
+                out[i] = self._shards[shard][row]
         return out
 
     def _encode(self, texts: list[str], bar: Any) -> np.ndarray:

