@@ -112,18 +112,7 @@ def pad_annotations(
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
         arr = arr.astype(np.float64)
-        if mask is None:
-            m = ~np.isnan(arr)
-        else:
-            if hasattr(mask, "detach"):
-                mask = mask.detach().cpu().numpy()
-            m = np.asarray(mask)
-            if m.shape != arr.shape:
-                raise ValueError(f"mask must have the shape of {name} {arr.shape}, got {m.shape}")
-            if m.dtype != bool:
-                if not np.isin(m, (0, 1)).all():
-                    raise ValueError("mask must be boolean (or 0/1)")
-                m = m.astype(bool)
+        m = ~np.isnan(arr) if mask is None else _as_mask(mask, arr.shape, name)
     else:
         if mask is not None:
             raise TypeError(
@@ -165,6 +154,20 @@ def pad_annotations(
     return labels.astype(np.int64), m.astype(bool)
 
 
+def _as_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """``mask`` as a bool array of ``shape`` (the shape of ``name``); 0/1 values accepted."""
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise ValueError(f"mask must have the shape of {name} {shape}, got {m.shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("mask must be boolean (or 0/1)")
+        m = m.astype(bool)
+    return m
+
+
 def annotation_counts(
     labels: np.ndarray, mask: np.ndarray, label_values: Sequence[int]
 ) -> np.ndarray:
@@ -179,6 +182,10 @@ def annotation_counts(
         ``[n, K]`` int64 counts; row ``i`` counts item ``i``'s annotations of each label.
     """
     values = np.asarray(check_label_values(label_values))
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D [n_items, n_annotators], got shape {labels.shape}")
+    mask = _as_mask(mask, labels.shape, "labels")
     idx = np.searchsorted(values, labels)
     idx = np.clip(idx, 0, len(values) - 1)
     ok = mask & (values[idx] == labels)
@@ -234,6 +241,8 @@ class AnnotationSet:
         object.__setattr__(self, "mask", mask)
         n = labels.shape[0]
         object.__setattr__(self, "item_ids", np.asarray(self.item_ids).astype(str))
+        if self.source_split is not None:
+            object.__setattr__(self, "source_split", np.asarray(self.source_split).astype(str))
         for attr in ("item_ids", "texts", "features", "annotator_ids", "source_split"):
             v = getattr(self, attr)
             if v is not None and len(v) != n:
@@ -273,15 +282,21 @@ class AnnotationSet:
     def subset(self, index: Sequence[int] | np.ndarray) -> AnnotationSet:
         """The items at ``index`` (int positions or a boolean mask), in that order."""
         idx = np.asarray(index)
+        if idx.ndim != 1:
+            raise ValueError(f"index must be 1-D, got shape {idx.shape}")
         if idx.dtype == bool:
             if idx.shape != (len(self),):
                 raise ValueError(f"boolean index must have shape ({len(self)},)")
             idx = np.flatnonzero(idx)
-        idx = idx.astype(np.int64)
         if idx.size == 0:
             raise ValueError("index selects no items")
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"index must hold int positions or bools, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64)
         if idx.min() < -len(self) or idx.max() >= len(self):
             raise ValueError(f"index out of range for {len(self)} items")
+        if len(np.unique(idx % len(self))) != idx.size:
+            raise ValueError("index repeats items (an item would be in a set twice)")
         keep = self.mask[idx].any(axis=0)  # drop all-padding columns
         return replace(
             self,
@@ -339,14 +354,14 @@ def split_items(
         ValueError: fractions not positive or not summing to 1, or a part would be empty.
     """
     fr = np.asarray(fractions, dtype=float)
-    if fr.ndim != 1 or fr.size < 1 or (fr <= 0).any() or abs(fr.sum() - 1) > 1e-6:
-        raise ValueError(f"fractions must be positive and sum to 1, got {list(fractions)}")
+    if fr.ndim != 1 or fr.size < 1 or not (fr > 0).all() or not abs(fr.sum() - 1) <= 1e-6:
+        raise ValueError(f"fractions must be positive and sum to 1, got {fr.tolist()}")
     n = len(data)
     bounds = np.round(np.cumsum(fr) * n).astype(int)
     bounds[-1] = n
     starts = np.concatenate([[0], bounds[:-1]])
     if (bounds - starts < 1).any():
-        raise ValueError(f"fractions {list(fractions)} leave an empty part for {n} items")
+        raise ValueError(f"fractions {fr.tolist()} leave an empty part for {n} items")
     perm = numpy_rng(seed).permutation(n)
     return tuple(data.subset(np.sort(perm[a:b])) for a, b in zip(starts, bounds))
 
@@ -380,6 +395,8 @@ def load_popquorn(path: str | Path) -> AnnotationSet:
     missing = need - set(df.columns)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    # texts verbatim: pandas would read a text "NA" or "null" (or an empty one) as missing
+    df["text"] = pd.read_csv(path, usecols=["text"], dtype=str, keep_default_na=False)["text"]
     df = df.dropna(subset=["offensiveness"]).sort_values(["instance_id", "user_id"])
     demo_cols = [c for c in ("gender", "race", "age", "occupation", "education") if c in df.columns]
     annotators = {
@@ -460,6 +477,8 @@ def load_lewidi(
         splits = (splits,)
     for s in splits:
         check_choice(s, "split", ("train", "dev"))
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"splits repeats a split (its items would appear twice): {list(splits)}")
     path = Path(path)
     folder = path.parent if path.is_file() else path
     label_values, kind = LEWIDI_DATASETS[dataset]

@@ -96,6 +96,10 @@ def test_split_by_item_is_a_seeded_partition():
         split_items(data, (0.5, 0.2))
     with pytest.raises(ValueError, match="empty part"):
         split_items(_toy_set(), (0.9, 0.05, 0.05))
+    # a scalar (was a TypeError from the message) and NaN (passed the check) are named
+    for bad in (1.0, (np.nan,), (0.5, np.nan, 0.5)):
+        with pytest.raises(ValueError, match="fractions must be positive and sum to 1"):
+            split_items(data, bad)
 
 
 def test_subset_lists_and_errors():
@@ -109,6 +113,22 @@ def test_subset_lists_and_errors():
         toy.subset([])
     with pytest.raises(ValueError, match="out of range"):
         toy.subset([9])
+    with pytest.raises(TypeError, match="int positions"):
+        toy.subset([1.7])  # was item 1, silently
+    with pytest.raises(ValueError, match="1-D"):
+        toy.subset(3)
+    with pytest.raises(ValueError, match="repeats items"):
+        toy.subset([1, 2, -4])  # -4 is item 1 again
+    listed = AnnotationSet(  # a list of split names works like an array
+        "toy",
+        toy.labels,
+        toy.mask,
+        toy.label_values,
+        "ordinal",
+        toy.item_ids,
+        source_split=["train", "dev", "dev", "train", "dev"],
+    )
+    assert listed.subset([1, 3]).source_split.tolist() == ["dev", "train"]
     with pytest.raises(ValueError, match="features"):
         toy.with_features(np.full((5, 2), np.nan))
     with pytest.raises(ValueError, match="rows"):
@@ -185,6 +205,17 @@ def test_overdispersed_annotations_rejects_bad_arguments(kwargs, match):
 
 
 # ---------------------------------------------------------------------------- loaders
+def test_counts_refuse_a_mask_that_is_not_the_labels_shape_or_boolean():
+    labels, mask = pad_annotations([[1, 2], [3]], label_values=(1, 2, 3))
+    want = [[1, 1, 0], [0, 0, 1]]
+    # a 0/1 integer mask is a mask (it was used as row indices: [[1, 1, 0], [3, 0, 3]])
+    np.testing.assert_array_equal(annotation_counts(labels, mask.astype(int), (1, 2, 3)), want)
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        annotation_counts(labels, mask[:, :1], (1, 2, 3))  # was broadcast: padding counted
+    with pytest.raises(ValueError, match="boolean"):
+        annotation_counts(labels, mask * 2, (1, 2, 3))
+
+
 def test_popquorn_loader_on_a_small_file(tmp_path):
     f = tmp_path / "pq.csv"
     f.write_text(
@@ -204,6 +235,9 @@ def test_popquorn_loader_on_a_small_file(tmp_path):
         load_popquorn(bad)
     with pytest.raises(FileNotFoundError):
         load_popquorn(tmp_path / "missing.csv")
+    verbatim = tmp_path / "na.csv"  # texts pandas would read as missing values
+    verbatim.write_text("instance_id,user_id,text,offensiveness\n1,1,NA,2\n2,1,null,3\n3,1,,1\n")
+    assert load_popquorn(verbatim).texts == ["NA", "null", ""]  # were "nan"
 
 
 def test_lewidi_loader_on_small_files(tmp_path):
@@ -231,6 +265,8 @@ def test_lewidi_loader_on_small_files(tmp_path):
         load_lewidi(tmp_path, "Nope")
     with pytest.raises(FileNotFoundError):
         load_lewidi(tmp_path, "ArMIS")
+    with pytest.raises(ValueError, match="repeats a split"):
+        load_lewidi(tmp_path, "ConvAbuse", splits=("dev", "dev"))  # items were duplicated
 
 
 @pytest.mark.data
