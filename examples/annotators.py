@@ -284,8 +284,14 @@ def main(argv=None) -> int:
     bad = [d for d in datasets if d not in DATASETS] + [m for m in models if m not in MODELS]
     if bad:
         raise SystemExit(f"unknown --datasets / --models {bad}")
+    if not datasets or not models:
+        raise SystemExit("--datasets and --models must name at least one each")
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
+    if args.max_items != 0 and args.max_items < 10:
+        raise SystemExit(f"--max-items must be 0 (all items) or >= 10, got {args.max_items}")
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"--data: no such folder {args.data}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None

@@ -108,6 +108,22 @@ def test_example_help(capsys):
     assert "POPQUORN" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-items", "-5"], "--max-items must be 0"),  # was a numpy traceback
+        (["--max-items", "2"], "--max-items must be 0"),  # failed after embedding the texts
+        (["--datasets", ","], "at least one"),  # exited 0 having run nothing
+        (["--data", "/no/such/folder"], "--data: no such folder"),
+    ],
+)
+def test_example_refuses_bad_arguments_before_any_work(tmp_path, args, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=message):
+        _example().main([*args, "--out", str(out)])
+    assert not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.data
 def test_example_runs_on_real_data(shared_data, tmp_path):
