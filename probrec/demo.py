@@ -141,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     known = {n for n, _, _ in SECTIONS}
     unknown = [s for s in wanted if s not in known]
-    if unknown:
+    if unknown or not wanted:
         raise ValueError(f"unknown --sections {unknown}; expected names from {sorted(known)}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0 (NumPy seeds are non-negative), got {args.seed}")
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:

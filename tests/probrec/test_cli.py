@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from probrec.cli import COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,3 +47,19 @@ def test_demo_data_section(tmp_path):
     assert (tmp_path / d["figure"]).stat().st_size > 1000
     # random forest on Morgan counts beats chance on this assay
     assert d["delta_auprc"]["64"]["random_forest"]["mean"] > 0.1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sections", ","], "unknown --sections"),  # exited 0 having run nothing
+        (["--sections", "bogus"], "unknown --sections"),
+        (["--seed", "-1"], "--seed must be >= 0"),  # was a NumPy traceback mid-run
+        (["--threads", "0"], "--threads must be a positive"),
+    ],
+)
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path, args, message):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        main(["demo", "--out", str(out), "--quick", "--no-progress", *args])
+    assert not out.exists()
