@@ -208,7 +208,7 @@ def summarise(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
         runs: one :func:`compare_models` result per seed.
 
     Returns:
-        name -> metric -> ``{"mean", "se", "n"}``.
+        name -> metric -> ``{"mean", "se", "n"}`` (``se`` NaN with one repeat: undefined).
     """
     if not runs:
         raise ValueError("runs is empty")
@@ -257,9 +257,16 @@ def comparison_table(
         cells = []
         for m in metrics:
             d = paired_difference(runs, a, b, m)
-            cells.append(f"{d['mean']:+.{digits}f} ± {d['se']:.{digits}f}")
+            cells.append(_cell(d, digits, signed=True))
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(stat: dict[str, float], digits: int, *, signed: bool = False) -> str:
+    """``mean ± se`` of a :func:`summarise` / :func:`paired_difference` entry; the mean alone
+    where the standard error is undefined (one repeat)."""
+    mean = f"{stat['mean']:{'+' if signed else ''}.{digits}f}"
+    return mean if np.isnan(stat["se"]) else f"{mean} ± {stat['se']:.{digits}f}"
 
 
 def format_table(
@@ -286,7 +293,7 @@ def format_table(
         cells = []
         for m in metrics:
             s = summary[n].get(m)
-            cells.append("-" if s is None else f"{s['mean']:.{digits}f} ± {s['se']:.{digits}f}")
+            cells.append("-" if s is None else _cell(s, digits))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from probrec.demo import DemoContext
-from probrec.flows.experiment import compare_models, format_table, paired_difference, summarise
+from probrec.flows.experiment import (
+    compare_models,
+    comparison_table,
+    format_table,
+    paired_difference,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -54,6 +60,12 @@ def test_compare_models_and_summaries(population):
         np.mean([r["integer_flow"]["nll"] - r["softmax"]["nll"] for r in runs])
     )
     assert "| integer_flow |" in format_table(summ)
+    s = summ["softmax"]["nll"]
+    assert f"| softmax | {s['mean']:.3f} ± {s['se']:.3f} |" in format_table(summ, metrics=["nll"])
+    # one seed: the mean alone (the table showed "± nan")
+    one = format_table(summarise(runs[:1]), metrics=["nll"])
+    assert f"| softmax | {runs[0]['softmax']['nll']:.3f} |" in one and "nan" not in one
+    assert "nan" not in comparison_table(runs[:1], [("integer_flow", "softmax")])
     # fitting only: the same fitted model (same predictions), no metrics
     fitted = compare_models(
         train,
