@@ -154,6 +154,10 @@ def pad_annotations(
     return labels.astype(np.int64), m.astype(bool)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _as_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     """``mask`` as a bool array of ``shape`` (the shape of ``name``); 0/1 values accepted."""
     if hasattr(mask, "detach"):
@@ -253,10 +257,14 @@ class AnnotationSet:
                 raise ValueError(f"features must be [n, d], got shape {f.shape}")
             if not np.isfinite(f).all():
                 raise ValueError("features contain non-finite values")
-        if self.annotator_ids is not None and np.shape(self.annotator_ids) != labels.shape:
-            raise ValueError(
-                f"annotator_ids must have shape {labels.shape}, got {np.shape(self.annotator_ids)}"
-            )
+        if self.annotator_ids is not None:
+            if np.shape(self.annotator_ids) != labels.shape:
+                raise ValueError(
+                    f"annotator_ids must have shape {labels.shape}, "
+                    f"got {np.shape(self.annotator_ids)}"
+                )
+            if (np.asarray(self.annotator_ids)[~mask] != "").any():
+                raise ValueError("annotator_ids names annotators where mask has no annotation")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -398,6 +406,13 @@ def load_popquorn(path: str | Path) -> AnnotationSet:
     # texts verbatim: pandas would read a text "NA" or "null" (or an empty one) as missing
     df["text"] = pd.read_csv(path, usecols=["text"], dtype=str, keep_default_na=False)["text"]
     df = df.dropna(subset=["offensiveness"]).sort_values(["instance_id", "user_id"])
+    twice = df.duplicated(["instance_id", "user_id"])
+    if twice.any():
+        first = df[twice].iloc[0]
+        raise ValueError(
+            f"{path}: {int(twice.sum())} repeated (instance_id, user_id) rows, first "
+            f"({first['instance_id']}, {first['user_id']}): an annotator rates an item once"
+        )
     demo_cols = [c for c in ("gender", "race", "age", "occupation", "education") if c in df.columns]
     annotators = {
         str(uid): {c: str(row[c]) for c in demo_cols}
@@ -480,6 +495,8 @@ def load_lewidi(
     if len(set(splits)) != len(splits):
         raise ValueError(f"splits repeats a split (its items would appear twice): {list(splits)}")
     path = Path(path)
+    if path.is_file() and not path.name.startswith(f"lewidi2023_{dataset}_"):
+        raise ValueError(f"path {path} is not a file of {dataset} (lewidi2023_{dataset}_*.json)")
     folder = path.parent if path.is_file() else path
     label_values, kind = LEWIDI_DATASETS[dataset]
     ids, texts, rows, who, src, extra = [], [], [], [], [], []
@@ -488,7 +505,11 @@ def load_lewidi(
         if not f.is_file():
             raise FileNotFoundError(f"LeWiDi file not found: {f}")
         items = json.loads(f.read_text(encoding="utf-8"))
+        if not isinstance(items, dict):
+            raise ValueError(f"{f}: expected a JSON object of items, got {type(items).__name__}")
         for key, it in items.items():
+            if not isinstance(it, dict) or not {"text", "annotations"} <= set(it):
+                raise ValueError(f"{f.name} item {key}: needs 'text' and 'annotations'")
             anns = [a.strip() for a in str(it["annotations"]).split(",") if a.strip()]
             people = [a.strip() for a in str(it.get("annotators", "")).split(",")]
             if len(people) != len(anns):
@@ -569,9 +590,12 @@ def synthetic_annotations(
     n_items = check_positive_int(n_items, "n_items")
     dim = check_positive_int(dim, "dim", minimum=4)
     n_annotators = check_positive_int(n_annotators, "n_annotators", minimum=2)
-    lo, hi = int(per_item[0]), int(per_item[1])
-    if not 1 <= lo <= hi <= n_annotators:
-        raise ValueError(f"per_item must satisfy 1 <= min <= max <= n_annotators, got {per_item}")
+    pair = tuple(per_item)
+    if len(pair) != 2 or not all(_is_int(v) for v in pair) or not 1 <= pair[0] <= pair[1]:
+        raise ValueError(f"per_item must be two integers 1 <= min <= max, got {per_item!r}")
+    lo, hi = int(pair[0]), int(pair[1])
+    if hi > n_annotators:
+        raise ValueError(f"per_item's max must be <= n_annotators, got {per_item!r}")
     lv = np.asarray(check_label_values(label_values))
     if (np.diff(lv) != 1).any():
         raise ValueError("label_values must be consecutive integers")
@@ -670,7 +694,7 @@ def overdispersed_annotations(
     sizes = np.asarray(panel_sizes)
     if sizes.ndim != 1 or sizes.size == 0:
         raise ValueError(f"panel_sizes must be a non-empty sequence, got {panel_sizes!r}")
-    if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in sizes.tolist()):
+    if not all(_is_int(v) and v >= 1 for v in sizes.tolist()):
         raise ValueError(f"panel_sizes must be integers >= 1, got {panel_sizes!r}")
     if panel_probs is None:
         probs = np.full(sizes.size, 1.0 / sizes.size)

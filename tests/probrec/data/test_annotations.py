@@ -119,6 +119,18 @@ def test_subset_lists_and_errors():
         toy.subset(3)
     with pytest.raises(ValueError, match="repeats items"):
         toy.subset([1, 2, -4])  # -4 is item 1 again
+    stray = np.where(toy.mask, "a", "")
+    stray[~toy.mask] = "b"
+    with pytest.raises(ValueError, match="where mask has no annotation"):
+        AnnotationSet(
+            "toy",
+            toy.labels,
+            toy.mask,
+            toy.label_values,
+            "ordinal",
+            toy.item_ids,
+            annotator_ids=stray,
+        )
     listed = AnnotationSet(  # a list of split names works like an array
         "toy",
         toy.labels,
@@ -186,6 +198,13 @@ def test_overdispersed_panels_agree_as_the_dirichlet_multinomial_says():
     np.testing.assert_array_equal(again, overdispersed_annotations(30, seed=1).labels)
 
 
+@pytest.mark.parametrize("per_item", [(3,), (2.7, 3), (4, 2), (0, 3), (True, 3)])
+def test_synthetic_annotations_rejects_bad_panel_ranges(per_item):
+    # (3,) was an IndexError and (2.7, 3) silently (2, 3)
+    with pytest.raises(ValueError, match="per_item must be two integers"):
+        synthetic_annotations(10, per_item=per_item)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -193,6 +212,7 @@ def test_overdispersed_panels_agree_as_the_dirichlet_multinomial_says():
         ({"concentration": float("nan")}, "concentration"),
         ({"panel_sizes": ()}, "panel_sizes"),
         ({"panel_sizes": (0, 3)}, "panel_sizes"),
+        ({"panel_sizes": (True,)}, "panel_sizes"),  # was a NumPy TypeError
         ({"panel_sizes": (2, 3), "panel_probs": (1.0,)}, "panel_probs"),
         ({"panel_sizes": (2, 3), "panel_probs": (0.7, 0.7)}, "panel_probs"),
     ],
@@ -238,6 +258,10 @@ def test_popquorn_loader_on_a_small_file(tmp_path):
     verbatim = tmp_path / "na.csv"  # texts pandas would read as missing values
     verbatim.write_text("instance_id,user_id,text,offensiveness\n1,1,NA,2\n2,1,null,3\n3,1,,1\n")
     assert load_popquorn(verbatim).texts == ["NA", "null", ""]  # were "nan"
+    twice = tmp_path / "twice.csv"
+    twice.write_text("instance_id,user_id,text,offensiveness\n1,1,a,2\n1,1,a,3\n")
+    with pytest.raises(ValueError, match=r"repeated \(instance_id, user_id\) rows, first \(1, 1\)"):
+        load_popquorn(twice)
 
 
 def test_lewidi_loader_on_small_files(tmp_path):
@@ -267,6 +291,14 @@ def test_lewidi_loader_on_small_files(tmp_path):
         load_lewidi(tmp_path, "ArMIS")
     with pytest.raises(ValueError, match="repeats a split"):
         load_lewidi(tmp_path, "ConvAbuse", splits=("dev", "dev"))  # items were duplicated
+    with pytest.raises(ValueError, match="not a file of ArMIS"):  # read ArMIS beside it
+        load_lewidi(tmp_path / "lewidi2023_ConvAbuse_dev.json", "ArMIS")
+    (tmp_path / "lewidi2023_ArMIS_train.json").write_text(json.dumps({"3": {"text": "x"}}))
+    with pytest.raises(ValueError, match="item 3: needs 'text' and 'annotations'"):
+        load_lewidi(tmp_path, "ArMIS", splits="train")  # was a KeyError
+    (tmp_path / "lewidi2023_ArMIS_train.json").write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        load_lewidi(tmp_path, "ArMIS", splits="train")
 
 
 @pytest.mark.data
