@@ -86,18 +86,21 @@ DEFAULT_DROPOUT: float = 0.5
 def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
     """Seeds torch's global generators inside the block (dropout masks), restoring them after.
 
-    On CPU only the CPU generator is seeded (the same masks as ``torch.manual_seed``, without
-    its ~0.3 ms of queueing seeds for accelerators that are not in use); on an accelerator,
-    every generator, as ``torch.manual_seed`` does.
+    The CPU generator is seeded, and on a CUDA device that device's generator: the same
+    masks as ``torch.manual_seed``, without its ~0.3 ms of queueing seeds for devices not in
+    use, and without resetting the generators of other GPUs, which the block does not
+    restore. Other accelerators: every generator, as ``torch.manual_seed`` does.
     """
     if seed is None:
         yield
         return
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        if device.type == "cpu":
-            torch.random.default_generator.manual_seed(int(seed))
-        else:
+        torch.random.default_generator.manual_seed(int(seed))
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(int(seed))
+        elif device.type != "cpu":
             torch.manual_seed(int(seed))
         yield
 
@@ -413,6 +416,7 @@ class AnnotatorModel(nn.Module, ABC):
 
         gen_cpu = torch.Generator().manual_seed(seed)
         gen = self._generator(seed + 1)
+        n_annotations = float(counts.sum())
         opt = torch.optim.AdamW(self._param_groups(lr), lr=lr, weight_decay=weight_decay)
         n = z.shape[0]
         best: dict[str, Tensor] | None = None
@@ -426,7 +430,9 @@ class AnnotatorModel(nn.Module, ABC):
             for epoch in bar:
                 self.train()
                 perm = torch.randperm(n, generator=gen_cpu).to(self.device)
-                total, seen = 0.0, 0.0
+                # summed on the device (in float64, as Python floats would): one sync per
+                # batch, the finiteness check, rather than three
+                total = torch.zeros((), dtype=torch.float64, device=self.device)
                 for sl in self._batches(n, batch_size):
                     idx = perm[sl]
                     c = counts[idx]
@@ -442,9 +448,9 @@ class AnnotatorModel(nn.Module, ABC):
                     loss.backward()
                     nn.utils.clip_grad_norm_(self.parameters(), 10.0)
                     opt.step()
-                    total += float(loss_items.detach().sum())
-                    seen += float(c.sum()) * (loss_items.shape[0] if loss_items.dim() > 1 else 1)
-                train_loss = total / seen
+                    total += loss_items.detach().sum().double()
+                members = loss_items.shape[0] if loss_items.dim() > 1 else 1
+                train_loss = float(total) / (n_annotations * members)
                 self.eval()
                 with torch.no_grad():
                     if zv is not None:
@@ -685,7 +691,9 @@ class AnnotatorModel(nn.Module, ABC):
     def load(
         cls, path: str | os.PathLike, map_location: str | torch.device | None = None
     ) -> AnnotatorModel:
-        """Rebuilds a model written by :meth:`save` (identical predictions).
+        """Rebuilds a model written by :meth:`save` (identical predictions on the same kind of
+        device; seeded Monte Carlo draws come from the device's generator, so a GPU's
+        estimates differ from a CPU's within their Monte Carlo error).
 
         Args:
             path: the file.
