@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,24 +123,9 @@ def test_subset_lists_and_errors():
     stray = np.where(toy.mask, "a", "")
     stray[~toy.mask] = "b"
     with pytest.raises(ValueError, match="where mask has no annotation"):
-        AnnotationSet(
-            "toy",
-            toy.labels,
-            toy.mask,
-            toy.label_values,
-            "ordinal",
-            toy.item_ids,
-            annotator_ids=stray,
-        )
-    listed = AnnotationSet(  # a list of split names works like an array
-        "toy",
-        toy.labels,
-        toy.mask,
-        toy.label_values,
-        "ordinal",
-        toy.item_ids,
-        source_split=["train", "dev", "dev", "train", "dev"],
-    )
+        replace(toy, annotator_ids=stray)
+    # a list of split names works like an array
+    listed = replace(toy, source_split=["train", "dev", "dev", "train", "dev"])
     assert listed.subset([1, 3]).source_split.tolist() == ["dev", "train"]
     with pytest.raises(ValueError, match="features"):
         toy.with_features(np.full((5, 2), np.nan))
