@@ -33,7 +33,10 @@ def encode_labels(
     """Maps labels to GP targets per task.
 
     Classification: ``{0, 1} -> {-1, +1}`` (scale 1, shift 0). Regression: standardised with
-    the (valid) support mean and standard deviation.
+    the (valid) support mean and standard deviation; where that deviation is below
+    ``min_std * (1 + |mean|)`` (one point, or equal values) the scale is 1 instead, as
+    BoTorch's ``Standardize`` does, so the predictive variance stays on the prior's scale
+    rather than collapsing with the scale squared.
 
     Args:
         y: ``[T, n]`` labels.
@@ -55,7 +58,8 @@ def encode_labels(
     w = m.to(y.dtype)
     n = w.sum(-1).clamp_min(1.0)
     mu = (y * w).sum(-1) / n
-    sd = (((y - mu[:, None]) ** 2 * w).sum(-1) / n).sqrt().clamp_min(min_std)
+    sd = (((y - mu[:, None]) ** 2 * w).sum(-1) / n).sqrt()
+    sd = torch.where(sd > min_std * (1 + mu.abs()), sd, torch.ones_like(sd))
     return (y - mu[:, None]) / sd[:, None] * w, mu, sd
 
 
@@ -259,6 +263,12 @@ class GPHead:
             raise ValueError(f"y_s must have shape {tuple(z.shape[:2])}, got {tuple(y.shape)}")
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool, device=z.device)
+            if mask.shape != y.shape:
+                raise ValueError(
+                    f"mask must have the shape of y_s {tuple(y.shape)}, got {tuple(mask.shape)}"
+                )
+            if not bool(mask.any(-1).all()):
+                raise ValueError("mask leaves a support set without points")
         if self.config.kind == "classification":
             m = torch.ones_like(y, dtype=torch.bool) if mask is None else mask
             n_pos = ((y == 1) & m).sum(-1)
@@ -283,4 +293,10 @@ class GPHead:
             theta = as_float_tensor(theta, "theta", dtype=z.dtype, device=z.device)
             if theta.dim() == 1:
                 theta = theta[None].expand(z.shape[0], -1)
+            p = self.config.n_params
+            if theta.shape != (z.shape[0], p):
+                raise ValueError(
+                    f"theta must have shape [{p}] or [{z.shape[0]}, {p}] (one row per task), "
+                    f"got {tuple(theta.shape)}"
+                )
         return FittedGP(self.config, theta, z, targets, mask, shift, scale, fit, batched)

@@ -328,6 +328,38 @@ def test_classification_head_probabilities_and_errors():
         GPHead(GPConfig()).fit(x, y[:5])
 
 
+def test_regression_with_degenerate_support_keeps_the_prior_scale():
+    # one point, or equal values: the label standardisation used to divide by a floored
+    # std of 1e-6, so the predictive variance came back ~1e-14 (times the floor squared)
+    x, _ = _data(6, n=10)
+    xq = x[:3] + 0.5
+    cfg = GPConfig(kind="regression")
+    for xs, ys in ((x[:1], torch.tensor([2.5])), (x, torch.full((10,), 2.5))):
+        gp = GPHead(cfg).fit(xs, ys)
+        mean, var = gp.predict(xq)
+        torch.testing.assert_close(mean, torch.full((3,), 2.5, dtype=mean.dtype))
+        assert gp.scale.item() == 1.0
+        # the encoded targets are zero: the latent posterior variance plus the noise, unscaled
+        latent_var = gp.latent(xq)[1]
+        noise = gp.theta[0, -1].exp() + cfg.min_noise
+        torch.testing.assert_close(var, latent_var + noise)
+        assert bool((var > 1e-3).all())
+
+
+def test_bad_masks_and_fixed_hyperparameters_are_named():
+    x, y = _data(6, n=10)
+    head = GPHead(GPConfig(kind="regression"))
+    with pytest.raises(ValueError, match="mask must have the shape of y_s"):
+        head.fit(x, y, mask=torch.ones(9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="without points"):
+        head.fit(x, y, mask=torch.zeros(10, dtype=torch.bool))
+    p = head.config.n_params
+    with pytest.raises(ValueError, match="one row per task"):
+        head.fit(x, y, theta=torch.zeros(2, p))  # one task: row 0 was used silently
+    with pytest.raises(ValueError, match="one row per task"):
+        head.fit(torch.stack([x, x]), torch.stack([y, y]), theta=torch.zeros(3, p))
+
+
 def test_robust_cholesky_jitter_float64_and_clear_errors():
     v = torch.randn(6, 2, dtype=torch.float32)
     k = (v @ v.T)[None]  # rank 2: singular
