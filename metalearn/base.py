@@ -156,8 +156,15 @@ class MetaLearner(abc.ABC):
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str | None = None) -> MetaLearner:
-        """Restores a learner saved with :meth:`save`."""
+        """Restores a learner saved with :meth:`save`.
+
+        Raises:
+            ValueError: the file holds a learner that is not a ``cls``.
+        """
         state = torch.load(Path(path), map_location=device or "cpu", weights_only=False)
+        klass = _REGISTRY.get(state.get("class"))
+        if klass is not None and not issubclass(klass, cls):
+            raise ValueError(f"{path} holds a {state['class']}, not a {cls.__name__}")
         return cls.from_state(state, device)
 
     def __repr__(self) -> str:

@@ -21,7 +21,6 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import torch
 
 from metalearn.base import MetaLearner, check_support
@@ -29,6 +28,7 @@ from metalearn.episodes import MetaBatch
 from metalearn.hypergrad import implicit_argmin
 from metalearn.training import TrainConfig, meta_train
 from probrec.backbone import MLPEncoder
+from probrec.checks import as_float_tensor
 from probrec.gp.exact import (
     GPConfig,
     geometry,
@@ -50,13 +50,29 @@ def encode_in_chunks(
     encoder: torch.nn.Module, x: Any, device: torch.device, chunk: int = 4096
 ) -> torch.Tensor:
     """Frozen features ``[m, k]`` of inputs ``x [m, d]`` (eval mode, no graph, in chunks)."""
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    if xt.dim() != 2:
-        raise ValueError(f"x must have shape [m, d], got {tuple(xt.shape)}")
+    xt = as_float_tensor(x, "x", ndim=2, dtype=torch.float32)
+    d = getattr(encoder, "in_dim", None)
+    if d is not None and xt.shape[1] != d:
+        raise ValueError(f"x must have {d} features per row, got shape {tuple(xt.shape)}")
     encoder.eval()
     with torch.no_grad():
         parts = [encoder(xt[i : i + chunk].to(device)) for i in range(0, max(len(xt), 1), chunk)]
     return torch.cat(parts)
+
+
+def query_features(
+    encoder: torch.nn.Module | None, x: Any, z_s: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """Checked features ``[m, k]`` of queries ``x``: encoded by the frozen ``encoder``, or ``x``
+    itself when it is already encoded (``encoder=None``), in the support features' dtype."""
+    if encoder is not None:
+        return encode_in_chunks(encoder, x, device).to(z_s.dtype)
+    z = as_float_tensor(x, "x", ndim=2, dtype=z_s.dtype, device=device)
+    if z.shape[1] != z_s.shape[-1]:
+        raise ValueError(
+            f"x (encoded) must have {z_s.shape[-1]} features per row, got {tuple(z.shape)}"
+        )
+    return z
 
 
 class DeepKernelPredictor:
@@ -73,9 +89,7 @@ class DeepKernelPredictor:
         self.device = device
 
     def features(self, x: Any) -> torch.Tensor:
-        if self.encoder is None:
-            return torch.as_tensor(np.asarray(x), dtype=self.gp.z_s.dtype, device=self.device)
-        return encode_in_chunks(self.encoder, x, self.device).to(self.gp.z_s.dtype)
+        return query_features(self.encoder, x, self.gp.z_s, self.device)
 
     def predict(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and variance ``([m], [m])`` (latent +-1 scale for classification)."""

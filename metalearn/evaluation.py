@@ -24,6 +24,7 @@ import numpy as np
 
 from metalearn.base import MetaLearner
 from metalearn.metrics import delta_auprc, mean_and_se, r2_os
+from probrec.checks import check_positive_int
 from probrec.data.tasks import Episode, RowView, Task, sample_episode
 from probrec.progress import track
 
@@ -195,6 +196,10 @@ def evaluate(
     if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0 or n_jobs < -1:
         raise ValueError(f"n_jobs must be a positive int or -1, got {n_jobs!r}")
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+    n_seeds = check_positive_int(n_seeds, "n_seeds")
+    support_sizes = [check_positive_int(s, "support_sizes") for s in support_sizes]
+    if not support_sizes:
+        raise ValueError("support_sizes is empty")
     if not isinstance(learners, Mapping):
         learners = {m.name: m for m in learners}
     kinds = {t.kind for t in tasks}

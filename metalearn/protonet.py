@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from metalearn.base import check_support
-from metalearn.deep_kernel import _DeepKernelBase, encode_in_chunks
+from metalearn.deep_kernel import _DeepKernelBase, query_features
 from metalearn.episodes import MetaBatch
 
 
@@ -40,10 +39,7 @@ class ProtoNetPredictor:
 
     def predict_proba(self, x: Any) -> torch.Tensor:
         """``P(y = 1)``, ``[m]``."""
-        if self.encoder is None:
-            z = torch.as_tensor(np.asarray(x), dtype=self.z_s.dtype, device=self.device)
-        else:
-            z = encode_in_chunks(self.encoder, x, self.device)
+        z = query_features(self.encoder, x, self.z_s, self.device)
         with torch.no_grad():
             return torch.softmax(_logits(self.z_s[None], self.y_s[None], z[None])[0], -1)[:, 1]
 

@@ -20,6 +20,7 @@ from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
 from metalearn.base import MetaLearner, check_support
+from probrec.checks import as_float_tensor
 from probrec.gp.exact import GPConfig
 from probrec.gp.head import FittedGP, GPHead
 
@@ -84,12 +85,15 @@ class SklearnPredictor:
     def __init__(self, model: Any, kind: str, columns: tuple[int, int] | None = None) -> None:
         self.model, self.kind, self.columns = model, kind, columns
 
+    def _query(self, x: Any) -> np.ndarray:
+        """Checked queries ``[m, d]`` (finite: forests would predict NaN inputs silently)."""
+        q = as_float_tensor(x, "x", ndim=2, dtype=torch.float64).cpu().numpy()
+        return _columns(q, self.columns)
+
     def predict_proba(self, x: Any) -> torch.Tensor:
         if self.kind != "classification":
             raise ValueError("predict_proba is only defined for classification")
-        return torch.as_tensor(
-            self.model.predict_proba(_columns(np.asarray(x), self.columns))[:, 1]
-        )
+        return torch.as_tensor(self.model.predict_proba(self._query(x))[:, 1])
 
     def predict(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Classification: ``(p, p (1 - p))``. Regression: mean and, for forests, the variance
@@ -97,7 +101,7 @@ class SklearnPredictor:
         if self.kind == "classification":
             p = self.predict_proba(x)
             return p, p * (1 - p)
-        x = _columns(np.asarray(x), self.columns)
+        x = self._query(x)
         est = getattr(self.model, "best_estimator_", self.model)
         mean = est.predict(x)
         if hasattr(est, "estimators_"):

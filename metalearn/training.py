@@ -220,6 +220,17 @@ def meta_train(
         )
     valid = eligible_tasks(valid_tasks or [], config.valid_support_size)
     in_dim = int(train[0].inputs.shape[1])
+    # every task's width before anything is built or stepped (a validation task of another
+    # width failed only at the first validation, after the weights had moved)
+    built = getattr(learner, "in_dim", None) if learner.trainable_modules() else None
+    want = in_dim if built is None else int(built)
+    for role, tasks in (("train_tasks", train), ("valid_tasks", valid)):
+        wrong = [t.name for t in tasks if int(t.inputs.shape[1]) != want]
+        if wrong:
+            raise ValueError(
+                f"{role} {wrong[:5]} do not have {want} input features"
+                + ("" if built is None else " (the learner's input width)")
+            )
     if not learner.trainable_modules():
         learner.build(in_dim)
     modules = learner.trainable_modules()
@@ -240,6 +251,12 @@ def meta_train(
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if ckpt is not None and resume and ckpt.exists():
         saved = torch.load(ckpt, map_location=learner.device, weights_only=False)
+        who = (saved["learner"].get("class"), saved["learner"].get("kind"))
+        if who != (learner.name, learner.kind):
+            raise ValueError(
+                f"{ckpt} holds a {who[1]} {who[0]} run, not a {learner.kind} {learner.name}: "
+                "resume=False or another checkpoint_dir"
+            )
         for k, m in modules.items():
             m.load_state_dict(saved["learner"]["modules"][k])
         opt.load_state_dict(saved["optimizer"])

@@ -33,10 +33,18 @@ from botorch.models.transforms.outcome import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from linear_operator.operators import DiagLinearOperator
 
-from probrec.checks import as_float_tensor
+from probrec.checks import all_finite, as_float_tensor
 from probrec.gp.exact import GPConfig
 from probrec.gp.head import FittedGP, GPHead
 from probrec.gp.linalg import robust_cholesky
+
+
+def _check_candidates(X: torch.Tensor, d: int) -> None:
+    """Candidates ``X`` ``[..., d]`` for :meth:`posterior`: the model's width, finite."""
+    if X.dim() < 2 or X.shape[-1] != d:
+        raise ValueError(f"X must have shape [..., q, {d}], got {tuple(X.shape)}")
+    if not all_finite(X):
+        raise ValueError("X contains non-finite values")
 
 
 def _check_xy(train_X: torch.Tensor, train_Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +185,7 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         the same gpytorch modules (a test checks it against gpytorch's path); anything else
         (``q > 1``, fantasy models, output indices, heteroscedastic noise) goes through BoTorch.
         """
+        _check_candidates(X, self.train_inputs[0].shape[-1])
         direct = (
             X.dim() >= 2
             and X.shape[-2] == 1
@@ -325,6 +334,7 @@ class ForestModel(Model):
         """Gaussian posterior over ``X`` (``batch x q x d``): a ``batch x q x 1`` posterior."""
         if output_indices not in (None, [0]):
             raise ValueError(f"output_indices must be None or [0], got {output_indices}")
+        _check_candidates(X, self.forest.n_features_in_)
         flat = np.ascontiguousarray(X.detach().reshape(-1, X.shape[-1]).cpu().numpy(), np.float32)
         per_tree = np.stack([t.predict(flat, check_input=False) for t in self.forest.estimators_])
         mean = torch.as_tensor(per_tree.mean(0), dtype=self._dtype, device=X.device)

@@ -134,6 +134,42 @@ def test_resume_continues_to_the_same_parameters(tasks, tmp_path):
     assert resumed.history["loss"] == pytest.approx(full.history["loss"], rel=1e-9)
     for a, b in zip(full.encoder.parameters(), resumed.encoder.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    # another learner does not continue an ADKF-IFT run (ProtoNet did, silently)
+    with pytest.raises(ValueError, match="holds a classification ADKF-IFT run, not a"):
+        ProtoNet(**SMALL).meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
+
+
+def test_refused_calls_leave_a_learner_as_it_was(tasks, tmp_path):
+    tr, va, te = tasks
+    m = ADKFIFT(**SMALL)
+    m.meta_fit(tr, va, progress=False)
+    path = m.save(tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="holds a ADKF-IFT, not a DKT"):
+        DKT.load(path)  # returned the ADKF-IFT
+    wide = [t.with_inputs(np.pad(t.inputs, ((0, 0), (0, 3)))) for t in va]
+    before = {k: v.clone() for k, v in m.encoder.state_dict().items()}
+    with pytest.raises(ValueError, match="valid_tasks .* do not have 12 input features"):
+        m.meta_fit(tr, wide, progress=False)  # failed after the first steps
+    assert all(torch.equal(before[k], v) for k, v in m.encoder.state_dict().items())
+    fresh = DKT(**SMALL)
+    with pytest.raises(ValueError, match="valid_tasks"):
+        fresh.meta_fit(tr, wide, progress=False)
+    assert not fresh.trainable_modules()  # not built: adapt still says "not meta-trained"
+
+
+def test_queries_are_checked_by_every_predictor(tasks):
+    tr, va, te = tasks
+    ep = sample_episode(te[0], 16, seed=0)
+    bad = ep.query_x.copy()
+    bad[0, 0] = np.nan
+    for learner in (ProtoNet(**SMALL), ADKFIFT(**SMALL), RandomForest(n_estimators=5)):
+        learner.meta_fit(tr, va, progress=False)
+        pred = learner.adapt(ep.support_x, ep.support_y)
+        # NaN gave NaN probabilities (ProtoNet) or finite ones (a forest), silently
+        with pytest.raises(ValueError, match="x contains 1 non-finite"):
+            pred.predict_proba(bad)
+        with pytest.raises(ValueError, match="features per row|X has 13 features"):
+            pred.predict_proba(np.pad(ep.query_x, ((0, 0), (0, 1))))
 
 
 def test_two_gloo_processes_give_the_single_process_gradient(tmp_path):
@@ -207,3 +243,10 @@ def test_evaluate_in_worker_processes_gives_the_same_scores(tasks):
         assert a["score"] == pytest.approx(b["score"], abs=1e-12)
     with pytest.raises(ValueError, match="n_jobs"):
         evaluate(learners, te, (16,), 2, progress=False, n_jobs=0)
+    # these returned an empty, malformed table
+    with pytest.raises(ValueError, match="n_seeds must be >= 1"):
+        evaluate(learners, te, (16,), 0, progress=False)
+    with pytest.raises(ValueError, match="support_sizes must be >= 1"):
+        evaluate(learners, te, (0,), 2, progress=False)
+    with pytest.raises(ValueError, match="support_sizes is empty"):
+        evaluate(learners, te, (), 2, progress=False)

@@ -183,6 +183,14 @@ def test_bad_inputs_are_named():
         DeepKernelGP(x[:-1], y[:-1], gp)
     with pytest.raises(ValueError, match="train_Y differs"):
         DeepKernelGP(x, y + 1.0, gp)
+    # candidates: NaN gave a silent NaN posterior (a random forest: finite numbers), another
+    # width a gpytorch RuntimeError
+    models = [DeepKernelGP.fit(x, y, encoder=_encoder()), ForestModel.fit(x, y, n_estimators=5)]
+    for model in models:
+        with pytest.raises(ValueError, match="X contains non-finite"):
+            model.posterior(torch.full((4, 1, x.shape[-1]), float("nan"), dtype=x.dtype))
+        with pytest.raises(ValueError, match=r"X must have shape \[\.\.\., q,"):
+            model.posterior(torch.zeros(4, 1, x.shape[-1] + 1, dtype=x.dtype))
 
 
 def test_forest_model_posterior_matches_the_forest():
