@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int, check_real
+from probrec.checks import check_choice, check_positive_int, check_real, check_seed
 from probrec.progress import track
 from probrec.seeding import torch_generator
 
@@ -327,7 +327,8 @@ class Sampler(ABC):
             raise ValueError(f"init gives {x.shape[0]} starting states for {n} chains")
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
-        return check_positions(x, target.dim, "init").clone()
+        # detached: an init that requires grad would build a graph across every step
+        return check_positions(x.detach(), target.dim, "init").clone()
 
     def run(self, target: Target, n_samples: int, seed: int | torch.Generator = 0) -> SamplerResult:
         """Draws ``n_samples`` samples from ``target``.
@@ -349,6 +350,8 @@ class Sampler(ABC):
                 "target must be a samplers.targets.Target (wrap a function with "
                 f"samplers.targets.from_log_prob(fn, dim)), got {type(target).__name__}"
             )
+        if not isinstance(seed, torch.Generator):
+            seed = check_seed(seed)  # before the run (None failed after it, 1.5 ran as 1)
         plan = self.plan(target, n_samples)
         t_start = time.perf_counter()
         gen = seed if isinstance(seed, torch.Generator) else torch_generator(seed, target._device())

@@ -25,7 +25,7 @@ def _as_chains(chains: torch.Tensor | np.ndarray) -> np.ndarray:
     )
     if a.ndim == 2:
         a = a[..., None]
-    if a.ndim != 3:
+    if a.ndim != 3 or 0 in (a.shape[0], a.shape[2]):
         raise ValueError(f"chains must have shape (n_chains, n_draws[, dim]), got {a.shape}")
     if a.shape[1] < 4:
         raise ValueError(f"need at least 4 draws per chain, got {a.shape[1]}")
@@ -55,7 +55,9 @@ def split_rhat(chains: torch.Tensor | np.ndarray, rank: bool = True) -> np.ndarr
         rank: rank-normalise first (the "bulk" R-hat of Vehtari et al., 2021).
 
     Returns:
-        A ``d``-dim array; values near 1 indicate mixing, above ~1.01 trouble.
+        A ``d``-dim array; values near 1 indicate mixing, above ~1.01 trouble; ``inf`` where
+        every chain is constant but the chains differ (stuck apart), NaN where all draws are
+        equal (undefined).
     """
     a = _split(_as_chains(chains))
     if rank:
@@ -66,7 +68,7 @@ def split_rhat(chains: torch.Tensor | np.ndarray, rank: bool = True) -> np.ndarr
     var_plus = (n - 1) / n * w + b_over_n
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.sqrt(var_plus / w)
-    return np.where(w > 0, r, np.nan)
+    return np.where(w > 0, r, np.where(b_over_n > 0, np.inf, np.nan))
 
 
 def _autocov(a: np.ndarray) -> np.ndarray:
@@ -88,7 +90,7 @@ def ess(chains: torch.Tensor | np.ndarray, rank: bool = True) -> np.ndarray:
 
     Returns:
         A ``d``-dim array of effective sample sizes (at most ``c * n * log10(c n)`` as in the
-        reference implementation's antithetic cap).
+        reference implementation's antithetic cap); NaN where all draws are equal (undefined).
     """
     a = _split(_as_chains(chains))
     if rank:

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,7 +34,7 @@ from .adaptation import DualAveraging
 from .base import RunPlan, Sampler
 from .compile import CompiledFn
 from .kernels import _accept, _finite_rows, mala_transition
-from .mcmc import check_step_size
+from .mcmc import check_step_size, check_target_accept
 from .targets.base import Target
 
 __all__ = ["DiGS", "digs_sweep"]
@@ -209,7 +210,7 @@ class DiGS(Sampler):
             raise ValueError("n_mala=0 needs mwg_init=True (otherwise the chain never moves)")
         self.alphas = alphas
         self.n_mala = n_mala
-        if step_size is None or isinstance(step_size, (int, float)):
+        if step_size is None or np.ndim(step_size) == 0:
             steps = [check_step_size(step_size, 0.1)] * len(alphas)
         else:
             steps = [check_step_size(s, 0.1) for s in step_size]
@@ -218,9 +219,7 @@ class DiGS(Sampler):
                     f"step_size needs one value per noise level ({len(alphas)}), got {len(steps)}"
                 )
         self.step_size = steps
-        if not 0.0 < target_accept < 1.0:
-            raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
-        self.target_accept = float(target_accept)
+        self.target_accept = check_target_accept(target_accept, target_accept)
         self.mwg_init = bool(mwg_init)
         if isinstance(sweeps_per_level, bool) or not isinstance(sweeps_per_level, int):
             raise ValueError(f"sweeps_per_level must be a positive int, got {sweeps_per_level!r}")

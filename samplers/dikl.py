@@ -155,6 +155,20 @@ def noisy_target_score(
     with torch.no_grad():
         log_w = target.log_prob(props.reshape(-1, d)).reshape(n, n_is)
     log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+    dead = ~torch.isfinite(log_w).any(-1)
+    if bool(dead.any()):
+        # no proposal of these rows lies in the target's support (a bounded target): the
+        # target says nothing there, so their score is the noise kernel's alone (uniform
+        # weights); the other rows are estimated as usual (their softmax was NaN before)
+        out = (a[:, None] * props.mean(1) - u_t) * inv_var[:, None]
+        stats = {"is_ess_fraction": 0.0, **({"mcmc_acceptance": 0.0} if n_mcmc else {})}
+        live = ~dead
+        if bool(live.any()):
+            out[live], stats = noisy_target_score(
+                target, u_t[live], a[live], s[live], generator, n_is, n_mcmc, p, step_scale,
+                target_precision,
+            )  # fmt: skip
+        return out, stats
     w = torch.softmax(log_w, -1)
     stats = {"is_ess_fraction": float((1.0 / (w * w).sum(-1)).mean()) / n_is}
     if n_mcmc == 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,18 +27,33 @@ from .base import RunPlan, Sampler
 from .kernels import ChainState, HMCKernel, Kernel, MALAKernel, RandomWalkKernel, make_kernel
 from .targets.base import Target
 
-__all__ = ["MCMC", "RandomWalkMetropolis", "MALA", "HMC", "check_step_size"]
+__all__ = ["MCMC", "RandomWalkMetropolis", "MALA", "HMC", "check_step_size", "check_target_accept"]
 
 
 def check_step_size(step_size: float | None, default: float) -> float:
-    """Validates a step size (``None`` gives ``default``)."""
+    """Validates a step size (``None`` gives ``default``): a positive finite real number
+    (Python, NumPy or a one-element tensor)."""
     if step_size is None:
         return float(default)
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
+    if isinstance(step_size, torch.Tensor) and step_size.numel() == 1:
+        step_size = step_size.item()
+    if (
+        isinstance(step_size, (bool, np.bool_))
+        or not isinstance(step_size, (int, float, np.integer, np.floating))
+        or not step_size > 0
+    ):
         raise ValueError(f"step_size must be a positive number, got {step_size!r}")
-    if step_size == float("inf"):
+    if not np.isfinite(step_size):
         raise ValueError("step_size must be finite")
     return float(step_size)
+
+
+def check_target_accept(target_accept: float | None, default: float) -> float:
+    """Validates an acceptance rate for step-size adaptation (``None`` gives ``default``)."""
+    value = float(default if target_accept is None else target_accept)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"target_accept must be in (0, 1), got {value}")
+    return value
 
 
 class MCMC(Sampler):
@@ -64,11 +80,7 @@ class MCMC(Sampler):
         self.kernel = make_kernel(kernel)
         self.name = self.kernel.name
         self.step_size = check_step_size(step_size, self.kernel.default_step_size)
-        self.target_accept = (
-            self.kernel.target_accept if target_accept is None else float(target_accept)
-        )
-        if not 0.0 < self.target_accept < 1.0:
-            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept}")
+        self.target_accept = check_target_accept(target_accept, self.kernel.target_accept)
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()

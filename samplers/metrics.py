@@ -144,6 +144,14 @@ def _check_mixture(target: GaussianMixture) -> GaussianMixture:
     return target
 
 
+def _mixture_points(x: Tensor, mix: GaussianMixture) -> Tensor:
+    """Samples ``x`` as ``[n, d]`` in the mixture's dtype, ``d`` its dimension."""
+    xa = _as_2d(x, "x").to(mix.means.dtype)
+    if xa.shape[1] != mix.dim:
+        raise ValueError(f"x must have {mix.dim} columns (the target's dimension), got {xa.shape}")
+    return xa
+
+
 def mode_weights(x: Tensor, target: GaussianMixture) -> Tensor:
     """Empirical component weights ``w_hat_k = mean_i r_k(x_i)`` (``K``-dim).
 
@@ -153,7 +161,7 @@ def mode_weights(x: Tensor, target: GaussianMixture) -> Tensor:
     nearest-mode assignment would be biased).
     """
     mix = _check_mixture(target)
-    xa = _as_2d(x, "x").to(mix.means.dtype)
+    xa = _mixture_points(x, mix)
     return mix.responsibilities(xa).double().mean(0)
 
 
@@ -169,7 +177,10 @@ def mode_coverage(
     distinguishable this way (MoG-40 has two such pairs): samples of one may cover the other.
     """
     mix = _check_mixture(target)
-    xa = _as_2d(x, "x").to(mix.means.dtype)
+    xa = _mixture_points(x, mix)
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    min_count = check_positive_int(min_count, "min_count")
     k = mix.assign(xa)
     z = (xa - mix.means[k]) / mix.scales[k]
     inside = (z * z).sum(-1) <= chi2.ppf(quantile, mix.dim)
@@ -201,6 +212,8 @@ def expected_squared_norm(x: Tensor) -> float:
 
 def relative_error(estimate: float, truth: float) -> float:
     """``|estimate - truth| / |truth|``."""
+    if not (np.isfinite(estimate) and np.isfinite(truth)):
+        raise ValueError(f"relative_error needs finite values, got {estimate} and {truth}")
     if truth == 0:
         raise ValueError("relative_error needs a non-zero true value")
     return abs(float(estimate) - float(truth)) / abs(float(truth))
@@ -220,8 +233,17 @@ def wasserstein_1d(
     """
     u_values, v_values = np.asarray(u_values, float), np.asarray(v_values, float)
     u_w, v_w = np.asarray(u_weights, float), np.asarray(v_weights, float)
+    if u_w.shape != u_values.shape or v_w.shape != v_values.shape or u_values.ndim != 1:
+        raise ValueError("values and weights must be 1-D and of equal lengths")
+    if (
+        not (np.isfinite(u_w).all() and np.isfinite(v_w).all())
+        or (u_w < 0).any()
+        or (v_w < 0).any()
+    ):
+        raise ValueError("weights must be finite and non-negative")
     if u_w.sum() <= 0 or v_w.sum() <= 0:
         raise ValueError("weights must have a positive sum")
+    p = check_positive_int(p, "p")
     iu, iv = np.argsort(u_values), np.argsort(v_values)
     u_values, u_w = u_values[iu], u_w[iu] / u_w.sum()
     v_values, v_w = v_values[iv], v_w[iv] / v_w.sum()
@@ -245,9 +267,10 @@ def histogram_distance(
     """Distance between 200-bin histograms of a 1-D statistic of samples and of reference samples.
 
     The histogram range is the reference's ``[min, max]`` widened by 10% on each side (or
-    ``value_range``); sample values outside it are clipped into the edge bins, so a few wild
-    samples cost at most the range width instead of stretching every bin. Histograms are treated
-    as discrete distributions on the bin centres.
+    ``value_range``); sample values outside it, infinite ones included (an energy of ``+inf``
+    outside a target's support), are clipped into the edge bins, so a few wild samples cost at
+    most the range width instead of stretching every bin. Histograms are treated as discrete
+    distributions on the bin centres.
 
     Args:
         values: sample statistics (any shape, flattened).
@@ -263,13 +286,18 @@ def histogram_distance(
         raise ValueError("values and reference must be non-empty")
     if not np.isfinite(r).all():
         raise ValueError("reference contains non-finite values")
-    v = v[np.isfinite(v)] if np.isfinite(v).any() else v
+    if np.isnan(v).any():
+        raise ValueError(f"values contain {int(np.isnan(v).sum())} NaN")
     if value_range is None:
         lo, hi = float(r.min()), float(r.max())
         pad = 0.1 * (hi - lo) if hi > lo else 1.0
         lo, hi = lo - pad, hi + pad
     else:
         lo, hi = map(float, value_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(
+                f"value_range must be finite (low, high), low < high, got {value_range}"
+            )
     edges = np.linspace(lo, hi, check_positive_int(bins, "bins") + 1)
     centres = 0.5 * (edges[:-1] + edges[1:])
     hv, _ = np.histogram(np.clip(v, lo, hi), bins=edges)

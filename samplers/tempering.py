@@ -28,7 +28,7 @@ from probrec.checks import check_real
 from .adaptation import DualAveraging
 from .base import RunPlan, Sampler
 from .kernels import ChainState, Kernel, make_kernel
-from .mcmc import check_step_size
+from .mcmc import check_step_size, check_target_accept
 from .targets.base import Target
 
 __all__ = ["ParallelTempering", "geometric_ladder", "swap_step"]
@@ -134,9 +134,7 @@ class ParallelTempering(Sampler):
             raise ValueError(f"temperatures must be finite and strictly increasing, got {temps}")
         self.temperatures = temps
         self.step_size = check_step_size(step_size, self.kernel.default_step_size)
-        self.target_accept = (
-            self.kernel.target_accept if target_accept is None else float(target_accept)
-        )
+        self.target_accept = check_target_accept(target_accept, self.kernel.target_accept)
 
     @property
     def n_temperatures(self) -> int:

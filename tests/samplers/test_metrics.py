@@ -101,6 +101,14 @@ def test_mode_metrics_on_known_cases():
     assert mode_coverage(torch.tensor([[500.0, 500.0]]), target) == 0
     with pytest.raises(TypeError, match="GaussianMixture"):
         mode_weights(exact, DoubleWell4())
+    # settings that counted nothing, or everything, silently; another dimension (torch error)
+    for q in (1.5, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="quantile"):
+            mode_coverage(part, ring, quantile=q)
+    with pytest.raises(ValueError, match="min_count"):
+        mode_coverage(part[:1], ring, min_count=0)
+    with pytest.raises(ValueError, match="x must have 2 columns"):
+        mode_weight_tv(torch.zeros(2, 3), ring)
 
 
 def test_expected_squared_norm_relative_error():
@@ -111,6 +119,8 @@ def test_expected_squared_norm_relative_error():
     assert relative_error(11.0, 10.0) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         relative_error(1.0, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        relative_error(float("nan"), 1.0)
 
 
 def test_wasserstein_1d_matches_scipy_and_known_w2():
@@ -126,6 +136,13 @@ def test_wasserstein_1d_matches_scipy_and_known_w2():
     assert wasserstein_1d(
         np.array([0.0, 1.0]), np.array([0.0]), np.ones(2), np.ones(1), p=2
     ) == pytest.approx(math.sqrt(0.5))
+    # a negative weight gave 1.0; mismatched lengths an IndexError; p = 0 a ZeroDivisionError
+    with pytest.raises(ValueError, match="non-negative"):
+        wasserstein_1d([0.0, 1.0], [0.0], [2.0, -1.0], [1.0])
+    with pytest.raises(ValueError, match="equal lengths"):
+        wasserstein_1d([0.0, 1.0], [0.0], [1.0], [1.0])
+    with pytest.raises(ValueError, match="p must be"):
+        wasserstein_1d(u, v, wu, wv, p=0)
 
 
 def test_histogram_distances():
@@ -141,6 +158,17 @@ def test_histogram_distances():
     assert histogram_distance(wild, ref) < 0.01
     with pytest.raises(ValueError, match="metric"):
         histogram_distance(ref, ref, "kl")
+    # infinite values (an energy outside a bounded support) count in the edge bin like other
+    # wild values (they were dropped: 75% of the samples off the support changed nothing)
+    off = np.concatenate([ref[:5000], np.full(15_000, np.inf)])
+    assert histogram_distance(off, ref) > 1.0
+    assert histogram_distance(off, ref) == pytest.approx(
+        histogram_distance(np.concatenate([ref[:5000], np.full(15_000, 1e9)]), ref)
+    )
+    with pytest.raises(ValueError, match="NaN"):
+        histogram_distance(np.full(10, np.nan), ref)
+    with pytest.raises(ValueError, match="value_range"):
+        histogram_distance(ref, ref, value_range=(np.nan, 1.0))
 
 
 def test_energy_and_distance_histograms_of_particle_systems():
@@ -177,3 +205,9 @@ def test_split_rhat_flags_chains_that_disagree():
     assert split_rhat(trending, rank=False)[0] > 1.1
     with pytest.raises(ValueError, match="4 draws"):
         split_rhat(np.zeros((2, 3)))
+    # chains stuck at different points: the clearest failure to mix (was NaN)
+    stuck = np.stack([np.zeros(50), np.ones(50)])
+    assert split_rhat(stuck)[0] == np.inf and split_rhat(stuck, rank=False)[0] == np.inf
+    assert np.isnan(split_rhat(np.zeros((2, 50)))[0])  # all draws equal: undefined
+    with pytest.raises(ValueError, match="shape"):
+        ess(np.zeros((0, 10)))

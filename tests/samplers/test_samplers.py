@@ -377,3 +377,55 @@ def test_map_estimate_finds_the_mode():
     x, lp = map_estimate(target, n_starts=3, steps=800, lr=0.05, seed=0)
     assert torch.allclose(x, target.mean, atol=1e-3)
     assert lp == pytest.approx(float(target.log_prob(target.mean[None])), abs=1e-5)
+
+
+def test_run_and_constructor_arguments_are_checked_up_front():
+    import numpy as np
+
+    target = Gaussian(torch.zeros(2))
+    mala = samplers.MALA(n_chains=4, burn_in=10, progress=False)
+    for seed in (1.5, "3", None):  # 1.5 ran as 1, "3" ran, None failed after the whole run
+        with pytest.raises(TypeError, match="seed must be an int"):
+            mala.run(target, 8, seed=seed)
+    # NumPy and one-element tensor step sizes are numbers (np.float32 was refused as "not a
+    # positive number")
+    for step in (np.float32(0.1), torch.tensor(0.1), np.float64(0.1)):
+        assert samplers.MALA(step_size=step).step_size == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="step_size must be a positive"):
+        samplers.MALA(step_size=np.float32(-0.1))
+    with pytest.raises(ValueError, match="target_accept"):  # was accepted until run()
+        samplers.ParallelTempering(target_accept=2.0)
+    # an init that requires grad does not drag a graph through the chains
+    init = torch.zeros(4, 2, requires_grad=True)
+    res = samplers.MALA(n_chains=4, burn_in=10, init=init, progress=False).run(target, 8)
+    assert not res.samples.requires_grad
+
+
+def test_bounded_targets_and_stuck_chains_are_reported_not_hidden():
+    def box(x):  # a bounded support: -inf outside the unit square
+        inside = ((x >= 0) & (x <= 1)).all(-1)
+        lp = -0.5 * ((x - 0.5) ** 2).sum(-1)
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+    target = from_log_prob(box, 2)
+    # DiKL: rows whose importance proposals all fall outside the support gave NaN weights
+    # (a torch multinomial error); they now get the noise kernel's score
+    res = samplers.DiKL(
+        n_iters=20,
+        batch_size=16,
+        n_is=4,
+        n_mcmc=1,
+        n_posterior=1,
+        gen_hidden=16,
+        gen_layers=1,
+        score_hidden=16,
+        score_layers=1,
+        data_scale=0.5,
+    ).run(target, 50, seed=0)
+    assert bool(torch.isfinite(res.samples).all())
+    # chains stuck at different points: split R-hat inf (was NaN, hidden by nanmax)
+    init = torch.arange(8.0).reshape(4, 2)
+    stuck = samplers.MALA(
+        n_chains=4, burn_in=10, step_size=1e6, adapt=False, init=init, progress=False
+    ).run(Gaussian(torch.zeros(2)), 40)
+    assert stuck.diagnostics["rhat_split_max"] == math.inf
