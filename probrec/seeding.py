@@ -7,13 +7,19 @@ import random
 import numpy as np
 import torch
 
+from probrec.checks import check_seed
+
 SeedLike = int | np.random.Generator | None
 
 
 def numpy_rng(seed: SeedLike) -> np.random.Generator:
-    """Returns a NumPy ``Generator`` from an int seed, an existing generator or ``None``."""
+    """Returns a NumPy ``Generator`` from an int seed (``>= 0``), an existing generator or
+    ``None``; other values raise a ``TypeError`` / ``ValueError`` naming ``seed``."""
     if isinstance(seed, np.random.Generator):
         return seed
+    seed = check_seed(seed, optional=True)
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be >= 0 (NumPy seeds are non-negative), got {seed}")
     return np.random.default_rng(seed)
 
 
@@ -21,11 +27,12 @@ def torch_generator(seed: int | torch.Generator | None, device: torch.device | s
     """Returns a ``torch.Generator`` on ``device`` seeded with ``seed`` (random if ``None``)."""
     if isinstance(seed, torch.Generator):
         return seed
+    seed = check_seed(seed, optional=True)  # a float was truncated silently
     g = torch.Generator(device=device)
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(int(seed))
+        g.manual_seed(seed)
     return g
 
 

@@ -209,7 +209,7 @@ class EmbeddingStore:
                 f"this store is memory-mapped from {self._path} and read-only; "
                 "load it with mmap=False to modify it"
             )
-        arr = _as_matrix(vectors, "vectors", self._dim)
+        arr = _as_matrix(vectors, "vectors", self._dim, self._dtype)
         int_keys = _int_key_array(keys, "keys")
         if int_keys is not None:
             canon: list[Hashable] = int_keys.tolist()
@@ -381,14 +381,22 @@ class EmbeddingStore:
         Returns:
             ``[n, d]`` array in the storage dtype.
         """
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(rows)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"rows must hold integer row indices, got dtype {rows.dtype}")
+        rows = rows.astype(np.int64)
         if rows.ndim != 1 or (len(rows) and (rows.max() >= len(self) or rows.min() < -1)):
             raise ValueError(f"rows must be a 1-d array of indices in [-1, {len(self)})")
         out = np.zeros((len(rows), self._dim), dtype=self._dtype)
         present = rows >= 0
         if present.any():
             uniq, inv = np.unique(rows[present], return_inverse=True)
-            out[present] = self.vectors[uniq][inv.reshape(-1)]
+            got = self.vectors[uniq]
+            if not np.isfinite(got).all():  # writers refuse these: the file was damaged
+                bad = uniq[np.flatnonzero(~np.isfinite(got).all(1))[:5]].tolist()
+                where = f" in {self._path}" if self._path is not None else ""
+                raise ValueError(f"non-finite stored vectors{where} at rows {bad}")
+            out[present] = got[inv.reshape(-1)]
         return out
 
     def lookup(
@@ -493,7 +501,11 @@ class EmbeddingStore:
         return store
 
 
-def _as_matrix(vectors: Any, name: str, dim: int | None = None) -> np.ndarray:
+def _as_matrix(
+    vectors: Any, name: str, dim: int | None = None, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """``vectors`` as a finite ``[n, d]`` array; with ``dtype``, converted to it and still
+    finite (a value too large for float16 would be stored as inf)."""
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.detach().cpu().numpy()
     arr = np.asarray(vectors)
@@ -507,6 +519,14 @@ def _as_matrix(vectors: Any, name: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} must have at least one column, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains {int((~np.isfinite(arr)).sum())} non-finite value(s)")
+    if dtype is not None:
+        with np.errstate(over="ignore"):
+            arr = arr.astype(dtype)
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"{name} has {int((~np.isfinite(arr)).sum())} value(s) beyond the range of "
+                f"the storage dtype {np.dtype(dtype).name}"
+            )
     return arr
 
 
@@ -579,7 +599,7 @@ class EmbeddingStoreWriter:
         if len(vectors) == 0:
             arr = np.zeros((0, self.dim), dtype=self.dtype)
         else:
-            arr = _as_matrix(vectors, "vectors", self.dim)
+            arr = _as_matrix(vectors, "vectors", self.dim, self.dtype)
         int_keys = _int_key_array(keys, "keys")
         canon = (
             int_keys.tolist()
@@ -593,10 +613,13 @@ class EmbeddingStoreWriter:
             raise ValueError(
                 f"writing {len(canon)} more row(s) would exceed n = {self.n} ({start} written)"
             )
-        for k in canon:
-            if k in self._seen:
-                raise ValueError(f"key {k!r} is written more than once")
-            self._seen.add(k)
+        fresh = set(canon)
+        if len(fresh) != len(canon) or not fresh.isdisjoint(self._seen):
+            local: set[Hashable] = set()
+            dup = next(k for k in canon if k in self._seen or k in local or local.add(k))
+            # nothing recorded: a corrected retry of the chunk is accepted
+            raise ValueError(f"key {dup!r} is written more than once")
+        self._seen |= fresh
         self._all_int = self._all_int and all(
             isinstance(k, int) and _INT64_MIN <= k <= _INT64_MAX for k in canon
         )
@@ -639,7 +662,12 @@ class EmbeddingStoreWriter:
                 raise FileExistsError(f"{self.path} appeared while writing")
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
             os.replace(self.path, old)
-            os.replace(self._tmp, self.path)
+            try:
+                os.replace(self._tmp, self.path)
+            except BaseException:
+                os.replace(old, self.path)  # the previous store stays where it was
+                self.abort()
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self._tmp, self.path)

@@ -57,8 +57,10 @@ def chronological_split(
     """
     t = np.asarray(time)
     fr = np.asarray(fractions, dtype=float)
-    if fr.ndim != 1 or len(fr) < 2 or (fr <= 0).any() or abs(fr.sum() - 1.0) > 1e-6:
+    if fr.ndim != 1 or len(fr) < 2 or not (fr > 0).all() or not abs(fr.sum() - 1.0) <= 1e-6:
         raise ValueError(f"fractions must be >= 2 positive numbers summing to 1, got {fractions}")
+    if np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all():
+        raise ValueError("time contains NaN/inf")
     if len(t) > 1 and bool((np.diff(t) < 0).any()):
         raise ValueError("time must be non-decreasing")
     uniq, first = np.unique(t, return_index=True)  # first[j] = events before time uniq[j]
@@ -204,6 +206,10 @@ class EventTable:
         self._user_hist = torch.from_numpy(self.user_hist)
         self._item_hist = torch.from_numpy(self.item_hist)
 
+    def __len__(self) -> int:
+        """Number of events in the log."""
+        return int(self._user_hist.shape[0])
+
     @property
     def field_cardinalities(self) -> list[int]:
         """Table sizes of the side fields, in :attr:`InteractionLog.field_names` order."""
@@ -225,7 +231,12 @@ class EventTable:
             ``ihist_mask``, ``ihist_label``, ``ihist_user`` (raw ids), ``ihist_fm_user``; and
             ``hist_count``, ``hist_pos_rate`` ``[B]``.
         """
-        idx = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        raw = np.asarray(index)
+        if raw.size and (
+            not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0 or raw.max() >= len(self)
+        ):  # a float index was truncated and -1 wrapped to the last event
+            raise ValueError(f"index must hold event positions in [0, {len(self)})")
+        idx = torch.as_tensor(raw, dtype=torch.int64)
         out = {k: v[idx] for k, v in self._t.items()}
         for prefix, table in (("hist", self._user_hist), ("ihist", self._item_hist)):
             h = table[idx]

@@ -27,7 +27,7 @@ from torch import Tensor
 from probrec.backbone.history import build_history_batch
 from probrec.backbone.store import EmbeddingStore
 from probrec.recsys.features import EventTable, event_keys
-from probrec.recsys.models import FoundationModel
+from probrec.recsys.models import FoundationModel, evaluating
 
 __all__ = ["StoredHistory", "fm_embeddings", "lookup_histories", "write_fm_store"]
 
@@ -37,12 +37,12 @@ def fm_embeddings(
     fm: FoundationModel, table: EventTable, index: np.ndarray, *, batch_size: int = 2048
 ) -> tuple[Tensor, Tensor]:
     """FM event embeddings ``[n, d]`` and logits ``[n]`` of the events at ``index``."""
-    fm.eval()
     hs, zs = [], []
-    for s in range(0, len(index), batch_size):
-        h, z = fm(table.batch(index[s : s + batch_size]))
-        hs.append(h)
-        zs.append(z)
+    with evaluating(fm):
+        for s in range(0, len(index), batch_size):
+            h, z = fm(table.batch(index[s : s + batch_size]))
+            hs.append(h)
+            zs.append(z)
     return torch.cat(hs), torch.cat(zs)
 
 

@@ -34,10 +34,10 @@ from torch import Tensor, nn
 
 from probrec.backbone.history import HistoryEncoder
 from probrec.backbone.mlp import MLPEncoder
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_seed
 from probrec.seeding import torch_generator
 
-__all__ = ["FoundationModel", "HashedEmbedding", "VerticalModel", "dot_interaction"]
+__all__ = ["FoundationModel", "HashedEmbedding", "VerticalModel", "dot_interaction", "evaluating"]
 
 _HASH_PRIME = 2_147_483_647  # 2^31 - 1
 
@@ -46,8 +46,20 @@ _HASH_PRIME = 2_147_483_647  # 2^31 - 1
 def _seeded(seed: int) -> Iterator[None]:
     """torch's default initialisers draw from the global generator: seed a private copy."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+        torch.manual_seed(check_seed(seed))
         yield
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in evaluation mode inside the block, its own mode restored after (a prediction
+    made mid-training must not leave dropout or batch statistics switched off)."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 class HashedEmbedding(nn.Module):

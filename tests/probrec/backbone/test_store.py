@@ -178,6 +178,60 @@ def test_writer_discards_incomplete_or_failed_stores(tmp_path: Path) -> None:
     w.abort()
 
 
+def test_a_refused_write_changes_nothing_and_values_must_fit_the_dtype(tmp_path: Path) -> None:
+    vec = _vectors(3, 2)
+    w = EmbeddingStore.writer(tmp_path / "s", 3, 2)
+    with pytest.raises(ValueError, match="more than once"):
+        w.write([1, 2, 1], vec)
+    w.write([1, 2, 3], vec)  # the corrected retry (key 1 was marked written before)
+    np.testing.assert_array_equal(w.close().lookup([3]).numpy(), vec[2:])
+    # 1e6 does not fit float16: it was stored as inf
+    with pytest.raises(ValueError, match="beyond the range of the storage dtype float16"):
+        EmbeddingStore.from_arrays([1], [[1e6, 1.0]], dtype="float16")
+    with EmbeddingStore.writer(tmp_path / "h", 1, 2, dtype="float16") as w16:
+        with pytest.raises(ValueError, match="float16"):
+            w16.write([1], [[1e6, 1.0]])
+        w16.write([1], [[1.0, 1.0]])
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_damaged_stored_vectors_are_refused_not_returned(tmp_path: Path, mmap: bool) -> None:
+    EmbeddingStore.from_arrays([10, 11], _vectors(2, 3)).save(tmp_path / "s")
+    arr = np.load(tmp_path / "s" / "vectors.npy", mmap_mode="r+")
+    arr[1, 0] = np.nan  # the writers refuse this: only damage puts it there
+    arr.flush()
+    del arr
+    store = EmbeddingStore.load(tmp_path / "s", mmap=mmap)
+    assert bool(torch.isfinite(store.lookup([10])).all())
+    with pytest.raises(ValueError, match="non-finite stored vectors.* rows \\[1\\]"):
+        store.lookup([11])
+    with pytest.raises(TypeError, match="integer row indices"):
+        store.take_rows(np.array([1.7]))  # read row 1
+
+
+def test_a_failed_overwrite_keeps_the_previous_store(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    old = _vectors(2, 3, seed=1)
+    EmbeddingStore.from_arrays([1, 2], old).save(tmp_path / "s")
+    real = os.replace
+
+    def fail_into_place(src, dst):
+        if Path(src).name.startswith(".s.tmp-"):
+            raise OSError("disk full")  # the new store's rename into place
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_place)
+    with pytest.raises(OSError, match="disk full"):
+        EmbeddingStore.from_arrays([1, 2], _vectors(2, 3, seed=2)).save(
+            tmp_path / "s", overwrite=True
+        )
+    monkeypatch.undo()
+    # the path held no store at all before
+    np.testing.assert_array_equal(EmbeddingStore.load(tmp_path / "s").lookup([1, 2]).numpy(), old)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
 def test_integer_lookup_matches_a_dictionary_at_scale() -> None:
     rng = np.random.default_rng(1)
     keys = rng.choice(10**12, size=50_000, replace=False)

@@ -55,6 +55,15 @@ def test_chronological_split_keeps_ties_together():
         chronological_split(t, (0.5, 0.6))
 
 
+def test_chronological_split_refuses_nan():
+    from probrec.recsys.features import chronological_split
+
+    with pytest.raises(ValueError, match="fractions"):
+        chronological_split(np.arange(20), (0.5, np.nan, 0.5))  # gave periods of 10, 1, 9
+    with pytest.raises(ValueError, match="time contains NaN"):
+        chronological_split(np.array([0.0, np.nan, 2.0, 3.0]), (0.5, 0.5))
+
+
 def test_id_vocabulary():
     voc = IdVocabulary(np.array([7, 3, 7, 10]))
     assert len(voc) == 4

@@ -68,6 +68,12 @@ def test_ctr_metrics_against_pair_counting():
         assert math.isnan(ctr_metrics(np.ones(3), np.zeros(3))["auc"])
     with pytest.raises(ValueError, match="NaN"):
         ctr_metrics(y, np.full(200, np.nan))
+    # confident logits are scored exactly (a clip at 1e-7 gave 8.216 here, not 10.157)
+    yc, zc = np.array([0.0, 1.0, 0.0, 1.0]), np.array([20.0, -20.0, -1.0, 1.0])
+    exact = np.mean([20 + math.log1p(math.exp(-20))] * 2 + [math.log1p(math.exp(-1))] * 2)
+    assert ctr_metrics(yc, zc)["logloss"] == pytest.approx(exact, rel=1e-12)
+    with pytest.raises(ValueError, match="0/1"):
+        ctr_metrics(np.array([0.0, 2.0]), np.zeros(2))
 
 
 def test_transfer_ratio():
@@ -75,6 +81,39 @@ def test_transfer_ratio():
     assert transfer_ratio(0.68, 0.70, 0.80) == pytest.approx(-0.2)
     with pytest.raises(ValueError, match="undefined"):
         transfer_ratio(0.7, 0.7, 0.7)
+    with pytest.raises(ValueError, match="finite"):
+        transfer_ratio(float("nan"), 0.73, 0.75)  # returned NaN
+
+
+def test_bad_training_settings_are_named():
+    z, y = torch.zeros(4), torch.ones(4)
+    for bad in (-1.0, float("nan")):  # contributed nothing, silently
+        with pytest.raises(ValueError, match="aux_weight"):
+            vm_loss(z, y, teacher_logit=z, aux_logit=z, aux_weight=bad)
+    for field in ("epochs", "batch_size", "patience"):
+        with pytest.raises(ValueError, match=field):
+            TrainSpec(**{field: 0})  # batch_size 0 failed in range(), epochs 0 did nothing
+
+
+def test_predictions_keep_the_model_mode_and_check_the_index(small_log):
+    from probrec.recsys import FoundationModel, fm_embeddings
+
+    table = EventTable.build(small_log, np.arange(1000), user_history=4, item_history=3)
+    vm = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0)
+    fm = FoundationModel(
+        int(table.fm_user.max()) + 1, int(table.fm_item.max()) + 1,
+        table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0,
+    )  # fmt: skip
+    vm.train()
+    fm.train()
+    predict_logits(vm, table, np.arange(5))
+    fm_embeddings(fm, table, np.arange(5))
+    assert vm.training and fm.training  # both were left in eval mode
+    for bad in ([0.9, 1.7], [-1], [len(table)]):  # floats truncated, -1 the last event
+        with pytest.raises(ValueError, match="event positions"):
+            predict_logits(vm, table, np.asarray(bad))
+    with pytest.raises(TypeError, match="seed must be an int"):
+        VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0.5)
 
 
 def test_train_ctr_learns_and_keeps_best(small_log):
