@@ -390,9 +390,12 @@ def split_tasks(
             raise ValueError(f"sizes {list(sizes)} must be non-negative and sum to {n} tasks")
     else:
         fr = np.asarray(sizes, dtype=float)
-        if (fr < 0).any() or abs(fr.sum() - 1) > 1e-6:
+        if not (fr >= 0).all() or not abs(fr.sum() - 1) <= 1e-6:  # NaN fails both
             raise ValueError(f"sizes {list(sizes)} must be non-negative fractions summing to 1")
         c_valid, c_test = int(round(fr[1] * n)), int(round(fr[2] * n))
+        # both rounded up can exceed n (3 tasks at (0, .5, .5): 2 + 2); a negative train count
+        # made the slices overlap, putting one task in train and test
+        c_test = min(c_test, n - c_valid)
         counts = [n - c_valid - c_test, c_valid, c_test]
     perm = numpy_rng(seed).permutation(n)
     parts, start = [], 0

@@ -92,6 +92,14 @@ def test_split_tasks_by_task_seeded():
     assert (len(tr3), len(va3), len(te3)) == (10, 5, 5)
     with pytest.raises(ValueError, match="sum to"):
         split_tasks(tasks, (10, 5, 4))
+    # fractions whose rounded parts exceed the tasks: a partition still (t0 was in train and
+    # test: the train count came out -1)
+    for n, fractions in ((3, (0.0, 0.5, 0.5)), (7, (0.0, 0.5, 0.5)), (5, (0.1, 0.45, 0.45))):
+        parts = split_tasks(tasks[:n], fractions, seed=0)
+        names = [m for p in parts for m in p.names]
+        assert sorted(names) == sorted(t.name for t in tasks[:n])
+    with pytest.raises(ValueError, match="fractions summing to 1"):
+        split_tasks(tasks, (float("nan"), 0.5, 0.5))
 
 
 def test_taskset_unknown_name():
