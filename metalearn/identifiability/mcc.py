@@ -53,13 +53,24 @@ def correlation_matrix(z_true: ArrayLike, z_hat: ArrayLike) -> np.ndarray:
         ``[d, k]`` array in ``[0, 1]`` (a constant column correlates 0 with everything).
     """
     a, b = _pair(z_true, z_hat)
-    a = a - a.mean(0)
-    b = b - b.mean(0)
+    a, const_a = _unit_spread(a)
+    b, const_b = _unit_spread(b)
     na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
     c = (a.T @ b) / np.maximum(np.outer(na, nb), 1e-300)
-    c[na == 0, :] = 0.0
-    c[:, nb == 0] = 0.0
+    c[const_a, :] = 0.0
+    c[:, const_b] = 0.0
     return np.clip(np.abs(c), 0.0, 1.0)
+
+
+def _unit_spread(a: np.ndarray, rel_tol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Centred columns scaled to a largest deviation of 1 (no overflow or underflow in their
+    norms), and which columns are constant: spread within ``rel_tol`` of their magnitude
+    (centring a constant column such as 0.1 leaves rounding residue, not an exact 0)."""
+    level = np.abs(a).max(0)
+    c = a - a.mean(0)
+    spread = np.abs(c).max(0)
+    const = spread <= rel_tol * level
+    return c / np.where(const, 1.0, spread), const
 
 
 def strong_mcc(z_true: ArrayLike, z_hat: ArrayLike, *, return_matching: bool = False):
@@ -84,11 +95,13 @@ def strong_mcc(z_true: ArrayLike, z_hat: ArrayLike, *, return_matching: bool = F
     return (mcc, (rows, cols)) if return_matching else mcc
 
 
-def _whitener(a: np.ndarray, rel_tol: float = 1e-10) -> np.ndarray:
+def _whitener(a: np.ndarray, level: float, rel_tol: float = 1e-10) -> np.ndarray:
     """``W [d, r]`` with ``(a W)^T (a W) = I`` for centred ``a`` (rank-deficient directions
-    dropped)."""
+    dropped: singular values within ``rel_tol`` of the largest or of ``level``, the size of the
+    data before centring, whose rounding residue a constant column leaves)."""
     _, sv, vt = np.linalg.svd(a, full_matrices=False)
-    keep = sv > rel_tol * sv[0] if sv.size and sv[0] > 0 else np.zeros_like(sv, dtype=bool)
+    floor = rel_tol * max(sv[0] if sv.size else 0.0, level)
+    keep = sv > floor if floor > 0 else np.zeros_like(sv, dtype=bool)
     return vt[keep].T / sv[keep]
 
 
@@ -116,7 +129,10 @@ def weak_mcc(z_true: ArrayLike, z_hat: ArrayLike, *, n_fit: int | None = None) -
     fit = slice(0, n) if n_fit is None else slice(0, n_fit)
     test = slice(0, n) if n_fit is None else slice(n_fit, n)
     mu_a, mu_b = a[fit].mean(0), b[fit].mean(0)
-    wa, wb = _whitener(a[fit] - mu_a), _whitener(b[fit] - mu_b)
+    wa = _whitener(a[fit] - mu_a, float(np.linalg.norm(a[fit])))
+    wb = _whitener(b[fit] - mu_b, float(np.linalg.norm(b[fit])))
+    if wa.shape[1] == 0 or wb.shape[1] == 0:  # a constant side: no canonical pair
+        return 0.0
     u, _, vt = np.linalg.svd(((a[fit] - mu_a) @ wa).T @ ((b[fit] - mu_b) @ wb))
     k = min(u.shape[1], vt.shape[0])
     pa = (a[test] - mu_a) @ wa @ u[:, :k]

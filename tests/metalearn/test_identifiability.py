@@ -151,6 +151,17 @@ def test_strong_mcc_is_one_for_permutation_scaling_sign_and_shift():
     )
 
 
+def test_mcc_edge_cases_constant_columns_and_extreme_scales():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((500, 2))
+    # constant columns correlate 0 (0.1 and 0.7 read 1.0: their centring leaves rounding residue)
+    c = correlation_matrix(np.c_[np.full(500, 0.1), z[:, 0]], np.c_[np.full(500, 0.7), z[:, 1]])
+    assert c[0, 0] == 0.0 and c[0, 1] == 0.0 and c[1, 0] == 0.0
+    assert weak_mcc(z, np.ones((500, 2))) == 0.0  # raised, naming z_true
+    for scale in (1e155, 1e-200):  # the norms overflowed / underflowed to an MCC of 0
+        assert strong_mcc(z, z * scale) == pytest.approx(1.0, abs=1e-12)
+
+
 def test_weak_mcc_is_one_for_invertible_linear_maps_and_low_for_noise():
     rng = np.random.default_rng(1)
     z = rng.standard_normal((500, 4))
@@ -298,6 +309,10 @@ def test_fit_bad_arguments():
         LinearCausalModel(3, 4, 2)
     with pytest.raises(ValueError, match="constant labels"):
         fit_causal_model(h, np.ones((10, 1)), 2, steps=1)
+    for value in (1.0, -5.2):  # read a std of ~1e-8 from E[y^2] - E[y]^2 and were fitted
+        y2 = np.c_[np.arange(10.0), np.full(10, value)]
+        with pytest.raises(ValueError, match="constant labels"):
+            fit_causal_model(np.tile(h, (3, 1)), np.tile(y2, (3, 1)), 2, steps=1)
     with pytest.raises(ValueError, match="inf"):
         fit_causal_model(h, np.full((10, 1), np.inf), 2)
 
