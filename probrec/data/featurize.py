@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from probrec.checks import check_positive_int, check_real
 from probrec.progress import track
 
 _CACHE_VERSION = 2
@@ -178,11 +181,13 @@ class MoleculeFeaturizer:
         if count_transform not in ("none", "log1p"):
             raise ValueError(f"unknown count_transform {count_transform!r}; use 'none' or 'log1p'")
         self.fingerprint, self.descriptors = fingerprint, descriptors
-        self.radius, self.n_bits = int(radius), int(n_bits)
-        self.count_transform, self.clip = count_transform, float(clip)
+        # checked by name (n_bits=0 failed inside RDKit, clip=-1 set every descriptor to -1)
+        self.radius = check_positive_int(radius, "radius", minimum=0)
+        self.n_bits = check_positive_int(n_bits, "n_bits")
+        self.count_transform, self.clip = count_transform, check_real(clip, "clip", strict=True)
         self.cache_dir = None if cache_dir is False else Path(cache_dir or default_cache_dir())
         self.n_jobs = int(n_jobs or os.cpu_count() or 1)
-        self.batch_size = int(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.progress = progress
         self.n_desc = len(descriptor_names()) if descriptors else 0
         self.stats_: dict[str, np.ndarray] | None = None
@@ -224,6 +229,8 @@ class MoleculeFeaturizer:
         Raises:
             ValueError: an entry is not a valid SMILES string (its index is named).
         """
+        if isinstance(smiles, str):
+            raise TypeError("smiles must be a sequence of SMILES strings, got a single str")
         smiles = [str(s) for s in smiles]
         if not smiles:
             raise ValueError("smiles is empty")
@@ -231,11 +238,9 @@ class MoleculeFeaturizer:
         if self.cache_dir is not None:
             path = self.cache_dir / "features" / f"{self.cache_key(smiles)}.npz"
             if path.exists():
-                with np.load(path) as z:
-                    parts = [z["fp"].astype(np.float64)] if self.fingerprint else []
-                    if self.descriptors:
-                        parts.append(z["desc"].astype(np.float64))
-                return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+                cached = self._read_cache(path, len(smiles))
+                if cached is not None:
+                    return cached
         _, bad = parse_smiles(smiles)
         if bad:
             raise ValueError(
@@ -270,6 +275,27 @@ class MoleculeFeaturizer:
             os.replace(tmp, path)
         return raw
 
+    def _read_cache(self, path: Path, n: int) -> np.ndarray | None:
+        """A cached ``[n, dim]`` entry, or ``None`` (with a warning naming the file) when it
+        cannot be read or holds another shape: it is then computed and written again."""
+        try:
+            with np.load(path) as z:
+                parts = [z["fp"].astype(np.float64)] if self.fingerprint else []
+                if self.descriptors:
+                    parts.append(z["desc"].astype(np.float64))
+            raw = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+            if raw.shape != (n, self.dim):
+                raise ValueError(f"shape {raw.shape}, expected {(n, self.dim)}")
+            return raw
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            warnings.warn(
+                f"MoleculeFeaturizer: ignoring the damaged cache file {path} ({exc}); "
+                "the features are computed again",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+
     # ------------------------------------------------------------------ standardisation
     def fit(self, smiles: Sequence[str]) -> MoleculeFeaturizer:
         """Fits descriptor imputation and standardisation on training molecules only."""
@@ -277,6 +303,8 @@ class MoleculeFeaturizer:
 
     def fit_raw(self, raw: np.ndarray) -> MoleculeFeaturizer:
         """Like :meth:`fit`, from :meth:`raw_features` output ``[n, dim]``."""
+        if len(raw) == 0:  # every statistic would be NaN
+            raise ValueError("fit needs at least one molecule")
         desc = raw[:, raw.shape[1] - self.n_desc :] if self.n_desc else np.zeros((len(raw), 0))
         with np.errstate(all="ignore"):
             median = np.nanmedian(desc, axis=0) if self.n_desc else np.zeros(0)

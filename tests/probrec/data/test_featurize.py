@@ -52,6 +52,39 @@ def test_cache_hit_returns_same_features(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "rows"])
+def test_a_damaged_cache_file_is_named_and_recomputed(tmp_path, damage):
+    f = MoleculeFeaturizer(cache_dir=tmp_path, fingerprint=True, descriptors=False, progress=False)
+    a = f.raw_features(SMILES)
+    (path,) = (tmp_path / "features").glob("*.npz")
+    if damage == "truncated":  # a BadZipFile on every later call
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # another entry's rows: returned as they were
+        np.savez(path, fp=np.zeros((3, f.n_bits), np.uint16), desc=np.zeros((3, 0)))
+    with pytest.warns(RuntimeWarning, match=f"damaged cache file .*{path.name}"):
+        np.testing.assert_array_equal(f.raw_features(SMILES), a)
+    np.testing.assert_array_equal(f.raw_features(SMILES), a)  # rewritten: no warning now
+
+
+def test_bad_featurizer_arguments_are_named():
+    for kw, name in (
+        ({"n_bits": 0}, "n_bits"),
+        ({"radius": -1}, "radius"),
+        ({"clip": -1.0}, "clip"),
+        ({"clip": float("nan")}, "clip"),
+        ({"batch_size": 0}, "batch_size"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            MoleculeFeaturizer(cache_dir=False, **kw)
+    f = MoleculeFeaturizer(cache_dir=False, progress=False)
+    with pytest.raises(TypeError, match="single str"):
+        f.raw_features("CCO")  # was 3 molecules, one per character
+    with pytest.raises(ValueError, match="at least one molecule"):
+        f.fit_raw(np.zeros((0, f.dim)))  # every statistic was NaN
+
+
 def test_invalid_smiles_named(tmp_path):
     f = MoleculeFeaturizer(cache_dir=False, progress=False)
     with pytest.raises(ValueError, match="index 1"):
