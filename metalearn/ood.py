@@ -153,6 +153,7 @@ def predict_out_of_domain(
         rest = np.setdiff1d(np.arange(len(y)), train)
         y_tr, y_te = y[train], y[rest]
         mu, sd = float(y_tr.mean()), float(y_tr.std(ddof=1))
+        sd = sd if sd > 0 else 1.0  # tied training labels: unit scale (the NLL was NaN)
         for s in surrogates:
             X = inputs[s.inputs]
             tr = torch.as_tensor(train, device=X.device)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.data.tasks import Task, TaskSet
+from probrec.seeding import numpy_rng
 
 
 def sinusoid_tasks(
@@ -70,7 +71,11 @@ def latent_feature_tasks(
     check_positive_int(n_tasks, "n_tasks")
     check_positive_int(n_points, "n_points", minimum=4)
     check_choice(kind, "kind", ("classification", "regression"))
-    rng = np.random.default_rng(seed)
+    # n_latent=0 (a 0/0 readout) or a NaN noise gave one-class tasks
+    check_positive_int(dim, "dim")
+    check_positive_int(n_latent, "n_latent")
+    check_real(noise, "noise")
+    rng = numpy_rng(seed)
     w_shared = rng.standard_normal((dim, n_latent)) * (2.0 / np.sqrt(dim))
     out = []
     for t in range(n_tasks):

@@ -36,6 +36,12 @@ def test_informative_features_win_and_repeats_are_paired():
     np.testing.assert_array_equal(res["good"]["r2"], res["good2"]["r2"])
     again = predict_out_of_domain(inputs, y, models[:1], n_train=30, repeats=3, progress=False)
     np.testing.assert_array_equal(again["good"]["r2"], res["good"]["r2"])
+    # tied training labels: the standardised NLL was NaN (a training std of 0)
+    y_tied = np.where(np.arange(len(y)) < len(y) - 5, 1.0, y)  # pairs drawn are ~all tied
+    res = predict_out_of_domain(
+        inputs, y_tied, models[:1], n_train=2, repeats=3, progress=False, seed=0
+    )
+    assert np.isfinite(res["good"]["nll"]).all()
 
 
 def test_standardised_nll_matches_scipy():

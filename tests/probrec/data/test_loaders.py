@@ -63,6 +63,15 @@ def test_synthetic_families_are_seeded():
     b = latent_feature_tasks(5, 64, dim=8, seed=3)
     assert all(np.array_equal(x.inputs, y.inputs) for x, y in zip(a, b))
     assert all(0.1 < t.positive_fraction < 0.6 for t in a)
+    for kw, name in (
+        ({"n_latent": 0}, "n_latent"),
+        ({"noise": float("nan")}, "noise"),
+        ({"dim": 0}, "dim"),
+    ):  # one-class tasks or a NumPy error
+        with pytest.raises(ValueError, match=name):
+            latent_feature_tasks(2, 16, **kw)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        latent_feature_tasks(2, 16, seed=1.5)
     s = sinusoid_tasks(3, 10, seed=0)
     assert s[0].inputs.shape == (10, 1)
     assert np.abs(s[0].labels).max() <= 5.0
