@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probrec.checks import check_choice
+from probrec.checks import check_choice, check_positive_int
 from probrec.data.featurize import parse_smiles
 from probrec.data.tasks import Task, TaskSet
 
@@ -28,8 +28,12 @@ def _read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
     opener = gzip.open if p.suffix == ".gz" else open
     with opener(p, "rt", newline="") as fh:  # type: ignore[operator]
         reader = csv.reader(fh)
-        header = next(reader)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{p} is empty (no header row)")
         rows = [r for r in reader if r]
+    if not rows:
+        raise ValueError(f"{p} has a header but no data rows")
     return header, rows
 
 
@@ -46,11 +50,17 @@ def _find_smiles_column(header: Sequence[str], smiles_column: str | None) -> int
     raise ValueError(f"no SMILES column found in {list(header)}; pass smiles_column=")
 
 
+#: cells read as a missing label (anything else that is not a number is an error)
+_MISSING = {"", "na", "n/a", "nan", "null", "none"}
+
+
 def _to_float(value: str) -> float:
-    try:
-        return float(value) if value.strip() != "" else math.nan
-    except ValueError:
+    if value.strip().lower() in _MISSING:
         return math.nan
+    try:
+        return float(value)
+    except ValueError:  # a label such as "yes" was dropped as unlabelled, silently
+        raise ValueError(f"non-numeric label {value!r}") from None
 
 
 def _label_matrix(rows: Sequence[Sequence[str]], cols: Sequence[int]) -> np.ndarray:
@@ -64,7 +74,10 @@ def _label_matrix(rows: Sequence[Sequence[str]], cols: Sequence[int]) -> np.ndar
             cell = r[c] if c < n else ""
             v = seen.get(cell)
             if v is None:
-                v = seen[cell] = _to_float(cell)
+                try:
+                    v = seen[cell] = _to_float(cell)
+                except ValueError as exc:
+                    raise ValueError(f"row {i + 1}, column {c}: {exc}") from None
             vals.append(v)
         out[i] = vals
     return out
@@ -96,8 +109,12 @@ def load_moleculenet(
         500
     """
     check_choice(kind, "kind", ("classification", "regression"))
+    min_size = check_positive_int(min_size, "min_size")
     header, rows = _read_csv(path)
     s_col = _find_smiles_column(header, smiles_column)
+    short = next((i for i, r in enumerate(rows) if len(r) <= s_col), None)
+    if short is not None:
+        raise ValueError(f"{path}: data row {short + 1} has no SMILES cell (too few columns)")
     label_cols = [i for i in range(len(header)) if i != s_col]
     if tasks is not None:
         unknown = [t for t in tasks if t not in header or header.index(t) == s_col]
@@ -148,6 +165,8 @@ def load_regression_csv(
     ts = load_moleculenet(
         path, smiles_column=smiles_column, tasks=[label_column], kind="regression"
     )
+    if not len(ts):
+        raise ValueError(f"{path}: no molecule has a label in {label_column!r}")
     task = ts[0]
     y = task.labels if transform is None else np.asarray(transform(task.labels), dtype=float)
     finite = np.isfinite(y)

@@ -49,6 +49,33 @@ def test_regression_csv(tmp_path):
         load_regression_csv(p, "z")
 
 
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "is empty"),  # was a bare StopIteration
+        ("smiles,a\n", "no data rows"),  # a NumPy TypeError
+        ("smiles,a\nCCO,yes\nCCN,0\nCCC,1\n", "row 1, column 1: non-numeric label 'yes'"),
+        ("a,smiles\n1\n", "row 1 has no SMILES cell"),  # an IndexError
+    ],
+)
+def test_csv_loaders_name_what_is_wrong(tmp_path, text, match):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_moleculenet(p)
+
+
+def test_csv_loaders_missing_markers_and_arguments(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("smiles,a,b\nCCO,NA,\nCCN,0,null\nCCC,1,N/A\n")
+    ts = load_moleculenet(p, min_size=1)
+    assert ts.names == ["a"] and len(ts.get("a")) == 2  # missing markers are missing labels
+    with pytest.raises(ValueError, match="min_size"):
+        load_moleculenet(p, min_size=0)
+    with pytest.raises(ValueError, match="no molecule has a label in 'b'"):
+        load_regression_csv(p, "b")  # an IndexError
+
+
 def test_embedded_chembl_assay():
     reg = load_rdkit_chembl_assay()
     assert len(reg) == 1017 and reg.kind == "regression"
