@@ -462,10 +462,15 @@ class EmbeddingStore:
         meta_file = path / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path} is not a saved EmbeddingStore (no meta.json)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"{meta_file} is not a version-{_VERSION} {_FORMAT} file")
-        n, dim = int(meta["n"]), int(meta["dim"])
+        try:
+            meta = json.loads(meta_file.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+            if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+                raise ValueError(f"not a version-{_VERSION} {_FORMAT} file")
+            n, dim, key_format = int(meta["n"]), int(meta["dim"]), meta["key_format"]
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{meta_file} is damaged: {exc!r}") from exc
         store = cls(dim, dtype=meta["dtype"], metadata=meta.get("metadata"))
         mode = "r" if mmap else None
         vectors = np.load(path / "vectors.npy", mmap_mode=mode, allow_pickle=False)
@@ -474,8 +479,11 @@ class EmbeddingStore:
                 f"{path / 'vectors.npy'} has shape {vectors.shape} and dtype "
                 f"{vectors.dtype}, meta.json says ({n}, {dim}) {store._dtype}"
             )
-        if meta["key_format"] == "int64":
-            keys = np.load(path / "keys.npy", mmap_mode=mode, allow_pickle=False)
+        if key_format == "int64":
+            try:
+                keys = np.load(path / "keys.npy", mmap_mode=mode, allow_pickle=False)
+            except (ValueError, EOFError) as exc:  # e.g. "mmap length is greater than file size"
+                raise ValueError(f"{path / 'keys.npy'} is damaged: {exc}") from exc
             if keys.shape != (n,) or keys.dtype != np.int64:
                 raise ValueError(
                     f"{path / 'keys.npy'} must be {n} int64 keys, got shape "
@@ -485,7 +493,7 @@ class EmbeddingStore:
             store._search_int(keys[:0])  # builds the sorted index
             if n > 1 and bool((np.diff(store._sorted[0]) == 0).any()):
                 raise ValueError(f"{path / 'keys.npy'} contains repeated keys")
-        elif meta["key_format"] == "json":
+        elif key_format == "json":
             raw = json.loads((path / "keys.json").read_text())
             if not isinstance(raw, list) or len(raw) != n:
                 raise ValueError(f"{path / 'keys.json'} must be a list of {n} keys")
@@ -495,7 +503,7 @@ class EmbeddingStore:
             if len(store._index) != n:
                 raise ValueError(f"{path / 'keys.json'} contains repeated keys")
         else:
-            raise ValueError(f"unknown key_format {meta['key_format']!r} in {meta_file}")
+            raise ValueError(f"unknown key_format {key_format!r} in {meta_file}")
         store._vectors = vectors
         store._path = path if mmap else None
         return store

@@ -209,6 +209,23 @@ def test_damaged_stored_vectors_are_refused_not_returned(tmp_path: Path, mmap: b
         store.take_rows(np.array([1.7]))  # read row 1
 
 
+@pytest.mark.parametrize("damage", ["meta_truncated", "meta_no_key_format", "keys_truncated"])
+def test_damaged_store_files_are_named(tmp_path: Path, damage: str) -> None:
+    EmbeddingStore.from_arrays(np.arange(100), _vectors(100, 3)).save(tmp_path / "s")
+    meta, keys = tmp_path / "s" / "meta.json", tmp_path / "s" / "keys.npy"
+    if damage == "meta_truncated":  # a bare JSONDecodeError
+        meta.write_text(meta.read_text()[:20])
+    elif damage == "meta_no_key_format":  # a KeyError
+        m = json.loads(meta.read_text())
+        del m["key_format"]
+        meta.write_text(json.dumps(m))
+    else:  # "mmap length is greater than file size"
+        keys.write_bytes(keys.read_bytes()[:200])
+    name = "keys.npy" if damage == "keys_truncated" else "meta.json"
+    with pytest.raises(ValueError, match=f"{name} is damaged"):
+        EmbeddingStore.load(tmp_path / "s")
+
+
 def test_a_failed_overwrite_keeps_the_previous_store(tmp_path: Path, monkeypatch) -> None:
     import os
 
