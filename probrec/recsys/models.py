@@ -173,6 +173,10 @@ class FoundationModel(nn.Module):
         super().__init__()
         self.dropout = float(dropout)
         self.stored = check_choice(stored, "stored", ("hidden", "item+sequence+hidden"))
+        check_positive_int(n_users, "n_users")  # -1 failed inside torch, 0 was accepted
+        check_positive_int(n_items, "n_items")
+        for i, c in enumerate(field_cardinalities):
+            check_positive_int(c, f"field_cardinalities[{i}]")
         with _seeded(seed):
             e = check_positive_int(emb_dim, "emb_dim")
             self.user = nn.Embedding(n_users, e)

@@ -224,6 +224,14 @@ def train_ctr(
     Returns:
         History: ``train_loss``, ``valid_auc``, ``valid_logloss`` per epoch, ``best_epoch``.
     """
+    if teacher_logit is not None:
+        teacher_logit = torch.as_tensor(teacher_logit)
+        if teacher_logit.shape != (len(table),) or not bool(torch.isfinite(teacher_logit).all()):
+            # an IndexError mid-epoch, or a NaN blamed on "logit"
+            raise ValueError(
+                f"teacher_logit must be {len(table)} finite FM logits (one per event), got "
+                f"shape {tuple(teacher_logit.shape)}"
+            )
     if len(train_index) == 0 or len(valid_index) == 0:
         raise ValueError("train_index and valid_index must be non-empty")
     # dropout draws from torch's global generator: seed a private copy for reproducibility

@@ -114,6 +114,14 @@ def test_predictions_keep_the_model_mode_and_check_the_index(small_log):
             predict_logits(vm, table, np.asarray(bad))
     with pytest.raises(TypeError, match="seed must be an int"):
         VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0.5)
+    with pytest.raises(ValueError, match="n_users"):  # a torch "negative dimension" error
+        FoundationModel(-1, 5, table.field_cardinalities, 3, emb_dim=4, hidden=(8,))
+    with pytest.raises(ValueError, match=r"field_cardinalities\[0\]"):
+        FoundationModel(5, 5, [0], 3, emb_dim=4, hidden=(8,))
+    spec = TrainSpec(epochs=1, batch_size=64, kd_weight=0.5)
+    for bad in (torch.zeros(3), torch.full((len(table),), float("nan"))):
+        with pytest.raises(ValueError, match="teacher_logit must be"):
+            train_ctr(vm, table, np.arange(100), np.arange(100, 200), spec, teacher_logit=bad)
 
 
 def test_train_ctr_learns_and_keeps_best(small_log):
