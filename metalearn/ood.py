@@ -30,6 +30,7 @@ from metalearn.metrics import mean_and_se, r2_os
 from probrec.checks import check_choice, check_positive_int
 from probrec.gp.bo_models import DeepKernelGP, ForestModel
 from probrec.gp.exact import GPConfig
+from probrec.gp.kernels import KERNELS
 from probrec.gp.pool_bo import pool_bo
 from probrec.progress import track
 from probrec.seeding import numpy_rng
@@ -54,6 +55,7 @@ class Surrogate:
 
     def __post_init__(self) -> None:
         check_choice(self.model, "model", ("gp", "forest"))
+        check_choice(self.kernel, "kernel", KERNELS)  # was accepted until the first fit
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor, seed: int = 0) -> Model:
         """A fitted BoTorch model on ``X [n, d]``, ``Y [n, 1]``."""

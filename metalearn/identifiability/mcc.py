@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from probrec.checks import ArrayLike
+from probrec.checks import ArrayLike, check_positive_int
 
 __all__ = ["correlation_matrix", "strong_mcc", "weak_mcc"]
 
@@ -124,7 +124,7 @@ def weak_mcc(z_true: ArrayLike, z_hat: ArrayLike, *, n_fit: int | None = None) -
     """
     a, b = _pair(z_true, z_hat)
     n = a.shape[0]
-    if n_fit is not None and not 3 <= n_fit <= n - 3:
+    if n_fit is not None and not 3 <= check_positive_int(n_fit, "n_fit") <= n - 3:
         raise ValueError(f"n_fit must be in [3, n - 3] = [3, {n - 3}], got {n_fit}")
     fit = slice(0, n) if n_fit is None else slice(0, n_fit)
     test = slice(0, n) if n_fit is None else slice(n_fit, n)

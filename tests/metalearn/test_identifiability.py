@@ -158,6 +158,8 @@ def test_mcc_edge_cases_constant_columns_and_extreme_scales():
     c = correlation_matrix(np.c_[np.full(500, 0.1), z[:, 0]], np.c_[np.full(500, 0.7), z[:, 1]])
     assert c[0, 0] == 0.0 and c[0, 1] == 0.0 and c[1, 0] == 0.0
     assert weak_mcc(z, np.ones((500, 2))) == 0.0  # raised, naming z_true
+    with pytest.raises(TypeError, match="n_fit must be an int"):
+        weak_mcc(z, z, n_fit=100.5)  # a slice TypeError
     for scale in (1e155, 1e-200):  # the norms overflowed / underflowed to an MCC of 0
         assert strong_mcc(z, z * scale) == pytest.approx(1.0, abs=1e-12)
 

@@ -74,6 +74,8 @@ def test_default_surrogates_and_bo_curves():
 
 def test_bad_arguments_are_named():
     inputs, y = _problem(n=40)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Surrogate("x", "good", kernel="nope")  # accepted until the first fit
     with pytest.raises(ValueError, match="missing"):
         predict_out_of_domain(inputs, y, [Surrogate("x", "nope")], n_train=5, repeats=1)
     with pytest.raises(ValueError, match="rows"):
