@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from probrec.backbone.history import HistoryEncoder
 from probrec.backbone.mlp import MLPEncoder
-from probrec.checks import check_choice, check_positive_int, check_seed
+from probrec.checks import all_finite, check_choice, check_positive_int, check_seed
 from probrec.seeding import torch_generator
 
 __all__ = ["FoundationModel", "HashedEmbedding", "VerticalModel", "dot_interaction", "evaluating"]
@@ -329,6 +329,8 @@ class VerticalModel(nn.Module):
             raise ValueError(
                 f"vectors must have shape [n >= 2, {self.fm_dim}], got {tuple(vectors.shape)}"
             )
+        if not all_finite(vectors):  # an all-NaN input stored a NaN mean
+            raise ValueError("vectors contains non-finite values")
         self.fm_mean.copy_(vectors.mean(0))
         self.fm_std.copy_(vectors.std(0).clamp_min(1e-6))
 

@@ -235,7 +235,8 @@ def train_ctr(
     if len(train_index) == 0 or len(valid_index) == 0:
         raise ValueError("train_index and valid_index must be non-empty")
     # dropout draws from torch's global generator: seed a private copy for reproducibility
-    with torch.random.fork_rng(devices=[]):
+    # training needs gradients even when called inside torch.no_grad() (it failed there)
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         rng = numpy_rng(seed)
         opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)

@@ -77,5 +77,7 @@ def test_fm_scaling_makes_vm_invariant_to_affine_store_changes(small_log):
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="shape"):
         vm.set_fm_scaling(store[:, :3])
+    with pytest.raises(ValueError, match="non-finite"):
+        vm.set_fm_scaling(torch.full_like(store, float("nan")))
     with pytest.raises(ValueError, match="no LoopFM"):
         VerticalModel(table.field_cardinalities, 3).set_fm_scaling(store)

@@ -118,6 +118,9 @@ def test_predictions_keep_the_model_mode_and_check_the_index(small_log):
         FoundationModel(-1, 5, table.field_cardinalities, 3, emb_dim=4, hidden=(8,))
     with pytest.raises(ValueError, match=r"field_cardinalities\[0\]"):
         FoundationModel(5, 5, [0], 3, emb_dim=4, hidden=(8,))
+    with torch.no_grad():  # training inside no_grad failed on backward()
+        hist = train_ctr(vm, table, np.arange(100), np.arange(100, 200), TrainSpec(epochs=1))
+    assert len(hist["valid_logloss"]) == 1
     spec = TrainSpec(epochs=1, batch_size=64, kd_weight=0.5)
     for bad in (torch.zeros(3), torch.full((len(table),), float("nan"))):
         with pytest.raises(ValueError, match="teacher_logit must be"):
