@@ -36,7 +36,17 @@ class RowView:
 
     def __init__(self, matrix: np.ndarray, index: np.ndarray) -> None:
         self.matrix = matrix
-        self.index = np.asarray(index, dtype=np.int64)
+        idx = np.asarray(index)
+        if idx.ndim != 1 or (
+            idx.size
+            and (
+                not np.issubdtype(idx.dtype, np.integer)
+                or idx.min() < 0
+                or idx.max() >= len(matrix)
+            )
+        ):  # -1 wrapped to the last row and floats were truncated, silently
+            raise ValueError(f"index must be 1-D int rows of the matrix, in [0, {len(matrix)})")
+        self.index = idx.astype(np.int64)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -118,3 +118,6 @@ def test_rowview_indexes_shared_matrix():
     t = Task(v, [0, 1, 0], "classification", "v")
     assert t.is_featurized
     np.testing.assert_array_equal(np.asarray(t.subset([1]).inputs), m[[1]])
+    for bad in ([-1], [10], [1.7], [[1, 2]]):  # -1 read the last row, 1.7 row 1
+        with pytest.raises(ValueError, match="index must be 1-D int rows"):
+            RowView(m, np.array(bad))
