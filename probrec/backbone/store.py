@@ -144,6 +144,10 @@ class EmbeddingStore:
         self._index: dict[Hashable, int] | None = None
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
         self._path: Path | None = None
+        self._source: Path | None = None  # the folder a loaded store was read from
+        # rows read from disk and not yet checked finite (``None``: every row was checked when
+        # it was added); each is checked once, on its first lookup
+        self._unchecked: np.ndarray | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -392,12 +396,21 @@ class EmbeddingStore:
         if present.any():
             uniq, inv = np.unique(rows[present], return_inverse=True)
             got = self.vectors[uniq]
-            if not np.isfinite(got).all():  # writers refuse these: the file was damaged
-                bad = uniq[np.flatnonzero(~np.isfinite(got).all(1))[:5]].tolist()
-                where = f" in {self._path}" if self._path is not None else ""
-                raise ValueError(f"non-finite stored vectors{where} at rows {bad}")
+            if self._unchecked is not None:
+                self._check_rows(uniq, got)
             out[present] = got[inv.reshape(-1)]
         return out
+
+    def _check_rows(self, uniq: np.ndarray, got: np.ndarray) -> None:
+        """Checks the rows ``uniq`` (vectors ``got``) read from disk for the first time."""
+        u = self._unchecked
+        first = np.flatnonzero(u[uniq[uniq < len(u)]])
+        if first.size:
+            bad = ~np.isfinite(got[first]).all(1)
+            if bad.any():  # writers refuse these: the file was damaged
+                rows = uniq[first[bad]][:5].tolist()
+                raise ValueError(f"non-finite stored vectors in {self._source} at rows {rows}")
+            u[uniq[first]] = False
 
     def lookup(
         self,
@@ -506,6 +519,8 @@ class EmbeddingStore:
             raise ValueError(f"unknown key_format {key_format!r} in {meta_file}")
         store._vectors = vectors
         store._path = path if mmap else None
+        store._source = path
+        store._unchecked = np.ones(n, dtype=bool)
         return store
 
 
