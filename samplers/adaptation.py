@@ -14,7 +14,15 @@ from torch import Tensor
 
 from probrec.checks import check_real
 
-__all__ = ["DualAveraging"]
+__all__ = ["DualAveraging", "check_target_accept"]
+
+
+def check_target_accept(target_accept: float | None, default: float | None = None) -> float:
+    """Validates an acceptance rate for step-size adaptation (``None`` gives ``default``)."""
+    value = float(default if target_accept is None else target_accept)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"target_accept must be in (0, 1), got {value}")
+    return value
 
 
 class DualAveraging:
@@ -44,8 +52,7 @@ class DualAveraging:
         t0: float = 10.0,
         kappa: float = 0.75,
     ) -> None:
-        if not 0.0 < target_accept < 1.0:
-            raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
+        target_accept = check_target_accept(target_accept)
         eps0 = torch.as_tensor(initial, dtype=torch.float64).reshape(-1).clone()
         if bool((eps0 <= 0).any()) or not bool(torch.isfinite(eps0).all()):
             raise ValueError("initial step sizes must be positive and finite")

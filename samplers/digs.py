@@ -219,7 +219,7 @@ class DiGS(Sampler):
                     f"step_size needs one value per noise level ({len(alphas)}), got {len(steps)}"
                 )
         self.step_size = steps
-        self.target_accept = check_target_accept(target_accept, target_accept)
+        self.target_accept = check_target_accept(target_accept)
         self.mwg_init = bool(mwg_init)
         if isinstance(sweeps_per_level, bool) or not isinstance(sweeps_per_level, int):
             raise ValueError(f"sweeps_per_level must be a positive int, got {sweeps_per_level!r}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .adaptation import DualAveraging
+from .adaptation import DualAveraging, check_target_accept
 from .base import RunPlan, Sampler
 from .kernels import ChainState, HMCKernel, Kernel, MALAKernel, RandomWalkKernel, make_kernel
 from .targets.base import Target
@@ -46,14 +46,6 @@ def check_step_size(step_size: float | None, default: float) -> float:
     if not np.isfinite(step_size):
         raise ValueError("step_size must be finite")
     return float(step_size)
-
-
-def check_target_accept(target_accept: float | None, default: float) -> float:
-    """Validates an acceptance rate for step-size adaptation (``None`` gives ``default``)."""
-    value = float(default if target_accept is None else target_accept)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"target_accept must be in (0, 1), got {value}")
-    return value
 
 
 class MCMC(Sampler):
