@@ -30,7 +30,6 @@ criterion of early stopping), and ``_sample`` may be a sampler independent of
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -53,7 +52,7 @@ from probrec.checks import (
 )
 from probrec.data.annotations import annotation_counts, check_label_values, pad_annotations
 from probrec.progress import track
-from probrec.seeding import torch_generator
+from probrec.seeding import seeded_rng, torch_generator
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -80,29 +79,6 @@ _FORMAT = "probrec.flows/1"
 #: :meth:`AnnotatorModel.fit`'s learning rate and weight decay (evidence in its docstring).
 DEFAULT_HIDDEN: tuple[int, ...] = (256,)
 DEFAULT_DROPOUT: float = 0.5
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seeds torch's global generators inside the block (dropout masks), restoring them after.
-
-    The CPU generator is seeded, and on a CUDA device that device's generator: the same
-    masks as ``torch.manual_seed``, without its ~0.3 ms of queueing seeds for devices not in
-    use, and without resetting the generators of other GPUs, which the block does not
-    restore. Other accelerators: every generator, as ``torch.manual_seed`` does.
-    """
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(int(seed))
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(int(seed))
-        elif device.type != "cpu":
-            torch.manual_seed(int(seed))
-        yield
 
 
 class AnnotatorModel(nn.Module, ABC):
