@@ -108,24 +108,21 @@ def main(argv=None) -> int:
     fm = build_fm(table, cfg, args.seed).eval()
     tmp = tempfile.TemporaryDirectory()
     store = write_fm_store(fm, table, Path(tmp.name) / "fm")
-    stored = StoredHistory(store, table)
+    stored = StoredHistory(store, table, device)  # its copy of the vectors on the device
     vm = build_vm(table, cfg, "VM+LoopFM", store.dim, args.seed).eval().to(device)
     fm = fm.to(device)
     rng = np.random.default_rng(args.seed)
     requests = [rng.choice(test_idx, args.batch, replace=False) for _ in range(args.batches)]
 
-    def to_dev(b: dict) -> dict:
-        return {k: v.to(device) for k, v in b.items()}
-
     @torch.no_grad()
     def serve_stored() -> None:
         for idx in requests:
-            vm(to_dev(lookup_histories(store, table, table.batch(idx))))
+            vm(lookup_histories(store, table, table.batch(idx, device)))
 
     @torch.no_grad()
     def serve_rows() -> None:
         for idx in requests:
-            vm(to_dev(stored(table.batch(idx))))
+            vm(stored(table.batch(idx, device)))
 
     @torch.no_grad()
     def serve_fm_per_request() -> None:
@@ -135,9 +132,9 @@ def main(argv=None) -> int:
             valid = ev >= 0
             emb = torch.zeros(*ev.shape, fm.embed_dim, device=device)
             if valid.any():
-                h, _ = fm(to_dev(table.batch(ev[valid].numpy())))
+                h, _ = fm(table.batch(ev[valid].numpy(), device))
                 emb[valid.to(device)] = h
-            b = to_dev(b)
+            b = {k: v.to(device) for k, v in b.items()}
             L = b["hist_event"].shape[1]
             b["fm_hist"], b["fm_ihist"] = emb[:, :L], emb[:, L:]
             vm(b)
@@ -145,7 +142,7 @@ def main(argv=None) -> int:
     @torch.no_grad()
     def serve_fm_alone() -> None:
         for idx in requests:
-            fm(to_dev(table.batch(idx)))
+            fm(table.batch(idx, device))
 
     fns = {
         "stored": serve_stored,

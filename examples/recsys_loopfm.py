@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fm-epochs", type=int, default=None, help="maximum FM epochs")
     p.add_argument("--vm-epochs", type=int, default=None, help="maximum VM epochs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device of the models (e.g. cuda)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -77,7 +78,12 @@ def main(argv=None) -> int:
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         run, _ = run_loopfm(
-            log, out, seed=seed, config=cfg, progress=False if args.no_progress else None
+            log,
+            out,
+            seed=seed,
+            config=cfg,
+            progress=False if args.no_progress else None,
+            device=args.device,
         )
         runs.append(run)
     summary = summarize_runs(runs)

@@ -33,7 +33,7 @@ from probrec.checks import check_positive_int, check_real
 from probrec.data.tasks import Task, TaskSet
 from probrec.recsys.features import EventTable
 from probrec.recsys.loopfm import StoredHistory
-from probrec.recsys.models import VerticalModel
+from probrec.recsys.models import VerticalModel, module_device
 
 __all__ = [
     "ColdStartFeatures",
@@ -129,7 +129,8 @@ def cold_start_features(
     Args:
         table: the events.
         stored: reads the FM store (its item histories give the FM block).
-        vms: trained vertical models by name, each run with an empty user history.
+        vms: trained vertical models by name, each run with an empty user history (on its own
+            device).
         index: ``[n]`` events.
     """
     fm: list[Tensor] = []
@@ -147,13 +148,14 @@ def cold_start_features(
         rate = torch.where(cnt > 0, npos / cnt.clamp_min(1), torch.full_like(cnt, 0.5))
         fm.append(torch.cat([mean_all, mean_pos, rate, torch.log1p(cnt)], dim=-1))
         for name, vm in vms.items():
-            h, z, _ = vm(b)
-            hid[name].append(h)
-            logit[name].append(z)
+            dev = module_device(vm)
+            h, z, _ = vm({k: v.to(dev) for k, v in b.items()})
+            hid[name].append(h.cpu())
+            logit[name].append(z.cpu())
     lg = table.log
     pop = item_popularity(lg.item, lg.time, lg.label)[index]
     return ColdStartFeatures(
-        torch.cat(fm).numpy(),
+        torch.cat(fm).cpu().numpy(),
         {k: torch.cat(v).numpy() for k, v in hid.items()},
         {k: torch.cat(v).numpy() for k, v in logit.items()},
         pop,
@@ -252,7 +254,8 @@ class HeadFineTune:
     Args:
         name: display name.
         columns: ``(start, stop)`` of the hidden-layer block in the task inputs.
-        weight: ``[h]`` trained output weights ``w_0``.
+        weight: ``[h]`` trained output weights ``w_0`` (any device; fine-tuning runs on the
+            CPU, where the task inputs are).
         bias: trained output bias ``b_0``.
         l2: :math:`\lambda`.
         steps: L-BFGS iterations.
@@ -269,7 +272,7 @@ class HeadFineTune:
         steps: int = 50,
     ) -> None:
         self.name, self.columns = name, tuple(columns)
-        self.w0 = weight.detach().to(torch.float64).reshape(-1)
+        self.w0 = weight.detach().to("cpu", torch.float64).reshape(-1)
         self.b0 = torch.tensor([float(bias)], dtype=torch.float64)
         if self.columns[1] - self.columns[0] != len(self.w0):
             raise ValueError(f"columns {columns} do not match weight of length {len(self.w0)}")

@@ -219,11 +219,17 @@ class EventTable:
     def n_multi_hot(self) -> int:
         return 0 if self.log.multi_hot is None else self.log.multi_hot.shape[1]
 
-    def batch(self, index: np.ndarray | Tensor) -> dict[str, Tensor]:
+    def batch(
+        self, index: np.ndarray | Tensor, device: torch.device | str | None = None
+    ) -> dict[str, Tensor]:
         """Model inputs of the events at ``index`` (``B`` of them).
 
+        Args:
+            index: ``[B]`` event positions.
+            device: device of the returned tensors (default: the CPU, where they are built).
+
         Returns:
-            A dict of CPU tensors: ``event [B]`` (log indices), ``user``, ``item`` (raw ids),
+            A dict of tensors: ``event [B]`` (log indices), ``user``, ``item`` (raw ids),
             ``fm_user``, ``fm_item`` ``[B]``; ``fields [B, F]``; ``multi_hot [B, g]``;
             ``label [B]``; ``time [B]``; the user history ``hist_event [B, L]`` (log indices,
             -1 padded), ``hist_mask``, ``hist_label``, ``hist_item`` (raw ids),
@@ -258,4 +264,6 @@ class EventTable:
         out["hist_pos_rate"] = torch.where(
             n > 0, out["hist_label"].sum(-1) / n.clamp_min(1), torch.full_like(n, 0.5)
         )
+        if device is not None and torch.device(device) != torch.device("cpu"):
+            out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         return out

@@ -27,7 +27,7 @@ from torch import Tensor
 from probrec.backbone.history import build_history_batch
 from probrec.backbone.store import EmbeddingStore
 from probrec.recsys.features import EventTable, event_keys
-from probrec.recsys.models import FoundationModel, evaluating
+from probrec.recsys.models import FoundationModel, evaluating, module_device
 
 __all__ = ["StoredHistory", "fm_embeddings", "lookup_histories", "write_fm_store"]
 
@@ -36,13 +36,17 @@ __all__ = ["StoredHistory", "fm_embeddings", "lookup_histories", "write_fm_store
 def fm_embeddings(
     fm: FoundationModel, table: EventTable, index: np.ndarray, *, batch_size: int = 2048
 ) -> tuple[Tensor, Tensor]:
-    """FM event embeddings ``[n, d]`` and logits ``[n]`` of the events at ``index``."""
+    """FM event embeddings ``[n, d]`` and logits ``[n]`` of the events at ``index``, on the
+    FM's device."""
+    device = module_device(fm)
     hs, zs = [], []
     with evaluating(fm):
         for s in range(0, len(index), batch_size):
-            h, z = fm(table.batch(index[s : s + batch_size]))
+            h, z = fm(table.batch(index[s : s + batch_size], device))
             hs.append(h)
             zs.append(z)
+    if not hs:
+        return torch.zeros(0, fm.embed_dim, device=device), torch.zeros(0, device=device)
     return torch.cat(hs), torch.cat(zs)
 
 
@@ -87,7 +91,7 @@ def write_fm_store(
         for s in range(0, n, batch_size):
             idx = np.arange(s, min(n, s + batch_size))
             h, _ = fm_embeddings(fm, table, idx, batch_size=batch_size)
-            w.write(event_keys(table.log, idx), h.numpy())
+            w.write(event_keys(table.log, idx), h.cpu().numpy())
     return EmbeddingStore.load(Path(path), mmap=True)
 
 
@@ -98,20 +102,29 @@ class StoredHistory:
     gathers the rows of its history events. Events missing from the store (never the case when
     the store was written by :func:`write_fm_store` for the same log) read as zero vectors.
 
+    The vectors are copied to ``device`` once (a GPU-resident copy makes each batch's gather a
+    device operation); a batch on another device gets its histories on its own device.
+
     Args:
         store: the FM store.
         table: the events whose histories are read.
+        device: where the copy of the stored vectors lives (default: the CPU).
     """
 
-    def __init__(self, store: EmbeddingStore, table: EventTable) -> None:
+    def __init__(
+        self, store: EmbeddingStore, table: EventTable, device: torch.device | str = "cpu"
+    ) -> None:
         self.store = store
-        self.rows = torch.from_numpy(store.rows(event_keys(table.log)))
+        self.device = torch.device(device)
+        self.rows = torch.from_numpy(store.rows(event_keys(table.log))).to(self.device)
         vec = torch.from_numpy(np.array(store.vectors, dtype=np.float32))  # a private copy
-        self.vectors = torch.cat([vec, torch.zeros(1, store.dim)])  # last row: absent key
+        # last row: absent key
+        self.vectors = torch.cat([vec, torch.zeros(1, store.dim)]).to(self.device)
 
     def _gather(self, events: Tensor) -> Tensor:
-        rows = torch.where(events >= 0, self.rows[events.clamp_min(0)], -1)
-        return self.vectors[torch.where(rows >= 0, rows, len(self.vectors) - 1)]
+        ev = events.to(self.device)
+        rows = torch.where(ev >= 0, self.rows[ev.clamp_min(0)], -1)
+        return self.vectors[torch.where(rows >= 0, rows, len(self.vectors) - 1)].to(events.device)
 
     def event_vectors(self, events: np.ndarray | Tensor) -> Tensor:
         """Stored vectors ``[n, d]`` of the log's events ``[n]`` (zeros where absent)."""
@@ -132,15 +145,16 @@ def lookup_histories(
     are looked up in the store by :func:`~probrec.backbone.history.build_history_batch`.
 
     Returns:
-        ``batch`` plus ``fm_hist [B, L, d]`` and ``fm_ihist [B, K, d]``.
+        ``batch`` plus ``fm_hist [B, L, d]`` and ``fm_ihist [B, K, d]``, on the batch's device.
     """
     out = dict(batch)
     log = table.log
     for src, dst in (("hist_event", "fm_hist"), ("ihist_event", "fm_ihist")):
-        ev = batch[src].numpy()
+        device = batch[src].device
+        ev = batch[src].cpu().numpy()
         keys = [event_keys(log, row[row >= 0]) for row in ev]
-        hb = build_history_batch(store, keys, missing="zeros", dtype=torch.float32)
-        values = torch.zeros(ev.shape[0], ev.shape[1], store.dim)
+        hb = build_history_batch(store, keys, missing="zeros", dtype=torch.float32, device=device)
+        values = torch.zeros(ev.shape[0], ev.shape[1], store.dim, device=device)
         values[:, : hb.values.shape[1]] = hb.values  # histories are left-aligned in both
         out[dst] = values
     return out

@@ -27,6 +27,7 @@ products and the concatenated vectors to a logit.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -35,19 +36,30 @@ from torch import Tensor, nn
 from probrec.backbone.history import HistoryEncoder
 from probrec.backbone.mlp import MLPEncoder
 from probrec.checks import all_finite, check_choice, check_positive_int, check_seed
-from probrec.seeding import torch_generator
+from probrec.seeding import seeded_rng, torch_generator
 
-__all__ = ["FoundationModel", "HashedEmbedding", "VerticalModel", "dot_interaction", "evaluating"]
+__all__ = [
+    "FoundationModel",
+    "HashedEmbedding",
+    "VerticalModel",
+    "dot_interaction",
+    "evaluating",
+    "module_device",
+]
 
 _HASH_PRIME = 2_147_483_647  # 2^31 - 1
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """torch's default initialisers draw from the global generator: seed a private copy."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(check_seed(seed))
-        yield
+def _seeded(seed: int) -> contextlib.AbstractContextManager[None]:
+    """torch's default initialisers draw from the CPU's global generator: seed a private copy
+    (the generators of every accelerator are left alone)."""
+    return seeded_rng(check_seed(seed))
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU for a module with none."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 @contextlib.contextmanager

@@ -175,6 +175,7 @@ def run_loopfm(
     config: LoopFMConfig | None = None,
     progress: bool | None = False,
     verbose: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[LoopFMRun, dict[str, Any]]:
     """Runs the protocol of the module docstring for one seed.
 
@@ -185,6 +186,8 @@ def run_loopfm(
         config: sizes and settings.
         progress: progress bars.
         verbose: print one line per trained model.
+        device: where the models train and the stored vectors are read (models are initialised
+            on the CPU, so a seed gives the same initial weights on every device).
 
     Returns:
         ``(run, objects)`` -- the results, and the trained models, event table, store and
@@ -208,28 +211,27 @@ def run_loopfm(
 
     t0 = time.perf_counter()
 
-    fm = build_fm(table, cfg, seed)
+    fm = build_fm(table, cfg, seed).to(device)
     history["FM"] = train_ctr(fm, table, fm_tr, fm_va, cfg.fm_train, seed=seed, progress=progress)
     seconds["FM"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     store = write_fm_store(fm, table, out_dir / f"fm_store_seed{seed}", overwrite=True)
     _, fm_logit_all = fm_embeddings(fm, table, np.arange(len(log)))
     seconds["store"] = time.perf_counter() - t0
-    metrics["FM"] = ctr_metrics(test_y, fm_logit_all[test_idx].numpy())
+    metrics["FM"] = ctr_metrics(test_y, fm_logit_all[test_idx])
     if verbose:
         print(f"  seed {seed} FM: {metrics['FM']} ({seconds['FM']:.0f} s)", flush=True)
-    stored = StoredHistory(store, table)
+    stored = StoredHistory(store, table, device)
     untrained = None
     if UNTRAINED in cfg.variants:
         path = out_dir / f"fm_store_untrained_seed{seed}"
-        untrained = StoredHistory(
-            write_fm_store(build_fm(table, cfg, seed), table, path, overwrite=True), table
-        )
+        fm0 = build_fm(table, cfg, seed).to(device)
+        untrained = StoredHistory(write_fm_store(fm0, table, path, overwrite=True), table, device)
 
     models: dict[str, VerticalModel] = {}
     for variant in cfg.variants:
         t0 = time.perf_counter()
-        vm = build_vm(table, cfg, variant, store.dim, seed)
+        vm = build_vm(table, cfg, variant, store.dim, seed).to(device)
         spec = TrainSpec(**{**asdict(cfg.vm_train)})
         if "KD" in variant:
             spec.kd_weight, spec.temperature = cfg.kd_weight, cfg.temperature
@@ -250,7 +252,7 @@ def run_loopfm(
             progress=progress,
         )
         logit = predict_logits(vm, table, test_idx, inputs=inputs)
-        metrics[variant] = ctr_metrics(test_y, logit.numpy())
+        metrics[variant] = ctr_metrics(test_y, logit)
         seconds[variant] = time.perf_counter() - t0
         models[variant] = vm
         if verbose:

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from probrec.checks import check_positive_int, check_real
 from probrec.progress import track
 from probrec.recsys.features import EventTable
-from probrec.recsys.models import evaluating
-from probrec.seeding import numpy_rng
+from probrec.recsys.models import evaluating, module_device
+from probrec.seeding import numpy_rng, seeded_rng
 
 __all__ = [
     "TrainSpec",
@@ -103,14 +103,17 @@ def vm_loss(
     return loss
 
 
-def ctr_metrics(label: np.ndarray, logit: np.ndarray) -> dict[str, float]:
-    """AUC and log loss of logits ``[n]`` against 0/1 labels ``[n]``.
+def ctr_metrics(label: np.ndarray | Tensor, logit: np.ndarray | Tensor) -> dict[str, float]:
+    """AUC and log loss of logits ``[n]`` against 0/1 labels ``[n]`` (arrays, or tensors on
+    any device).
 
     AUC is undefined when ``label`` holds one class (tiny samples); it is then reported as
     NaN with a warning, and the log loss is still given.
     """
-    y = np.asarray(label, dtype=float)
-    z = np.asarray(logit, dtype=float)
+    y, z = (
+        np.asarray(v.detach().cpu() if isinstance(v, Tensor) else v, dtype=float)
+        for v in (label, logit)
+    )
     if y.shape != z.shape or y.ndim != 1 or len(y) == 0:
         raise ValueError(f"label and logit must be equal-length 1-d, got {y.shape}, {z.shape}")
     if not np.isfinite(z).all():
@@ -185,13 +188,15 @@ def predict_logits(
     inputs: Inputs | None = None,
     batch_size: int = 2048,
 ) -> Tensor:
-    """Serving-head logits ``[n]`` of ``model`` on the events at ``index``."""
+    """Serving-head logits ``[n]`` of ``model`` on the events at ``index``, on the model's
+    device (batches are built there; ``inputs`` receives them there)."""
+    device = module_device(model)
     out = []
     with evaluating(model):
         for s in range(0, len(index), batch_size):
-            b = table.batch(index[s : s + batch_size])
+            b = table.batch(index[s : s + batch_size], device)
             out.append(_split_output(model(inputs(b) if inputs else b))[0])
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
 def train_ctr(
@@ -215,10 +220,12 @@ def train_ctr(
         train_index: ``[n]`` training events.
         valid_index: validation events (early stopping).
         spec: settings.
-        inputs: adds extra inputs to a batch (e.g. :class:`~probrec.recsys.loopfm.StoredHistory`).
-        teacher_logit: ``[len(table.log)]`` FM logits of every event, for KD / auxiliary head.
-        seed: seed of the shuffling and of dropout (torch's global generator is left as it
-            was).
+        inputs: adds extra inputs to a batch (e.g. :class:`~probrec.recsys.loopfm.StoredHistory`);
+            batches are built on the model's device and passed to it there.
+        teacher_logit: ``[len(table.log)]`` FM logits of every event, for KD / auxiliary head
+            (any device).
+        seed: seed of the shuffling and of dropout (torch's global generators are left as
+            they were).
         progress: show a progress bar.
 
     Returns:
@@ -236,8 +243,8 @@ def train_ctr(
         raise ValueError("train_index and valid_index must be non-empty")
     # dropout draws from torch's global generator: seed a private copy for reproducibility
     # training needs gradients even when called inside torch.no_grad() (it failed there)
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(seed)
+    device = module_device(model)
+    with seeded_rng(seed, device), torch.enable_grad():
         rng = numpy_rng(seed)
         opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         valid_y = table.log.label[valid_index]
@@ -254,9 +261,11 @@ def train_ctr(
             total = 0.0
             for s in range(0, len(perm), spec.batch_size):
                 idx = perm[s : s + spec.batch_size]
-                b = table.batch(idx)
+                b = table.batch(idx, device)
                 logit, aux = _split_output(model(inputs(b) if inputs else b))
-                teach = None if teacher_logit is None else teacher_logit[torch.from_numpy(idx)]
+                teach = None
+                if teacher_logit is not None:
+                    teach = teacher_logit[torch.from_numpy(idx)].to(device)
                 loss = vm_loss(
                     logit,
                     b["label"],

@@ -64,6 +64,9 @@ def test_ctr_metrics_against_pair_counting():
     ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
     m = ctr_metrics(y, z)
     assert abs(m["auc"] - auc) < 1e-12 and abs(m["logloss"] - ll) < 1e-9
+    # tensors (with gradients, on the model's device in general) give the same numbers
+    zt = torch.tensor(z, requires_grad=True)
+    assert ctr_metrics(torch.tensor(y), zt) == m
     with pytest.warns(UserWarning, match="one class"):
         assert math.isnan(ctr_metrics(np.ones(3), np.zeros(3))["auc"])
     with pytest.raises(ValueError, match="NaN"):
