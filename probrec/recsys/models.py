@@ -334,7 +334,15 @@ class VerticalModel(nn.Module):
     @torch.no_grad()
     def set_fm_scaling(self, vectors: Tensor) -> None:
         """Standardises the stored FM inputs per dimension with the mean and standard deviation
-        of ``vectors [n, d]`` (e.g. the stored embeddings of the VM's training events)."""
+        of ``vectors [n, d]`` (e.g. the stored embeddings of the VM's training events).
+
+        A dimension that (nearly) does not vary over ``vectors`` -- a ReLU of the FM that is
+        dead on those events but not on later ones -- is scaled by the median dimension's
+        standard deviation instead of its own: dividing by its own (clamped at 1e-6) turned a
+        later event's ordinary value into an input of 1e4-1e6 and the VM's predictions into
+        noise (log loss 12 against 0.69 on a small synthetic log; on MovieLens-100k 7-12 of
+        the 96 stored dimensions are constant over the VM's training events).
+        """
         if self.fm_dim is None:
             raise ValueError("this VerticalModel has no LoopFM inputs")
         if vectors.dim() != 2 or vectors.shape[1] != self.fm_dim or len(vectors) < 2:
@@ -343,8 +351,11 @@ class VerticalModel(nn.Module):
             )
         if not all_finite(vectors):  # an all-NaN input stored a NaN mean
             raise ValueError("vectors contains non-finite values")
+        std = vectors.std(0)
+        typical = float(std.median())
+        typical = typical if typical > 1e-6 else 1.0  # (almost) every dimension constant
         self.fm_mean.copy_(vectors.mean(0))
-        self.fm_std.copy_(vectors.std(0).clamp_min(1e-6))
+        self.fm_std.copy_(torch.where(std < 1e-2 * typical, torch.full_like(std, typical), std))
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         """Returns ``(hidden [B, hidden[-1]], logit [B], auxiliary logit [B] or None)``."""

@@ -81,3 +81,20 @@ def test_fm_scaling_makes_vm_invariant_to_affine_store_changes(small_log):
         vm.set_fm_scaling(torch.full_like(store, float("nan")))
     with pytest.raises(ValueError, match="no LoopFM"):
         VerticalModel(table.field_cardinalities, 3).set_fm_scaling(store)
+
+
+def test_fm_scaling_of_a_dimension_constant_over_the_training_vectors():
+    """A dead-on-training ReLU dimension (all zeros) is scaled by the median spread, so a later
+    event's ordinary value stays an ordinary input (it was divided by 1e-6)."""
+    vm = VerticalModel([3], fm_dim=4, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    spreads = torch.tensor([0.5, 1.0, 2.0, 0.0])
+    vec = torch.randn(500, 4, generator=gen) * spreads
+    vm.set_fm_scaling(vec)
+    std = vec.std(0)
+    torch.testing.assert_close(vm.fm_std[:3], std[:3])
+    assert float(vm.fm_std[3]) == pytest.approx(float(std.median()))
+    later = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    assert float(vm._scale(later).abs().max()) < 10.0
+    vm.set_fm_scaling(torch.zeros(10, 4))  # every dimension constant: unit scale
+    assert torch.equal(vm.fm_std, torch.ones(4))
