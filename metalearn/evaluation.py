@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from metalearn.base import MetaLearner
 from metalearn.metrics import delta_auprc, mean_and_se, r2_os
@@ -261,9 +262,15 @@ def _score_episode(i: int) -> float:
     else:
         pred = learner.adapt(ep.support_x, ep.support_y)
     if kind == "classification":
-        return delta_auprc(ep.query_y, np.asarray(pred.predict_proba(ep.query_x), dtype=float))
-    mean = np.asarray(pred.predict(ep.query_x)[0], dtype=float)
-    return r2_os(ep.query_y, mean, float(ep.support_y.mean()))
+        return delta_auprc(ep.query_y, _host(pred.predict_proba(ep.query_x)))
+    return r2_os(ep.query_y, _host(pred.predict(ep.query_x)[0]), float(ep.support_y.mean()))
+
+
+def _host(values: Any) -> np.ndarray:
+    """A predictor's output (a tensor on any device, or an array) as a float NumPy array."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+    return np.asarray(values, dtype=float)
 
 
 def _worker_init() -> None:

@@ -44,9 +44,8 @@ class GPSTPredictor:
     def __init__(self, gp: FittedGP, columns) -> None:
         self.gp, self.columns = gp, columns
 
-    def _x(self, x: Any) -> torch.Tensor:
-        xt = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-        return _columns(xt, self.columns)
+    def _x(self, x: Any) -> torch.Tensor:  # any device: the GP moves queries to its own
+        return _columns(as_float_tensor(x, "x", ndim=2, dtype=torch.float64), self.columns)
 
     def predict(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return self.gp.predict(self._x(x))
@@ -74,7 +73,9 @@ class GPST(MetaLearner):
         self.head = GPHead(GPConfig(kernel=full["kernel"], mean=full["mean"], kind=kind))
 
     def adapt(self, support_x: Any, support_y: Any) -> GPSTPredictor:
-        x, y = check_support(support_x, support_y, self.kind, dtype=torch.float64)
+        x, y = check_support(
+            support_x, support_y, self.kind, dtype=torch.float64, device=self.device
+        )
         x = _columns(x, self.config["columns"])
         return GPSTPredictor(self.head.fit(x, y), self.config["columns"])
 
@@ -130,7 +131,7 @@ class _SklearnBaseline(MetaLearner):
     def adapt(self, support_x: Any, support_y: Any) -> SklearnPredictor:
         x, y = check_support(support_x, support_y, self.kind, dtype=torch.float64)
         columns = self.config.get("columns")
-        xn, yn = _columns(x.numpy(), columns), y.numpy()
+        xn, yn = _columns(x.cpu().numpy(), columns), y.cpu().numpy()  # scikit-learn: the CPU
         est, grid = self._estimator()
         if self.kind == "classification":
             yn = yn.astype(int)

@@ -39,10 +39,15 @@ from probrec.gp.head import FittedGP, GPHead
 from probrec.gp.linalg import robust_cholesky
 
 
-def _check_candidates(X: torch.Tensor, d: int) -> None:
-    """Candidates ``X`` ``[..., d]`` for :meth:`posterior`: the model's width, finite."""
+def _check_candidates(X: torch.Tensor, d: int, device: torch.device | None = None) -> None:
+    """Candidates ``X`` ``[..., d]`` for :meth:`posterior`: the model's width (and device, if
+    given), finite."""
     if X.dim() < 2 or X.shape[-1] != d:
         raise ValueError(f"X must have shape [..., q, {d}], got {tuple(X.shape)}")
+    if device is not None and X.device != device:  # gpytorch failed deep inside a matmul
+        raise ValueError(
+            f"X is on device {X.device} but the model is on device {device}: move X there first"
+        )
     if not all_finite(X):
         raise ValueError("X contains non-finite values")
 
@@ -185,7 +190,7 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         the same gpytorch modules (a test checks it against gpytorch's path); anything else
         (``q > 1``, fantasy models, output indices, heteroscedastic noise) goes through BoTorch.
         """
-        _check_candidates(X, self.train_inputs[0].shape[-1])
+        _check_candidates(X, self.train_inputs[0].shape[-1], self.train_inputs[0].device)
         direct = (
             X.dim() >= 2
             and X.shape[-2] == 1
@@ -250,12 +255,13 @@ def _independent(X: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> GPyT
 
 
 def _encode(encoder: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """``encoder(x)`` in the encoder's dtype and on its device, returned in ``x``'s."""
     if encoder is None:
         return x
     p = next(encoder.parameters(), None)
-    dtype = x.dtype if p is None else p.dtype
-    flat = x.reshape(-1, x.shape[-1]).to(dtype)
-    z = encoder(flat).to(x.dtype)
+    dtype, device = (x.dtype, x.device) if p is None else (p.dtype, p.device)
+    flat = x.reshape(-1, x.shape[-1]).to(device, dtype)
+    z = encoder(flat).to(x.device, x.dtype)
     return z.reshape(*x.shape[:-1], z.shape[-1])
 
 

@@ -191,6 +191,9 @@ def test_bad_inputs_are_named():
             model.posterior(torch.full((4, 1, x.shape[-1]), float("nan"), dtype=x.dtype))
         with pytest.raises(ValueError, match=r"X must have shape \[\.\.\., q,"):
             model.posterior(torch.zeros(4, 1, x.shape[-1] + 1, dtype=x.dtype))
+    # candidates on another device than the model (here torch's shape-only "meta" device)
+    with pytest.raises(ValueError, match="X is on device meta but the model is on device cpu"):
+        models[0].posterior(torch.zeros(4, 1, x.shape[-1], dtype=x.dtype, device="meta"))
 
 
 def test_forest_model_posterior_matches_the_forest():
