@@ -35,7 +35,7 @@ from torch import Tensor
 
 from probrec.checks import check_choice, check_positive_int, check_real, check_seed
 from probrec.progress import track
-from probrec.seeding import torch_generator
+from probrec.seeding import check_generator_device, torch_generator
 
 from .compile import compile_available
 from .diagnostics import ess, split_rhat
@@ -352,6 +352,8 @@ class Sampler(ABC):
             )
         if not isinstance(seed, torch.Generator):
             seed = check_seed(seed)  # before the run (None failed after it, 1.5 ran as 1)
+        elif self.init is None:  # the first draws are the target's starting states
+            check_generator_device(seed, target._device())
         plan = self.plan(target, n_samples)
         t_start = time.perf_counter()
         gen = seed if isinstance(seed, torch.Generator) else torch_generator(seed, target._device())

@@ -29,6 +29,7 @@ and PNG figures: samples over the 40 modes (MoG-40), energy and distance histogr
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -319,6 +320,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--settings", default=None, help="JSON overrides of sampler settings per sampler"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device the samplers run on (default: %(default)s); the metrics are computed "
+        "on the CPU against the same CPU reference draws whatever the device",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -352,6 +359,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = json.loads(args.settings) if args.settings else {}
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
     compile_opt: bool | str = {"auto": "auto", "on": True, "off": False}[args.compile]
     data = Path(args.data) if args.data else None
     out = Path(args.out)
@@ -385,8 +395,10 @@ def run(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
     }
     target_objs: dict[str, Target] = {}
+    on_device: dict[str, Target] = {}
     for tname, sname, budget, seed in track(jobs, progress=progress, desc="samplers bench"):
         if tname not in target_objs:
             target_objs[tname] = make_target(tname, data)
@@ -397,7 +409,8 @@ def run(args: argparse.Namespace) -> int:
                 from .targets import load_reference_samples
 
                 cache["mw32/file"] = load_reference_samples(_ref_path(data, "mw32"), 32)
-        target = target_objs[tname]
+            on_device[tname] = copy.deepcopy(tgt).to(device) if device.type != "cpu" else tgt
+        target = on_device[tname]
         t0 = time.perf_counter()
         if sname == "map":
             from .optimize import map_estimate
@@ -466,10 +479,11 @@ def run(args: argparse.Namespace) -> int:
             }
             if sname == "digs":
                 row["init_acceptance"] = d.get("init_acceptance_per_level")
-        row.update(evaluate(tname, target, samples, seed, cache))
+        samples = samples.detach().cpu()
+        row.update(evaluate(tname, target_objs[tname], samples, seed, cache))
         rows.append(row)
         if seed == seeds[0]:
-            kept[(tname, sname, budget, seed)] = samples.detach().cpu()
+            kept[(tname, sname, budget, seed)] = samples
         _write(out, header, rows)
     if not args.no_plots:
         figs = _plots(out, rows, kept, targets, names, budgets, seeds, regime, target_objs, cache)

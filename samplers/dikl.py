@@ -49,7 +49,7 @@ from torch import Tensor
 
 from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.progress import track
-from probrec.seeding import torch_generator
+from probrec.seeding import seeded_rng, torch_generator
 
 from .diffusion import (
     CountingTarget,
@@ -465,8 +465,7 @@ class DiKL(NeuralSampler):
             torch.tensor(self.data_scale, dtype=dt),
         ).to(dev)
         utarget = NormalizedTarget(target, norm)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):  # initial weights from the run's seed (CPU generator)
             g_net = GeneratorMLP(
                 d,
                 self.latent_dim,

@@ -145,8 +145,9 @@ def _check_mixture(target: GaussianMixture) -> GaussianMixture:
 
 
 def _mixture_points(x: Tensor, mix: GaussianMixture) -> Tensor:
-    """Samples ``x`` as ``[n, d]`` in the mixture's dtype, ``d`` its dimension."""
-    xa = _as_2d(x, "x").to(mix.means.dtype)
+    """Samples ``x`` as ``[n, d]`` in the mixture's dtype and on its device, ``d`` its
+    dimension."""
+    xa = _as_2d(x, "x").to(mix.means.device, mix.means.dtype)
     if xa.shape[1] != mix.dim:
         raise ValueError(f"x must have {mix.dim} columns (the target's dimension), got {xa.shape}")
     return xa

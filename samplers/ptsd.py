@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from probrec.checks import check_choice, check_positive_int, check_real
-from probrec.seeding import torch_generator
+from probrec.seeding import seeded_rng, torch_generator
 
 from .diffusion import (
     CountingTarget,
@@ -351,14 +351,14 @@ class PTSD(NeuralSampler):
     def _new_model(self, buffer: Tensor, seed: int) -> DiffusionModel:
         d = buffer.shape[1]
         if self.n_particles is not None:
-            norm = Normalizer(torch.zeros(d, dtype=buffer.dtype), buffer.std())
+            zero = torch.zeros(d, dtype=buffer.dtype, device=buffer.device)
+            norm = Normalizer(zero, buffer.std())
         else:
             norm = Normalizer.fit(buffer)
         sched = VPSchedule() if self.schedule == "vp" else VESchedule(0.01, 3.0)
-        with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed
-            torch.manual_seed(seed)
+        with seeded_rng(seed):  # initial weights from the run's seed (CPU generator)
             net = ScoreMLP(d, self.hidden, self.n_layers, n_particles=self.n_particles)
-        return DiffusionModel(net.to(buffer.dtype), sched, norm.to(buffer.device))
+        return DiffusionModel(net.to(buffer.device, buffer.dtype), sched, norm.to(buffer.device))
 
     def _fit(self, model: DiffusionModel, buffer: Tensor, steps: int, seed: int) -> float:
         losses = model.fit(buffer, steps, self.batch_size, self.lr, self.ema, seed)
@@ -436,7 +436,7 @@ class PTSD(NeuralSampler):
             # 5. two-temperature refinement at (T_k, T_{k+1})
             step *= temps[k] / temps[k + 1]
             # the hot replicas start from the buffer of T_{k+1} (drawn with replacement)
-            pick = torch.randint(0, buffers[k + 1].shape[0], (n,), generator=gen)
+            pick = torch.randint(0, buffers[k + 1].shape[0], (n,), generator=gen, device=gen.device)
             hot = buffers[k + 1][pick.to(x.device)][None]
             pt = self._pt(refine_steps, [1.0, temps[k + 1] / temps[k]], step, x, False, hot)
             res = pt.run(TemperedTarget(target, betas[k]), n, seed=next_seed())

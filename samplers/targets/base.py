@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from probrec.checks import check_positive_int
-from probrec.seeding import torch_generator
+from probrec.seeding import check_generator_device, torch_generator
 
 __all__ = ["Target", "check_positions", "check_start", "load_reference_samples"]
 
@@ -122,6 +122,8 @@ class Target(nn.Module, ABC):
 
 
 def _generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return check_generator_device(seed, device)
     return torch_generator(seed, device=device)
 
 

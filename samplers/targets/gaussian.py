@@ -38,9 +38,11 @@ class Gaussian(Target):
         super().__init__(d)
         self.name = name
         if covariance is None:
-            cov = torch.eye(d, dtype=mean.dtype)
+            cov = torch.eye(d, dtype=mean.dtype, device=mean.device)
         else:
-            cov = as_float_tensor(covariance, "covariance", ndim=2, dtype=mean.dtype)
+            cov = as_float_tensor(
+                covariance, "covariance", ndim=2, dtype=mean.dtype, device=mean.device
+            )
             if cov.shape != (d, d):
                 raise ValueError(f"covariance must have shape ({d}, {d}), got {tuple(cov.shape)}")
             if not torch.allclose(cov, cov.T, atol=1e-6 * float(cov.abs().max())):

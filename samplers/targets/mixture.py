@@ -56,7 +56,7 @@ class GaussianMixture(Target):
         self.name = name
         if isinstance(scales, (int, float)):
             scales = torch.tensor(float(scales))
-        s = as_float_tensor(scales, "scales", dtype=means.dtype)
+        s = as_float_tensor(scales, "scales", dtype=means.dtype, device=means.device)
         if s.dim() == 0:
             s = s.expand(k, d)
         elif s.dim() == 1:
@@ -70,9 +70,9 @@ class GaussianMixture(Target):
         if bool((s <= 0).any()):
             raise ValueError("scales must be positive")
         if weights is None:
-            w = torch.full((k,), 1.0 / k, dtype=means.dtype)
+            w = torch.full((k,), 1.0 / k, dtype=means.dtype, device=means.device)
         else:
-            w = as_float_tensor(weights, "weights", ndim=1, dtype=means.dtype)
+            w = as_float_tensor(weights, "weights", ndim=1, dtype=means.dtype, device=means.device)
             if w.shape[0] != k or bool((w < 0).any()) or float(w.sum()) <= 0:
                 raise ValueError(f"weights must be {k} non-negative numbers with a positive sum")
             w = w / w.sum()
