@@ -1,7 +1,8 @@
 """Gradient evaluations per second of our batched MALA against blackjax MALA under jax.jit.
 
 Target: MoG-40 (Chen et al., 2024), 10,000 chains, the same fixed MALA step size on both sides,
-the same CPU, the same process. Each side runs ``--steps`` MALA transitions of all chains; the
+the same device (``--device cpu``, the default, or ``cuda``: torch on the GPU and JAX on its CUDA
+backend), the same process. Each side runs ``--steps`` MALA transitions of all chains; the
 rate is ``chains * steps / seconds``.
 
 - ours, as users call it: ``samplers.MALA(step_size=h, n_chains=10000, burn_in=steps - 1,
@@ -24,7 +25,7 @@ compare with two threads each. JAX and blackjax are benchmark-only dependencies
 (``pip install jax jaxlib blackjax``).
 
 Usage: ``python benchmarks/mala_vs_blackjax.py [--chains 10000] [--steps 300] [--repeats 5]
-[--threads 1]``
+[--threads 1] [--device cpu|cuda]``
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def _ours(target: MoG40, chains: int, steps: int, h: float, seed: int) -> tuple[
     sampler = samplers.MALA(
         step_size=h, n_chains=chains, burn_in=steps - 1, thin=1, adapt=False, progress=False
     )
+    sync = torch.cuda.synchronize if target.means.is_cuda else (lambda: None)
+    sync()
     t = time.perf_counter()
     res = sampler.run(target, chains, seed=seed)
+    sync()
     dt = time.perf_counter() - t
     assert res.n_grad_evals == chains * (steps + 1)
     return dt, {
@@ -63,7 +67,7 @@ def _jax_variants(target: MoG40, chains: int, steps: int, h: float):
     import jax
     import jax.numpy as jnp
 
-    mu = jnp.asarray(target.means.numpy())
+    mu = jnp.asarray(target.means.cpu().numpy())
     s = float(target.scales[0, 0])
     prec_mu = mu / s**2
     const = -0.5 * jnp.sum(mu**2, -1) / s**2
@@ -136,19 +140,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-size", type=float, default=0.5)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="threads of each side (default 1)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="both sides on the CPU (default) or on the GPU (JAX's CUDA backend)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench-results") / "mala_vs_blackjax.json")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: torch sees no CUDA device", file=sys.stderr)
+        return 2
+    os.environ["JAX_PLATFORMS"] = args.device  # set before JAX is imported
+    # JAX would otherwise take 75% of the GPU's memory up front, torch sharing the same GPU
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     torch.set_num_threads(args.threads)
     flags = os.environ.get("XLA_FLAGS", "")
     if args.threads == 1:
         flags += " --xla_cpu_multi_thread_eigen=false"
     os.environ["XLA_FLAGS"] = f"{flags} intra_op_parallelism_threads={args.threads}".strip()
-    target = MoG40()
+    target = MoG40().to(args.device)
     try:
         variants, jax_v, bjx_v = _jax_variants(target, args.chains, args.steps, args.step_size)
     except ImportError as exc:
         print(f"needs jax and blackjax (pip install jax jaxlib blackjax): {exc}", file=sys.stderr)
         return 2
+    import jax
+
+    jax_device = str(jax.devices()[0])
     evals = args.chains * args.steps
     # warm-up (compilation) runs, timed
     warm = {"ours": _ours(target, args.chains, args.steps, args.step_size, 0)[0]}
@@ -181,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         "step_size": args.step_size,
         "repeats": args.repeats,
         "threads": args.threads,
+        "device": args.device,
+        "torch_device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "jax_device": jax_device,
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

@@ -17,7 +17,8 @@ from probrec.recsys import (
 )
 
 
-def _fm(table: EventTable) -> FoundationModel:
+def _fm(table: EventTable, *, dropout: float = 0.0, seed: int = 1) -> FoundationModel:
+    """A small foundation model sized to ``table``'s FM vocabulary."""
     return FoundationModel(
         int(table.fm_user.max()) + 1,
         int(table.fm_item.max()) + 1,
@@ -26,7 +27,8 @@ def _fm(table: EventTable) -> FoundationModel:
         emb_dim=8,
         hidden=(16, 12),
         max_history=6,
-        seed=1,
+        dropout=dropout,
+        seed=seed,
     )
 
 
