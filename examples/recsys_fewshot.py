@@ -64,6 +64,7 @@ def main(argv=None) -> int:
         LoopFMConfig,
         cold_start_features,
         cold_start_tasks,
+        robust_std,
         run_loopfm,
     )
     from probrec.recsys.pipeline import load_log
@@ -95,9 +96,10 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     a, b = cols["fm"]
     # the FM-store block mixes scales (embeddings ~0.05-0.3, a rate in [0, 1], a log count):
-    # standardise it per dimension with the meta-training users' statistics
+    # standardise it per dimension with the meta-training users' statistics (robust_std: an FM
+    # dimension constant over those users' events must not be divided by ~0)
     fm_train = np.concatenate([np.asarray(t.inputs)[:, a:b] for t in train])
-    mu, sd = fm_train.mean(0), fm_train.std(0) + 1e-6
+    mu, sd = fm_train.mean(0), robust_std(torch.from_numpy(fm_train).double()).numpy()
 
     def fm_only(ts):
         return [

@@ -30,7 +30,13 @@ from probrec.recsys.features import (
     past_events,
 )
 from probrec.recsys.loopfm import StoredHistory, fm_embeddings, lookup_histories, write_fm_store
-from probrec.recsys.models import FoundationModel, HashedEmbedding, VerticalModel, dot_interaction
+from probrec.recsys.models import (
+    FoundationModel,
+    HashedEmbedding,
+    VerticalModel,
+    dot_interaction,
+    robust_std,
+)
 from probrec.recsys.pipeline import (
     UNTRAINED,
     VARIANTS,
@@ -77,6 +83,7 @@ __all__ = [
     "lookup_histories",
     "past_events",
     "predict_logits",
+    "robust_std",
     "run_loopfm",
     "summarize_runs",
     "summary_markdown",

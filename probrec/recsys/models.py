@@ -45,6 +45,7 @@ __all__ = [
     "dot_interaction",
     "evaluating",
     "module_device",
+    "robust_std",
 ]
 
 _HASH_PRIME = 2_147_483_647  # 2^31 - 1
@@ -54,6 +55,21 @@ def _seeded(seed: int) -> contextlib.AbstractContextManager[None]:
     """torch's default initialisers draw from the CPU's global generator: seed a private copy
     (the generators of every accelerator are left alone)."""
     return seeded_rng(check_seed(seed))
+
+
+def robust_std(values: Tensor) -> Tensor:
+    """Per-column standard deviations of ``values [n, d]`` for standardising later inputs: a
+    column that (nearly) does not vary over ``values`` (spread below 1% of the median column's)
+    gets the median column's spread instead of its own, so that a later, ordinary value of it
+    does not become a huge input (all columns constant: 1).
+
+    Returns:
+        ``[d]``, positive.
+    """
+    std = values.std(0)
+    typical = float(std.median())
+    typical = typical if typical > 1e-6 else 1.0
+    return torch.where(std < 1e-2 * typical, torch.full_like(std, typical), std)
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -351,11 +367,8 @@ class VerticalModel(nn.Module):
             )
         if not all_finite(vectors):  # an all-NaN input stored a NaN mean
             raise ValueError("vectors contains non-finite values")
-        std = vectors.std(0)
-        typical = float(std.median())
-        typical = typical if typical > 1e-6 else 1.0  # (almost) every dimension constant
         self.fm_mean.copy_(vectors.mean(0))
-        self.fm_std.copy_(torch.where(std < 1e-2 * typical, torch.full_like(std, typical), std))
+        self.fm_std.copy_(robust_std(vectors))
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         """Returns ``(hidden [B, hidden[-1]], logit [B], auxiliary logit [B] or None)``."""
