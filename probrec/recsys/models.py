@@ -338,14 +338,21 @@ class VerticalModel(nn.Module):
         if self.fm_dim is not None:
             if "fm_hist" not in batch:
                 raise ValueError("this VerticalModel uses LoopFM inputs: batch needs 'fm_hist'")
+            for key in ("fm_hist", "fm_ihist"):  # another width failed inside a broadcast
+                v = batch[key]
+                if v.dim() != 3 or v.shape[-1] != self.fm_dim:
+                    raise ValueError(
+                        f"batch[{key!r}] must be [B, L, {self.fm_dim}] stored FM vectors, got "
+                        f"{tuple(v.shape)}"
+                    )
             u = self._scale(batch["fm_hist"]) + self.fm_label(batch["hist_label"].long())
             vec.append(self.fm_user_seq(u, batch["hist_mask"]))
             i = self._scale(batch["fm_ihist"]) + self.fm_label(batch["ihist_label"].long())
             vec.append(self.fm_item_seq(i, batch["ihist_mask"]))
         return torch.stack(vec, dim=1)
 
-    def _scale(self, x: Tensor) -> Tensor:
-        return (x - self.fm_mean) / self.fm_std
+    def _scale(self, x: Tensor) -> Tensor:  # float64 stores: cast (they failed in a Linear)
+        return (x.to(self.fm_mean.dtype) - self.fm_mean) / self.fm_std
 
     @torch.no_grad()
     def set_fm_scaling(self, vectors: Tensor) -> None:

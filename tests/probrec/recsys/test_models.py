@@ -42,6 +42,18 @@ def test_vertical_model_needs_loopfm_inputs(small_log):
     vm = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), fm_dim=6, seed=0)
     with pytest.raises(ValueError, match="fm_hist"):
         vm(table.batch(np.arange(5)))
+    b = table.batch(np.arange(5))
+    gen = torch.Generator().manual_seed(0)
+    good = {
+        **b,
+        "fm_hist": torch.randn(5, 4, 6, generator=gen),
+        "fm_ihist": torch.randn(5, 3, 6, generator=gen),
+    }
+    with pytest.raises(ValueError, match=r"batch\['fm_ihist'\] must be \[B, L, 6\]"):
+        vm({**good, "fm_ihist": good["fm_ihist"][..., :5]})
+    with torch.no_grad():  # float64 stored vectors are cast (a Linear failed on them)
+        f64 = {**good, "fm_hist": good["fm_hist"].double(), "fm_ihist": good["fm_ihist"].double()}
+        torch.testing.assert_close(vm(f64)[1], vm(good)[1])
     vm2 = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), aux_head=True)
     h, z, aux = vm2(table.batch(np.arange(5)))
     assert h.shape == (5, 8) and z.shape == (5,) and aux.shape == (5,)
