@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -128,10 +129,16 @@ class MCMC(Sampler):
         return state.position
 
     def _diagnostics(self) -> dict[str, Any]:
-        return {
-            "acceptance_rate": float(self._acc_sum) / max(1, self._acc_steps),
-            "step_size": float(self._eps),
-        }
+        rate = float(self._acc_sum) / max(1, self._acc_steps)
+        if self._acc_steps and rate < 1e-4:  # the "samples" are (nearly) the starting states
+            warnings.warn(
+                f"{self.name}: mean acceptance probability {rate:.2g} after warm-up: the chains "
+                f"(nearly) never moved (step size {float(self._eps):.3g} too large? adapt=True "
+                "tunes it during warm-up)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return {"acceptance_rate": rate, "step_size": float(self._eps)}
 
 
 class RandomWalkMetropolis(MCMC):

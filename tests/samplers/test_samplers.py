@@ -424,8 +424,11 @@ def test_bounded_targets_and_stuck_chains_are_reported_not_hidden():
     ).run(target, 50, seed=0)
     assert bool(torch.isfinite(res.samples).all())
     # chains stuck at different points: split R-hat inf (was NaN, hidden by nanmax)
+    # and the run warns that the chains never moved (it returned the starting states silently)
     init = torch.arange(8.0).reshape(4, 2)
-    stuck = samplers.MALA(
-        n_chains=4, burn_in=10, step_size=1e6, adapt=False, init=init, progress=False
-    ).run(Gaussian(torch.zeros(2)), 40)
+    with pytest.warns(RuntimeWarning, match="never moved"):
+        stuck = samplers.MALA(
+            n_chains=4, burn_in=10, step_size=1e6, adapt=False, init=init, progress=False
+        ).run(Gaussian(torch.zeros(2)), 40)
     assert stuck.diagnostics["rhat_split_max"] == math.inf
+    assert stuck.diagnostics["acceptance_rate"] < 1e-4
