@@ -80,6 +80,12 @@ def _check_inputs(
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if not np.isfinite(y).all():
         raise ValueError("y contains NaN or infinite values")
+    if not inputs:  # a StopIteration deep in the loop
+        raise ValueError("inputs is empty: give at least one {key: [N, d]} input matrix")
+    names = [s.name for s in surrogates]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # results are keyed by name: one surrogate overwrote the other
+        raise ValueError(f"surrogates must have distinct names; repeated: {repeated}")
     for s in surrogates:
         if s.inputs not in inputs:
             raise ValueError(f"surrogate {s.name!r} reads inputs[{s.inputs!r}], which is missing")
@@ -201,6 +207,8 @@ def optimise_out_of_domain(
     check_positive_int(repeats, "repeats")
     runs: list[tuple[str, Surrogate | None]] = [(s.name, s) for s in surrogates]
     if random_search:
+        if "random" in dict(runs):
+            raise ValueError("a surrogate named 'random' clashes with random search's entry")
         runs.append(("random", None))
     out = {name: np.empty((repeats, n_iter + 1)) for name, _ in runs}
     for r in track(range(repeats), progress=progress, desc="bayes-opt"):

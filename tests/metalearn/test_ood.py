@@ -84,3 +84,11 @@ def test_bad_arguments_are_named():
         predict_out_of_domain(inputs, y, [Surrogate("g", "good")], n_train=40, repeats=1)
     with pytest.raises(ValueError, match="model"):
         Surrogate("x", "good", model="svm")
+    # two surrogates of one name: the second's results overwrote the first's
+    twins = [Surrogate("g", "good"), Surrogate("g", "bad")]
+    with pytest.raises(ValueError, match=r"distinct names; repeated: \['g'\]"):
+        predict_out_of_domain(inputs, y, twins, n_train=5, repeats=1)
+    with pytest.raises(ValueError, match="clashes with random search"):
+        optimise_out_of_domain(inputs, y, [Surrogate("random", "good")], n_iter=1, repeats=1)
+    with pytest.raises(ValueError, match="inputs is empty"):  # a StopIteration inside
+        optimise_out_of_domain({}, y, [], n_iter=1, repeats=1)
