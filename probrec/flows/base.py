@@ -468,9 +468,8 @@ class AnnotatorModel(nn.Module, ABC):
             x: ``[n, in_dim]`` features.
             batch_size: items per forward pass.
             seed: seed of any Monte Carlo estimate (same seed, same numbers). The Monte Carlo
-                points are shared by the items, so an item's estimate does not depend on
-                ``batch_size`` or on the other items (except :class:`MCDropoutHead`'s, whose
-                dropout masks are drawn per batch).
+                points (and :class:`MCDropoutHead`'s dropout masks) are shared by the items,
+                so an item's estimate does not depend on ``batch_size`` or on the other items.
             n_samples: Monte Carlo samples for models that need them (``None``: the model's
                 default); ignored by models with closed-form probabilities.
 

@@ -24,8 +24,9 @@ spread. (:class:`MCDropoutHead` keeps the averaged distribution for everything.)
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -217,8 +218,10 @@ class SoftmaxHead(_EncodedHead):
 class MCDropoutHead(SoftmaxHead):
     """Softmax head with Monte Carlo dropout at prediction (Gal & Ghahramani, ICML 2016).
 
-    ``p(y | x) = (1/T) sum_t softmax(f(x; dropout mask t))``; masks are drawn from the seed
-    passed to :meth:`label_log_probs` (so predictions are reproducible).
+    ``p(y | x) = (1/T) sum_t softmax(f(x; dropout mask t))``; mask ``t`` is shared by every
+    item (one sampled sub-network per pass) and drawn from the seed passed to
+    :meth:`label_log_probs`, so an item's prediction is reproducible and does not depend on
+    the batch it is scored in.
 
     Args:
         in_dim: feature width.
@@ -251,12 +254,42 @@ class MCDropoutHead(SoftmaxHead):
         if self.training:  # training: one stochastic pass, as for the plain head
             return super()._label_log_probs(z, generator, n_samples)
         t = n_samples or self.mc_samples
-        self.encoder.train()  # dropout on (the encoder has no batch norm)
-        try:
+        with _shared_dropout_masks(self.encoder, t, generator):
             logp = torch.log_softmax(self._out(z.repeat(t, 1)), -1).reshape(t, z.shape[0], -1)
-        finally:
-            self.encoder.eval()
         return torch.logsumexp(logp, 0) - math.log(t)
+
+
+@contextlib.contextmanager
+def _shared_dropout_masks(
+    encoder: nn.Module, passes: int, generator: torch.Generator
+) -> Iterator[None]:
+    """Inside the block, ``encoder``'s dropout layers (in eval mode, where they pass inputs
+    through) drop with one mask per stochastic pass, shared by every item: an input of
+    ``[passes * B, h]`` rows (the ``B`` items repeated ``passes`` times) is multiplied by
+    ``[passes, 1, h]`` masks drawn from ``generator``.
+
+    Each pass is then one sampled sub-network applied to all items (Gal & Ghahramani's
+    reading of MC dropout), and an item's prediction depends on the seed alone, not on the
+    batch it is in or its position there (per-row masks did).
+    """
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        x = inputs[0]
+        shape = (passes, 1, x.shape[-1])
+        keep = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) >= module.p
+        scaled = keep.to(x.dtype) / (1.0 - module.p)
+        return (x.reshape(passes, -1, x.shape[-1]) * scaled).reshape(x.shape)
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in encoder.modules()
+        if isinstance(m, nn.Dropout) and m.p > 0
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _EnsembleLinear(nn.Module):

@@ -87,8 +87,9 @@ def test_quadrature_models_moved_to_float64_sum_to_one_in_float64(model):
         ConditionalSoftmaxFlow(6, (0, 1, 2), n_eval_samples=64, **SMALL),
         ConditionalSoftmaxFlow(6, (0, 1, 2), latent="item", n_eval_samples=64, **SMALL),
         ConditionalIntegerFlow(6, LABELS, item_latent=1, n_eval_samples=64, **SMALL),
+        MCDropoutHead(6, LABELS, mc_samples=16, **SMALL),
     ],
-    ids=["softmax_flow", "softmax_flow_item", "integer_flow_item"],
+    ids=["softmax_flow", "softmax_flow_item", "integer_flow_item", "mc_dropout"],
 )
 def test_monte_carlo_estimates_do_not_depend_on_the_batching(model):
     # the points are shared by all items: before, each batch drew its own, so an item's
