@@ -9,7 +9,7 @@ there, saved and loaded across devices, fed inputs from the other device, and in
 
 Monte Carlo estimates draw from a generator on the model's device (the scramble seeds of the
 randomised QMC points, ``torch.randint`` on that generator in
-:func:`probrec.flows.base.normal_points`; MC dropout's masks, from that device's global
+:func:`probrec.flows.base.normal_points`; MC dropout's masks, ``torch.rand`` on that
 generator): the same seed gives the same numbers on the same kind of device, other numbers on
 another (as :meth:`AnnotatorModel.load` documents). Those estimates are compared across
 devices within ``K_MC`` Monte Carlo standard errors -- the model's own (jackknife) standard
