@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from metalearn.base import MetaLearner
 from metalearn.metrics import delta_auprc, mean_and_se, r2_os
-from probrec.checks import check_positive_int
+from probrec.checks import check_positive_int, host_array
 from probrec.data.tasks import Episode, RowView, Task, sample_episode
 from probrec.progress import track
 
@@ -262,15 +261,8 @@ def _score_episode(i: int) -> float:
     else:
         pred = learner.adapt(ep.support_x, ep.support_y)
     if kind == "classification":
-        return delta_auprc(ep.query_y, _host(pred.predict_proba(ep.query_x)))
-    return r2_os(ep.query_y, _host(pred.predict(ep.query_x)[0]), float(ep.support_y.mean()))
-
-
-def _host(values: Any) -> np.ndarray:
-    """A predictor's output (a tensor on any device, or an array) as a float NumPy array."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-    return np.asarray(values, dtype=float)
+        return delta_auprc(ep.query_y, host_array(pred.predict_proba(ep.query_x)))
+    return r2_os(ep.query_y, host_array(pred.predict(ep.query_x)[0]), float(ep.support_y.mean()))
 
 
 def _worker_init() -> None:

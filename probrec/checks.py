@@ -15,6 +15,14 @@ import torch
 ArrayLike = Any  # np.ndarray | torch.Tensor | Sequence[float]
 
 
+def host_array(value: Any, dtype: Any = np.float64) -> np.ndarray:
+    """``value`` -- a tensor on any device (with or without gradients) or any array-like -- as a
+    NumPy array of ``dtype`` (for metrics and libraries that work on the host)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
 def as_float_tensor(
     value: ArrayLike,
     name: str,

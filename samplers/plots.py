@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from probrec.checks import host_array
+
 __all__ = ["plot_mog_samples", "plot_histograms", "plot_metric_vs_budget"]
 
 
@@ -19,10 +21,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _np(x: Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, float)
 
 
 def plot_mog_samples(
@@ -42,9 +40,9 @@ def plot_mog_samples(
     plt = _plt()
     k = len(samples)
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.3), squeeze=False)
-    mu = _np(means)
+    mu = host_array(means)
     for ax, (name, x) in zip(axes[0], samples.items()):
-        xs = _np(x)
+        xs = host_array(x)
         ax.scatter(xs[:, 0], xs[:, 1], s=1, alpha=0.3, color="tab:blue", rasterized=True)
         ax.scatter(mu[:, 0], mu[:, 1], s=14, marker="x", color="tab:red", linewidths=1)
         ax.set(xlim=(-limit, limit), ylim=(-limit, limit), title=name, xticks=[], yticks=[])
@@ -68,7 +66,7 @@ def plot_histograms(
 ) -> Path:
     """Overlaid density histograms of a 1-D statistic per sampler against the reference."""
     plt = _plt()
-    ref = _np(reference).reshape(-1)
+    ref = host_array(reference).reshape(-1)
     lo, hi = np.quantile(ref, [0.001, 0.999])
     pad = 0.15 * (hi - lo)
     edges = np.linspace(lo - pad, hi + pad, bins + 1)
@@ -77,7 +75,7 @@ def plot_histograms(
         np.clip(ref, edges[0], edges[-1]), bins=edges, density=True, color="0.75", label="reference"
     )
     for name, v in values.items():
-        vv = np.clip(_np(v).reshape(-1), edges[0], edges[-1])
+        vv = np.clip(host_array(v).reshape(-1), edges[0], edges[-1])
         ax.hist(vv, bins=edges, density=True, histtype="step", linewidth=1.4, label=name)
     ax.set(xlabel=xlabel, ylabel="density", title=title)
     ax.legend(fontsize=8)

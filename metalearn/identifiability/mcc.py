@@ -14,16 +14,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from probrec.checks import ArrayLike, check_positive_int
+from probrec.checks import ArrayLike, check_positive_int, host_array
 
 __all__ = ["correlation_matrix", "strong_mcc", "weak_mcc"]
 
 
 def _as_2d(value: ArrayLike, name: str) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = host_array(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a numeric [n, d] array") from exc
     if arr.ndim != 2:

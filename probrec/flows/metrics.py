@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from probrec.checks import host_array
+
 __all__ = [
     "distribution_moments",
     "evaluate",
@@ -68,9 +70,7 @@ __all__ = [
 
 
 def _np(a: Any, name: str, ndim: int | None = 2) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    arr = np.asarray(a, dtype=np.float64)
+    arr = host_array(a)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     if not np.isfinite(arr).all() and name != "log_probs":

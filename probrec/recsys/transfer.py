@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
-from probrec.checks import check_positive_int, check_real
+from probrec.checks import check_positive_int, check_real, host_array
 from probrec.progress import track
 from probrec.recsys.features import EventTable
 from probrec.recsys.models import evaluating, module_device
@@ -110,10 +110,7 @@ def ctr_metrics(label: np.ndarray | Tensor, logit: np.ndarray | Tensor) -> dict[
     AUC is undefined when ``label`` holds one class (tiny samples); it is then reported as
     NaN with a warning, and the log loss is still given.
     """
-    y, z = (
-        np.asarray(v.detach().cpu() if isinstance(v, Tensor) else v, dtype=float)
-        for v in (label, logit)
-    )
+    y, z = host_array(label), host_array(logit)
     if y.shape != z.shape or y.ndim != 1 or len(y) == 0:
         raise ValueError(f"label and logit must be equal-length 1-d, got {y.shape}, {z.shape}")
     if not np.isfinite(z).all():

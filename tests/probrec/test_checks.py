@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from probrec.checks import check_real
+from probrec.checks import check_real, host_array
 
 
 @pytest.mark.parametrize("value", [0.0, 1, 2.5, np.float32(3.0), np.int64(4)])
@@ -33,3 +34,10 @@ def test_check_real_strict_minimum():
     with pytest.raises(ValueError, match="lr must be > 0.5"):
         check_real(0.5, "lr", minimum=0.5, strict=True)
     assert check_real(0.6, "lr", minimum=0.5, strict=True) == 0.6
+
+
+def test_host_array_reads_tensors_with_gradients_and_array_likes():
+    t = torch.tensor([1.0, 2.5], requires_grad=True)  # np.asarray refuses it
+    out = host_array(t)
+    assert out.dtype == np.float64 and out.tolist() == [1.0, 2.5]
+    assert host_array([1, 2], dtype=np.int64).tolist() == [1, 2]
