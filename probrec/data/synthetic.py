@@ -33,7 +33,8 @@ def sinusoid_tasks(
     """
     check_positive_int(n_tasks, "n_tasks")
     check_positive_int(n_points, "n_points")
-    rng = np.random.default_rng(seed)
+    check_real(noise, "noise")
+    rng = numpy_rng(seed)
     out = []
     for t in range(n_tasks):
         amp, phase = rng.uniform(0.1, 5.0), rng.uniform(0.0, np.pi)
@@ -116,12 +117,21 @@ def descriptor_tasks(
     from probrec.data.featurize import MoleculeFeaturizer
 
     check_positive_int(n_tasks, "n_tasks")
+    # two points at least: the label threshold is a quantile strictly inside the task's scores
+    check_positive_int(n_points, "n_points", minimum=2)
+    check_positive_int(n_terms, "n_terms")
+    check_real(noise, "noise")
     if n_points > len(smiles):
         raise ValueError(f"n_points {n_points} exceeds the {len(smiles)} molecules given")
+    rng = numpy_rng(seed)
     feat = MoleculeFeaturizer(fingerprint=False, cache_dir=cache_dir, progress=False)
     desc = feat.fit_transform(smiles).astype(np.float64)
     informative = np.flatnonzero(desc.std(0) > 0.3)
-    rng = np.random.default_rng(seed)
+    if n_terms > informative.size:
+        raise ValueError(
+            f"n_terms {n_terms} exceeds the {informative.size} informative descriptors "
+            "(standard deviation over 0.3) of these molecules"
+        )
     arr = np.asarray(smiles, dtype=object)
     out = []
     for t in range(n_tasks):

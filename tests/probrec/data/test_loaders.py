@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from probrec.data import (
+    descriptor_tasks,
     latent_feature_tasks,
     load_moleculenet,
     load_rdkit_chembl_assay,
@@ -102,6 +103,32 @@ def test_synthetic_families_are_seeded():
     s = sinusoid_tasks(3, 10, seed=0)
     assert s[0].inputs.shape == (10, 1)
     assert np.abs(s[0].labels).max() <= 5.0
+
+
+SMALL_MOLECULES = [
+    "CCO", "c1ccccc1", "CC(=O)O", "CCN", "CCCCCCCC", "c1ccncc1", "OCC(O)CO", "CC(C)Cc1ccccc1",
+    "O=C(O)c1ccccc1O", "CN1CCC[C@H]1c1cccnc1", "ClC(Cl)Cl", "NCCc1ccc(O)c(O)c1",
+]  # fmt: skip
+
+
+def test_descriptor_tasks_are_seeded_two_class_and_refuse_bad_sizes():
+    a = descriptor_tasks(SMALL_MOLECULES, 3, 8, n_terms=2, seed=4)
+    b = descriptor_tasks(SMALL_MOLECULES, 3, 8, n_terms=2, seed=4)
+    for ta, tb in zip(a, b):
+        assert list(ta.inputs) == list(tb.inputs) and np.array_equal(ta.labels, tb.labels)
+        assert set(np.unique(ta.labels)) == {0.0, 1.0} and len(ta.inputs) == 8
+        assert set(ta.inputs) <= set(SMALL_MOLECULES) and len(ta.metadata["descriptors"]) == 2
+    # each used to fail inside NumPy (or build one-point, one-class tasks)
+    for kw, name in (
+        ({"n_points": 1}, "n_points"),
+        ({"n_points": 13}, "n_points"),
+        ({"n_terms": 0}, "n_terms"),
+        ({"n_terms": 10_000}, "n_terms"),
+        ({"noise": float("nan")}, "noise"),
+        ({"seed": -1}, "seed"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            descriptor_tasks(SMALL_MOLECULES, 2, **{"n_points": 6, **kw})
 
 
 @pytest.mark.data
