@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,33 @@ from .diagnostics import ess, split_rhat
 from .targets.base import Target, check_positions, check_start
 
 __all__ = ["Sampler", "SamplerResult", "RunPlan"]
+
+
+# below this mean acceptance probability (after warm-up) a move counts as never taken
+STUCK_ACCEPTANCE = 1e-4
+
+
+def warn_if_stuck(name: str, rates: dict[str, float], hint: str) -> None:
+    """Warns when every move that can change a chain's state was (nearly) never accepted.
+
+    Called by a sampler's diagnostics with the mean acceptance probability after warm-up of each
+    such move (an empty dict: nothing ran after warm-up, no warning). When all are below
+    :data:`STUCK_ACCEPTANCE`, the returned "samples" are (nearly) the starting states, which would
+    otherwise come back silently.
+
+    Args:
+        name: the sampler's name, first in the message.
+        rates: move description -> mean acceptance probability after warm-up.
+        hint: the likely cause and remedy, in parentheses at the end of the message.
+    """
+    if rates and max(rates.values()) < STUCK_ACCEPTANCE:
+        parts = ", ".join(f"{move} {rate:.2g}" for move, rate in rates.items())
+        warnings.warn(
+            f"{name}: mean acceptance probability after warm-up: {parts}: the chains (nearly) "
+            f"never moved ({hint})",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 @dataclass

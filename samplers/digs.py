@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .adaptation import DualAveraging
-from .base import RunPlan, Sampler
+from .base import RunPlan, Sampler, warn_if_stuck
 from .compile import CompiledFn
 from .kernels import _accept, _finite_rows, mala_transition
 from .mcmc import check_step_size, check_target_accept
@@ -352,6 +352,18 @@ class DiGS(Sampler):
         steps = torch.tensor([max(1, s) for s in self._level_steps], dtype=torch.float64)
         init = (self._init_acc.cpu() / steps).tolist()
         mala = (self._mala_acc.cpu() / steps).tolist()
+        rates = {}
+        if sum(self._level_steps):
+            if self.mwg_init:
+                rates["of the initialisation (best level)"] = max(init)
+            if self.n_mala:
+                rates["of MALA (best level)"] = max(mala)
+        warn_if_stuck(
+            self.name,
+            rates,
+            "MALA step sizes too large (adapt=True tunes them during warm-up) and alphas too "
+            "small for the initialisation (a larger alpha proposes closer to the chain)?",
+        )
         return {
             "acceptance_rate": sum(mala) / len(mala) if self.n_mala else None,
             "init_acceptance_per_level": init if self.mwg_init else None,

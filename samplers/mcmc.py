@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .adaptation import DualAveraging, check_target_accept
-from .base import RunPlan, Sampler
+from .base import RunPlan, Sampler, warn_if_stuck
 from .kernels import ChainState, HMCKernel, Kernel, MALAKernel, RandomWalkKernel, make_kernel
 from .targets.base import Target
 
@@ -130,14 +129,11 @@ class MCMC(Sampler):
 
     def _diagnostics(self) -> dict[str, Any]:
         rate = float(self._acc_sum) / max(1, self._acc_steps)
-        if self._acc_steps and rate < 1e-4:  # the "samples" are (nearly) the starting states
-            warnings.warn(
-                f"{self.name}: mean acceptance probability {rate:.2g} after warm-up: the chains "
-                f"(nearly) never moved (step size {float(self._eps):.3g} too large? adapt=True "
-                "tunes it during warm-up)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        warn_if_stuck(
+            self.name,
+            {"of its steps": rate} if self._acc_steps else {},
+            f"step size {float(self._eps):.3g} too large? adapt=True tunes it during warm-up",
+        )
         return {"acceptance_rate": rate, "step_size": float(self._eps)}
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from probrec.checks import check_real
 
 from .adaptation import DualAveraging
-from .base import RunPlan, Sampler
+from .base import RunPlan, Sampler, warn_if_stuck
 from .kernels import ChainState, Kernel, make_kernel
 from .mcmc import check_step_size, check_target_accept
 from .targets.base import Target
@@ -238,6 +238,15 @@ class ParallelTempering(Sampler):
     def _diagnostics(self) -> dict[str, Any]:
         steps = max(1, self._acc_steps)
         swap = (self._swap_sum / self._swap_tries.clamp_min(1)).tolist()
+        # swaps only exchange states between temperatures: without local moves the set of
+        # states is the starting one
+        warn_if_stuck(
+            self.name,
+            {"of local moves (best temperature)": float(self._acc_sum.max()) / steps}
+            if self._acc_steps
+            else {},
+            "step sizes too large? adapt=True tunes them per temperature during warm-up",
+        )
         return {
             "acceptance_rate": float(self._acc_sum[0]) / steps,
             "acceptance_rate_per_temperature": (self._acc_sum / steps).tolist(),

@@ -9,6 +9,7 @@ wrapped around the target.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -432,3 +433,29 @@ def test_bounded_targets_and_stuck_chains_are_reported_not_hidden():
         ).run(Gaussian(torch.zeros(2)), 40)
     assert stuck.diagnostics["rhat_split_max"] == math.inf
     assert stuck.diagnostics["acceptance_rate"] < 1e-4
+
+
+def test_tempering_and_digs_warn_when_no_move_can_change_a_chain():
+    # swaps only permute states between temperatures and DiGS's noising is never a move of x:
+    # with local moves (PT) or initialisation and MALA (DiGS) never accepted, the "samples" are
+    # the starting states -- this used to come back without a word
+    target, init = Gaussian(torch.zeros(2)), torch.arange(8.0).reshape(4, 2)
+    runs = {
+        "pt": lambda **kw: samplers.ParallelTempering(
+            kernel="mala", n_temperatures=3, n_chains=4, burn_in=10, init=init, progress=False, **kw
+        ),
+        "digs": lambda **kw: samplers.DiGS(
+            n_chains=4, burn_in=10, n_mala=2, init=init, progress=False, **kw
+        ),
+    }
+    stuck = {
+        "pt": {"step_size": 1e6, "adapt": False},
+        "digs": {"alphas": 1e-9, "step_size": 1e6, "adapt": False},
+    }
+    for name, make in runs.items():
+        with pytest.warns(RuntimeWarning, match="never moved"):
+            res = make(**stuck[name]).run(target, 40, seed=0)
+        assert set(map(tuple, res.samples.tolist())) == set(map(tuple, init.tolist()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            make().run(target, 40, seed=0)
