@@ -87,6 +87,30 @@ def test_general_mixture_with_weights_and_diagonal_scales():
     )
 
 
+def test_mixture_negligible_components_change_nothing_and_autograd_stays_right():
+    # the log-sum-exp raises terms below exp(-80) relative to the largest to exp(-80) (a CPU
+    # speed-up): a zero-weight component, even at the query point, must still contribute
+    # nothing visible, the rest must match torch.distributions, and autograd through log_prob
+    # (the out-of-place branch) the closed form
+    means = torch.tensor([[0.0, 0.0], [30.0, 0.0], [0.0, 30.0]], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
+    target = GaussianMixture(means, 1.0, weights)
+    kept = MixtureSameFamily(
+        Categorical(weights[:2]), Independent(Normal(means[:2], torch.ones(2, 2).double()), 1)
+    )
+    x = torch.tensor([[0.0, 30.0], [15.0, 0.0], [-3.0, 1.0], [200.0, -90.0]], dtype=torch.float64)
+    lp, grad = target.log_prob_and_grad(x)
+    assert torch.allclose(lp, kept.log_prob(x), rtol=1e-13, atol=0)
+    assert torch.allclose(target.log_prob(x), lp, rtol=1e-13, atol=0)
+    assert torch.allclose(autograd_grad(target, x), grad, rtol=1e-12, atol=1e-12)
+    xr = x.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(kept.log_prob(xr).sum(), xr)
+    assert torch.allclose(grad, g_ref, rtol=1e-12, atol=1e-12)
+    lp32, g32 = target.float().log_prob_and_grad(x.float())
+    assert torch.allclose(lp32.double(), lp, rtol=1e-6)
+    assert torch.allclose(g32.double(), grad, rtol=1e-5, atol=1e-3)  # (15, 0): 15 - 15 in fp32
+
+
 def test_mixture_rejects_bad_parameters():
     with pytest.raises(ValueError, match="scales"):
         GaussianMixture(torch.zeros(3, 2), torch.ones(4))
