@@ -59,6 +59,7 @@ from _common import (
 
 NAME = "annotator_flows"
 BASELINE = "softmax head"
+ZUKO = "zuko NSF, dequantised"
 #: model name -> (class name in probrec.flows, constructor arguments)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     BASELINE: ("SoftmaxHead", {}),
@@ -101,6 +102,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-memory", action="store_true", help="skip the peak-memory pass (the profiler's)"
     )
     p.add_argument("--no-zuko", action="store_true", help="leave zuko out even if installed")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="time only the models whose name contains one of these texts (the softmax head, "
+        "the baseline, always runs); default: all",
+    )
     p.add_argument("--out", type=Path, default=Path("bench-results") / f"{NAME}.json")
     args = p.parse_args(argv)
     for key in ("items", "dim"):
@@ -243,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     mask, x_test = train[2], test[0]
     variants: dict[str, dict[str, Callable[[], Any]]] = {}
     params: dict[str, int] = {}
-    for name, (cls_name, kwargs) in MODELS.items():
+    chosen = {
+        name: spec
+        for name, spec in MODELS.items()
+        if name == BASELINE or args.models is None or any(t in name for t in args.models)
+    }
+    for name, (cls_name, kwargs) in chosen.items():
         variants[name], params[name] = _ours(
             cls_name, kwargs, train, test, labels, device, args.seed
         )
@@ -254,9 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("zuko is not installed (pip install zuko): its row is left out")
         else:
-            name = "zuko NSF, dequantised"
             fns["epoch"]()  # one untimed epoch first, as for ours
-            variants[name], params[name] = fns, n
+            variants[ZUKO], params[ZUKO] = fns, n
     raw: dict[str, dict[str, list[float]]] = {}
     for op in OPS:
         times = time_interleaved(
@@ -300,6 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     headers = ["model", "params", *OPS[:-1], f"sample {PANEL}", "epoch peak MiB"]
     print(format_table(rows, headers))
+    versus = None
+    if ZUKO in raw and "integer flow" in raw:  # > 1: the integer flow is faster
+        versus = {op: ratio_summary(raw[ZUKO][op], raw["integer flow"][op]) for op in OPS}
+        print(
+            "integer flow vs zuko (zuko time / ours; per repeat): "
+            + ", ".join(
+                f"{op} {v['ratio_of_medians']:.2f}x ({v['per_repeat_min']:.2f}-"
+                f"{v['per_repeat_max']:.2f})"
+                for op, v in versus.items()
+            )
+        )
     payload = {
         "benchmark": NAME,
         "config": {k: str(v) for k, v in vars(args).items()},
@@ -309,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             "test_items": len(x_test),
             "labels": list(labels),
         },
-        "models": {k: {"class": c, "kwargs": kw} for k, (c, kw) in MODELS.items()},
+        "models": {k: {"class": c, "kwargs": kw} for k, (c, kw) in chosen.items()},
         "zuko": zuko_version,
+        "integer_flow_vs_zuko": versus,
         "environment": environment(device),
         "baseline": BASELINE,
         "results": results,

@@ -57,12 +57,14 @@ from probrec.flows.base import (
     panel_moments,
     replicate_log_mean,
 )
-from probrec.flows.discrete import BASES, base_icdf, interval_log_mass
+from probrec.flows.discrete import BASES, base_cdf, interval_log_mass
 from probrec.flows.spline import rq_spline
 
 __all__ = ["ConditionalIntegerFlow"]
 
 _MIN_DERIVATIVE = 1e-3
+# items per block of random draws in `sample` (the blocks' order fixes a seeded draw)
+_DRAW_BLOCK = 512
 
 
 class ConditionalIntegerFlow(AnnotatorModel):
@@ -367,16 +369,43 @@ class ConditionalIntegerFlow(AnnotatorModel):
     def _train_loss(self, z: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:
         return -self._item_log_lik(z, counts, generator, self.n_train_samples)
 
+    def sample(self, x: Any, n: int, *, seed: int | None = None, batch_size: int = 4096) -> Tensor:
+        """Simulated annotations: ``n`` annotators per item (one panel per item).
+
+        The transform runs over up to ``batch_size`` items per pass (rounded up to a multiple of
+        512); the random numbers are drawn per block of 512 items, in item order, so a seeded
+        draw does not depend on ``batch_size`` (and equals the draw of the 512-item batches of
+        earlier versions). A label is the number of cut points whose base CDF
+        ``F_0(T_x(c_k))`` a uniform exceeds, i.e. the label of ``T_x^{-1}(F_0^{-1}(u))``.
+
+        Args:
+            x: ``[N, in_dim]`` features.
+            n: annotations per item.
+            seed: seed (``None``: fresh randomness).
+            batch_size: items per forward pass.
+
+        Returns:
+            ``[n, N]`` int64 label values.
+        """
+        batch_size = check_positive_int(batch_size, "batch_size")
+        batch_size = -(-batch_size // _DRAW_BLOCK) * _DRAW_BLOCK
+        return super().sample(x, n, seed=seed, batch_size=batch_size)
+
     def _sample(self, z: Tensor, n: int, generator: torch.Generator) -> Tensor:
         h = self.encoder(z)
-        # one latent per item: the n annotations of an item form one simulated panel
-        prm = self._params(h, self._prior_draws(h, 1, generator)[0] if self.item_latent else None)
-        t = self._cut_images(prm)  # [B, K-1]
-        tiny = torch.finfo(z.dtype).eps
-        uni = torch.rand((n, z.shape[0]), generator=generator, device=z.device, dtype=z.dtype)
-        eps = base_icdf(uni.clamp(tiny, 1 - tiny), self.base)  # [n, B]
-        # T_x^{-1}(eps) > c_k  <=>  eps > T_x(c_k): the label of the rating T_x^{-1}(eps)
-        return (eps[..., None] > t).sum(-1)
+        cdf = None if self.item_latent else base_cdf(self._cut_images(self._params(h)), self.base)
+        out = []
+        for sl in self._batches(z.shape[0], _DRAW_BLOCK):
+            if cdf is None:  # one latent per item: the item's n annotations form one panel
+                hb = h[sl]
+                u = self._prior_draws(hb, 1, generator)[0]
+                c = base_cdf(self._cut_images(self._params(hb, u)), self.base)  # [b, K-1]
+            else:
+                c = cdf[sl]
+            uni = torch.rand((n, c.shape[0]), generator=generator, device=z.device, dtype=z.dtype)
+            # T_x^{-1}(F_0^{-1}(u)) > c_k  <=>  u > F_0(T_x(c_k))
+            out.append((uni[..., None] > c).sum(-1))
+        return torch.cat(out, 1)
 
     def _item_moments(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
