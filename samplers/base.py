@@ -192,8 +192,9 @@ class Sampler(ABC):
     # after warm-up the compiled path fuses transitions into blocks of about this many
     # evaluations per chain (one compiled call per block)
     block_evals = 8
-    # "auto" compiles when a run evaluates at least this many rows, or this many sequential
-    # evaluations (the per-step Python overhead dominates long runs of few chains)
+    # "auto" compiles when a run evaluates at least this many rows (raised on the CPU by a
+    # target's ``cpu_compile_min_row_evals``), or this many sequential evaluations (the
+    # per-step Python overhead dominates long runs of few chains)
     compile_min_row_evals = 2_000_000
     compile_min_sequential_evals = 100_000
 
@@ -331,10 +332,10 @@ class Sampler(ABC):
         if not getattr(target, "analytic_grad", False) or not compile_available():
             return False
         seq = plan.n_transitions * sum(plan.cost)
-        return (
-            seq >= self.compile_min_sequential_evals
-            or seq * plan.n_chains >= self.compile_min_row_evals
-        )
+        rows = self.compile_min_row_evals
+        if target._device().type == "cpu" and target.cpu_compile_min_row_evals is not None:
+            rows = max(rows, target.cpu_compile_min_row_evals)
+        return seq >= self.compile_min_sequential_evals or seq * plan.n_chains >= rows
 
     def _initial_positions(self, target: Target, n: int, gen: torch.Generator) -> Tensor:
         init = self.init

@@ -38,11 +38,18 @@ class Target(nn.Module, ABC):
         analytic_grad: ``True`` when :meth:`log_prob_and_grad` is pure tensor code without
             autograd, which samplers may compile with ``torch.compile``.
         log_normalizer: ``log Z`` of ``exp(log_prob)`` when known, else ``None``.
+        cpu_compile_min_row_evals: for a target on the CPU, the rows of evaluations (chains x
+            evaluations per chain) from which ``compile="auto"`` compiles a sampler's step;
+            ``None``: the sampler's own threshold. Cheap closed forms set it high: on a CPU
+            their eager step is already fast, so compilation (8-60 s per step function with
+            TorchInductor, most of it on the first run before its disk cache is warm) pays
+            only on very long runs.
     """
 
     name: str = "target"
     analytic_grad: bool = False
     log_normalizer: float | None = None
+    cpu_compile_min_row_evals: int | None = None
 
     def __init__(self, dim: int) -> None:
         super().__init__()

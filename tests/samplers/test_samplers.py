@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import samplers
-from samplers.targets import Gaussian, GaussianMixture, MoG40, from_log_prob
+from samplers.targets import Gaussian, GaussianMixture, LennardJones, MoG40, from_log_prob
 
 N = 3000  # chains of the invariance checks
 
@@ -329,6 +329,14 @@ def test_auto_compile_rule_needs_analytic_gradients_and_long_runs(monkeypatch):
     wrapped = from_log_prob(lambda x: mog.log_prob(x), dim=2)
     assert not samplers.MALA(n_chains=10, budget=1000.0).plan(wrapped, 10_000).compiled
     assert not samplers.MALA(n_chains=10, budget=1000.0, compile=False).plan(mog, 10_000).compiled
+    # many chains on the CPU: a cheap closed form (MoG-40) compiles only past its own, higher
+    # row threshold; an expensive one (LJ-13) from the sampler's default; off the CPU (the
+    # meta device stands in for a GPU) the default applies to both
+    many = {"n_chains": 10_000, "budget": 1000.0}  # 10M rows, 1,000 sequential evaluations
+    assert not samplers.MALA(**many).plan(mog, 10_000).compiled
+    assert samplers.MALA(**many).plan(LennardJones(13), 10_000).compiled
+    assert samplers.MALA(n_chains=10_000, budget=20_000.0).plan(mog, 10_000).compiled
+    assert samplers.MALA(**many).plan(MoG40().to("meta"), 10_000).compiled
 
 
 @pytest.mark.slow
