@@ -342,18 +342,37 @@ def test_auto_compile_rule_needs_analytic_gradients_and_long_runs(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mala", "hmc", "digs", "pt"])
 def test_compiled_path_matches_eager_path(name):
+    # fixed step sizes: with adaptation, the paths' different float rounding flips an occasional
+    # Metropolis decision during warm-up, the dual-averaging step sizes part (HMC 1.55 against
+    # 1.83 after 20 transitions) and every chain after that differs -- the test then failed for
+    # HMC and PT (0% of samples close) although each transition agrees
     target = MoG40()
+    fixed = {"adapt": False, "progress": False}
     make = {
-        "mala": lambda c: samplers.MALA(n_chains=50, burn_in=100, thin=20, compile=c),
-        "hmc": lambda c: samplers.HMC(n_chains=50, burn_in=20, thin=3, compile=c),
-        "digs": lambda c: samplers.DiGS(
-            alphas=(0.05, 0.3), n_mala=1, n_chains=50, burn_in=50, thin=10, compile=c
+        "mala": lambda c: samplers.MALA(
+            n_chains=50, burn_in=100, thin=20, step_size=0.5, compile=c, **fixed
         ),
-        "pt": lambda c: samplers.ParallelTempering(n_chains=50, burn_in=10, thin=2, compile=c),
+        "hmc": lambda c: samplers.HMC(
+            n_chains=50, burn_in=20, thin=3, step_size=0.3, compile=c, **fixed
+        ),
+        "digs": lambda c: samplers.DiGS(
+            alphas=(0.05, 0.3),
+            n_mala=1,
+            n_chains=50,
+            burn_in=50,
+            thin=10,
+            step_size=0.5,
+            compile=c,
+            **fixed,
+        ),
+        "pt": lambda c: samplers.ParallelTempering(
+            n_chains=50, burn_in=10, thin=2, step_size=0.3, compile=c, **fixed
+        ),
     }[name]
     a = make(False).run(target, 200, seed=0)
     b = make(True).run(target, 200, seed=0)
-    assert b.diagnostics["compiled"]
+    assert b.diagnostics["compiled"] and not a.diagnostics["compiled"]
+    assert a.diagnostics["acceptance_rate"] > 0.5  # the chains move
     # float rounding differs between the two paths; Metropolis decisions almost never flip
     close = ((a.samples - b.samples).abs() < 1e-3).all(-1).double().mean()
     assert float(close) > 0.95
