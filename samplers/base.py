@@ -333,8 +333,9 @@ class Sampler(ABC):
             return False
         seq = plan.n_transitions * sum(plan.cost)
         rows = self.compile_min_row_evals
-        if target._device().type == "cpu" and target.cpu_compile_min_row_evals is not None:
-            rows = max(rows, target.cpu_compile_min_row_evals)
+        cpu_rows = getattr(target, "cpu_compile_min_row_evals", None)
+        if cpu_rows is not None and target._device().type == "cpu":
+            rows = max(rows, cpu_rows)
         return seq >= self.compile_min_sequential_evals or seq * plan.n_chains >= rows
 
     def _initial_positions(self, target: Target, n: int, gen: torch.Generator) -> Tensor:

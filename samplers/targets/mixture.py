@@ -120,11 +120,10 @@ class GaussianMixture(Target):
         return self._linear_logits(x) - 0.5 * quad
 
     def log_prob(self, x: Tensor) -> Tensor:
-        if self._shared_prec is not None:
-            m, _, tot = _shifted_exp(self._linear_logits(x))
-            return (m + torch.log(tot)).squeeze(-1) - 0.5 * self._shared_prec * (x * x).sum(-1)
-        m, _, tot = _shifted_exp(self._logits(x))
-        return (m + torch.log(tot)).squeeze(-1)
+        p = self._shared_prec
+        m, _, tot = _shifted_exp(self._linear_logits(x) if p is not None else self._logits(x))
+        lp = (m + torch.log(tot)).squeeze(-1)
+        return lp - 0.5 * p * (x * x).sum(-1) if p is not None else lp
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         p = self._shared_prec
