@@ -54,7 +54,10 @@ def build_history_batch(
 
     Args:
         store: where the embeddings are.
-        histories: ``B`` sequences of keys (may be empty), or a ``[B, L]`` integer array.
+        histories: ``B`` sequences of keys (may be empty), or a ``[B, L]`` integer array;
+            a history whose keys are tuples of ``m`` integers may be an integer array
+            ``[L_b, m]`` (one row per event; if every history is such an array the keys are
+            looked up by the store's vectorised search).
         max_len: keep at most this many events per row (the last ones).
         missing: ``"error"`` (raise :class:`~probrec.backbone.store.MissingKeyError`),
             ``"skip"`` (drop unknown keys before truncation) or ``"zeros"`` (keep them as
@@ -81,9 +84,14 @@ def build_history_batch(
         rows.append(h if isinstance(h, np.ndarray) else list(h))
     flat: Any
     if rows and all(
-        isinstance(h, np.ndarray) and h.ndim == 1 and h.dtype.kind == "i" for h in rows
+        isinstance(h, np.ndarray)
+        and h.dtype.kind == "i"
+        and h.ndim in (1, 2)
+        and h.shape[1:] == rows[0].shape[1:]
+        for h in rows
     ):
-        flat = np.concatenate(rows).astype(np.int64)  # integer ids: vectorised lookups
+        # integer ids [n] or integer tuple keys [n, m]: vectorised lookups
+        flat = np.concatenate(rows).astype(np.int64)
     else:
         flat = [k for h in rows for k in (h.tolist() if isinstance(h, np.ndarray) else h)]
     lengths = np.fromiter((len(h) for h in rows), dtype=np.int64, count=len(rows))
@@ -94,11 +102,11 @@ def build_history_batch(
         pos = np.flatnonzero(~found)
         first = int(pos[0])
         start = int(lengths[: row_of[first]].sum())
-        bad = canonical_key(flat[first])
+        missing_keys = [_key_at(flat, i) for i in pos]
         raise MissingKeyError(
             f"{len(pos)} history key(s) not in the store, e.g. histories[{row_of[first]}]"
-            f"[{first - start}] = {bad!r}; pass missing='skip' or 'zeros'",
-            [canonical_key(flat[i]) for i in pos],
+            f"[{first - start}] = {missing_keys[0]!r}; pass missing='skip' or 'zeros'",
+            missing_keys,
             pos.tolist(),
         )
     keep = found if missing == "skip" else np.ones(len(flat), dtype=bool)
@@ -130,6 +138,12 @@ def build_history_batch(
     mask[r, p] = True
     dev = device if device is not None else "cpu"
     return HistoryBatch(values.to(dev), mask.to(dev))
+
+
+def _key_at(flat: Any, i: int) -> Any:
+    """The canonical key at position ``i`` of a flat key list or key array ``[n]`` / ``[n, m]``."""
+    key = flat[i]
+    return canonical_key(key.tolist() if isinstance(key, np.ndarray) else key)
 
 
 def recency_rank(mask: Tensor) -> Tensor:

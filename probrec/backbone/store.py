@@ -17,7 +17,9 @@ On disk a store is a folder:
 Keys are ``str``, ``int`` or (nested) tuples of them; ``1`` and ``"1"`` are different keys,
 ``bool`` and ``float`` keys are refused. Integer-keyed stores are looked up with a vectorised
 binary search over a sorted copy of the keys (no Python dictionary); other stores build a
-dictionary from key to row on first use.
+dictionary from key to row on first use. Keys that are tuples of integers (e.g. ``(user,
+item, time)`` events) can be passed as an integer array ``[n, m]``: those are looked up by a
+vectorised search too, over a sorted, coded table of the store's ``m``-integer tuple keys.
 """
 
 from __future__ import annotations
@@ -93,14 +95,21 @@ def _to_json(key: Hashable) -> Any:
 
 
 def _int_key_array(keys: Any, name: str) -> np.ndarray | None:
-    """``keys`` as an ``int64`` array if it is an integer array / tensor, else ``None``."""
+    """``keys`` as an ``int64`` array if it is an integer array / tensor, else ``None``.
+
+    A ``[n]`` array holds ``n`` integer keys, a ``[n, m]`` array ``n`` keys that are tuples of
+    ``m`` integers (row ``i`` is the key ``tuple(keys[i])``).
+    """
     if isinstance(keys, torch.Tensor):
         if keys.dtype == torch.bool or keys.is_floating_point() or keys.is_complex():
             raise TypeError(f"{name} must hold integer keys, got a {keys.dtype} tensor")
         keys = keys.detach().cpu().numpy()
     if isinstance(keys, np.ndarray):
-        if keys.ndim != 1:
-            raise ValueError(f"{name} must be one-dimensional, got shape {keys.shape}")
+        if keys.ndim not in (1, 2) or (keys.ndim == 2 and keys.shape[1] == 0):
+            raise ValueError(
+                f"{name} must be one-dimensional, or [n, m] with m >= 1 for tuple keys, "
+                f"got shape {keys.shape}"
+            )
         if keys.dtype.kind in "iu":
             if keys.dtype == np.uint64 and len(keys) and keys.max() > _INT64_MAX:
                 return None
@@ -108,6 +117,16 @@ def _int_key_array(keys: Any, name: str) -> np.ndarray | None:
         if keys.dtype.kind in "fcb":
             raise TypeError(f"{name} must hold str, int or tuple keys, got dtype {keys.dtype}")
     return None
+
+
+def _key_list(keys: Any, name: str) -> list[Hashable]:
+    """Canonical keys of a sequence, an integer array ``[n]`` or a tuple-key array ``[n, m]``."""
+    arr = _int_key_array(keys, name)
+    if arr is not None:
+        return arr.tolist() if arr.ndim == 1 else list(map(tuple, arr.tolist()))
+    if isinstance(keys, np.ndarray):
+        keys = keys.tolist()  # str / object arrays; nested lists become tuples below
+    return [canonical_key(k, f"{name}[{i}]") for i, k in enumerate(keys)]
 
 
 def _check_dtype(dtype: Any) -> np.dtype:
@@ -143,6 +162,9 @@ class EmbeddingStore:
         self._key_array: np.ndarray | None = np.zeros(0, dtype=np.int64)  # int keys, or None
         self._index: dict[Hashable, int] | None = None
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        # per tuple length m: the sorted codes of the store's m-integer tuple keys (None:
+        # too many distinct values to code in int64; the dictionary is used then)
+        self._tuple_tables: dict[int, _TupleTable | None] = {}
         self._path: Path | None = None
         self._source: Path | None = None  # the folder a loaded store was read from
         # rows read from disk and not yet checked finite (``None``: every row was checked when
@@ -214,11 +236,7 @@ class EmbeddingStore:
                 "load it with mmap=False to modify it"
             )
         arr = _as_matrix(vectors, "vectors", self._dim, self._dtype)
-        int_keys = _int_key_array(keys, "keys")
-        if int_keys is not None:
-            canon: list[Hashable] = int_keys.tolist()
-        else:
-            canon = [canonical_key(k, f"keys[{i}]") for i, k in enumerate(keys)]
+        canon = _key_list(keys, "keys")
         if len(canon) != len(arr):
             raise ValueError(f"mismatched lengths: keys has {len(canon)}, vectors has {len(arr)}")
         if not canon:
@@ -255,6 +273,7 @@ class EmbeddingStore:
         self._chunks.append(arr.astype(self._dtype, copy=True))
         self._index = None
         self._sorted = None
+        self._tuple_tables = {}
 
     def _consolidate(self) -> None:
         if self._chunks:
@@ -336,16 +355,38 @@ class EmbeddingStore:
         found = skeys[pos_c] == q
         return np.where(found, order[pos_c], -1).astype(np.int64)
 
+    def _tuple_table(self, m: int) -> _TupleTable | None:
+        """The coded, sorted table of the store's keys that are tuples of ``m`` integers."""
+        if m not in self._tuple_tables:
+            # (a tuple with an element outside int64 cannot equal a row of an int64 array)
+            pos = [
+                i
+                for i, k in enumerate(self._keys)
+                if type(k) is tuple
+                and len(k) == m
+                and all(type(e) is int and _INT64_MIN <= e <= _INT64_MAX for e in k)
+            ]
+            arr = np.array([self._keys[i] for i in pos], dtype=np.int64).reshape(-1, m)
+            self._tuple_tables[m] = _TupleTable.build(arr, np.asarray(pos, dtype=np.int64))
+        return self._tuple_tables[m]
+
     def rows(self, keys: Sequence[Any] | np.ndarray | torch.Tensor) -> np.ndarray:
-        """Row index of each key, ``-1`` where absent; ``[n]`` int64."""
+        """Row index of each key, ``-1`` where absent; ``[n]`` int64.
+
+        ``keys`` may be a sequence of keys, an integer array / tensor ``[n]`` of integer keys,
+        or an integer array / tensor ``[n, m]`` of keys that are tuples of ``m`` integers;
+        integer arrays are looked up by vectorised binary search (no Python loop over keys).
+        """
         int_keys = _int_key_array(keys, "keys")
-        if int_keys is not None:
-            if self._key_array is not None:
-                return self._search_int(int_keys)
-            canon: list[Hashable] = int_keys.tolist()
-        else:
-            canon = [canonical_key(k, f"keys[{i}]") for i, k in enumerate(keys)]
-        return self._rows_of(canon)
+        if int_keys is not None and int_keys.ndim == 1 and self._key_array is not None:
+            return self._search_int(int_keys)
+        if int_keys is not None and int_keys.ndim == 2:
+            if self._key_array is not None:  # an int-keyed store holds no tuple keys
+                return np.full(len(int_keys), -1, dtype=np.int64)
+            table = self._tuple_table(int_keys.shape[1])
+            if table is not None:
+                return table.search(int_keys)
+        return self._rows_of(_key_list(keys if int_keys is None else int_keys, "keys"))
 
     def contains(self, keys: Sequence[Any] | np.ndarray | torch.Tensor) -> np.ndarray:
         """Whether each key is present; ``[n]`` bool."""
@@ -524,6 +565,53 @@ class EmbeddingStore:
         return store
 
 
+class _TupleTable:
+    """Vectorised lookup of keys that are tuples of ``m`` integers.
+
+    Each column's distinct values are sorted; a tuple is coded by the mixed-radix number of
+    its columns' ranks (an ``int64``, so the product of the columns' distinct counts must be
+    below ``2**62``), and the codes are sorted once. A query is coded the same way (one binary
+    search per column) and found by a binary search over the codes.
+    """
+
+    def __init__(
+        self, codes: np.ndarray, rows: np.ndarray, columns: list[np.ndarray], strides: list[int]
+    ) -> None:
+        self.codes, self.rows, self.columns, self.strides = codes, rows, columns, strides
+
+    @classmethod
+    def build(cls, keys: np.ndarray, rows: np.ndarray) -> _TupleTable | None:
+        """From ``keys`` ``[n, m]`` int64 at store rows ``rows`` ``[n]``; ``None`` when the
+        codes would not fit in ``int64``."""
+        columns = [np.unique(keys[:, j]) for j in range(keys.shape[1])]
+        strides, size = [], 1
+        for col in reversed(columns):
+            strides.append(size)
+            size *= max(1, len(col))
+        if size >= 2**62:
+            return None
+        strides.reverse()
+        codes = np.zeros(len(keys), dtype=np.int64)
+        for j, col in enumerate(columns):
+            codes += np.searchsorted(col, keys[:, j]) * strides[j]
+        order = np.argsort(codes, kind="stable")
+        return cls(codes[order], rows[order], columns, strides)
+
+    def search(self, q: np.ndarray) -> np.ndarray:
+        """Store rows of the query tuples ``q`` ``[n, m]`` (``-1`` where absent)."""
+        if len(self.codes) == 0:
+            return np.full(len(q), -1, dtype=np.int64)
+        found = np.ones(len(q), dtype=bool)
+        code = np.zeros(len(q), dtype=np.int64)
+        for j, col in enumerate(self.columns):
+            pos = np.minimum(np.searchsorted(col, q[:, j]), len(col) - 1)
+            found &= col[pos] == q[:, j]
+            code += pos * self.strides[j]
+        at = np.minimum(np.searchsorted(self.codes, code), len(self.codes) - 1)
+        found &= self.codes[at] == code
+        return np.where(found, self.rows[at], -1).astype(np.int64)
+
+
 def _as_matrix(
     vectors: Any, name: str, dim: int | None = None, dtype: np.dtype | None = None
 ) -> np.ndarray:
@@ -623,12 +711,7 @@ class EmbeddingStoreWriter:
             arr = np.zeros((0, self.dim), dtype=self.dtype)
         else:
             arr = _as_matrix(vectors, "vectors", self.dim, self.dtype)
-        int_keys = _int_key_array(keys, "keys")
-        canon = (
-            int_keys.tolist()
-            if int_keys is not None
-            else [canonical_key(k, f"keys[{i}]") for i, k in enumerate(keys)]
-        )
+        canon = _key_list(keys, "keys")
         if len(canon) != len(arr):
             raise ValueError(f"mismatched lengths: keys has {len(canon)}, vectors has {len(arr)}")
         start = len(self._keys)

@@ -26,6 +26,7 @@ from probrec.recsys.features import (
     EventTable,
     IdVocabulary,
     chronological_split,
+    event_key_array,
     event_keys,
     past_events,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "cold_start_tasks",
     "ctr_metrics",
     "dot_interaction",
+    "event_key_array",
     "event_keys",
     "fm_embeddings",
     "item_popularity",

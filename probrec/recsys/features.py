@@ -12,7 +12,8 @@ or on anything later.
 * :class:`IdVocabulary` -- dense ids for the ids seen in a period (``0`` for the unseen).
 * :class:`EventTable` -- the log as tensors plus the history indices; :meth:`EventTable.batch`
   gathers a dict of model inputs for a set of events.
-* :func:`event_keys` -- ``(user, item, time)`` keys of events, the keys of the FM store.
+* :func:`event_keys` -- ``(user, item, time)`` keys of events, the keys of the FM store;
+  :func:`event_key_array` -- the same as an ``[n, 3]`` integer array (vectorised lookups).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "EventTable",
     "IdVocabulary",
     "chronological_split",
+    "event_key_array",
     "event_keys",
     "past_events",
 ]
@@ -114,10 +116,15 @@ def past_events(group: np.ndarray, time: np.ndarray, max_len: int) -> np.ndarray
 
 def event_keys(log: InteractionLog, index: np.ndarray | None = None) -> list[tuple[int, int, int]]:
     """``(user, item, time)`` keys of events (all of them, or those at ``index``)."""
-    idx = np.arange(len(log)) if index is None else np.asarray(index, dtype=np.int64)
-    return list(
-        zip(log.user[idx].tolist(), log.item[idx].tolist(), log.time[idx].tolist(), strict=True)
-    )
+    return list(map(tuple, event_key_array(log, index).tolist()))
+
+
+def event_key_array(log: InteractionLog, index: np.ndarray | None = None) -> np.ndarray:
+    """``(user, item, time)`` keys of events as an ``int64`` array ``[n, 3]`` (row ``i`` is
+    the key ``event_keys(log, index)[i]``; an :class:`~probrec.backbone.EmbeddingStore` looks
+    such arrays up without a Python loop over the keys)."""
+    idx = slice(None) if index is None else np.asarray(index, dtype=np.int64)
+    return np.stack([log.user[idx], log.item[idx], log.time[idx]], axis=1).astype(np.int64)
 
 
 class IdVocabulary:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from probrec.backbone.history import build_history_batch
 from probrec.backbone.store import EmbeddingStore
-from probrec.recsys.features import EventTable, event_keys
+from probrec.recsys.features import EventTable, event_key_array
 from probrec.recsys.models import FoundationModel, evaluating, module_device
 
 __all__ = ["StoredHistory", "fm_embeddings", "lookup_histories", "write_fm_store"]
@@ -74,7 +74,7 @@ def write_fm_store(
         dtype: storage dtype.
     """
     n = len(table.log)
-    keys = np.stack([table.log.user, table.log.item, table.log.time], axis=1)
+    keys = event_key_array(table.log)
     if len(np.unique(keys, axis=0)) != n:
         raise ValueError(
             "the log repeats (user, item, time) triples; the store needs one key per event "
@@ -91,7 +91,7 @@ def write_fm_store(
         for s in range(0, n, batch_size):
             idx = np.arange(s, min(n, s + batch_size))
             h, _ = fm_embeddings(fm, table, idx, batch_size=batch_size)
-            w.write(event_keys(table.log, idx), h.cpu().numpy())
+            w.write(keys[idx], h.cpu().numpy())
     return EmbeddingStore.load(Path(path), mmap=True)
 
 
@@ -116,7 +116,7 @@ class StoredHistory:
     ) -> None:
         self.store = store
         self.device = torch.device(device)
-        self.rows = torch.from_numpy(store.rows(event_keys(table.log))).to(self.device)
+        self.rows = torch.from_numpy(store.rows(event_key_array(table.log))).to(self.device)
         vec = torch.from_numpy(np.array(store.vectors, dtype=np.float32))  # a private copy
         # last row: absent key
         self.vectors = torch.cat([vec, torch.zeros(1, store.dim)]).to(self.device)
@@ -152,7 +152,8 @@ def lookup_histories(
     for src, dst in (("hist_event", "fm_hist"), ("ihist_event", "fm_ihist")):
         device = batch[src].device
         ev = batch[src].cpu().numpy()
-        keys = [event_keys(log, row[row >= 0]) for row in ev]
+        valid = ev >= 0  # each row's valid events, in row order
+        keys = np.split(event_key_array(log, ev[valid]), np.cumsum(valid.sum(1))[:-1])
         hb = build_history_batch(store, keys, missing="zeros", dtype=torch.float32, device=device)
         values = torch.zeros(ev.shape[0], ev.shape[1], store.dim, device=device)
         values[:, : hb.values.shape[1]] = hb.values  # histories are left-aligned in both

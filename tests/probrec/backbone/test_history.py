@@ -228,6 +228,22 @@ def test_build_history_batch_missing_keys(store: EmbeddingStore) -> None:
     np.testing.assert_array_equal(values[0, 0].numpy(), store.vectors[2])
 
 
+def test_tuple_key_histories_as_arrays_equal_lists_of_tuples() -> None:
+    rng = np.random.default_rng(4)
+    keys = np.unique(rng.integers(0, 50, size=(300, 3)), axis=0)
+    store = EmbeddingStore.from_arrays(keys, rng.standard_normal((len(keys), 4)))
+    hists = [keys[rng.choice(len(keys), n)] for n in (5, 0, 1, 7)]
+    hists[3][2] = [99, 99, 99]  # not in the store
+    as_lists = [[tuple(k) for k in h.tolist()] for h in hists]
+    for opts in ({"missing": "zeros"}, {"missing": "skip", "max_len": 3}):
+        want = build_history_batch(store, as_lists, **opts)
+        got = build_history_batch(store, hists, **opts)
+        assert torch.equal(got.values, want.values) and torch.equal(got.mask, want.mask)
+    with pytest.raises(MissingKeyError, match=r"histories\[3\]\[2\] = \(99, 99, 99\)") as info:
+        build_history_batch(store, hists)
+    assert info.value.missing == [(99, 99, 99)]
+
+
 def test_build_history_batch_errors(store: EmbeddingStore) -> None:
     with pytest.raises(TypeError, match="histories"):
         build_history_batch(store, "item1")

@@ -283,3 +283,60 @@ def test_take_rows() -> None:
     np.testing.assert_array_equal(out, np.stack([vec[3], np.zeros(3), vec[0], vec[3]]))
     with pytest.raises(ValueError, match="rows must be"):
         store.take_rows(np.array([4]))
+
+
+def test_tuple_key_arrays_are_found_as_the_dictionary_finds_them() -> None:
+    rng = np.random.default_rng(2)
+    n = 20_000
+    cols = [rng.integers(-5, 900, n), rng.integers(0, 1700, n), rng.integers(-(2**40), 2**40, n)]
+    trip = np.unique(np.stack(cols, 1), axis=0)
+    others = ["s", 7, (1, "a"), (1, 2), (1, 2, 3, 4), (2**70, 1, 1), (0, 0, 5)]
+    keys = [tuple(t) for t in trip.tolist()] + others
+    vec = _vectors(len(keys), 3)
+    store = EmbeddingStore.from_arrays(keys, vec)
+    present = trip[rng.choice(len(trip), 3000)]
+    # absent: known column values in new combinations, and values no key has
+    mixed = np.stack([present[:, 0], np.roll(present[:, 1], 1), present[:, 2]], 1)
+    unseen = present[:50].copy()
+    unseen[:, 2] = 2**41
+    query = np.concatenate([present, mixed, unseen, [[0, 0, 5]]])
+    expected = store.rows([tuple(q) for q in query.tolist()])  # the dictionary path
+    assert (expected[:3000] >= 0).all() and (expected[-51:-1] == -1).all()
+    assert expected[-1] == len(keys) - 1  # (0, 0, 5) is one of the others
+    np.testing.assert_array_equal(store.rows(query), expected)
+    assert store._tuple_tables[3] is not None  # the coded table answered
+    np.testing.assert_array_equal(store.rows(torch.from_numpy(query)), expected)
+    np.testing.assert_array_equal(store.lookup_numpy(query[:3000]), vec[expected[:3000]])
+    # pairs are a table of their own; an integer-keyed store holds no tuples
+    pair_row = keys.index((1, 2))
+    assert store.rows(np.array([[1, 2], [2, 1]])).tolist() == [pair_row, -1]
+    assert EmbeddingStore.from_arrays(np.arange(3), _vectors(3, 2)).rows(
+        np.array([[1, 2]])
+    ).tolist() == [-1]
+    # added keys are found (the table is rebuilt)
+    store.add(np.array([[10**6, 1, 2]]), _vectors(1, 3, seed=5))
+    assert store.rows(np.array([[10**6, 1, 2]])).tolist() == [len(keys)]
+    with pytest.raises(MissingKeyError, match=r"keys\[1\] = \(1, 2, 3\)"):
+        store.lookup(np.array([[0, 0, 5], [1, 2, 3]]))
+
+
+def test_tuple_keys_too_varied_to_code_fall_back_to_the_dictionary() -> None:
+    rng = np.random.default_rng(3)
+    # 5 columns of ~6,000 distinct values: about 8e18 codes, more than int64 allows
+    tup = rng.integers(0, 2**50, size=(6000, 5))
+    store = EmbeddingStore.from_arrays(tup, _vectors(6000, 2))
+    query = np.concatenate([tup[::7], tup[:20] + 1])
+    expected = store.rows([tuple(q) for q in query.tolist()])
+    np.testing.assert_array_equal(store.rows(query), expected)
+    assert store._tuple_tables[5] is None  # the dictionary answered
+    assert (expected[: len(tup[::7])] == np.arange(0, 6000, 7)).all()
+
+
+def test_key_arrays_of_other_shapes_are_refused() -> None:
+    store = EmbeddingStore.from_arrays([(1, 2)], _vectors(1, 2))
+    with pytest.raises(ValueError, match=r"keys must be one-dimensional, or \[n, m\]"):
+        store.rows(np.zeros((2, 2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="keys must be"):
+        store.rows(np.zeros((2, 0), dtype=np.int64))
+    with pytest.raises(TypeError, match="keys must hold"):
+        store.rows(np.zeros((2, 2)))

@@ -10,6 +10,7 @@ from probrec.recsys import (
     EventTable,
     FoundationModel,
     StoredHistory,
+    event_key_array,
     event_keys,
     fm_embeddings,
     lookup_histories,
@@ -39,7 +40,9 @@ def test_store_round_trip_is_exact(small_log, tmp_path):
     assert store.is_memory_mapped and len(store) == len(small_log) and store.dim == 8 + 8 + 12
     direct, _ = fm_embeddings(fm, table, np.arange(len(small_log)))
     keys = event_keys(small_log)
+    assert store.keys() == keys  # (user, item, time) tuples, written from an [n, 3] array
     np.testing.assert_array_equal(store.lookup_numpy(keys), direct.numpy())
+    np.testing.assert_array_equal(store.lookup_numpy(event_key_array(small_log)), direct.numpy())
     # save the loaded store elsewhere and load it again, in memory and memory-mapped
     store.save(tmp_path / "copy")
     for mmap in (True, False):
