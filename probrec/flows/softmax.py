@@ -109,16 +109,22 @@ class _ConditionalCoupling(nn.Module):
 
     ``net`` has one hidden layer; the context enters it through its own linear map, computed
     once per item and broadcast over Monte Carlo samples. ``s`` is soft-clipped to
-    ``[-3, 3]``.
+    ``[-3, 3]``. The parameters are full-width linear maps (``inp``: all ``K`` coordinates in,
+    ``out``: ``s`` and ``t`` for all ``K`` out), of which only the kept coordinates' input
+    columns and the moved coordinates' output rows act; the passes use just those slices.
     """
 
     def __init__(
         self, dim: int, context: int, hidden: int, parity: int, generator: torch.Generator
     ) -> None:
         super().__init__()
-        self.register_buffer(
-            "keep", (torch.arange(dim) % 2 == parity).to(torch.get_default_dtype())
-        )
+        kept = torch.arange(dim) % 2 == parity
+        self.register_buffer("keep", kept.to(torch.get_default_dtype()))
+        # coordinates passed through (a) and transformed (b), and the out rows of s_b, t_b
+        self.register_buffer("idx_a", torch.nonzero(kept).flatten(), persistent=False)
+        idx_b = torch.nonzero(~kept).flatten()
+        self.register_buffer("idx_b", idx_b, persistent=False)
+        self.register_buffer("rows_b", torch.cat([idx_b, dim + idx_b]), persistent=False)
         self.inp = nn.Linear(dim, hidden)
         self.ctx = nn.Linear(context, hidden, bias=False)
         self.out = nn.Linear(hidden, 2 * dim)
@@ -132,24 +138,33 @@ class _ConditionalCoupling(nn.Module):
             self.out.bias.zero_()
 
     def context(self, h: Tensor) -> Tensor:
-        return self.ctx(h)
+        """The per-item part of the hidden pre-activation, ``W_ctx h + b_inp`` ``[..., hidden]``
+        (the input map's bias rides here: added once per item, not per sample)."""
+        return self.ctx(h) + self.inp.bias
 
-    def _scale_shift(self, e_a: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
-        a = F.silu(self.inp(e_a) + ctx)
-        s, t = self.out(a).chunk(2, -1)
-        move = 1 - self.keep
-        s = _SCALE_LIMIT * torch.tanh(s / _SCALE_LIMIT) * move
-        return s, t * move
+    def _scale_shift(self, e: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """``s_b, t_b`` ``[..., K_b]`` of the transformed coordinates from ``e`` ``[..., K]``."""
+        w_in = self.inp.weight.index_select(1, self.idx_a)
+        a = F.linear(e.index_select(-1, self.idx_a), w_in)
+        if torch.is_grad_enabled() or torch.broadcast_shapes(a.shape, ctx.shape) != a.shape:
+            a = F.silu(a + ctx)
+        else:  # no graph to keep: reuse the buffer (the [samples x items x hidden] tensor)
+            a = F.silu(a.add_(ctx), inplace=True)
+        rows = self.rows_b
+        s, t = F.linear(a, self.out.weight[rows], self.out.bias[rows]).chunk(2, -1)
+        return _SCALE_LIMIT * torch.tanh(s / _SCALE_LIMIT), t
 
     def forward(self, e: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
         """``e -> v`` and ``log |det dv/de|`` ``[...]``."""
-        s, t = self._scale_shift(e * self.keep, ctx)
-        return e * torch.exp(s) + t, s.sum(-1)
+        s, t = self._scale_shift(e, ctx)
+        v_b = e.index_select(-1, self.idx_b) * torch.exp(s) + t
+        return e.index_copy(-1, self.idx_b, v_b), s.sum(-1)
 
     def inverse(self, v: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
         """``v -> e`` and ``log |det dv/de|`` ``[...]`` (of the forward map)."""
-        s, t = self._scale_shift(v * self.keep, ctx)
-        return (v - t) * torch.exp(-s), s.sum(-1)
+        s, t = self._scale_shift(v, ctx)
+        e_b = (v.index_select(-1, self.idx_b) - t) * torch.exp(-s)
+        return v.index_copy(-1, self.idx_b, e_b), s.sum(-1)
 
 
 class ConditionalSoftmaxFlow(AnnotatorModel):
