@@ -43,6 +43,7 @@ _FORMAT = "probrec.EmbeddingStore"
 _VERSION = 1
 _DTYPES = ("float16", "float32", "float64")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLAT_KEY_TYPES = frozenset({str, int})  # elements of a tuple key that are canonical as they are
 
 
 class MissingKeyError(KeyError, ValueError):
@@ -70,6 +71,11 @@ def canonical_key(key: Any, name: str = "key") -> Hashable:
         TypeError: ``bool``, ``float`` or any other type (floats are refused because
             rounding makes equal-looking keys differ).
     """
+    kind = type(key)
+    if kind is str or kind is int:  # already canonical (``bool`` is a type of its own)
+        return key
+    if (kind is tuple or kind is list) and _FLAT_KEY_TYPES.issuperset(map(type, key)):
+        return tuple(key)  # a flat tuple, or a list as read back from JSON
     if isinstance(key, (bool, np.bool_)):
         raise TypeError(f"{name} must be a str, an int or a tuple of them, got bool {key!r}")
     if isinstance(key, str):
@@ -88,10 +94,6 @@ def canonical_key(key: Any, name: str = "key") -> Hashable:
     raise TypeError(
         f"{name} must be a str, an int or a tuple of them, got {type(key).__name__} {key!r}"
     )
-
-
-def _to_json(key: Hashable) -> Any:
-    return [_to_json(k) for k in key] if isinstance(key, tuple) else key
 
 
 def _int_key_array(keys: Any, name: str) -> np.ndarray | None:
@@ -126,7 +128,15 @@ def _key_list(keys: Any, name: str) -> list[Hashable]:
         return arr.tolist() if arr.ndim == 1 else list(map(tuple, arr.tolist()))
     if isinstance(keys, np.ndarray):
         keys = keys.tolist()  # str / object arrays; nested lists become tuples below
-    return [canonical_key(k, f"{name}[{i}]") for i, k in enumerate(keys)]
+    return _canonical_keys(keys, name)
+
+
+def _canonical_keys(keys: Any, name: str) -> list[Hashable]:
+    """:func:`canonical_key` of every key; an error names the key's position in ``name``."""
+    try:
+        return [canonical_key(k) for k in keys]
+    except TypeError:  # again, naming the position of the first bad key
+        return [canonical_key(k, f"{name}[{i}]") for i, k in enumerate(keys)]
 
 
 def _check_dtype(dtype: Any) -> np.dtype:
@@ -551,7 +561,7 @@ class EmbeddingStore:
             raw = json.loads((path / "keys.json").read_text())
             if not isinstance(raw, list) or len(raw) != n:
                 raise ValueError(f"{path / 'keys.json'} must be a list of {n} keys")
-            store._keys = [canonical_key(k, f"keys.json[{i}]") for i, k in enumerate(raw)]
+            store._keys = _canonical_keys(raw, "keys.json")
             store._key_array = None
             store._index = {k: i for i, k in enumerate(store._keys)}
             if len(store._index) != n:
@@ -750,7 +760,12 @@ class EmbeddingStoreWriter:
             key_format = "int64"
         else:
             with open(self._tmp / "keys.json", "w") as f:
-                json.dump([_to_json(k) for k in self._keys], f)
+                # one JSON list, encoded in chunks (json.dumps is C-accelerated, json.dump is
+                # not); tuples are written as JSON arrays
+                f.write("[")
+                for i in range(0, len(self._keys), 1 << 16):
+                    f.write(("," if i else "") + json.dumps(self._keys[i : i + (1 << 16)])[1:-1])
+                f.write("]")
             key_format = "json"
         meta = {
             "format": _FORMAT,

@@ -340,3 +340,25 @@ def test_key_arrays_of_other_shapes_are_refused() -> None:
         store.rows(np.zeros((2, 0), dtype=np.int64))
     with pytest.raises(TypeError, match="keys must hold"):
         store.rows(np.zeros((2, 2)))
+
+
+def test_a_large_json_keyed_store_round_trips_exactly(tmp_path: Path) -> None:
+    # more keys than one chunk of the JSON writer (65,536), nested and mixed keys among them
+    rng = np.random.default_rng(5)
+    trip = np.unique(rng.integers(0, 10**6, size=(70_000, 3)), axis=0)
+    keys = [tuple(t) for t in trip.tolist()] + MIXED_KEYS
+    vec = _vectors(len(keys), 2)
+    store = EmbeddingStore.from_arrays(keys, vec)
+    store.save(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "keys.json").read_text())[-1] == [3, ["a", 1]]
+    again = EmbeddingStore.load(tmp_path / "s")
+    assert again.keys() == keys
+    order = rng.permutation(len(keys))[:2000]
+    np.testing.assert_array_equal(again.lookup_numpy([keys[i] for i in order]), vec[order])
+
+
+def test_keys_with_bools_inside_are_refused_with_their_position() -> None:
+    with pytest.raises(TypeError, match=r"keys\[1\]\[0\] must be .* bool"):
+        EmbeddingStore.from_arrays([(1, 2), (True, 2)], np.ones((2, 2)))
+    with pytest.raises(TypeError, match=r"keys\[0\]\[1\]\[1\] must be .* float"):
+        EmbeddingStore.from_arrays([("a", ("b", 1.5))], np.ones((1, 2)))
