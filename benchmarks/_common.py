@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from probrec.reporting import json_safe
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOXCAST = (
     REPO.parent / "shared" / "data" / "molecules" / "moleculenet" / "toxcast_500.csv.gz"
@@ -501,7 +503,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Writes ``payload`` as indented JSON, creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(json_safe(payload), indent=2, default=_json_default) + "\n")
     return path
 
 

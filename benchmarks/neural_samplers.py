@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from probrec.reporting import json_safe
 from samplers import bench, metrics
-from samplers.base import _jsonable
 from samplers.dikl import DiKL
 
 SETTINGS = {
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save() -> None:
-        (out / "results.json").write_text(json.dumps(_jsonable({**result, "rows": rows}), indent=2))
+        (out / "results.json").write_text(json.dumps(json_safe({**result, "rows": rows}), indent=2))
 
     targets = [t for t in ("mog40", "mw32") if t in parts]
     if args.from_json:

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probrec.reporting import json_safe, mean_and_se
+
 #: panel-size designs: name -> (sizes, probabilities); both have 5 annotators per item on average
 PANELS = {"equal (5)": ((5,), (1.0,)), "unequal (2 or 17)": ((2, 17), (0.8, 0.2))}
 MODELS = ("softmax", "softmax_flow", "softmax_flow_panel")
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
         kl = {m: np.array([r[m]["kl_true"] for r in runs]) for m in MODELS}
-        se = {m: v.std(ddof=1) / np.sqrt(len(v)) for m, v in kl.items()}
+        se = {m: mean_and_se(v)[1] for m, v in kl.items()}
         diffs = {
             f"{m} - softmax": paired_difference(runs, m, "softmax", "kl_true")
             for m in ("softmax_flow_panel", "softmax_flow")
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     print(table)
     report["seconds"] = time.perf_counter() - t_all
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "results.json").write_text(json.dumps(json_safe(report), indent=1))
     print(f"done in {report['seconds'] / 60:.1f} min; {out}/results.json, {out}/results.md")
     return 0
 

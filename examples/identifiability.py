@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probrec.reporting import json_safe, mean_and_se
+
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1].parent
     / "shared/data/molecules/ood/dockstring-dataset-subsampled.csv.gz"
@@ -88,11 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="progress bars")
     return p.parse_args(argv)
-
-
-def mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 # ---------------------------------------------------------------------------------- synthetic
@@ -185,7 +182,8 @@ def synthetic(args) -> dict:
     print(f"{'metric':30s} {'linear':>16s} {'nonlinear':>16s}")
     for key, label in SYN_KEYS:
         row = {
-            m: mean_se([r[key] for r in runs if r["mixing"] == m]) for m in ("linear", "nonlinear")
+            m: mean_and_se([r[key] for r in runs if r["mixing"] == m])
+            for m in ("linear", "nonlinear")
         }
         summary[key] = row
         cells = "".join(f" {row[m][0]:9.3f} +- {row[m][1]:.3f}" for m in ("linear", "nonlinear"))
@@ -394,8 +392,8 @@ def dockstring(args) -> dict:
         line = f"{fname:26s}"
         for s in sizes:
             v = table[str(s)][fname]
-            mu, se = mean_se(v)
-            dmu, dse = mean_se(v - table[str(s)]["stage-1 features"])
+            mu, se = mean_and_se(v)
+            dmu, dse = mean_and_se(v - table[str(s)]["stage-1 features"])
             out_table.setdefault(str(s), {})[fname] = {
                 "mean": mu,
                 "se": se,
@@ -428,7 +426,7 @@ def dockstring(args) -> dict:
                         for j in held
                     ]
                 )
-                mu, se = mean_se(vals)
+                mu, se = mean_and_se(vals)
                 ard_table.setdefault(str(size), {})[fname] = {"mean": mu, "se": se}
                 line += f" {mu:9.3f} +- {se:.3f}"
             print(line, flush=True)
@@ -439,7 +437,7 @@ def dockstring(args) -> dict:
     return {
         "held_out": [names[j] for j in held],
         "train_targets": [names[j] for j in train_t],
-        "stage1_pool_r2_train_targets": mean_se(r2_train_targets),
+        "stage1_pool_r2_train_targets": mean_and_se(r2_train_targets),
         "descriptors": args.descriptors,
         "stage2_loglik_per_row": record.restart_objectives,
         "causal_indicators": ind.astype(int).tolist(),
@@ -493,7 +491,7 @@ def main(argv=None) -> dict:
         results["dockstring"] = dockstring(args)
         dockstring_figure(results["dockstring"], figs / "identifiability_dockstring_latents.png")
     results["seconds"] = time.time() - start
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
     print(f"\nwrote {out / 'results.json'} ({results['seconds']:.0f} s)")
     return results
 

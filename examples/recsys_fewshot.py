@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probrec.reporting import json_safe
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
 
 
@@ -196,7 +198,7 @@ def main(argv=None) -> int:
         "result": merged.to_json(),
         "seconds": time.perf_counter() - t_start,
     }
-    (out / "fewshot.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "fewshot.json").write_text(json.dumps(json_safe(report), indent=1, default=str))
     print(f"\nwrote {out}/fewshot.md and fewshot.json in {report['seconds'] / 60:.1f} min")
     return 0
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from probrec.reporting import json_safe
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
 
 
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         "runs": [r.to_json() for r in runs],
         "seconds": time.perf_counter() - t0,
     }
-    (out / "loopfm.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "loopfm.json").write_text(json.dumps(json_safe(report), indent=1, default=str))
     print(f"\nwrote {out}/loopfm.md and loopfm.json in {report['seconds'] / 60:.1f} min")
     return 0
 

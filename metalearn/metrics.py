@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import numpy as np
 from sklearn.metrics import average_precision_score
+
+from probrec.reporting import json_safe, mean_and_se
+
+__all__ = ["delta_auprc", "json_safe", "mean_and_se", "r2_os"]  # the last two from probrec
 
 
 def delta_auprc(y_true, scores) -> float:
@@ -45,25 +46,3 @@ def r2_os(y_true, y_pred, train_mean: float) -> float:
     if sst == 0:
         raise ValueError("R^2_os is undefined when every query label equals the training mean")
     return 1.0 - float(((y - p) ** 2).sum()) / sst
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float (e.g. the ``nan`` s.e. of a single repeat) replaced by
-    ``None``, recursively through dicts, lists and tuples, so that ``json.dumps`` writes
-    standard JSON (``null``) instead of ``NaN``."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def mean_and_se(values) -> tuple[float, float]:
-    """Mean and standard error of the mean (``nan`` SE for fewer than two values)."""
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
-    return float(v.mean()), se

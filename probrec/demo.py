@@ -69,6 +69,7 @@ def data_section(ctx: DemoContext) -> dict[str, Any]:
     from sklearn.neighbors import KNeighborsClassifier
 
     from probrec.data import MoleculeFeaturizer, load_rdkit_chembl_assay, sample_episode
+    from probrec.reporting import mean_and_se
 
     reg = load_rdkit_chembl_assay("regression")
     task = load_rdkit_chembl_assay("classification")
@@ -97,8 +98,7 @@ def data_section(ctx: DemoContext) -> dict[str, Any]:
                 p = m.predict_proba(ep.query_x)[:, 1]
                 scores[name].append(average_precision_score(ep.query_y, p) - base)
         results["delta_auprc"][str(size)] = {
-            k: {"mean": float(np.mean(v)), "se": float(np.std(v, ddof=1) / np.sqrt(len(v)))}
-            for k, v in scores.items()
+            k: dict(zip(("mean", "se"), mean_and_se(v))) for k, v in scores.items()
         }
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].hist(reg.labels, bins=40, color="tab:blue")
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from probrec import __version__
+    from probrec.reporting import json_safe
 
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     known = {n for n, _, _ in SECTIONS}
@@ -171,9 +172,9 @@ def run(args: argparse.Namespace) -> int:
         res["seconds"] = round(time.perf_counter() - t, 2)
         report["sections"][name] = res
         print(f"    done in {res['seconds']:.1f} s: {_summary(res)}", flush=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.json").write_text(json.dumps(json_safe(report), indent=2))
     report["seconds"] = round(time.perf_counter() - t_all, 2)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=2))
     print(f"report: {out / 'report.json'} (+ PNG figures) in {report['seconds']:.0f} s")
     return 0
 

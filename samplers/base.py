@@ -36,6 +36,7 @@ from torch import Tensor
 
 from probrec.checks import check_choice, check_positive_int, check_real, check_seed
 from probrec.progress import track
+from probrec.reporting import json_safe
 from probrec.seeding import check_generator_device, torch_generator
 
 from .compile import compile_available
@@ -142,26 +143,9 @@ class SamplerResult:
             "n_grad_evals": self.n_grad_evals,
             "evals_per_sample": round(self.evals_per_sample, 3),
             "wall_time": round(self.wall_time, 3),
-            "diagnostics": _jsonable(self.diagnostics),
-            "config": _jsonable(self.config),
+            "diagnostics": json_safe(self.diagnostics),
+            "config": json_safe(self.config),
         }
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Tensor):
-        return _jsonable(v.detach().cpu().tolist())
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return None if not math.isfinite(f) else f
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 class Sampler(ABC):

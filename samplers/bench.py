@@ -32,17 +32,16 @@ import argparse
 import copy
 import csv
 import json
-import math
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from probrec.progress import track
+from probrec.reporting import json_safe, mean_and_se
 
 from . import metrics
 from .base import Sampler, SamplerResult
@@ -495,9 +494,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    from .base import _jsonable
 
-    (out / "results.json").write_text(json.dumps(_jsonable({**header, "rows": rows}), indent=2))
+    (out / "results.json").write_text(json.dumps(json_safe({**header, "rows": rows}), indent=2))
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -520,8 +518,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         vals = [r[metric] for r in rs if r.get(metric) is not None]
         if not vals:
             continue
-        m = float(np.mean(vals))
-        se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
+        m, se = mean_and_se(vals)
         out.append(
             {
                 "target": t,

@@ -30,6 +30,7 @@ from probrec.flows.ensemble import ModelEnsemble
 from probrec.flows.integer import ConditionalIntegerFlow
 from probrec.flows.metrics import evaluate
 from probrec.flows.softmax import ConditionalSoftmaxFlow
+from probrec.reporting import format_mean_se, mean_se_summary
 
 __all__ = [
     "METRICS",
@@ -218,9 +219,7 @@ def summarise(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
         for key, val in runs[0][name].items():
             if not isinstance(val, (int, float)):
                 continue
-            vals = np.array([r[name][key] for r in runs if name in r], dtype=float)
-            se = float(vals.std(ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else float("nan")
-            out[name][key] = {"mean": float(vals.mean()), "se": se, "n": int(len(vals))}
+            out[name][key] = mean_se_summary([r[name][key] for r in runs if name in r])
     return out
 
 
@@ -238,8 +237,7 @@ def paired_difference(
     )
     if diffs.size == 0:
         raise ValueError(f"no run has both {model!r} and {baseline!r}")
-    se = float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else float("nan")
-    return {"mean": float(diffs.mean()), "se": se, "n": int(diffs.size)}
+    return mean_se_summary(diffs)
 
 
 def comparison_table(
@@ -265,8 +263,7 @@ def comparison_table(
 def _cell(stat: dict[str, float], digits: int, *, signed: bool = False) -> str:
     """``mean ± se`` of a :func:`summarise` / :func:`paired_difference` entry; the mean alone
     where the standard error is undefined (one repeat)."""
-    mean = f"{stat['mean']:{'+' if signed else ''}.{digits}f}"
-    return mean if np.isnan(stat["se"]) else f"{mean} ± {stat['se']:.{digits}f}"
+    return format_mean_se(stat, f".{digits}f", signed=signed, sep=" ± ")
 
 
 def format_table(

@@ -40,6 +40,7 @@ from probrec.recsys.transfer import (
     train_ctr,
     transfer_ratio,
 )
+from probrec.reporting import format_mean_se, mean_se_summary
 
 __all__ = ["UNTRAINED", "VARIANTS", "LoopFMConfig", "load_log", "LoopFMRun", "run_loopfm"]
 
@@ -294,12 +295,6 @@ def run_loopfm(
     return run, objects
 
 
-def _mean_se(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, dtype=float)
-    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"mean": float(v.mean()), "se": se, "n": len(v)}
-
-
 def summarize_runs(runs: Sequence[LoopFMRun]) -> dict[str, Any]:
     """Mean and standard error across seeds of every metric, transfer ratio and AUC gain.
 
@@ -317,10 +312,10 @@ def summarize_runs(runs: Sequence[LoopFMRun]) -> dict[str, Any]:
     models = list(runs[0].metrics)
     out: dict[str, Any] = {
         "metrics": {
-            m: {k: _mean_se([r.metrics[m][k] for r in runs]) for k in ("auc", "logloss")}
+            m: {k: mean_se_summary([r.metrics[m][k] for r in runs]) for k in ("auc", "logloss")}
             for m in models
         },
-        "ratios": {v: _mean_se([r.ratios[v] for r in runs]) for v in runs[0].ratios},
+        "ratios": {v: mean_se_summary([r.ratios[v] for r in runs]) for v in runs[0].ratios},
     }
     auc = {m: np.array([r.metrics[m]["auc"] for r in runs]) for m in models}
     gains: dict[str, np.ndarray] = {}
@@ -341,7 +336,7 @@ def summarize_runs(runs: Sequence[LoopFMRun]) -> dict[str, Any]:
         gains["interaction (LoopFM+KD) - LoopFM - KD"] = (
             auc["VM+LoopFM+KD"] - auc["VM+LoopFM"] - auc["VM+KD"] + auc["VM"]
         )
-    out["gains"] = {k: _mean_se(v) for k, v in gains.items()}
+    out["gains"] = {k: mean_se_summary(v) for k, v in gains.items()}
     return out
 
 
@@ -349,7 +344,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     """The three tables of :func:`summarize_runs` as markdown."""
 
     def cell(d: dict[str, float], fmt: str = ".4f") -> str:
-        return f"{d['mean']:{fmt}} +- {d['se']:{fmt.lstrip('+')}}"
+        return format_mean_se(d, fmt.lstrip("+"), signed=fmt.startswith("+"))
 
     lines = ["| model | test AUC | test log loss | transfer ratio |", "|---|---|---|---|"]
     for m, d in summary["metrics"].items():

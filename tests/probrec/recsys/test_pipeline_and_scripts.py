@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from probrec.reporting import json_safe
 from probrec.recsys import (
     UNTRAINED,
     VARIANTS,
@@ -64,6 +65,12 @@ def test_run_loopfm_and_summary(tmp_path):
     parts += g["  FM knowledge (trained - untrained store)"]["mean"]
     assert parts == pytest.approx(total)
     assert "| VM+LoopFM |" in summary_markdown(s)
+    # one seed: the standard errors are undefined -- null in JSON, left out of the table
+    one = summarize_runs(runs[:1])
+    assert math.isnan(one["metrics"]["VM"]["auc"]["se"])
+    assert "null" in json.dumps(json_safe(one), allow_nan=False)
+    table = summary_markdown(one)
+    assert "nan" not in table and f"| {runs[0].metrics['VM']['auc']:.4f} |" in table
     with pytest.raises(ValueError, match="unknown variants"):
         run_loopfm(log, tmp_path, config=_tiny_config(variants=("VM", "nope")))
 
