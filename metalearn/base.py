@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from probrec.checks import as_float_tensor, check_choice, check_same_length
+from probrec.checks import as_float_tensor, check_choice, check_same_length, check_seed
 from probrec.data.tasks import check_two_classes
 
 _REGISTRY: dict[str, type[MetaLearner]] = {}
@@ -72,6 +72,9 @@ class MetaLearner(abc.ABC):
 
     name: ClassVar[str] = "learner"
     supports: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    #: the ``config`` options the learner reads (``None``: not checked); any other option is
+    #: refused, so that a misspelt one cannot be ignored silently
+    options: ClassVar[frozenset[str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -86,8 +89,13 @@ class MetaLearner(abc.ABC):
         **config: Any,
     ) -> None:
         check_choice(kind, "kind", self.supports)
+        if self.options is not None and set(config) - self.options:
+            raise ValueError(
+                f"unknown option(s) {sorted(set(config) - self.options)} for "
+                f"{type(self).__name__}; it takes {sorted(self.options)}"
+            )
         self.kind = kind
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.config: dict[str, Any] = dict(config)
         self.history: dict[str, list] = {}

@@ -28,7 +28,7 @@ from metalearn.episodes import MetaBatch
 from metalearn.hypergrad import implicit_argmin
 from metalearn.training import TrainConfig, meta_train
 from probrec.backbone import MLPEncoder
-from probrec.checks import as_float_tensor
+from probrec.checks import as_float_tensor, check_choice
 from probrec.gp.exact import (
     GPConfig,
     geometry,
@@ -130,10 +130,9 @@ class _DeepKernelBase(MetaLearner):
         "gp_dtype": "float64",
     }
 
+    options = frozenset(defaults) | _TRAIN_KEYS
+
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
-        unknown = set(config) - set(self.defaults) - _TRAIN_KEYS
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for {type(self).__name__}")
         full = {**self.defaults, **{k: v for k, v in asdict(TrainConfig()).items()}, **config}
         if isinstance(full["hidden"], list):
             full["hidden"] = tuple(full["hidden"])
@@ -145,6 +144,7 @@ class _DeepKernelBase(MetaLearner):
             lengthscale_prior=full["lengthscale_prior"],
             noise_prior=full["noise_prior"],
         )
+        check_choice(full["gp_dtype"], "gp_dtype", ("float32", "float64"))
         self.gp_dtype = getattr(torch, full["gp_dtype"])
         self.encoder: torch.nn.Module | None = None
         self.in_dim: int | None = None

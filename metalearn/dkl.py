@@ -40,10 +40,9 @@ class DKL(MetaLearner):
         "weight_decay": 1e-4,
     }
 
+    options = frozenset(defaults)
+
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
-        unknown = set(config) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for DKL")
         full = {**self.defaults, **config}
         full["hidden"] = tuple(full["hidden"])
         super().__init__(kind, seed, device, **full)

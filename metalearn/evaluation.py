@@ -201,7 +201,14 @@ def evaluate(
     if not support_sizes:
         raise ValueError("support_sizes is empty")
     if not isinstance(learners, Mapping):
-        learners = {m.name: m for m in learners}
+        names = [m.name for m in learners]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # a dict by name would keep the last of them only
+            raise ValueError(
+                f"learners share the name(s) {repeated}; pass a mapping from display name to "
+                "learner to score several of one kind"
+            )
+        learners = dict(zip(names, learners))
     kinds = {t.kind for t in tasks}
     if len(kinds) != 1:
         raise ValueError(f"tasks must all have one kind, got {sorted(kinds)}")

@@ -20,7 +20,7 @@ from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
 from metalearn.base import MetaLearner, check_support
-from probrec.checks import as_float_tensor
+from probrec.checks import as_float_tensor, check_positive_int
 from probrec.gp.exact import GPConfig
 from probrec.gp.head import FittedGP, GPHead
 
@@ -64,6 +64,7 @@ class GPST(MetaLearner):
 
     name = "GP-ST"
     defaults = {"columns": None, "kernel": "tanimoto", "mean": "zero"}
+    options = frozenset(defaults)
 
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
         full = {**self.defaults, **config}
@@ -119,9 +120,13 @@ class _SklearnBaseline(MetaLearner):
     counts), ``cv`` -- folds of the grid search (3).
     """
 
+    options = frozenset({"columns", "cv"})
+
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
         if isinstance(config.get("columns"), list):
             config["columns"] = tuple(config["columns"])
+        if "cv" in config:
+            check_positive_int(config["cv"], "cv", minimum=2)
         super().__init__(kind, seed, device, **config)
 
     @abc.abstractmethod
@@ -167,6 +172,7 @@ class RandomForest(_SklearnBaseline):
     ``grid=True`` searches ``max_features`` in {sqrt, 0.1} by cross-validation, ~6x slower)."""
 
     name = "RF"
+    options = _SklearnBaseline.options | {"n_estimators", "grid"}
 
     def _estimator(self):
         cls = RandomForestClassifier if self.kind == "classification" else RandomForestRegressor

@@ -196,6 +196,47 @@ def test_metrics_known_values():
     assert r2_os([1.0, 3.0], [2.0, 2.0], 2.0) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="positive"):
         delta_auprc([0, 0], [0.1, 0.2])
+    # -1 / +1 labels: the AUPRC sees +1 as positive but the baseline would be the mean 1/3
+    with pytest.raises(ValueError, match=r"y_true must hold 0 / 1 labels, got values \[-1.0\]"):
+        delta_auprc([-1, 1, 1], [0.1, 0.2, 0.3])
+    for args, name in (
+        (([1.0, np.nan, 3.0], [1.0, 2.0, 2.5], 0.0), "y_true"),
+        (([1.0, 2.0], [1.0, np.inf], 0.0), "y_pred"),
+        (([1.0, 2.0], [1.0, 2.0], np.nan), "train_mean"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} contains NaN/inf"):
+            r2_os(*args)
+
+
+def test_learner_options_and_seeds_are_checked():
+    # a misspelt option used to be ignored (the forest kept its 200 trees)
+    for make, bad in (
+        (lambda: RandomForest(n_estimatorz=5), "n_estimatorz"),
+        (lambda: GPST(kernal="rbf"), "kernal"),
+        (lambda: KNN(k=3), "k"),
+        (lambda: DKL(hiden=(8,)), "hiden"),
+        (lambda: ADKFIFT(n_step=3), "n_step"),
+    ):
+        with pytest.raises(ValueError, match=f"unknown option.*'{bad}'"):
+            make()
+    assert RandomForest(n_estimators=5, grid=True, columns=[0, 4], cv=3).config["columns"] == (0, 4)
+    with pytest.raises(ValueError, match="cv must be"):
+        KNN(cv=1)
+    with pytest.raises(TypeError, match="cv must be an int"):
+        KNN(cv="3")
+    for seed in (1.7, "5", None):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            ADKFIFT(seed=seed)
+    with pytest.raises(ValueError, match="gp_dtype"):
+        ADKFIFT(gp_dtype="float16")
+
+
+def test_evaluate_refuses_learners_that_share_a_name(tasks):
+    from metalearn import evaluate
+
+    _, _, te = tasks
+    with pytest.raises(ValueError, match=r"share the name\(s\) \['RF'\]"):
+        evaluate([RandomForest(n_estimators=5), RandomForest(seed=1)], te, (16,), 1)
 
 
 def test_encoded_adaptation_equals_plain_and_evaluate_matches_a_manual_loop(tasks):

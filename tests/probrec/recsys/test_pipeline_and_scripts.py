@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probrec.reporting import json_safe
 from probrec.recsys import (
     UNTRAINED,
     VARIANTS,
@@ -24,6 +23,7 @@ from probrec.recsys import (
     summary_markdown,
     transfer_ratio,
 )
+from probrec.reporting import json_safe
 from tests.probrec.recsys.conftest import synthetic_log
 
 REPO = Path(__file__).resolve().parents[3]
