@@ -348,16 +348,16 @@ class PTSD(NeuralSampler):
             progress=False,
         )
 
-    def _new_model(self, buffer: Tensor, seed: int) -> DiffusionModel:
+    def _new_model(self, buffer: Tensor, seed: int, n_particles: int | None) -> DiffusionModel:
         d = buffer.shape[1]
-        if self.n_particles is not None:
+        if n_particles is not None:
             zero = torch.zeros(d, dtype=buffer.dtype, device=buffer.device)
             norm = Normalizer(zero, buffer.std())
         else:
             norm = Normalizer.fit(buffer)
         sched = VPSchedule() if self.schedule == "vp" else VESchedule(0.01, 3.0)
         with seeded_rng(seed):  # initial weights from the run's seed (CPU generator)
-            net = ScoreMLP(d, self.hidden, self.n_layers, n_particles=self.n_particles)
+            net = ScoreMLP(d, self.hidden, self.n_layers, n_particles=n_particles)
         return DiffusionModel(net.to(buffer.device, buffer.dtype), sched, norm.to(buffer.device))
 
     def _fit(self, model: DiffusionModel, buffer: Tensor, steps: int, seed: int) -> float:
@@ -368,8 +368,11 @@ class PTSD(NeuralSampler):
     def _sample(
         self, target: CountingTarget, n_samples: int, seed: int, gen: torch.Generator
     ) -> tuple[Tensor, dict[str, Any]]:
-        if self.n_particles is None and getattr(target.base, "n_particles", None) is not None:
-            self.n_particles = int(target.base.n_particles)
+        # this run's particle count (the setting, else the target's): not stored on the
+        # sampler, whose next run may be on another target
+        n_particles = self.n_particles
+        if n_particles is None and getattr(target.base, "n_particles", None) is not None:
+            n_particles = int(target.base.n_particles)
         hot_steps, refine_steps = self.plan_steps(n_samples)
         temps = self.temperatures
         k_max = len(temps) - 1
@@ -396,7 +399,7 @@ class PTSD(NeuralSampler):
         levels.append(self._level_stats(k_max - 1, res, target.n_evals - ev0, None))
         # 2. the two hottest models
         models: dict[int, DiffusionModel] = {}
-        models[k_max] = self._new_model(buffers[k_max], next_seed())
+        models[k_max] = self._new_model(buffers[k_max], next_seed(), n_particles)
         loss = self._fit(models[k_max], buffers[k_max], self.train_steps_first, next_seed())
         levels[-1]["dsm_loss_hot"] = loss
         models[k_max - 1] = models[k_max].copy()

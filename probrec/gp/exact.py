@@ -72,6 +72,12 @@ class GPConfig:
         check_choice(self.mean, "mean", ("zero", "constant"))
         check_choice(self.kind, "kind", ("classification", "regression"))
         check_real(self.prior_scale, "prior_scale", strict=True)
+        for name in ("lengthscale_prior", "noise_prior"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.noise_mode is not None:
+            check_real(self.noise_mode, "noise_mode", strict=True)
+        check_real(self.min_noise, "min_noise")
 
     @property
     def names(self) -> tuple[str, ...]:

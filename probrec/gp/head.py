@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import gpytorch
 import torch
 
-from probrec.checks import as_float_tensor
+from probrec.checks import as_float_tensor, check_positive_int, check_real
 from probrec.gp.exact import (
     GPConfig,
     geometry,
@@ -227,9 +227,11 @@ class GPHead:
     """
 
     def __init__(self, config: GPConfig | None = None, *, tol: float = 1e-6, max_iter: int = 50):
+        if config is not None and not isinstance(config, GPConfig):
+            raise TypeError(f"config must be a GPConfig, got {type(config).__name__} {config!r}")
         self.config = config or GPConfig()
-        self.tol = tol
-        self.max_iter = max_iter
+        self.tol = check_real(tol, "tol", strict=True)
+        self.max_iter = check_positive_int(max_iter, "max_iter")
 
     def fit(
         self,

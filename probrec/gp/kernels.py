@@ -151,10 +151,13 @@ def tanimoto(
     ``lengthscale`` is ignored (the kernel has none); two all-zero rows get similarity 1.
 
     Raises:
-        ValueError: an input has negative entries.
+        ValueError: an input has negative or non-finite entries.
     """
-    if bool((x1 < 0).any()) or bool((x2 < 0).any()):
-        raise ValueError("the tanimoto kernel needs non-negative inputs (fingerprint counts)")
+    for x in (x1, x2):
+        if not bool(((x >= 0) & torch.isfinite(x)).all()):  # NaN would give similarity 1
+            raise ValueError(
+                "the tanimoto kernel needs finite, non-negative inputs (fingerprint counts)"
+            )
     s1 = x1.sum(-1, keepdim=True)
     s2 = x2.sum(-1, keepdim=True).transpose(-1, -2)
     l1 = torch.cdist(x1, x2, p=1.0)

@@ -96,3 +96,33 @@ def test_budget_plan_and_bad_arguments():
         PTSD(n_chains=10)
     assert isinstance(samplers.PTSD.preset("mog40_gpu"), PTSD)
     assert set(PRESETS) >= {"mog40", "mw32", "mog40_gpu", "mw32_gpu"}
+
+
+def test_a_sampler_reused_on_another_target_runs_as_a_fresh_one():
+    """The particle count taken from a particle target is the run's, not the sampler's: a
+    later run on a plain target trains the same networks as a fresh sampler would."""
+    from samplers.targets import DoubleWell4
+
+    cfg = dict(
+        n_temperatures=3,
+        buffer_size=64,
+        budget=20,
+        hidden=16,
+        n_layers=1,
+        train_steps_first=20,
+        train_steps=10,
+        batch_size=32,
+        n_ode_steps=4,
+    )
+    used = PTSD(**cfg)
+    used.run(DoubleWell4(), 64, seed=1)
+    assert used.n_particles is None
+    plain = GaussianMixture(torch.tensor([[-3.0, 1.0], [3.0, 0.0]]), 0.5)
+    fresh_sampler = PTSD(**cfg)
+    again, fresh = used.run(plain, 64, seed=2), fresh_sampler.run(plain, 64, seed=2)
+    torch.testing.assert_close(again.samples, fresh.samples, rtol=0, atol=0)
+    assert used.models_.keys() == fresh_sampler.models_.keys()
+    for k, model in used.models_.items():
+        theirs = dict(fresh_sampler.models_[k].named_parameters())
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p, theirs[name], rtol=0, atol=0)

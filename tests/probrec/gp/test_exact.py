@@ -181,6 +181,34 @@ def test_tanimoto_is_jaccard_on_bits_and_minmax_on_counts():
     assert abs(float(tanimoto(c, c)[0, 1]) - (1 + 0 + 1) / (2 + 3 + 1)) < 1e-12
     with pytest.raises(ValueError, match="non-negative"):
         tanimoto(-c, c)
+    for bad in (float("nan"), float("inf")):  # NaN used to give similarity 1
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            tanimoto(c, torch.full_like(c, bad))
+
+
+def test_gp_settings_are_checked_where_they_are_given():
+    from probrec.gp.head import GPHead
+
+    for kw, match in (
+        ({"noise_mode": 0.0}, "noise_mode"),
+        ({"noise_mode": float("nan")}, "noise_mode"),
+        ({"min_noise": -1.0}, "min_noise"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            GPConfig(**kw)
+    with pytest.raises(TypeError, match="lengthscale_prior must be a bool"):
+        GPConfig(lengthscale_prior="no")
+    assert GPConfig(noise_mode=0.05, min_noise=0.0).noise_prior_mode == 0.05
+    with pytest.raises(TypeError, match="config must be a GPConfig"):
+        GPHead("rbf")
+    for kw, err in (
+        ({"tol": float("nan")}, ValueError),
+        ({"tol": 0.0}, ValueError),
+        ({"max_iter": 0}, ValueError),
+        ({"max_iter": 2.5}, TypeError),
+    ):
+        with pytest.raises(err, match=next(iter(kw))):
+            GPHead(GPConfig(), **kw)
 
 
 def test_nlml_matches_multivariate_normal_and_masking_is_exact():
