@@ -89,6 +89,8 @@ def _check_pair(probs: Any, counts: Any) -> tuple[np.ndarray, np.ndarray]:
     p, c = _np(probs, "probs"), _counts(counts)
     if p.shape != c.shape:
         raise ValueError(f"probs {p.shape} and counts {c.shape} must have the same shape")
+    if p.shape[0] == 0:
+        raise ValueError("probs and counts hold no items")
     if (p < -1e-12).any():
         raise ValueError("probs must be non-negative")
     return p, c
@@ -123,6 +125,11 @@ def nll(log_probs: Any, counts: Any, *, per_item: bool = False) -> float:
         raise ValueError(f"log_probs {lp.shape} and counts {c.shape} must have the same shape")
     if np.isnan(lp).any() or np.isposinf(lp).any():
         raise ValueError("log_probs contains NaN or +inf")
+    if (lp > 1e-6).any():  # e.g. probabilities passed for log-probabilities
+        raise ValueError(
+            f"log_probs must be log-probabilities (<= 0), got values up to {lp.max():.3g}; "
+            "pass the log of the probabilities"
+        )
     if not c.sum() > 0:
         raise ValueError("counts has no annotations")
     terms = c * np.where(c > 0, lp, 0.0)  # 0 * -inf for unused labels is 0
@@ -203,10 +210,14 @@ def wasserstein1(probs: Any, counts: Any, values: Any) -> np.ndarray:
 
 
 def majority_accuracy(probs: Any, counts: Any) -> float:
-    """Fraction of items whose most likely predicted label is a most frequent human label."""
+    """Fraction of items whose most likely predicted label is a most frequent human label
+    (items without annotations are left out)."""
     p, c = _check_pair(probs, counts)
-    pred = p.argmax(-1)
-    hit = c[np.arange(len(c)), pred] == c.max(-1)
+    has = c.sum(-1) > 0
+    if not has.any():
+        raise ValueError("counts has no annotations")
+    pred = p[has].argmax(-1)
+    hit = c[has][np.arange(int(has.sum())), pred] == c[has].max(-1)
     return float(hit.mean())
 
 

@@ -95,6 +95,17 @@ def test_moments_rmse_nll_accuracy_on_a_hand_case():
     assert majority_accuracy(probs, counts) == pytest.approx(2 / 3)  # ties count as hits
     with pytest.raises(ValueError, match="same shape"):
         mean_rmse(probs[:2], counts, values)
+    # an item without annotations is no hit and no miss (it counted as a hit)
+    no_votes = np.vstack([counts, np.zeros(5, dtype=int)])
+    assert majority_accuracy(np.vstack([probs, probs[:1]]), no_votes) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no annotations"):
+        majority_accuracy(probs, np.zeros_like(counts))
+    # probabilities where log-probabilities belong gave a negative NLL
+    with pytest.raises(ValueError, match=r"log_probs must be log-probabilities \(<= 0\)"):
+        nll(np.full((3, 5), 0.2), counts)
+    for fn in (majority_accuracy, lambda p, c: mean_rmse(p, c, values)):  # NaN before
+        with pytest.raises(ValueError, match="no items"):
+            fn(np.zeros((0, 5)), np.zeros((0, 5)))
 
 
 def test_kl_to_truth_matches_scipy_entropy():
