@@ -60,7 +60,8 @@ def as_float_tensor(
             ) from exc
         if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
             raise TypeError(f"{name} must be numeric array-like, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        # (ascontiguousarray makes a 0-d array 1-d: the reshape keeps a scalar a scalar)
+        t = torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape))
     if dtype is None:
         dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
     t = t.to(dtype=dtype, device=device if device is not None else t.device)

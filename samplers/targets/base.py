@@ -8,8 +8,10 @@ be sampled exactly implement :meth:`Target.sample`.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,15 @@ class Target(nn.Module, ABC):
     analytic_grad: bool = False
     log_normalizer: float | None = None
     cpu_compile_min_row_evals: int | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        # every log_prob / log_prob_and_grad a subclass defines checks the width of its input:
+        # a [n, d'] batch with d' != dim could otherwise broadcast to finite, wrong densities
+        super().__init_subclass__(**kwargs)
+        for name in ("log_prob", "log_prob_and_grad"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "__isabstractmethod__", False):
+                setattr(cls, name, _width_checked(fn))
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -126,6 +137,23 @@ class Target(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+def _width_checked(fn: Callable) -> Callable:
+    """``fn(self, x, ...)`` that first checks ``x.shape[-1] == self.dim``."""
+    if getattr(fn, "_checks_width", False):
+        return fn
+
+    @functools.wraps(fn)
+    def checked(self: Target, x: Tensor, *args, **kwargs):
+        if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[-1] != self.dim):
+            raise ValueError(
+                f"x must have shape (n, {self.dim}) for target {self.name!r}, got {tuple(x.shape)}"
+            )
+        return fn(self, x, *args, **kwargs)
+
+    checked._checks_width = True  # type: ignore[attr-defined]
+    return checked
 
 
 def _generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probrec.checks import check_real, host_array
+from probrec.checks import as_float_tensor, check_real, host_array
 
 
 @pytest.mark.parametrize("value", [0.0, 1, 2.5, np.float32(3.0), np.int64(4)])
@@ -41,3 +41,12 @@ def test_host_array_reads_tensors_with_gradients_and_array_likes():
     out = host_array(t)
     assert out.dtype == np.float64 and out.tolist() == [1.0, 2.5]
     assert host_array([1, 2], dtype=np.int64).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), np.array(0.5), 0.5])
+def test_as_float_tensor_keeps_scalars_scalars(value):
+    """NumPy scalars were made one-dimensional (GaussianMixture(means, np.float32(0.5)) then
+    refused its scales as having 1 entry)."""
+    t = as_float_tensor(value, "scales")
+    assert t.shape == () and float(t) == 0.5
+    assert as_float_tensor(np.ones((2, 3))[:, ::2], "x").shape == (2, 2)  # made contiguous

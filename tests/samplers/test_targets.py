@@ -316,3 +316,34 @@ def test_tempered_mala_transition_on_mog40_compiled_equals_eager():
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-3)  # log-densities
     torch.testing.assert_close(compiled[3], eager[3], rtol=1e-3, atol=1e-3)  # accept probs
     assert float((compiled[0] - eager[0]).abs().max()) < 1e-3
+
+
+def test_a_mixture_takes_a_numpy_scalar_scale():
+    means = torch.zeros(3, 2)
+    a = GaussianMixture(means, np.float32(0.5))
+    b = GaussianMixture(means, 0.5)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.log_prob(x), b.log_prob(x))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ManyWell(4),
+        lambda: Gaussian(torch.zeros(3)),
+        lambda: MoG40(),
+        lambda: DoubleWell4(),
+        lambda: LennardJones(13),
+        lambda: from_log_prob(lambda x: -(x * x).sum(-1), 3),
+    ],
+)
+def test_a_batch_of_the_wrong_width_is_refused_not_broadcast(make):
+    """ManyWell(4) gave finite densities for [n, 2] batches; every target checks the width."""
+    target = make()
+    good = target.init_positions(5, torch.Generator().manual_seed(0)).to(torch.float64)
+    lp, grad = target.log_prob_and_grad(good)
+    assert lp.shape == (5,) and grad.shape == good.shape
+    for bad in (good[:, :-1], torch.cat([good, good[:, :1]], 1)):
+        for fn in (target.log_prob, target.log_prob_and_grad):
+            with pytest.raises(ValueError, match=rf"x must have shape \(n, {target.dim}\)"):
+                fn(bad)
