@@ -16,10 +16,32 @@ from typing import Any
 
 import numpy as np
 
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_seed
 from probrec.seeding import SeedLike, numpy_rng
 
 KINDS = ("classification", "regression")
+
+
+def row_index(index: Any, n: int, name: str, *, unique: bool = False) -> np.ndarray:
+    """``index`` as ``int64`` row indices ``[m]`` of an ``n``-row table, checked.
+
+    Negative indices (which NumPy wraps to the last rows), fractional ones (which it truncates)
+    and nested ones (which a reshape would flatten) are refused, not reinterpreted.
+
+    Raises:
+        ValueError: ``index`` is not 1-D, not integer, out of ``[0, n)`` or (``unique``)
+            repeats a row.
+    """
+    idx = np.asarray(index)
+    if idx.size == 0 and idx.ndim == 1:
+        return idx.astype(np.int64)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{name} must be 1-D integer row indices, got {idx.dtype} {idx.shape}")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"{name} must index rows in [0, {n}), got {idx.min()}..{idx.max()}")
+    if unique and len(np.unique(idx)) != len(idx):
+        raise ValueError(f"{name} repeats a row")
+    return idx.astype(np.int64)
 
 
 class RowView:
@@ -36,17 +58,7 @@ class RowView:
 
     def __init__(self, matrix: np.ndarray, index: np.ndarray) -> None:
         self.matrix = matrix
-        idx = np.asarray(index)
-        if idx.ndim != 1 or (
-            idx.size
-            and (
-                not np.issubdtype(idx.dtype, np.integer)
-                or idx.min() < 0
-                or idx.max() >= len(matrix)
-            )
-        ):  # -1 wrapped to the last row and floats were truncated, silently
-            raise ValueError(f"index must be 1-D int rows of the matrix, in [0, {len(matrix)})")
-        self.index = idx.astype(np.int64)
+        self.index = row_index(index, len(matrix), "index")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -170,7 +182,7 @@ class Task:
 
     def subset(self, index: Sequence[int] | np.ndarray) -> Task:
         """Returns the task restricted to rows ``index`` (same name, kind and metadata)."""
-        idx = np.asarray(index, dtype=np.int64)
+        idx = row_index(index, len(self), "index")
         x = self.inputs.take(idx) if isinstance(self.inputs, RowView) else self.inputs[idx]
         return Task(x, self.labels[idx], self.kind, self.name, dict(self.metadata))
 
@@ -196,14 +208,11 @@ class Episode:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        s = np.asarray(self.support_index, dtype=np.int64).reshape(-1)
-        q = np.asarray(self.query_index, dtype=np.int64).reshape(-1)
         n = len(self.task)
+        s = row_index(self.support_index, n, "support_index", unique=True)
+        q = row_index(self.query_index, n, "query_index", unique=True)
         if len(s) == 0:
             raise ValueError(f"support set of task {self.task.name!r} is empty")
-        for name, idx in (("support_index", s), ("query_index", q)):
-            if len(idx) and (idx.min() < 0 or idx.max() >= n):
-                raise ValueError(f"{name} out of range for task {self.task.name!r} of size {n}")
         if np.intersect1d(s, q).size:
             raise ValueError("support_index and query_index overlap")
         if self.task.is_classification:
@@ -296,7 +305,7 @@ def sample_episode(
         ValueError: the task is too small or (classification) lacks a class.
     """
     check_positive_int(support_size, "support_size")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     n = len(task)
     if support_size >= n:
         raise ValueError(

@@ -119,5 +119,30 @@ def test_rowview_indexes_shared_matrix():
     assert t.is_featurized
     np.testing.assert_array_equal(np.asarray(t.subset([1]).inputs), m[[1]])
     for bad in ([-1], [10], [1.7], [[1, 2]]):  # -1 read the last row, 1.7 row 1
-        with pytest.raises(ValueError, match="index must be 1-D int rows"):
+        with pytest.raises(ValueError, match="index must (be 1-D integer|index rows in)"):
             RowView(m, np.array(bad))
+
+
+def test_episodes_and_subsets_refuse_indices_numpy_would_reinterpret():
+    t = Task(np.arange(20.0).reshape(10, 2), [0, 1] * 5, "classification", "t")
+    for bad, match in (
+        ([0, 1, 1, 3], "support_index repeats a row"),
+        ([0.7, 1.9], "support_index must be 1-D integer"),  # truncated to [0, 1] before
+        ([[0, 1], [2, 3]], "support_index must be 1-D integer"),  # flattened before
+        ([-1, 0], r"support_index must index rows in \[0, 10\)"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Episode(t, bad, [4, 5])
+    for bad in ([-1, -2], [0.9, 1.9]):  # wrapped to the last rows / truncated before
+        with pytest.raises(ValueError, match="index must"):
+            t.subset(bad)
+    assert len(t.subset(np.array([3, 3]))) == 2  # repeats stay allowed in a subset
+    ep = Episode(t, np.array([0, 1]), [])
+    assert ep.query_index.dtype == np.int64 and len(ep.query_index) == 0
+    for seed in (1.5, None, "3"):  # None drew a new split on every call
+        with pytest.raises(TypeError, match="seed must be an int"):
+            sample_episode(t, 4, seed=seed)
+    assert np.array_equal(
+        sample_episode(t, 4, seed=np.int64(3)).support_index,
+        sample_episode(t, 4, seed=3).support_index,
+    )
