@@ -27,7 +27,7 @@ from metalearn.base import MetaLearner, check_support
 from metalearn.episodes import MetaBatch
 from metalearn.hypergrad import implicit_argmin
 from metalearn.training import TrainConfig, meta_train
-from probrec.backbone import MLPEncoder
+from probrec.backbone import MLPEncoder, hidden_widths
 from probrec.checks import as_float_tensor, check_choice
 from probrec.gp.exact import (
     GPConfig,
@@ -134,8 +134,7 @@ class _DeepKernelBase(MetaLearner):
 
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
         full = {**self.defaults, **{k: v for k, v in asdict(TrainConfig()).items()}, **config}
-        if isinstance(full["hidden"], list):
-            full["hidden"] = tuple(full["hidden"])
+        full["hidden"] = hidden_widths(full["hidden"])
         super().__init__(kind, seed, device, **full)
         self.gp_config = GPConfig(
             kernel=full["kernel"],

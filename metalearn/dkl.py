@@ -16,7 +16,8 @@ import torch
 
 from metalearn.base import MetaLearner, check_support
 from metalearn.deep_kernel import DeepKernelPredictor
-from probrec.backbone import MLPEncoder
+from probrec.backbone import MLPEncoder, hidden_widths
+from probrec.checks import check_positive_int, check_real
 from probrec.gp.exact import GPConfig, geometry, inner_objective, prior_centres
 from probrec.gp.head import GPHead, encode_labels
 
@@ -44,7 +45,10 @@ class DKL(MetaLearner):
 
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
         full = {**self.defaults, **config}
-        full["hidden"] = tuple(full["hidden"])
+        full["hidden"] = hidden_widths(full["hidden"])
+        check_positive_int(full["steps"], "steps", minimum=0)
+        check_real(full["lr"], "lr", strict=True)
+        check_real(full["weight_decay"], "weight_decay")
         super().__init__(kind, seed, device, **full)
         self.gp_config = GPConfig(kernel=full["kernel"], kind=kind)
         self._n_adapted = 0

@@ -120,13 +120,33 @@ def check_positive_int(value: int, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def as_bool_mask(mask: Any, name: str = "mask") -> torch.Tensor:
+    """``mask`` (a tensor or array-like) as a bool tensor.
+
+    Bool or 0 / 1 integers are accepted; floats are refused (a mask of 0.5 would be read as
+    ``True``, silently).
+
+    Raises:
+        TypeError: ``mask`` is floating, complex, or holds integers other than 0 / 1.
+    """
+    t = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+    if t.dtype == torch.bool:
+        return t
+    if t.is_floating_point() or t.is_complex() or not bool(((t == 0) | (t == 1)).all()):
+        raise TypeError(f"{name} must be bool (True = valid) or 0/1 integers, got {t.dtype}")
+    return t.bool()
+
+
 def check_seed(value: int | None, name: str = "seed", *, optional: bool = False) -> int | None:
-    """Checks that ``value`` is an integer seed (or ``None`` when ``optional``)."""
+    """Checks that ``value`` is an integer seed in ``[0, 2**63)`` (or ``None`` when
+    ``optional``): the range both NumPy's and torch's generators take."""
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         expected = "an int or None" if optional else "an int"
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    if not 0 <= int(value) < 2**63:
+        raise ValueError(f"{name} must be in [0, 2**63), got {value}")
     return int(value)
 
 

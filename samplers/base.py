@@ -208,6 +208,7 @@ class Sampler(ABC):
             ("burn_in_fraction", burn_in_fraction),
             ("warmup_fraction", warmup_fraction),
         ):
+            v = check_real(v, name)
             if not 0.0 <= v < 1.0 if name == "burn_in_fraction" else not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
         self.burn_in_fraction = float(burn_in_fraction)

@@ -412,7 +412,7 @@ class DiKL(NeuralSampler):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.lr = check_real(lr, "lr", strict=True)
         self.score_lr = check_real(score_lr, "score_lr", strict=True)
-        if not 0 < lr_decay <= 1:
+        if not 0 < check_real(lr_decay, "lr_decay") <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
         self.lr_decay = float(lr_decay)
         self.grad_clip = (

@@ -17,12 +17,23 @@ def _probrec():
     from probrec.data import synthetic_annotations
     from probrec.data.fsmol import clean_chembl_assay_table
     from probrec.gp.exact import GPConfig
+    from probrec.gp.head import GPHead
+    from probrec.gp.pool_bo import pool_bo
     from probrec.recsys.coldstart import HeadFineTune
     from probrec.recsys.transfer import kd_loss
 
     z = torch.zeros(3)
+    pool = torch.arange(20.0).reshape(10, 2)
     return {
         "GPConfig.prior_scale": ("prior_scale", lambda v: GPConfig(prior_scale=v), 0.0),
+        "GPConfig.noise_mode": ("noise_mode", lambda v: GPConfig(noise_mode=v), 0.0),
+        "GPConfig.min_noise": ("min_noise", lambda v: GPConfig(min_noise=v), -1.0),
+        "GPHead.tol": ("tol", lambda v: GPHead(GPConfig(), tol=v), 0.0),
+        "pool_bo.beta": (
+            "beta",
+            lambda v: pool_bo(pool, pool[:, 0], None, n_init=2, n_iter=1, beta=v),
+            -1.0,
+        ),
         "clean_chembl_assay_table.max_mol_weight": (
             "max_mol_weight",
             lambda v: clean_chembl_assay_table("missing.csv", max_mol_weight=v),
@@ -61,6 +72,12 @@ def _samplers():
     small = {"n_inputs": 2, "n_hidden": 2, "n_train": 4, "n_test": 4}
     return {
         "Sampler.budget": ("budget", lambda v: samplers.MALA(budget=v), 0.0),
+        "Sampler.burn_in_fraction": (
+            "burn_in_fraction",
+            lambda v: samplers.MALA(budget=10, burn_in_fraction=v),
+            -0.5,
+        ),
+        "DiKL.lr_decay": ("lr_decay", lambda v: samplers.DiKL(lr_decay=v), 0.0),
         "NeuralSampler.budget": ("budget", lambda v: samplers.DiKL(budget=v), 0.0),
         "VPSchedule.beta_min": ("beta_min", lambda v: VPSchedule(beta_min=v), 0.0),
         "VPSchedule.beta_max": ("beta_max", lambda v: VPSchedule(beta_max=v), 0.0),
@@ -127,6 +144,7 @@ def _samplers():
 
 
 def _metalearn():
+    from metalearn.dkl import DKL
     from metalearn.hypergrad import conjugate_gradient, implicit_argmin
     from metalearn.identifiability import LinearCausalModel, make_synthetic_tasks
     from metalearn.identifiability.causal import fit_causal_model
@@ -173,6 +191,8 @@ def _metalearn():
             -1.0,
         ),
         "TrainConfig.lr": ("lr", lambda v: TrainConfig(lr=v), 0.0),
+        "DKL.lr": ("lr", lambda v: DKL(lr=v), 0.0),
+        "DKL.weight_decay": ("weight_decay", lambda v: DKL(weight_decay=v), -1.0),
         "TrainConfig.weight_decay": ("weight_decay", lambda v: TrainConfig(weight_decay=v), -1.0),
         "TrainConfig.clip_norm": ("clip_norm", lambda v: TrainConfig(clip_norm=v), -1.0),
         "LinearCausalModel.sigma_s": (
@@ -223,3 +243,38 @@ def test_all_finite_agrees_with_the_elementwise_check_including_overflowing_sums
     for t in cases:
         assert all_finite(t) == bool(torch.isfinite(t).all())
     assert all_finite(torch.full((10,), 3e38))  # the sum overflows, the entries are finite
+
+
+def test_other_arguments_fail_early_with_their_name():
+    import samplers
+    from metalearn.dkl import DKL
+    from probrec.backbone import hidden_widths
+    from probrec.flows import ConditionalSoftmaxFlow
+    from probrec.gp.exact import GPConfig
+    from probrec.gp.head import GPHead, encode_labels
+    from probrec.gp.linalg import NotPositiveDefiniteError, robust_cholesky
+    from samplers.targets import Gaussian
+
+    y = torch.tensor([[0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="kind"):  # was standardised as regression
+        encode_labels(y, "regresion")
+    with pytest.raises(TypeError, match="burn_in_fraction must be a real number"):
+        samplers.MALA(budget=10, burn_in_fraction="a")
+    with pytest.raises(TypeError, match="lr_decay must be a real number"):
+        samplers.DiKL(lr_decay="x")
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
+        samplers.MALA(budget=10).run(Gaussian(torch.zeros(2)), 4, seed=2**70)
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="mask must be bool"):  # 0.5 was read as True
+        GPHead(GPConfig()).fit(z, torch.tensor([0.0, 1.0] * 3), mask=torch.full((6,), 0.5))
+    with pytest.raises(NotPositiveDefiniteError, match=r"not positive definite even with"):
+        robust_cholesky(-torch.eye(3))  # one matrix: no batch index to name
+    assert hidden_widths(8) == (8,) and hidden_widths([4, 2]) == (4, 2)
+    assert ConditionalSoftmaxFlow(3, hidden=8).encoder.hidden == (8,)
+    assert DKL(hidden=8).config["hidden"] == (8,)
+    with pytest.raises(TypeError, match="hidden must be an int or a sequence"):
+        hidden_widths("8")
+    with pytest.raises(ValueError, match="steps"):
+        DKL(steps=-3)
+    with pytest.raises(TypeError, match="steps"):
+        DKL(steps=2.7)

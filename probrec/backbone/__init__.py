@@ -17,7 +17,7 @@ from probrec.backbone.gmp import (
     hyperspherical_to_cartesian,
 )
 from probrec.backbone.history import HistoryBatch, HistoryEncoder, build_history_batch, recency_rank
-from probrec.backbone.mlp import ACTIVATIONS, MLPEncoder
+from probrec.backbone.mlp import ACTIVATIONS, MLPEncoder, hidden_widths
 from probrec.backbone.store import (
     EmbeddingStore,
     EmbeddingStoreWriter,
@@ -35,6 +35,7 @@ __all__ = [
     "GmPLinear",
     "HistoryBatch",
     "HistoryEncoder",
+    "hidden_widths",
     "MLPEncoder",
     "MissingKeyError",
     "TextEmbedder",

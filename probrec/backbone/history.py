@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probrec.backbone.store import EmbeddingStore, MissingKeyError, canonical_key
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import as_bool_mask, check_choice, check_positive_int
 from probrec.seeding import torch_generator
 
 __all__ = ["HistoryBatch", "HistoryEncoder", "build_history_batch", "recency_rank"]
@@ -167,11 +167,7 @@ def _check_mask(mask: Tensor, shape: tuple[int, int]) -> Tensor:
         raise ValueError(
             f"mask must have shape {list(shape)} (values.shape[:2]), got {tuple(mask.shape)}"
         )
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_floating_point() or mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-        raise TypeError(f"mask must be bool (True = valid) or 0/1 integers, got {mask.dtype}")
-    return mask.bool()
+    return as_bool_mask(mask)
 
 
 class HistoryEncoder(nn.Module):

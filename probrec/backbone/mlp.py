@@ -18,6 +18,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import scipy.sparse
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ from probrec.backbone.gmp import GmPLinear
 from probrec.checks import check_choice, check_positive_int
 from probrec.seeding import torch_generator
 
-__all__ = ["ACTIVATIONS", "MLPEncoder", "sparse_linear"]
+__all__ = ["ACTIVATIONS", "MLPEncoder", "hidden_widths", "sparse_linear"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -125,6 +126,20 @@ def sparse_linear(x: Tensor, layer: nn.Module) -> Tensor:
     return y if layer.bias is None else y + layer.bias
 
 
+def hidden_widths(hidden: int | Sequence[int], name: str = "hidden") -> tuple[int, ...]:
+    """Hidden-layer widths as a tuple: one int is one layer, a sequence one width per layer.
+
+    Raises:
+        TypeError: not an int or a sequence of ints.
+        ValueError: a width below 1.
+    """
+    if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
+        hidden = (int(hidden),)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {hidden!r}")
+    return tuple(check_positive_int(h, f"{name}[{i}]") for i, h in enumerate(hidden))
+
+
 class MLPEncoder(nn.Module):
     """MLP mapping ``[..., in_dim]`` inputs to ``[..., out_dim]`` features.
 
@@ -176,9 +191,7 @@ class MLPEncoder(nn.Module):
             raise TypeError(f"sparse_input must be 'auto', True or False, got {sparse_input!r}")
         self.sparse_input = sparse_input
         self.in_dim = check_positive_int(in_dim, "in_dim")
-        if isinstance(hidden, int):
-            hidden = (hidden,)
-        self.hidden = tuple(check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+        self.hidden = hidden_widths(hidden)
         if out_dim is None and not self.hidden:
             raise ValueError("MLPEncoder needs hidden layers or an out_dim; both are empty")
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))

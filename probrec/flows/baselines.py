@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from probrec.backbone import ACTIVATIONS, MLPEncoder
+from probrec.backbone import ACTIVATIONS, MLPEncoder, hidden_widths
 from probrec.checks import check_choice, check_positive_int
 from probrec.flows.base import (
     DEFAULT_DROPOUT,
@@ -72,7 +72,7 @@ class _EncodedHead(AnnotatorModel):
         seed: int,
     ) -> None:
         super().__init__(in_dim, labels, seed=seed)
-        self._remember(hidden=tuple(hidden), dropout=dropout)
+        self._remember(hidden=hidden_widths(hidden), dropout=dropout)
         gen = torch.Generator().manual_seed(self.seed)
         self.encoder = MLPEncoder(in_dim, hidden, dropout=dropout, seed=gen)
         self.head = nn.Linear(self.encoder.out_dim, n_out)
@@ -343,7 +343,7 @@ class DeepEnsemble(MemberPanels, AnnotatorModel):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         self._remember(
-            members=members, hidden=tuple(hidden), dropout=dropout, activation=activation
+            members=members, hidden=hidden_widths(hidden), dropout=dropout, activation=activation
         )
         gen = torch.Generator().manual_seed(self.seed)
         widths = [in_dim, *hidden]

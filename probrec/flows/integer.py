@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from probrec.backbone import MLPEncoder
+from probrec.backbone import MLPEncoder, hidden_widths
 from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.flows.base import (
     DEFAULT_DROPOUT,
@@ -150,7 +150,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples")
         self.quadrature = check_quadrature(quadrature, item_latent) if item_latent else 0
         self._remember(
-            hidden=tuple(hidden),
+            hidden=hidden_widths(hidden),
             dropout=dropout,
             n_layers=n_layers,
             n_bins=n_bins,

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from probrec.backbone import MLPEncoder
+from probrec.backbone import MLPEncoder, hidden_widths
 from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.flows.base import (
     DEFAULT_DROPOUT,
@@ -253,7 +253,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples", minimum=2)
         self.quadrature = check_quadrature(quadrature, self.n_labels)
         self._remember(
-            hidden=tuple(hidden),
+            hidden=hidden_widths(hidden),
             dropout=dropout,
             n_layers=n_layers,
             flow_hidden=flow_hidden,

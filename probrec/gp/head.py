@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import gpytorch
 import torch
 
-from probrec.checks import as_float_tensor, check_positive_int, check_real
+from probrec.checks import (
+    as_bool_mask,
+    as_float_tensor,
+    check_choice,
+    check_positive_int,
+    check_real,
+)
 from probrec.gp.exact import (
     GPConfig,
     geometry,
@@ -49,6 +55,7 @@ def encode_labels(
     Raises:
         ValueError: classification labels outside {0, 1}.
     """
+    check_choice(kind, "kind", ("classification", "regression"))  # a typo read as regression
     m = torch.ones_like(y, dtype=torch.bool) if mask is None else mask
     if kind == "classification":
         if not bool(((y == 0) | (y == 1) | ~m).all()):
@@ -260,11 +267,11 @@ class GPHead:
             if z.dim() != 2:
                 raise ValueError(f"z_s must have shape [n, d] or [T, n, d], got {tuple(z.shape)}")
             z, y = z[None], y[None]
-            mask = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)[None]
+            mask = None if mask is None else as_bool_mask(mask)[None]
         if y.shape != z.shape[:2]:
             raise ValueError(f"y_s must have shape {tuple(z.shape[:2])}, got {tuple(y.shape)}")
         if mask is not None:
-            mask = torch.as_tensor(mask, dtype=torch.bool, device=z.device)
+            mask = as_bool_mask(mask).to(z.device)
             if mask.shape != y.shape:
                 raise ValueError(
                     f"mask must have the shape of y_s {tuple(y.shape)}, got {tuple(mask.shape)}"

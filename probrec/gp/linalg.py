@@ -52,9 +52,13 @@ def robust_cholesky(k: torch.Tensor, *, jitters: tuple[float, ...] = JITTERS) ->
             info = torch.where(failed, info_j, info)
         if not bool((info > 0).any()):
             return chol
-    bad = torch.nonzero(info > 0).flatten().tolist()
+    where = (
+        f" for batch index(es) {torch.nonzero(info > 0).flatten().tolist()[:10]}"
+        if info.dim()
+        else ""
+    )
     raise NotPositiveDefiniteError(
-        f"kernel matrix not positive definite for batch index(es) {bad[:10]} even with jitter "
+        f"kernel matrix not positive definite{where} even with jitter "
         f"{jitters[-1]:g} x mean diagonal in float64; the features may be degenerate"
     )
 

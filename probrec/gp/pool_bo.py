@@ -23,7 +23,7 @@ from botorch.acquisition import (
 )
 from botorch.models.model import Model
 
-from probrec.checks import as_float_tensor, check_choice, check_positive_int
+from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
 from probrec.seeding import numpy_rng
 
 ACQUISITIONS = ("logei", "ei", "ucb")
@@ -104,6 +104,7 @@ def pool_bo(
     t = as_float_tensor(y, "y", dtype=torch.float64, device=x.device)
     check_positive_int(n_init, "n_init")
     check_choice(acquisition, "acquisition", ACQUISITIONS)
+    check_real(beta, "beta")  # NaN failed after a model fit; a negative weight is not UCB
     if n_iter < 0:
         raise ValueError(f"n_iter must be >= 0, got {n_iter}")
     if x.dim() != 2 or t.shape != (x.shape[0],):

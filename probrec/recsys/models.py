@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from probrec.backbone.history import HistoryEncoder
-from probrec.backbone.mlp import MLPEncoder
+from probrec.backbone.mlp import MLPEncoder, hidden_widths
 from probrec.checks import all_finite, check_choice, check_positive_int, check_seed
 from probrec.seeding import seeded_rng, torch_generator
 
@@ -154,7 +154,7 @@ class _Top(nn.Module):
         super().__init__()
         in_dim = n_vec * (n_vec - 1) // 2 + n_vec * emb
         self.mlp = MLPEncoder(
-            in_dim, hidden=tuple(hidden), dropout=dropout, sparse_input=False, seed=seed
+            in_dim, hidden=hidden_widths(hidden), dropout=dropout, sparse_input=False, seed=seed
         )
         self.logit = nn.Linear(hidden[-1], 1)
 
