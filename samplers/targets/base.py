@@ -65,6 +65,11 @@ class Target(nn.Module, ABC):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
+        # constants derived from the buffers are derived again from loaded ones
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._derive())
+
+    def _derive(self) -> None:  # noqa: B027 - optional hook
+        """Recomputes constants derived from the buffers (after ``load_state_dict``)."""
 
     @abstractmethod
     def log_prob(self, x: Tensor) -> Tensor:

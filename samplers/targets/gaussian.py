@@ -58,8 +58,13 @@ class Gaussian(Target):
         self.register_buffer("covariance", cov.clone())
         self.register_buffer("_chol", chol.to(mean.dtype))
         self.register_buffer("_prec", prec.to(mean.dtype))
+        self._derive()
+
+    def _derive(self) -> None:
+        """The normalising constant, from the covariance in float64 (after ``load_state_dict``)."""
+        chol = torch.linalg.cholesky(self.covariance.double())
         logdet = 2 * torch.log(torch.diagonal(chol)).sum()
-        self._const = float(-0.5 * (d * LOG_2PI + logdet))
+        self._const = float(-0.5 * (self.dim * LOG_2PI + logdet))
 
     def log_prob(self, x: Tensor) -> Tensor:
         z = x - self.mean.to(x)

@@ -84,16 +84,20 @@ class GaussianMixture(Target):
         self.register_buffer("means", means.clone())
         self.register_buffer("scales", s.contiguous().clone())
         self.register_buffer("weights", w)
-        # derived constants, computed in float64 and kept twice: in float64 (used for float64
-        # inputs, so they get float64 accuracy even when the parameters are float32 numbers)
-        # and in the parameters' dtype (used otherwise, so no conversion happens per call)
+        self._derive()
+
+    def _derive(self) -> None:
+        """Constants of the log-density, computed in float64 and kept twice: in float64 (used
+        for float64 inputs, so they get float64 accuracy even when the parameters are float32
+        numbers) and in the parameters' dtype (used otherwise, no conversion per call)."""
+        s, means, w = self.scales, self.means, self.weights
         s64, m64 = s.double(), means.double()
         prec = 1.0 / s64**2
         const = (
             torch.log(w.double())
             - 0.5 * (m64**2 * prec).sum(-1)
             - torch.log(s64).sum(-1)
-            - 0.5 * d * LOG_2PI
+            - 0.5 * self.dim * LOG_2PI
         )
         for name, val in (("_prec", prec), ("_mean_prec", m64 * prec), ("_const", const)):
             self.register_buffer(name + "64", val.contiguous(), persistent=False)

@@ -347,3 +347,24 @@ def test_a_batch_of_the_wrong_width_is_refused_not_broadcast(make):
         for fn in (target.log_prob, target.log_prob_and_grad):
             with pytest.raises(ValueError, match=rf"x must have shape \(n, {target.dim}\)"):
                 fn(bad)
+
+
+def test_a_loaded_state_dict_gives_the_saved_targets_densities():
+    """Derived constants are recomputed on load (they were kept from the receiving target)."""
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pairs = [
+        (
+            GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), torch.tensor([0.5, 2.0])),
+            GaussianMixture(torch.zeros(2, 2), 1.0),
+        ),
+        (
+            Gaussian(torch.ones(2), torch.tensor([[2.0, 0.3], [0.3, 1.0]])),
+            Gaussian(torch.zeros(2)),
+        ),
+    ]
+    for saved, other in pairs:
+        other.load_state_dict(saved.state_dict())
+        torch.testing.assert_close(other.log_prob(x), saved.log_prob(x), rtol=0, atol=0)
+        torch.testing.assert_close(
+            other.log_prob_and_grad(x)[1], saved.log_prob_and_grad(x)[1], rtol=0, atol=0
+        )
