@@ -602,7 +602,17 @@ def predictive_nll(
         mask_q: ``[T, m]`` bool mask of real query points.
         joint: the joint Gaussian ``N(y | mean, cov + noise I)`` (ADKF-IFT's outer loss)
             instead of the sum of marginal log densities.
+
+    Raises:
+        ValueError: ``y_q`` or ``mask_q`` is not of the posterior mean's shape ``[T, m]`` (a
+            ``[m]`` vector would broadcast over the tasks).
     """
+    for name, t in (("y_q", y_q), ("mask_q", mask_q)):
+        if t is not None and tuple(t.shape) != tuple(post.mean.shape):
+            raise ValueError(
+                f"{name} must have the posterior's shape {tuple(post.mean.shape)}, got "
+                f"{tuple(t.shape)}"
+            )
     r = y_q - post.mean
     m = mask_q.to(r.dtype) if mask_q is not None else torch.ones_like(r)
     if not joint:

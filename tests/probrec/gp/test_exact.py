@@ -422,6 +422,10 @@ def test_joint_and_marginal_predictive_nll():
         .sum()
     )
     assert abs(float(marg[0] - ref_m)) < 1e-8
+    with pytest.raises(ValueError, match=r"y_q must have the posterior's shape \(1, 8\)"):
+        predictive_nll(post, y[12:])  # [m] would broadcast over the tasks
+    with pytest.raises(ValueError, match="mask_q must have"):
+        predictive_nll(post, y[None, 12:], torch.ones(8, dtype=torch.bool))
 
 
 def test_gaussian_nll_value_and_closed_form_backward():
