@@ -66,7 +66,7 @@ class Target(nn.Module, ABC):
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         # constants derived from the buffers are derived again from loaded ones
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._derive())
+        self.register_load_state_dict_post_hook(_rederive)
 
     def _derive(self) -> None:  # noqa: B027 - optional hook
         """Recomputes constants derived from the buffers (after ``load_state_dict``)."""
@@ -142,6 +142,11 @@ class Target(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+def _rederive(module: Target, _incompatible_keys: object) -> None:
+    """``load_state_dict`` post-hook (a module-level function: a target stays picklable)."""
+    module._derive()
 
 
 def _width_checked(fn: Callable) -> Callable:

@@ -363,6 +363,10 @@ def test_a_loaded_state_dict_gives_the_saved_targets_densities():
         ),
     ]
     for saved, other in pairs:
+        import pickle
+
+        again = pickle.loads(pickle.dumps(saved))  # the load hook keeps targets picklable
+        torch.testing.assert_close(again.log_prob(x), saved.log_prob(x), rtol=0, atol=0)
         other.load_state_dict(saved.state_dict())
         torch.testing.assert_close(other.log_prob(x), saved.log_prob(x), rtol=0, atol=0)
         torch.testing.assert_close(
