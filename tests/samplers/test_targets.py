@@ -4,6 +4,7 @@ explicit loops over particle pairs."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -363,8 +364,6 @@ def test_a_loaded_state_dict_gives_the_saved_targets_densities():
         ),
     ]
     for saved, other in pairs:
-        import pickle
-
         again = pickle.loads(pickle.dumps(saved))  # the load hook keeps targets picklable
         torch.testing.assert_close(again.log_prob(x), saved.log_prob(x), rtol=0, atol=0)
         other.load_state_dict(saved.state_dict())
