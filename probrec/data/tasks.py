@@ -145,13 +145,14 @@ class Task:
             )
         if self.kind == "classification" and not np.isin(labels, (0.0, 1.0)).all():
             raise ValueError(f"classification labels of task {self.name!r} must be 0 or 1")
-        if (
-            isinstance(inputs, np.ndarray)
-            and inputs.dtype != object
-            and inputs.ndim == 2
-            and not np.isfinite(inputs).all()
-        ):
-            raise ValueError(f"inputs of task {self.name!r} contain NaN/inf features")
+        if isinstance(inputs, np.ndarray) and inputs.dtype != object and inputs.ndim == 2:
+            if inputs.dtype.kind not in "biuf":  # e.g. strings: not a feature matrix
+                raise TypeError(
+                    f"inputs of task {self.name!r} must be a numeric [n, d] feature matrix or "
+                    f"a 1-D sequence of items (e.g. SMILES), got a {inputs.dtype} matrix"
+                )
+            if not np.isfinite(inputs).all():
+                raise ValueError(f"inputs of task {self.name!r} contain NaN/inf features")
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "labels", labels)
 

@@ -123,6 +123,14 @@ def test_rowview_indexes_shared_matrix():
             RowView(m, np.array(bad))
 
 
+def test_a_string_matrix_is_not_taken_for_features():
+    with pytest.raises(
+        TypeError, match="numeric \\[n, d\\] feature matrix"
+    ):  # numpy's ufunc error before
+        Task(np.array([["a", "b"]] * 4), [0, 1] * 2, "classification", "s")
+    assert not Task(np.array(["CCO", "CC"] * 2), [0, 1] * 2, "classification", "s").is_featurized
+
+
 def test_episodes_and_subsets_refuse_indices_numpy_would_reinterpret():
     t = Task(np.arange(20.0).reshape(10, 2), [0, 1] * 5, "classification", "t")
     for bad, match in (
