@@ -124,9 +124,8 @@ def test_rowview_indexes_shared_matrix():
 
 
 def test_a_string_matrix_is_not_taken_for_features():
-    with pytest.raises(
-        TypeError, match="numeric \\[n, d\\] feature matrix"
-    ):  # numpy's ufunc error before
+    # NumPy's ufunc error before
+    with pytest.raises(TypeError, match=r"numeric \[n, d\] feature matrix"):
         Task(np.array([["a", "b"]] * 4), [0, 1] * 2, "classification", "s")
     assert not Task(np.array(["CCO", "CC"] * 2), [0, 1] * 2, "classification", "s").is_featurized
 
