@@ -126,6 +126,12 @@ def pad_annotations(
                 f"{name} must be a padded matrix or a sequence of per-item sequences "
                 f"of numbers: {exc}"
             ) from exc
+        holes = [i for i, r in enumerate(rows) if np.isnan(r).any()]
+        if holes:  # a list holds the labels given; None / NaN there would be read as missing
+            raise ValueError(
+                f"{name}[{holes[0]}] holds None / NaN: a list per item holds only the labels "
+                "its annotators gave (leave missing ones out)"
+            )
         width = max((len(r) for r in rows), default=0)
         arr = np.full((len(rows), max(width, 1)), np.nan)
         for i, r in enumerate(rows):

@@ -46,6 +46,8 @@ def test_lists_and_padded_matrix_give_the_same_annotations():
         (np.array([[1, 2]]), np.array([[True]]), "mask must have the shape"),
         (np.array([1, 2, 3]), None, "1-D array"),
         ([], None, "no items"),
+        ([[1, 2], [3, None]], None, r"annotations\[1\] holds None / NaN"),  # was read as missing
+        ([[1, float("nan")]], None, r"annotations\[0\] holds None / NaN"),
     ],
 )
 def test_bad_annotations_raise_naming_the_problem(annotations, mask, match):
