@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probrec.checks import check_real
+
 from .adaptation import DualAveraging
 from .base import RunPlan, Sampler, warn_if_stuck
 from .compile import CompiledFn
@@ -199,9 +201,9 @@ class DiGS(Sampler):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(alphas, (int, float)):
+        if isinstance(alphas, (int, float, np.integer, np.floating)):
             alphas = (float(alphas),)
-        alphas = [float(a) for a in alphas]
+        alphas = [check_real(a, "alphas") for a in alphas]
         if not alphas or any(not 0.0 < a < 1.0 for a in alphas):
             raise ValueError(f"alphas must be numbers in (0, 1), got {alphas}")
         if isinstance(n_mala, bool) or not isinstance(n_mala, int) or n_mala < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -262,6 +263,9 @@ def test_other_arguments_fail_early_with_their_name():
         samplers.MALA(budget=10, burn_in_fraction="a")
     with pytest.raises(TypeError, match="lr_decay must be a real number"):
         samplers.DiKL(lr_decay="x")
+    assert samplers.DiGS(alphas=np.float32(0.25)).alphas == [0.25]  # was "not iterable"
+    with pytest.raises(TypeError, match="alphas must be a real number"):
+        samplers.DiGS(alphas=("0.1",))
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
         samplers.MALA(budget=10).run(Gaussian(torch.zeros(2)), 4, seed=2**70)
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
