@@ -508,12 +508,10 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
+    """What :func:`~probrec.reporting.json_safe` leaves for ``json.dumps`` to ask about
+    (tensors, arrays and NumPy numbers it has already converted)."""
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")

@@ -369,14 +369,16 @@ class EmbeddingStore:
         """The coded, sorted table of the store's keys that are tuples of ``m`` integers."""
         if m not in self._tuple_tables:
             # (a tuple with an element outside int64 cannot equal a row of an int64 array)
-            pos = [
-                i
-                for i, k in enumerate(self._keys)
-                if type(k) is tuple
-                and len(k) == m
-                and all(type(e) is int and _INT64_MIN <= e <= _INT64_MAX for e in k)
-            ]
-            arr = np.array([self._keys[i] for i in pos], dtype=np.int64).reshape(-1, m)
+            pos, found = [], []
+            for i, k in enumerate(self._keys):
+                if (
+                    type(k) is tuple
+                    and len(k) == m
+                    and all(type(e) is int and _INT64_MIN <= e <= _INT64_MAX for e in k)
+                ):
+                    pos.append(i)
+                    found.append(k)
+            arr = np.array(found, dtype=np.int64).reshape(-1, m)
             self._tuple_tables[m] = _TupleTable.build(arr, np.asarray(pos, dtype=np.int64))
         return self._tuple_tables[m]
 
