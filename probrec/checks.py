@@ -121,20 +121,30 @@ def check_positive_int(value: int, name: str, *, minimum: int = 1) -> int:
 
 
 def as_bool_mask(mask: Any, name: str = "mask") -> torch.Tensor:
-    """``mask`` (a tensor or array-like) as a bool tensor.
+    """``mask`` (a tensor or array-like) as a bool tensor (``True`` = valid).
 
-    Bool or 0 / 1 integers are accepted; floats are refused (a mask of 0.5 would be read as
-    ``True``, silently).
+    One rule for every mask the library takes (GP supports, histories, annotations): bool, or
+    numbers that are all exactly 0 or 1 (integers or floats, as a ``.float()`` mask is). Any
+    other value is refused rather than read as ``True`` (a mask of 0.5 or 2 would be).
 
     Raises:
-        TypeError: ``mask`` is floating, complex, or holds integers other than 0 / 1.
+        TypeError: ``mask`` is not numeric (complex, strings, objects).
+        ValueError: ``mask`` holds values other than 0 / 1 (NaN included).
     """
-    t = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+    if isinstance(mask, torch.Tensor):
+        t = mask
+    else:
+        a = np.asarray(mask)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be bool (True = valid) or 0/1 numbers, got {a.dtype}")
+        t = torch.as_tensor(a)
     if t.dtype == torch.bool:
         return t
-    if t.is_floating_point() or t.is_complex() or not bool(((t == 0) | (t == 1)).all()):
-        raise TypeError(f"{name} must be bool (True = valid) or 0/1 integers, got {t.dtype}")
-    return t.bool()
+    if t.is_complex():
+        raise TypeError(f"{name} must be bool (True = valid) or 0/1 numbers, got {t.dtype}")
+    if not bool(((t == 0) | (t == 1)).all()):
+        raise ValueError(f"{name} must be bool (True = valid) or hold only 0 and 1")
+    return t != 0
 
 
 def check_seed(value: int | None, name: str = "seed", *, optional: bool = False) -> int | None:

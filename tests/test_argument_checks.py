@@ -269,7 +269,7 @@ def test_other_arguments_fail_early_with_their_name():
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
         samplers.MALA(budget=10).run(Gaussian(torch.zeros(2)), 4, seed=2**70)
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(TypeError, match="mask must be bool"):  # 0.5 was read as True
+    with pytest.raises(ValueError, match="mask must be bool"):  # 0.5 was read as True
         GPHead(GPConfig()).fit(z, torch.tensor([0.0, 1.0] * 3), mask=torch.full((6,), 0.5))
     with pytest.raises(NotPositiveDefiniteError, match=r"not positive definite even with"):
         robust_cholesky(-torch.eye(3))  # one matrix: no batch index to name

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from probrec.checks import check_choice, check_positive_int, check_real
+from probrec.checks import as_bool_mask, check_choice, check_positive_int, check_real
 from probrec.seeding import SeedLike, numpy_rng
 
 __all__ = [
@@ -165,16 +165,11 @@ def _is_int(v: Any) -> bool:
 
 
 def _as_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """``mask`` as a bool array of ``shape`` (the shape of ``name``); 0/1 values accepted."""
-    if hasattr(mask, "detach"):
-        mask = mask.detach().cpu().numpy()
-    m = np.asarray(mask)
+    """``mask`` as a bool array of ``shape`` (the shape of ``name``), by the library's one mask
+    rule (:func:`probrec.checks.as_bool_mask`)."""
+    m = as_bool_mask(mask.detach().cpu() if hasattr(mask, "detach") else mask).numpy()
     if m.shape != shape:
         raise ValueError(f"mask must have the shape of {name} {shape}, got {m.shape}")
-    if m.dtype != bool:
-        if not np.isin(m, (0, 1)).all():
-            raise ValueError("mask must be boolean (or 0/1)")
-        m = m.astype(bool)
     return m
 
 

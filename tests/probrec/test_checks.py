@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probrec.checks import as_float_tensor, check_real, host_array
+from probrec.checks import as_bool_mask, as_float_tensor, check_real, host_array
 
 
 @pytest.mark.parametrize("value", [0.0, 1, 2.5, np.float32(3.0), np.int64(4)])
@@ -50,3 +50,33 @@ def test_as_float_tensor_keeps_scalars_scalars(value):
     t = as_float_tensor(value, "scales")
     assert t.shape == () and float(t) == 0.5
     assert as_float_tensor(np.ones((2, 3))[:, ::2], "x").shape == (2, 2)  # made contiguous
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        [True, False, True],
+        [1, 0, 1],
+        np.array([1.0, 0.0, 1.0]),
+        torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64),
+        np.array([1, 0, 1], dtype=np.uint8),
+    ],
+)
+def test_masks_of_bools_or_zero_one_numbers_read_alike(mask):
+    assert torch.equal(as_bool_mask(mask), torch.tensor([True, False, True]))
+
+
+@pytest.mark.parametrize(
+    ("mask", "error"),
+    [
+        ([1.0, 0.5], ValueError),  # 0.5 would have been read as True
+        ([2, 0], ValueError),
+        (np.array([np.nan, 1.0]), ValueError),
+        (["1", "0"], TypeError),
+        (np.array([None, 1]), TypeError),
+        (torch.tensor([1j, 0j]), TypeError),
+    ],
+)
+def test_masks_with_other_values_are_refused_by_name(mask, error):
+    with pytest.raises(error, match="seen must be bool"):
+        as_bool_mask(mask, "seen")

@@ -164,9 +164,10 @@ def test_input_validation() -> None:
         enc(x[..., :3], mask)
     with pytest.raises(ValueError, match="mask must have shape"):
         enc(x, mask[:, :2])
-    with pytest.raises(TypeError, match="mask must be bool"):
+    with pytest.raises(ValueError, match="mask must be bool"):
         enc(x, mask.double() * 2)
-    assert torch.equal(enc(x, mask.long()), enc(x, mask))  # 0/1 integers are accepted
+    assert torch.equal(enc(x, mask.long()), enc(x, mask))  # 0/1 numbers are accepted
+    assert torch.equal(enc(x, mask.double()), enc(x, mask))
     bad_ages = torch.zeros(mask.shape, dtype=torch.float64)
     bad_ages[0, 0] = -1.0
     with pytest.raises(ValueError, match="non-negative"):

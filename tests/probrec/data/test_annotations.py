@@ -220,7 +220,7 @@ def test_counts_refuse_a_mask_that_is_not_the_labels_shape_or_boolean():
     np.testing.assert_array_equal(annotation_counts(labels, mask.astype(int), (1, 2, 3)), want)
     with pytest.raises(ValueError, match="mask must have the shape"):
         annotation_counts(labels, mask[:, :1], (1, 2, 3))  # was broadcast: padding counted
-    with pytest.raises(ValueError, match="boolean"):
+    with pytest.raises(ValueError, match="mask must be bool"):
         annotation_counts(labels, mask * 2, (1, 2, 3))
 
 
