@@ -153,6 +153,9 @@ class Task:
                 )
             if not np.isfinite(inputs).all():
                 raise ValueError(f"inputs of task {self.name!r} contain NaN/inf features")
+        elif isinstance(inputs, np.ndarray) and inputs.dtype.kind in "fc":
+            if not np.isfinite(inputs).all():  # 1-D numeric items (ids, scores): NaN is no item
+                raise ValueError(f"inputs of task {self.name!r} contain NaN/inf items")
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "labels", labels)
 

@@ -130,6 +130,13 @@ def test_a_string_matrix_is_not_taken_for_features():
     assert not Task(np.array(["CCO", "CC"] * 2), [0, 1] * 2, "classification", "s").is_featurized
 
 
+def test_one_dimensional_numeric_items_refuse_nan():
+    ids = Task(np.arange(4.0), [0, 1] * 2, "classification", "ids")  # item ids are items
+    assert not ids.is_featurized
+    with pytest.raises(ValueError, match="contain NaN/inf items"):  # was accepted
+        Task(np.array([1.0, np.nan, 2.0, 3.0]), [0, 1] * 2, "classification", "ids")
+
+
 def test_episodes_and_subsets_refuse_indices_numpy_would_reinterpret():
     t = Task(np.arange(20.0).reshape(10, 2), [0, 1] * 5, "classification", "t")
     for bad, match in (
