@@ -130,7 +130,15 @@ def geometry(config: GPConfig, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tens
 
     Squared Euclidean distances for ``matern52`` / ``rbf``; the Tanimoto similarity for
     ``tanimoto``.
+
+    Raises:
+        ValueError: ``x1`` and ``x2`` differ in dtype or device.
     """
+    if x1.dtype != x2.dtype or x1.device != x2.device:
+        raise ValueError(
+            f"the two point sets must share a dtype and device, got {x1.dtype} on {x1.device} "
+            f"and {x2.dtype} on {x2.device}"
+        )
     if config.kernel == "tanimoto":
         return tanimoto(x1, x2)
     return squared_distance(x1, x2)
@@ -265,9 +273,17 @@ def initial_theta(
 
 
 # ---------------------------------------------------------------------------- likelihood
-def _check_batch(geom: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> None:
+def _check_batch(
+    theta: torch.Tensor, geom: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
+) -> None:
+    """Shapes of one batch of tasks (Python shape tests only: no device synchronisation)."""
     if geom.dim() != 3 or geom.shape[-1] != geom.shape[-2]:
         raise ValueError(f"support geometry must have shape [T, n, n], got {tuple(geom.shape)}")
+    if theta.dim() == 2 and theta.shape[0] != geom.shape[0]:  # [1, p] broadcast silently
+        raise ValueError(
+            f"theta must have one row per task ({geom.shape[0]}), got {tuple(theta.shape)}; "
+            "expand a shared theta with theta.expand(T, -1)"
+        )
     if y.shape != geom.shape[:2]:
         raise ValueError(f"labels must have shape {tuple(geom.shape[:2])}, got {tuple(y.shape)}")
     if mask is not None and mask.shape != y.shape:
@@ -311,7 +327,7 @@ def neg_log_marginal_likelihood(
         y: ``[T, n]`` targets (+-1 for classification, standardised for regression).
         mask: ``[T, n]`` bool, ``True`` for real points (``None``: all real).
     """
-    _check_batch(geom, y, mask)
+    _check_batch(theta, geom, y, mask)
     h = unpack(theta, config)
     chol = robust_cholesky(train_covariance(theta, config, geom, mask))
     r = y - h.mean[:, None]
@@ -384,7 +400,7 @@ def inner_objective_derivatives(
     skipped (``None``) and the traces are elementwise sums; the result is then a cheap,
     differentiable function of ``geom`` (see :func:`inner_objective_grad`).
     """
-    _check_batch(geom, y, mask)
+    _check_batch(theta, geom, y, mask)
     h = unpack(theta, config)
     t, n = y.shape
     m = mask.to(theta.dtype) if mask is not None else torch.ones_like(y)
@@ -538,7 +554,7 @@ def posterior_from_geometry(
         geom_ss: ``[T, n, n]`` support geometry; geom_sq: ``[T, n, m]`` support-query;
         geom_qq: ``[T, m, m]`` query-query (for the full covariance) or ``None``.
     """
-    _check_batch(geom_ss, y_s, mask_s)
+    _check_batch(theta, geom_ss, y_s, mask_s)
     h = unpack(theta, config)
     chol = robust_cholesky(train_covariance(theta, config, geom_ss, mask_s))
     dt = chol.dtype

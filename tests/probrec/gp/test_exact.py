@@ -211,6 +211,26 @@ def test_gp_settings_are_checked_where_they_are_given():
             GPHead(GPConfig(), **kw)
 
 
+def test_functional_api_refuses_mixed_dtypes_and_a_theta_of_other_tasks():
+    cfg = GPConfig()
+    g = torch.Generator().manual_seed(0)
+    z_s = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    z_q = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    theta = torch.zeros(2, cfg.n_params, dtype=torch.float64)
+    with pytest.raises(ValueError, match="share a dtype and device"):  # bare RuntimeError before
+        posterior(theta, cfg, z_s.float(), y, z_q)
+    with pytest.raises(ValueError, match="share a dtype and device"):
+        geometry(cfg, z_s, z_q.float())
+    for call in (  # a [1, p] theta was broadcast over both tasks without a word
+        lambda t: posterior(t, cfg, z_s, y, z_q),
+        lambda t: neg_log_marginal_likelihood(t, cfg, geometry(cfg, z_s, z_s), y),
+    ):
+        with pytest.raises(ValueError, match=r"theta must have one row per task \(2\)"):
+            call(theta[:1])
+        call(theta[:1].expand(2, -1))  # the explicit form
+
+
 def test_nlml_matches_multivariate_normal_and_masking_is_exact():
     x, y = _data(3, n=12)
     cfg = GPConfig(kind="regression", mean="constant")
