@@ -5,7 +5,9 @@ selection, checkpoints with resume, a progress bar, and data parallelism across 
 with ``torch.distributed`` (the tasks of a meta-batch are split over ranks and gradients are
 all-reduced; gloo on CPU, nccl on GPU). The meta-batch of step ``k`` is drawn from a generator
 seeded with ``(seed, k)``, so a resumed run and a distributed run see the same episodes as an
-uninterrupted single-process run.
+uninterrupted single-process run; torch's global streams (dropout masks) are seeded with
+``(seed, k, rank)`` during the step, so a resumed run repeats an uninterrupted one exactly. A
+checkpoint resumes only a run of the same learner and options (``n_steps`` may grow).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from metalearn.metrics import delta_auprc, r2_os
 from probrec.checks import check_positive_int, check_real
 from probrec.data.tasks import Task, sample_episode
 from probrec.progress import track
+from probrec.seeding import seeded_rng
 
 
 @dataclass
@@ -186,6 +189,48 @@ def meta_gradient(
     return float(value)
 
 
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of torch's global streams during meta-step ``step`` on ``rank``."""
+    return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# options that may differ between a checkpointed run and the run resuming it: a longer run
+_RESUMABLE_CHANGES = frozenset({"n_steps"})
+
+
+def _check_resumable(
+    saved: dict[str, Any], learner: EpisodicLearner, config: TrainConfig, ckpt: Path
+) -> None:
+    """Refuses a checkpoint whose run the resumed one would not continue: another learner,
+    kind, seed or option (the optimizer state would restore the old learning rate, say), or
+    a run already past ``n_steps``."""
+    s = saved["learner"]
+    who = (s.get("class"), s.get("kind"))
+    if who != (learner.name, learner.kind):
+        raise ValueError(
+            f"{ckpt} holds a {who[1]} {who[0]} run, not a {learner.kind} {learner.name}: "
+            "resume=False or another checkpoint_dir"
+        )
+    mine = {**getattr(learner, "config", {}), "seed": learner.seed}
+    theirs = {**s.get("config", {}), "seed": s.get("seed")}
+    changed = sorted(
+        k
+        for k in set(mine) | set(theirs)
+        if k not in _RESUMABLE_CHANGES and mine.get(k) != theirs.get(k)
+    )
+    if changed:
+        diff = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{ckpt} was written by a run with other options ({diff}); resuming would mix "
+            "the two: resume=False or another checkpoint_dir"
+        )
+    if int(saved["step"]) > config.n_steps:
+        raise ValueError(
+            f"{ckpt} is at step {int(saved['step'])}, past n_steps={config.n_steps}: "
+            "resume=False or another checkpoint_dir"
+        )
+
+
 def meta_train(
     learner: EpisodicLearner,
     train_tasks: list[Task],
@@ -251,12 +296,7 @@ def meta_train(
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if ckpt is not None and resume and ckpt.exists():
         saved = torch.load(ckpt, map_location=learner.device, weights_only=False)
-        who = (saved["learner"].get("class"), saved["learner"].get("kind"))
-        if who != (learner.name, learner.kind):
-            raise ValueError(
-                f"{ckpt} holds a {who[1]} {who[0]} run, not a {learner.kind} {learner.name}: "
-                "resume=False or another checkpoint_dir"
-            )
+        _check_resumable(saved, learner, config, ckpt)
         for k, m in modules.items():
             m.load_state_dict(saved["learner"]["modules"][k])
         opt.load_state_dict(saved["optimizer"])
@@ -279,7 +319,10 @@ def meta_train(
             train, config.batch_size, config.support_size, config.query_size, rng
         )
         opt.zero_grad(set_to_none=True)
-        loss = meta_gradient(learner, batch, config.batch_size, params)
+        # dropout masks (torch's global streams) seeded by (seed, step, rank) too: a resumed
+        # run repeats the uninterrupted one, and ``seed`` makes training reproducible
+        with seeded_rng(_step_seed(learner.seed, step, rank), learner.device):
+            loss = meta_gradient(learner, batch, config.batch_size, params)
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"meta-loss is not finite at step {step} (tasks {batch.names})"

@@ -123,20 +123,49 @@ def test_meta_training_beats_the_untrained_encoder():
     assert score(trained) > score(untrained) + 0.03
 
 
-def test_resume_continues_to_the_same_parameters(tasks, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_continues_to_the_same_parameters(tasks, tmp_path, dropout):
     tr, va, _ = tasks
-    full = ADKFIFT(**{**SMALL, "n_steps": 12, "eval_every": 4})
+    cfg = {**SMALL, "eval_every": 4, "dropout": dropout}
+    full = ADKFIFT(**{**cfg, "n_steps": 12})
     full.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "a")
-    part = ADKFIFT(**{**SMALL, "n_steps": 8, "eval_every": 4})
+    part = ADKFIFT(**{**cfg, "n_steps": 8})
     part.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
-    resumed = ADKFIFT(**{**SMALL, "n_steps": 12, "eval_every": 4})
+    torch.rand(3)  # the global stream moves on between the runs, as in a new process
+    resumed = ADKFIFT(**{**cfg, "n_steps": 12})
     resumed.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
+    # with dropout the masks came from the global stream: steps 8-11 differed after a resume
     assert resumed.history["loss"] == pytest.approx(full.history["loss"], rel=1e-9)
     for a, b in zip(full.encoder.parameters(), resumed.encoder.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
     # another learner does not continue an ADKF-IFT run (ProtoNet did, silently)
     with pytest.raises(ValueError, match="holds a classification ADKF-IFT run, not a"):
         ProtoNet(**SMALL).meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
+
+
+def test_training_with_dropout_is_reproducible_from_the_seed(tasks):
+    tr, va, _ = tasks
+    runs = [ADKFIFT(**{**SMALL, "dropout": 0.3, "seed": s}) for s in (0, 0, 1)]
+    for r in runs:
+        torch.rand(5)  # whatever the global stream holds
+        r.meta_fit(tr, va, progress=False)
+    assert runs[0].history["loss"] == runs[1].history["loss"]  # masks differed run to run
+    assert runs[0].history["loss"] != runs[2].history["loss"]
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tasks, tmp_path):
+    tr, va, _ = tasks
+    cfg = {**SMALL, "n_steps": 8, "eval_every": 4}
+    ADKFIFT(**cfg).meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path)
+    for change in ({"lr": 0.1}, {"activation": "tanh"}, {"seed": 1}, {"batch_size": 2}):
+        # each resumed silently (the optimizer state even restored the old learning rate)
+        with pytest.raises(ValueError, match=f"other options \\({next(iter(change))}: "):
+            ADKFIFT(**{**cfg, **change}).meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="at step 8, past n_steps=4"):  # returned 8 steps
+        ADKFIFT(**{**cfg, "n_steps": 4}).meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path)
+    longer = ADKFIFT(**{**cfg, "n_steps": 12})
+    longer.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path)
+    assert longer.history["step"] == list(range(12))
 
 
 def test_refused_calls_leave_a_learner_as_it_was(tasks, tmp_path):
