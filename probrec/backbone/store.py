@@ -344,10 +344,19 @@ class EmbeddingStore:
     # ------------------------------------------------------------------ lookup
     def _rows_of(self, canon: list[Hashable]) -> np.ndarray:
         """Rows of canonical keys (``-1`` where absent)."""
-        if self._key_array is not None:
-            if all(isinstance(k, int) and _INT64_MIN <= k <= _INT64_MAX for k in canon):
-                return self._search_int(np.asarray(canon, dtype=np.int64))
-            return np.full(len(canon), -1, dtype=np.int64)  # int-keyed store: others absent
+        if self._key_array is not None:  # int-keyed store: keys of other kinds are absent
+            ok = np.fromiter(
+                (type(k) is int and _INT64_MIN <= k <= _INT64_MAX for k in canon),
+                dtype=bool,
+                count=len(canon),
+            )
+            out = np.full(len(canon), -1, dtype=np.int64)
+            if ok.any():
+                q = np.fromiter(
+                    (k for k, good in zip(canon, ok) if good), dtype=np.int64, count=int(ok.sum())
+                )
+                out[ok] = self._search_int(q)
+            return out
         if self._index is None:
             self._index = {k: i for i, k in enumerate(self._keys)}
         get = self._index.get

@@ -93,6 +93,23 @@ def test_add_and_overwrite() -> None:
     np.testing.assert_array_equal(store.lookup(["s", 1]).numpy(), [[2, 2, 2], [1, 1, 1]])
 
 
+def test_an_integer_keyed_store_finds_its_keys_among_keys_of_other_kinds(tmp_path: Path) -> None:
+    s = EmbeddingStore.from_arrays([5, 7], np.array([[1.0, 1.0], [2.0, 2.0]]))
+    # one key of another kind made every key of the request absent (5 read as zeros)
+    np.testing.assert_array_equal(s.contains([5, "x", 2**70, 7]), [True, False, False, True])
+    np.testing.assert_array_equal(
+        s.lookup([5, "x"], missing="zeros").numpy(), [[1.0, 1.0], [0.0, 0.0]]
+    )
+    with pytest.raises(ValueError, match="key 5 is already in the store"):  # was added twice
+        s.add([5, "x"], np.array([[9.0, 9.0], [3.0, 3.0]]))
+    assert s.keys() == [5, 7] and len(s) == 2
+    s.add([5, "x"], np.array([[9.0, 9.0], [3.0, 3.0]]), overwrite=True)
+    assert s.keys() == [5, 7, "x"]
+    np.testing.assert_array_equal(s.lookup([5, "x"]).numpy(), [[9.0, 9.0], [3.0, 3.0]])
+    back = EmbeddingStore.load(s.save(tmp_path / "s"))  # could not be saved before
+    np.testing.assert_array_equal(back.lookup([7, 5, "x"]).numpy(), s.lookup([7, 5, "x"]).numpy())
+
+
 @pytest.mark.parametrize(
     "keys",
     [list(range(100, 140)), [f"item{i}" for i in range(40)], [("u", i, i * 10) for i in range(40)]],
