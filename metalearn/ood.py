@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from botorch.models.model import Model
 
 from metalearn.metrics import mean_and_se, r2_os
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import as_float_tensor, check_choice, check_positive_int
 from probrec.gp.bo_models import DeepKernelGP, ForestModel
 from probrec.gp.exact import GPConfig
 from probrec.gp.kernels import KERNELS
@@ -72,6 +73,22 @@ def default_surrogates(feature_names: Sequence[str]) -> list[Surrogate]:
         Surrogate("GP-Tanimoto", "fingerprint", "gp", "tanimoto"),
         Surrogate("RF", "fingerprint", "forest"),
     ]
+
+
+def _float_inputs(inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Each input matrix as a floating tensor: integer or bool matrices (count fingerprints,
+    bits) become float64, so the labels, which take the inputs' dtype, are not truncated."""
+    out = {}
+    for k, v in inputs.items():
+        floating = (
+            v.is_floating_point()
+            if isinstance(v, torch.Tensor)
+            else np.issubdtype(np.asarray(v).dtype, np.floating)
+        )
+        out[k] = as_float_tensor(
+            v, f"inputs[{k!r}]", ndim=2, dtype=None if floating else torch.float64
+        )
+    return out
 
 
 def _check_inputs(
@@ -138,7 +155,8 @@ def predict_out_of_domain(
     ``seed + r``), so differences between models are paired.
 
     Args:
-        inputs: ``{key: [N, d_key]}`` input matrices.
+        inputs: ``{key: [N, d_key]}`` input matrices (tensors or arrays; integer / bool
+            matrices are read as float64).
         y: ``[N]`` labels.
         surrogates: models to compare.
         n_train: observed points per repeat.
@@ -149,6 +167,7 @@ def predict_out_of_domain(
     Returns:
         ``{surrogate name: {"r2": [repeats], "nll": [repeats]}}``.
     """
+    inputs = _float_inputs(inputs)
     y = _check_inputs(inputs, y, surrogates)
     check_positive_int(repeats, "repeats")
     check_positive_int(n_train, "n_train", minimum=2)
@@ -203,6 +222,7 @@ def optimise_out_of_domain(
     Returns:
         ``{name: best value so far [repeats, n_iter + 1]}``.
     """
+    inputs = _float_inputs(inputs)
     y = _check_inputs(inputs, objective, surrogates)
     check_positive_int(repeats, "repeats")
     runs: list[tuple[str, Surrogate | None]] = [(s.name, s) for s in surrogates]

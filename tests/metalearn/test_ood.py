@@ -92,3 +92,22 @@ def test_bad_arguments_are_named():
         optimise_out_of_domain(inputs, y, [Surrogate("random", "good")], n_iter=1, repeats=1)
     with pytest.raises(ValueError, match="inputs is empty"):  # a StopIteration inside
         optimise_out_of_domain({}, y, [], n_iter=1, repeats=1)
+
+
+def test_integer_bool_and_array_inputs_score_as_their_float_copies():
+    inputs, y = _problem(n=60)
+    counts = inputs["fingerprint"]
+    models = [Surrogate("RF", "fp", "forest"), Surrogate("GP", "fp", "gp", "tanimoto")]
+    kw = dict(n_train=20, repeats=2, progress=False)
+    want = predict_out_of_domain({"fp": counts}, y, models, **kw)
+    # integer counts truncated the labels to integers (the labels took the inputs' dtype)
+    for same in (counts.long(), counts.numpy().astype(np.int32)):  # arrays were a TypeError
+        got = predict_out_of_domain({"fp": same}, y, models, **kw)
+        for m in ("RF", "GP"):
+            np.testing.assert_allclose(got[m]["r2"], want[m]["r2"], rtol=1e-9)
+    bits = counts > 0
+    got = predict_out_of_domain({"fp": bits}, y, models[:1], **kw)
+    np.testing.assert_allclose(
+        got["RF"]["r2"],
+        predict_out_of_domain({"fp": bits.double()}, y, models[:1], **kw)["RF"]["r2"],
+    )
