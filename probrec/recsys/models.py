@@ -164,6 +164,24 @@ class _Top(nn.Module):
         return h, self.logit(h).squeeze(-1)
 
 
+def _field_vectors(fields: nn.ModuleList, batch: dict[str, Tensor]) -> list[Tensor]:
+    """Embeddings of the side fields, ``len(fields)`` of ``[B, e]``.
+
+    Raises:
+        ValueError: ``batch["fields"]`` does not hold one column per field (extra columns were
+            ignored, missing ones an IndexError).
+    """
+    if not len(fields):
+        return []
+    f = batch["fields"]
+    if f.dim() != 2 or f.shape[1] != len(fields):
+        raise ValueError(
+            f"batch['fields'] must be [B, {len(fields)}] (one column per field cardinality), "
+            f"got {list(f.shape)}"
+        )
+    return [emb(f[:, j]) for j, emb in enumerate(fields)]
+
+
 class FoundationModel(nn.Module):
     """The large DLRM with a sequence encoder (see the module docstring).
 
@@ -226,7 +244,7 @@ class FoundationModel(nn.Module):
     def vectors(self, batch: dict[str, Tensor]) -> Tensor:
         """Sparse-feature vectors ``[B, F, e]`` that enter the interaction layer."""
         vec = [self.user(batch["fm_user"]), self.item(batch["fm_item"])]
-        vec += [emb(batch["fields"][:, j]) for j, emb in enumerate(self.fields)]
+        vec += _field_vectors(self.fields, batch)
         if self.genre is not None:
             vec.append(self.genre(batch["multi_hot"]))
         vec.append(self.dense(_dense_stats(batch)))
@@ -326,7 +344,7 @@ class VerticalModel(nn.Module):
     def vectors(self, batch: dict[str, Tensor]) -> Tensor:
         """Sparse-feature vectors ``[B, F, e]`` that enter the interaction layer."""
         vec = [self.user(batch["user"]), self.item(batch["item"])]
-        vec += [emb(batch["fields"][:, j]) for j, emb in enumerate(self.fields)]
+        vec += _field_vectors(self.fields, batch)
         if self.genre is not None:
             vec.append(self.genre(batch["multi_hot"]))
         vec.append(self.dense(_dense_stats(batch)))
@@ -336,14 +354,16 @@ class VerticalModel(nn.Module):
             own = self.user(batch["ihist_user"]) + self.label_emb(batch["ihist_label"].long())
             vec.append(_masked_mean(own, batch["ihist_mask"]))
         if self.fm_dim is not None:
-            if "fm_hist" not in batch:
-                raise ValueError("this VerticalModel uses LoopFM inputs: batch needs 'fm_hist'")
-            for key in ("fm_hist", "fm_ihist"):  # another width failed inside a broadcast
-                v = batch[key]
-                if v.dim() != 3 or v.shape[-1] != self.fm_dim:
+            for key, mask in (("fm_hist", "hist_mask"), ("fm_ihist", "ihist_mask")):
+                if key not in batch:
+                    raise ValueError(f"this VerticalModel uses LoopFM inputs: batch needs {key!r}")
+                # another width failed inside a broadcast; [1, L, d] or [B, 1, d] broadcast
+                # one history to every event
+                v, want = batch[key], (*batch[mask].shape, self.fm_dim)
+                if tuple(v.shape) != want:
                     raise ValueError(
-                        f"batch[{key!r}] must be [B, L, {self.fm_dim}] stored FM vectors, got "
-                        f"{tuple(v.shape)}"
+                        f"batch[{key!r}] must be {list(want)} stored FM vectors (the shape of "
+                        f"batch[{mask!r}] and the FM width), got {list(v.shape)}"
                     )
             u = self._scale(batch["fm_hist"]) + self.fm_label(batch["hist_label"].long())
             vec.append(self.fm_user_seq(u, batch["hist_mask"]))

@@ -49,8 +49,22 @@ def test_vertical_model_needs_loopfm_inputs(small_log):
         "fm_hist": torch.randn(5, 4, 6, generator=gen),
         "fm_ihist": torch.randn(5, 3, 6, generator=gen),
     }
-    with pytest.raises(ValueError, match=r"batch\['fm_ihist'\] must be \[B, L, 6\]"):
+    with pytest.raises(ValueError, match=r"batch\['fm_ihist'\] must be \[5, 3, 6\]"):
         vm({**good, "fm_ihist": good["fm_ihist"][..., :5]})
+    for key, bad in (  # one history broadcast to every event, or to every position
+        ("fm_hist", good["fm_hist"][:1]),
+        ("fm_hist", good["fm_hist"][:, :1]),
+        ("fm_ihist", good["fm_ihist"][:, :1]),
+    ):
+        with pytest.raises(ValueError, match=rf"batch\['{key}'\] must be \[5, "):
+            vm({**good, key: bad})
+    with pytest.raises(ValueError, match="batch needs 'fm_ihist'"):  # a bare KeyError
+        vm({k: v for k, v in good.items() if k != "fm_ihist"})
+    n_fields = len(table.field_cardinalities)
+    for cols in (n_fields - 1, n_fields + 1):  # extra columns ignored, too few an IndexError
+        fields = torch.zeros(5, cols, dtype=torch.long)
+        with pytest.raises(ValueError, match=rf"batch\['fields'\] must be \[B, {n_fields}\]"):
+            vm({**good, "fields": fields})
     with torch.no_grad():  # float64 stored vectors are cast (a Linear failed on them)
         f64 = {**good, "fm_hist": good["fm_hist"].double(), "fm_ihist": good["fm_ihist"].double()}
         torch.testing.assert_close(vm(f64)[1], vm(good)[1])
