@@ -56,8 +56,11 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
     )
     codes = np.zeros(len(vals), dtype=np.int64)
     if (~missing).any():
-        _, inv = np.unique(vals[~missing].astype(str), return_inverse=True)
-        codes[~missing] = inv.reshape(-1) + 1
+        # ordered by the text of each value, a string and a number of the same text apart
+        # (1 and "1" shared a code)
+        keys = [(str(v), isinstance(v, str)) for v in vals[~missing]]
+        code_of = {k: i + 1 for i, k in enumerate(sorted(set(keys)))}
+        codes[~missing] = [code_of[k] for k in keys]
     return codes, int(codes.max(initial=0)) + 1
 
 
@@ -100,6 +103,10 @@ class InteractionLog:
         for nm, arr in (("user", self.user), ("item", self.item), ("time", self.time)):
             if np.asarray(arr).dtype.kind not in "iu":
                 raise TypeError(f"{nm} must hold integers, got dtype {np.asarray(arr).dtype}")
+            if np.ndim(arr) != 1:
+                raise ValueError(f"{nm} must be 1-D [n], got shape {np.shape(arr)}")
+        if self.rating is not None and np.shape(self.rating) != (n,):  # was not checked
+            raise ValueError(f"rating must have shape [{n}], got {np.shape(self.rating)}")
         object.__setattr__(self, "user", np.asarray(self.user, dtype=np.int64))
         object.__setattr__(self, "item", np.asarray(self.item, dtype=np.int64))
         object.__setattr__(self, "time", np.asarray(self.time, dtype=np.int64))
@@ -112,9 +119,13 @@ class InteractionLog:
         if set(self.fields) != set(self.cardinality):
             raise ValueError("fields and cardinality must name the same fields")
         for nm, codes in self.fields.items():
+            if np.asarray(codes).dtype.kind not in "iu":  # float codes were truncated
+                raise TypeError(
+                    f"field {nm!r} must hold integer codes, got dtype {np.asarray(codes).dtype}"
+                )
             c = np.asarray(codes, dtype=np.int64)
-            if len(c) != n:
-                raise ValueError(f"field {nm!r} has {len(c)} rows, expected {n}")
+            if c.shape != (n,):
+                raise ValueError(f"field {nm!r} must have shape [{n}], got {c.shape}")
             if len(c) and (c.min() < 0 or c.max() >= self.cardinality[nm]):
                 raise ValueError(f"field {nm!r} has codes outside [0, {self.cardinality[nm]})")
             self.fields[nm] = c
@@ -122,6 +133,8 @@ class InteractionLog:
             mh = np.asarray(self.multi_hot, dtype=np.float32)
             if mh.ndim != 2 or len(mh) != n:
                 raise ValueError(f"multi_hot must have shape [{n}, g], got {mh.shape}")
+            if not np.isfinite(mh).all():  # a NaN reached the models' logits
+                raise ValueError("multi_hot contains NaN or infinite values")
             object.__setattr__(self, "multi_hot", mh)
 
     def __len__(self) -> int:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probrec.checks import check_positive_int, check_real
+from probrec.checks import as_float_tensor, check_positive_int, check_real
 from probrec.data.tasks import Task, TaskSet
 from probrec.recsys.features import EventTable
 from probrec.recsys.loopfm import StoredHistory
@@ -50,6 +50,10 @@ def item_popularity(item: np.ndarray, time: np.ndarray, label: np.ndarray) -> np
     strictly earlier events ``[n]``."""
     it, t, y = np.asarray(item), np.asarray(time), np.asarray(label, dtype=float)
     n = len(it)
+    if it.ndim != 1 or t.shape != it.shape or y.shape != it.shape:  # a longer label was cut
+        raise ValueError(
+            f"item, time and label must be 1-D of one length, got {it.shape}, {t.shape}, {y.shape}"
+        )
     order = np.lexsort((t, it))
     its, ts, ys = it[order], t[order], y[order]
     new_item = np.r_[True, its[1:] != its[:-1]]
@@ -283,10 +287,16 @@ class HeadFineTune:
 
     def adapt(self, support_x, support_y) -> _ScorePredictor:
         a, b = self.columns
-        x = torch.as_tensor(np.asarray(support_x), dtype=torch.float64)[:, a:b]
-        y = torch.as_tensor(np.asarray(support_y), dtype=torch.float64).reshape(-1)
+        # NaN features or labels gave NaN predictions, a label of 2 was fitted
+        x = as_float_tensor(support_x, "support_x", ndim=2, dtype=torch.float64).cpu()
+        y = as_float_tensor(support_y, "support_y", ndim=1, dtype=torch.float64).cpu()
         if len(x) != len(y) or len(y) == 0:
             raise ValueError("support_x and support_y must be non-empty and of equal length")
+        if x.shape[1] < b:
+            raise ValueError(f"support_x has {x.shape[1]} columns; the head reads columns {a}:{b}")
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("support_y must hold 0/1 labels")
+        x = x[:, a:b]
         theta = torch.cat([self.w0, self.b0]).clone().requires_grad_(True)
         init = torch.cat([self.w0, self.b0])
         opt = torch.optim.LBFGS([theta], max_iter=self.steps, line_search_fn="strong_wolfe")

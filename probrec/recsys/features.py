@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from probrec.checks import check_positive_int
 from probrec.data.movielens import InteractionLog
+from probrec.data.tasks import row_index
 
 __all__ = [
     "EventTable",
@@ -97,6 +99,8 @@ def past_events(group: np.ndarray, time: np.ndarray, max_len: int) -> np.ndarray
     g, t = np.asarray(group), np.asarray(time)
     if g.shape != t.shape or g.ndim != 1:
         raise ValueError(f"group and time must be 1-d of equal length, got {g.shape}, {t.shape}")
+    if t.dtype.kind == "f" and not np.isfinite(t).all():  # NaN sorts last: later events leaked
+        raise ValueError("time contains NaN or infinite values")
     n = len(g)
     order = np.lexsort((np.arange(n), t, g))  # by group, then time (stable)
     gs, ts = g[order], t[order]
@@ -127,6 +131,14 @@ def event_key_array(log: InteractionLog, index: np.ndarray | None = None) -> np.
     return np.stack([log.user[idx], log.item[idx], log.time[idx]], axis=1).astype(np.int64)
 
 
+def _integer_ids(ids: Any, name: str) -> np.ndarray:
+    """``ids`` as int64, refusing other dtypes (float ids were truncated: 1.5 -> 1)."""
+    a = np.asarray(ids)
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer ids, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
 class IdVocabulary:
     """Dense ids ``1..V`` for the ids seen when fitted; every other id maps to ``0``.
 
@@ -138,14 +150,14 @@ class IdVocabulary:
     """
 
     def __init__(self, ids: np.ndarray) -> None:
-        self.values = np.unique(np.asarray(ids, dtype=np.int64))
+        self.values = np.unique(_integer_ids(ids, "ids"))
 
     def __len__(self) -> int:
         return len(self.values) + 1
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """Dense ids ``[n]`` (``0`` for ids not seen when fitted)."""
-        q = np.asarray(ids, dtype=np.int64)
+        q = _integer_ids(ids, "ids")
         if len(self.values) == 0:
             return np.zeros(q.shape, dtype=np.int64)
         pos = np.clip(np.searchsorted(self.values, q), 0, len(self.values) - 1)
@@ -244,12 +256,9 @@ class EventTable:
             ``ihist_mask``, ``ihist_label``, ``ihist_user`` (raw ids), ``ihist_fm_user``; and
             ``hist_count``, ``hist_pos_rate`` ``[B]``.
         """
-        raw = np.asarray(index)
-        if raw.size and (
-            not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0 or raw.max() >= len(self)
-        ):  # a float index was truncated and -1 wrapped to the last event
-            raise ValueError(f"index must hold event positions in [0, {len(self)})")
-        idx = torch.as_tensor(raw, dtype=torch.int64)
+        raw = index.cpu() if isinstance(index, Tensor) else index
+        # a float index was truncated, -1 wrapped to the last event, a 2-D one misaligned rows
+        idx = torch.as_tensor(row_index(raw, len(self), "index"), dtype=torch.int64)
         out = {k: v[idx] for k, v in self._t.items()}
         for prefix, table in (("hist", self._user_hist), ("ihist", self._item_hist)):
             h = table[idx]

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from probrec.backbone.history import build_history_batch
 from probrec.backbone.store import EmbeddingStore
+from probrec.data.tasks import row_index
 from probrec.recsys.features import EventTable, event_key_array
 from probrec.recsys.models import FoundationModel, evaluating, module_device
 
@@ -127,8 +128,15 @@ class StoredHistory:
         return self.vectors[torch.where(rows >= 0, rows, len(self.vectors) - 1)].to(events.device)
 
     def event_vectors(self, events: np.ndarray | Tensor) -> Tensor:
-        """Stored vectors ``[n, d]`` of the log's events ``[n]`` (zeros where absent)."""
-        return self._gather(torch.as_tensor(np.asarray(events), dtype=torch.int64))
+        """Stored vectors ``[n, d]`` of the log's events ``[n]`` (zeros where absent).
+
+        Raises:
+            ValueError: ``events`` are not 1-D integer positions of the log (1.7 read event 1,
+                -3 zeros).
+        """
+        raw = events.cpu() if isinstance(events, Tensor) else events
+        idx = row_index(raw, len(self.rows), "events")
+        return self._gather(torch.as_tensor(idx, dtype=torch.int64))
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` plus ``fm_hist [B, L, d]`` and ``fm_ihist [B, K, d]`` (zero padded)."""

@@ -65,7 +65,12 @@ def robust_std(values: Tensor) -> Tensor:
 
     Returns:
         ``[d]``, positive.
+
+    Raises:
+        ValueError: ``values`` is not ``[n >= 2, d]`` (one row has no spread: NaN).
     """
+    if values.dim() != 2 or len(values) < 2:
+        raise ValueError(f"values must have shape [n >= 2, d], got {list(values.shape)}")
     std = values.std(0)
     typical = float(std.median())
     typical = typical if typical > 1e-6 else 1.0

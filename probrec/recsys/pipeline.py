@@ -291,7 +291,6 @@ def run_loopfm(
         "fm_logit": fm_logit_all,
         "split": {"fm": fm_idx, "vm": vm_idx, "test": test_idx, "vm_train": vm_tr},
     }
-    torch.set_grad_enabled(True)
     return run, objects
 
 
@@ -310,6 +309,12 @@ def summarize_runs(runs: Sequence[LoopFMRun]) -> dict[str, Any]:
     if not runs:
         raise ValueError("runs is empty")
     models = list(runs[0].metrics)
+    for r in runs[1:]:  # other models were dropped (or a bare KeyError)
+        if set(r.metrics) != set(models):
+            raise ValueError(
+                f"runs must have trained the same models: seed {runs[0].seed} has "
+                f"{sorted(models)}, seed {r.seed} has {sorted(r.metrics)}"
+            )
     out: dict[str, Any] = {
         "metrics": {
             m: {k: mean_se_summary([r.metrics[m][k] for r in runs]) for k in ("auc", "logloss")}

@@ -82,6 +82,18 @@ def test_factorize_and_log_validation():
             {"f": np.array([1, 3])},
             {"f": 3},
         )
+    ids = dict(user=np.array([1, 2]), item=np.array([1, 1]), time=np.array([1, 5]))
+    lab = np.array([0, 1])
+    for kw, err, match in (  # each was accepted (floats truncated, a short rating kept)
+        ({"fields": {"f": np.array([0.7, 1.9])}, "cardinality": {"f": 3}}, TypeError, "integer"),
+        ({"fields": {"f": np.array([[1, 2]])}, "cardinality": {"f": 3}}, ValueError, r"\[2\]"),
+        ({**good, "rating": np.array([4.0])}, ValueError, r"rating must have shape \[2\]"),
+        ({**good, "multi_hot": np.array([[1.0], [np.nan]])}, ValueError, "multi_hot contains"),
+    ):
+        with pytest.raises(err, match=match):
+            InteractionLog(**ids, label=lab, **kw)
+    codes, k = factorize(np.array([1, "1", 2, 1], dtype=object))  # 1 and "1" shared a code
+    assert codes.tolist() == [1, 2, 3, 1] and k == 4
 
 
 def test_real_movielens_100k(shared_data):

@@ -30,6 +30,8 @@ def test_item_popularity_brute_force():
     for e in range(n):
         prev = (item == item[e]) & (time < time[e])
         assert got[e] == pytest.approx((y[prev].sum() + 1) / (prev.sum() + 2))
+    with pytest.raises(ValueError, match="one length"):  # a longer label was cut
+        item_popularity(item[:3], time[:3], y[:5])
 
 
 def test_head_finetune_matches_scipy():
@@ -56,6 +58,15 @@ def test_head_finetune_matches_scipy():
     )
     with pytest.raises(ValueError, match="columns"):
         HeadFineTune("ft", (0, 3), torch.tensor(w0), b0)
+    nan_x = inputs.copy()
+    nan_x[0, 3] = np.nan
+    for args, match in (  # NaN predictions, a fitted label of 2, a torch size mismatch
+        ((nan_x, y), "support_x contains"),
+        ((inputs, np.where(y > 0, 2.0, 0.0)), "0/1 labels"),
+        ((inputs[:, :5], y), "the head reads columns 2:6"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ft.adapt(*args)
 
 
 def test_column_score():

@@ -38,6 +38,8 @@ def test_past_events_bad_input():
         past_events(np.zeros(3), np.zeros(3), 0)
     with pytest.raises(ValueError, match="equal length"):
         past_events(np.zeros(3), np.zeros(4), 2)
+    with pytest.raises(ValueError, match="time contains NaN"):  # a later event was "earlier"
+        past_events(np.zeros(3), np.array([0.0, np.nan, 1.0]), 2)
 
 
 def test_chronological_split_keeps_ties_together():
@@ -68,6 +70,29 @@ def test_id_vocabulary():
     voc = IdVocabulary(np.array([7, 3, 7, 10]))
     assert len(voc) == 4
     assert voc(np.array([3, 7, 10, 4, 99])).tolist() == [1, 2, 3, 0, 0]
+    with pytest.raises(TypeError, match="ids must hold integer ids"):  # 1.5 -> 1
+        IdVocabulary(np.array([1.5, 2.7]))
+    with pytest.raises(TypeError, match="ids must hold integer ids"):  # 1.9 mapped to 1
+        voc(np.array([1.9]))
+
+
+def test_events_are_addressed_by_1d_integer_positions(small_log, tmp_path):
+    table = EventTable.build(small_log, np.arange(1000), user_history=4, item_history=3)
+    for bad in ([[3, 5]], [1.7], [-3], [len(table)]):  # a 2-D index misaligned the histories
+        with pytest.raises(ValueError, match="index must"):
+            table.batch(np.asarray(bad))
+    n_user, n_item = int(table.fm_user.max()) + 1, int(table.fm_item.max()) + 1
+    fm = FoundationModel(
+        n_user, n_item, table.field_cardinalities, 3, emb_dim=4, hidden=(8,), max_history=4
+    )
+    store = write_fm_store(fm, table, tmp_path / "fm")
+    stored = StoredHistory(store, table)
+    for bad in ([1.7], [-3]):  # event 1's vector and zeros before
+        with pytest.raises(ValueError, match="events must"):
+            stored.event_vectors(np.asarray(bad))
+    torch.testing.assert_close(
+        stored.event_vectors(torch.tensor([2, 0])), stored.event_vectors(np.array([2, 0]))
+    )
 
 
 def _plant_future(log: InteractionLog, t_cut: int, seed: int) -> InteractionLog:

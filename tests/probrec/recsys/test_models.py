@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from probrec.recsys import EventTable, HashedEmbedding, VerticalModel, dot_interaction
+from probrec.recsys import EventTable, HashedEmbedding, VerticalModel, dot_interaction, robust_std
 
 
 def test_hashed_embedding_matches_python_integers():
@@ -124,3 +124,11 @@ def test_fm_scaling_of_a_dimension_constant_over_the_training_vectors():
     assert float(vm._scale(later).abs().max()) < 10.0
     vm.set_fm_scaling(torch.zeros(10, 4))  # every dimension constant: unit scale
     assert torch.equal(vm.fm_std, torch.ones(4))
+
+
+def test_robust_std_needs_two_rows():
+    v = torch.tensor([[0.0, 1.0, 5.0], [2.0, 1.0, 9.0]])
+    torch.testing.assert_close(robust_std(v), torch.tensor([2.0**0.5, 2.0**0.5, 8.0**0.5]))
+    for bad in (v[:1], v[:0], v[0]):  # one row gave NaN "standard deviations"
+        with pytest.raises(ValueError, match=r"values must have shape \[n >= 2, d\]"):
+            robust_std(bad)

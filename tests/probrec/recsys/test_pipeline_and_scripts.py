@@ -3,6 +3,7 @@ throughput benchmark (smallest sizes; numbers are checked for consistency, not q
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from probrec.recsys import (
     UNTRAINED,
@@ -46,7 +48,10 @@ def _tiny_config(**kw) -> LoopFMConfig:
 def test_run_loopfm_and_summary(tmp_path):
     log = synthetic_log(2500, seed=5)
     cfg = _tiny_config(variants=(*VARIANTS, UNTRAINED))
-    runs = [run_loopfm(log, tmp_path, seed=s, config=cfg, verbose=False)[0] for s in (0, 1)]
+    runs = [run_loopfm(log, tmp_path, seed=0, config=cfg, verbose=False)[0]]
+    with torch.no_grad():  # the caller's grad mode is left as it was (it was switched on)
+        runs.append(run_loopfm(log, tmp_path, seed=1, config=cfg, verbose=False)[0])
+        assert not torch.is_grad_enabled()
     r = runs[0]
     assert set(r.metrics) == {"FM", *VARIANTS, UNTRAINED}
     assert sum(r.sizes[k] for k in ("fm_train", "fm_valid", "vm_train", "vm_valid", "test")) == len(
@@ -73,6 +78,9 @@ def test_run_loopfm_and_summary(tmp_path):
     assert "nan" not in table and f"| {runs[0].metrics['VM']['auc']:.4f} |" in table
     with pytest.raises(ValueError, match="unknown variants"):
         run_loopfm(log, tmp_path, config=_tiny_config(variants=("VM", "nope")))
+    fewer = dataclasses.replace(runs[1], metrics={k: runs[1].metrics[k] for k in ("FM", "VM")})
+    with pytest.raises(ValueError, match="must have trained the same models"):  # dropped
+        summarize_runs([runs[0], fewer])
 
 
 def _write_toy_movielens(folder: Path, seed: int = 0) -> None:

@@ -113,7 +113,7 @@ def test_predictions_keep_the_model_mode_and_check_the_index(small_log):
     fm_embeddings(fm, table, np.arange(5))
     assert vm.training and fm.training  # both were left in eval mode
     for bad in ([0.9, 1.7], [-1], [len(table)]):  # floats truncated, -1 the last event
-        with pytest.raises(ValueError, match="event positions"):
+        with pytest.raises(ValueError, match="index must"):
             predict_logits(vm, table, np.asarray(bad))
     with pytest.raises(TypeError, match="seed must be an int"):
         VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0.5)
