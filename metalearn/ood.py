@@ -28,7 +28,7 @@ import torch
 from botorch.models.model import Model
 
 from metalearn.metrics import mean_and_se, r2_os
-from probrec.checks import as_float_tensor, check_choice, check_positive_int
+from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
 from probrec.gp.bo_models import DeepKernelGP, ForestModel
 from probrec.gp.exact import GPConfig
 from probrec.gp.kernels import KERNELS
@@ -130,10 +130,11 @@ def standardised_nll(y: np.ndarray, mean: np.ndarray, var: np.ndarray, mu: float
     """Mean Gaussian NLL per point of ``(y - mu) / sd`` under ``N((mean - mu) / sd, var / sd^2)``.
 
     Raises:
-        ValueError: a variance is not positive and finite.
+        ValueError: a variance is not positive and finite, or ``sd`` is not positive.
     """
     if not (np.isfinite(var).all() and (var > 0).all()):
         raise ValueError("predictive variances must be positive and finite")
+    check_real(sd, "sd", strict=True)  # 0 gave NaN
     v = var / sd**2
     r = (y - mean) / sd
     return float(np.mean(0.5 * (np.log(2 * math.pi * v) + r**2 / v)))

@@ -66,15 +66,22 @@ class SyntheticTasks:
 
     def split(self, n_test_per_task: int) -> tuple[SyntheticTasks, SyntheticTasks]:
         """``(train, test)``: the last ``n_test_per_task`` rows of every task are the test set."""
-        n_per_task = np.bincount(self.task_of_row)
+        task = self.task_of_row
+        n_per_task = np.bincount(task, minlength=len(self.causal))
+        if n_per_task.min() < 2:
+            raise ValueError(f"every task needs two rows to split; counts {n_per_task.tolist()}")
         if not 0 < n_test_per_task < n_per_task.min():
             raise ValueError(
                 f"n_test_per_task must be in [1, {n_per_task.min() - 1}], got {n_test_per_task}"
             )
-        rank = np.arange(len(self.task_of_row)) - np.repeat(
+        # each row's position among its task's rows, in row order (the rows of a task need
+        # not be contiguous, e.g. after subset with a permutation)
+        order = np.argsort(task, kind="stable")
+        rank = np.empty(len(task), dtype=np.int64)
+        rank[order] = np.arange(len(task)) - np.repeat(
             np.cumsum(n_per_task) - n_per_task, n_per_task
         )
-        test = rank >= n_per_task[self.task_of_row] - n_test_per_task
+        test = rank >= n_per_task[task] - n_test_per_task
         return self.subset(~test), self.subset(test)
 
     def labels(self) -> np.ndarray:
@@ -98,6 +105,7 @@ def mixing_function(
     check_positive_int(latent_dim, "latent_dim")
     check_positive_int(obs_dim, "obs_dim")
     check_choice(kind, "mixing", ("linear", "nonlinear"))
+    check_positive_int(n_layers, "n_layers")  # 0 or -3 built one layer
     if obs_dim < latent_dim:
         raise ValueError(f"obs_dim must be >= latent_dim = {latent_dim}, got {obs_dim}")
     rng = numpy_rng(seed)

@@ -239,6 +239,22 @@ def test_generator_bad_arguments():
         make_synthetic_tasks(causal_prob=1.0)
     with pytest.raises(ValueError, match="n_test_per_task"):
         make_synthetic_tasks(3, 10, 2, 2, seed=0).split(10)
+    with pytest.raises(ValueError, match="n_layers"):  # 0 built one layer
+        mixing_function(3, 5, "nonlinear", 1, n_layers=0)
+
+
+def test_split_takes_the_last_rows_of_each_task_in_any_row_order():
+    data = make_synthetic_tasks(3, 12, 2, 2, seed=0)
+    perm = np.random.default_rng(0).permutation(len(data.x))
+    mixed = data.subset(perm)  # the tasks' rows are no longer contiguous
+    train, test = mixed.split(5)
+    assert np.bincount(test.task_of_row).tolist() == [5, 5, 5]  # was 2 / 5 / 4 / ...
+    for t in range(3):  # the last five rows of task t in row order
+        rows = np.flatnonzero(mixed.task_of_row == t)
+        np.testing.assert_array_equal(test.x[test.task_of_row == t], mixed.x[rows[-5:]])
+    assert len(train.x) + len(test.x) == len(data.x)
+    with pytest.raises(ValueError, match="every task needs two rows"):  # "in [1, -1]" before
+        data.subset(data.task_of_row != 1).split(1)
 
 
 def test_latents_invert_a_known_mixing():

@@ -53,6 +53,8 @@ def test_standardised_nll_matches_scipy():
     assert standardised_nll(y, mean, var, mu, sd) == pytest.approx(ref, rel=1e-12)
     with pytest.raises(ValueError, match="variances"):
         standardised_nll(y, mean, np.zeros(50), mu, sd)
+    with pytest.raises(ValueError, match="sd must be"):  # NaN before
+        standardised_nll(np.zeros(2), np.zeros(2), np.ones(2), 0.0, 0.0)
 
 
 def test_default_surrogates_and_bo_curves():
