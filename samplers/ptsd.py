@@ -173,6 +173,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _schedule(name: str) -> VPSchedule | VESchedule:
+    """The noise schedule PTSD's diffusion models use (``"vp"`` or ``"ve"``)."""
+    return VPSchedule() if name == "vp" else VESchedule(0.01, 3.0)
+
+
 class PTSD(NeuralSampler):
     """Progressive Tempering Sampler with Diffusion.
 
@@ -203,7 +208,8 @@ class PTSD(NeuralSampler):
             (exact up to 8 dimensions).
         extrapolation: ``lambda``, the multiplier of the extrapolation weight (1: linear in
             ``beta``).
-        checkpoint_dir: folder for ``ptsd_T<k>.pt`` (model state and buffer per temperature).
+        checkpoint_dir: folder for ``ptsd_T<k>.pt`` (model state and buffer per temperature,
+            the samples at ``T_0``; read back with :meth:`load_checkpoint`).
         n_particles: mean-centred score network for particle systems (taken from the target
             when it has ``n_particles``).
         n_chains, compile, progress: see :class:`~samplers.diffusion.NeuralSampler`.
@@ -355,7 +361,7 @@ class PTSD(NeuralSampler):
             norm = Normalizer(zero, buffer.std())
         else:
             norm = Normalizer.fit(buffer)
-        sched = VPSchedule() if self.schedule == "vp" else VESchedule(0.01, 3.0)
+        sched = _schedule(self.schedule)
         with seeded_rng(seed):  # initial weights from the run's seed (CPU generator)
             net = ScoreMLP(d, self.hidden, self.n_layers, n_particles=n_particles)
         return DiffusionModel(net.to(buffer.device, buffer.dtype), sched, norm.to(buffer.device))
@@ -406,8 +412,8 @@ class PTSD(NeuralSampler):
         levels[-1]["dsm_loss"] = self._fit(
             models[k_max - 1], buffers[k_max - 1], self.train_steps_first, next_seed()
         )
-        self._checkpoint(k_max, models[k_max], buffers[k_max])
-        self._checkpoint(k_max - 1, models[k_max - 1], buffers[k_max - 1])
+        self._checkpoint(k_max, models[k_max], buffers[k_max], n_particles)
+        self._checkpoint(k_max - 1, models[k_max - 1], buffers[k_max - 1], n_particles)
         # 3-5. down the ladder
         for k in range(k_max - 2, -1, -1):
             ev0 = target.n_evals
@@ -453,8 +459,10 @@ class PTSD(NeuralSampler):
             if k > 0:
                 models[k] = m1.copy()
                 stats["dsm_loss"] = self._fit(models[k], buffers[k], self.train_steps, next_seed())
-                self._checkpoint(k, models[k], buffers[k])
+                self._checkpoint(k, models[k], buffers[k], n_particles)
                 del models[k + 2], buffers[k + 2]
+            else:  # the run's samples (no model is trained at T = 1)
+                self._checkpoint(0, None, buffers[0], n_particles)
             levels.append(stats)
         self.models_ = models
         diag = {
@@ -479,16 +487,57 @@ class PTSD(NeuralSampler):
             "step_size_per_temperature": d.get("step_size_per_temperature"),
         }
 
-    def _checkpoint(self, k: int, model: DiffusionModel, buffer: Tensor) -> None:
+    def _checkpoint(
+        self, k: int, model: DiffusionModel | None, buffer: Tensor, n_particles: int | None
+    ) -> None:
         if self.checkpoint_dir is None:
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"ptsd_T{k}.pt"
+        tmp = path.with_suffix(".tmp")
         torch.save(
             {
                 "temperature": self.temperatures[k],
-                "model": model.state_dict(),
+                "model": None if model is None else model.state_dict(),
                 "buffer": buffer.detach().cpu(),
                 "config": self.config(),
+                # the score network's layout: a particle network and a plain one of the same
+                # width load each other's weights without an error
+                "dim": int(buffer.shape[1]),
+                "n_particles": n_particles,
             },
-            self.checkpoint_dir / f"ptsd_T{k}.pt",
+            tmp,
         )
+        tmp.replace(path)
+
+    @classmethod
+    def load_checkpoint(
+        cls, path: str | Path, device: torch.device | str = "cpu"
+    ) -> tuple[float, DiffusionModel | None, Tensor]:
+        """Reads one temperature's checkpoint (``ptsd_T<k>.pt`` of ``checkpoint_dir``).
+
+        Returns:
+            ``(temperature, model, buffer [n, d])``: the diffusion model trained at that
+            temperature, rebuilt as the run built it (``None`` for ``T_0 = 1``, where the buffer
+            holds the run's samples), and the buffer of samples it was trained on.
+
+        Raises:
+            ValueError: the file is not a PTSD checkpoint of this version.
+        """
+        ck = torch.load(Path(path), map_location=device, weights_only=False)
+        if not isinstance(ck, dict) or "n_particles" not in ck or "buffer" not in ck:
+            raise ValueError(f"{path} is not a PTSD checkpoint (or predates n_particles in it)")
+        buffer = ck["buffer"].to(device)
+        if ck["model"] is None:
+            return float(ck["temperature"]), None, buffer
+        cfg = ck["config"]
+        d, n_particles = int(ck["dim"]), ck["n_particles"]
+        state = ck["model"]
+        dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+        sched = _schedule(cfg["schedule"])
+        with seeded_rng(0):  # placeholder weights, replaced by the state dict
+            net = ScoreMLP(d, cfg["hidden"], cfg["n_layers"], n_particles=n_particles)
+        norm = Normalizer(torch.zeros(d, dtype=dtype), torch.ones((), dtype=dtype))
+        model = DiffusionModel(net.to(device, dtype), sched, norm.to(device))
+        model.load_state_dict(state)
+        return float(ck["temperature"]), model, buffer

@@ -13,7 +13,7 @@ import torch
 
 import samplers
 from samplers.ptsd import PRESETS, PTSD, systematic_resample
-from samplers.targets import GaussianMixture, from_log_prob
+from samplers.targets import DoubleWell4, GaussianMixture, from_log_prob
 
 
 def test_systematic_resampling_counts_are_floor_or_ceil():
@@ -70,7 +70,7 @@ def test_ptsd_recovers_unequal_mode_weights_and_counts_every_evaluation(tmp_path
         assert abs(float(x[sel, 0].mean()) - mu) < 0.15
         assert abs(float(x[sel].std(0).mean()) - 0.5) < 0.1
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == [f"ptsd_T{k}.pt" for k in (1, 2, 3, 4, 5)]
+    assert files == [f"ptsd_T{k}.pt" for k in (0, 1, 2, 3, 4, 5)]  # T0: the samples
     ck = torch.load(tmp_path / "ptsd_T1.pt", weights_only=False)
     assert abs(ck["temperature"] - s.temperatures[1]) < 1e-12
     assert ck["buffer"].shape == (1000, 2)
@@ -126,3 +126,36 @@ def test_a_sampler_reused_on_another_target_runs_as_a_fresh_one():
         theirs = dict(fresh_sampler.models_[k].named_parameters())
         for name, p in model.named_parameters():
             torch.testing.assert_close(p, theirs[name], rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:pt. mean acceptance:RuntimeWarning")  # tiny chains
+@pytest.mark.parametrize("target", [_mixture(), DoubleWell4()], ids=["plain", "particles"])
+def test_a_checkpointed_model_reloads_to_the_same_samples(tmp_path, target):
+    s = PTSD(
+        n_temperatures=3,
+        max_temperature=4.0,
+        buffer_size=64,
+        hot_steps=3,
+        refine_steps=2,
+        hidden=16,
+        n_layers=2,
+        train_steps_first=20,
+        train_steps=10,
+        batch_size=32,
+        n_ode_steps=4,
+        checkpoint_dir=tmp_path,
+    )
+    res = s.run(target, 64, seed=0)
+    temp, model, buffer = PTSD.load_checkpoint(tmp_path / "ptsd_T1.pt")
+    assert temp == pytest.approx(s.temperatures[1]) and buffer.shape == (64, target.dim)
+    # a particle model rebuilt as a plain one loaded without an error and sampled wrongly
+    assert model.net.n_particles == getattr(target, "n_particles", None)
+    with torch.no_grad():
+        want = s.models_[1].sample(50, seed=3, n_steps=5)
+        torch.testing.assert_close(model.sample(50, seed=3, n_steps=5), want, rtol=0, atol=0)
+    temp0, none, samples = PTSD.load_checkpoint(tmp_path / "ptsd_T0.pt")
+    assert temp0 == 1.0 and none is None
+    torch.testing.assert_close(samples, res.samples, rtol=0, atol=0)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a PTSD checkpoint"):
+        PTSD.load_checkpoint(tmp_path / "other.pt")
