@@ -759,9 +759,12 @@ def normal_points(
     ).tolist()
     pts = []
     for s in seeds:
-        u = torch.quasirandom.SobolEngine(dim, scramble=True, seed=int(s)).draw(
-            per, dtype=torch.float64
-        )
+        eng = torch.quasirandom.SobolEngine(dim, scramble=True, seed=int(s))
+        # torch computes the first point in the default dtype whatever draw's dtype: taken
+        # from the integer state here, so the points do not depend on the default dtype
+        first = eng.quasi.to(torch.float64) / 2**eng.MAXBIT
+        u = eng.draw(per, dtype=torch.float64)
+        u[0] = first
         pts.append(torch.special.ndtri(u.clamp(1e-12, 1 - 1e-12)))
     return torch.stack(pts).to(device=like.device, dtype=like.dtype)
 

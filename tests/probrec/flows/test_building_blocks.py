@@ -125,6 +125,13 @@ def test_quasi_random_normals_are_normal_and_even():
     assert abs(float(vals.mean()) - 1) < 0.01
     again = normal_points(4096, 3, torch.Generator().manual_seed(3), pts)
     assert torch.equal(again, pts)
+    previous = torch.get_default_dtype()
+    try:  # the first point of each scramble followed the default dtype (2e-8 apart)
+        torch.set_default_dtype(torch.float64)
+        in64 = normal_points(4096, 3, torch.Generator().manual_seed(3), pts)
+    finally:
+        torch.set_default_dtype(previous)
+    assert torch.equal(in64, pts)
 
 
 @given(st.integers(0, 300), st.integers(1, 10**7))
