@@ -238,13 +238,17 @@ class ColumnScore:
     """
 
     def __init__(self, name: str, column: int, *, logit: bool = False) -> None:
-        self.name, self.column, self.logit = name, int(column), bool(logit)
+        self.name, self.logit = name, bool(logit)
+        self.column = check_positive_int(column, "column", minimum=0)
 
     def meta_fit(self, train_tasks, valid_tasks=None, **kwargs) -> dict:
         return {}
 
     def adapt(self, support_x, support_y) -> _ScorePredictor:
         c, lg = self.column, self.logit
+        width = np.shape(support_x)[-1] if np.ndim(support_x) == 2 else None
+        if width is not None and c >= width:  # a bare IndexError at prediction
+            raise ValueError(f"column {c} is outside the task inputs' {width} columns")
         return _ScorePredictor(lambda x: torch.sigmoid(x[:, c]) if lg else x[:, c])
 
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from probrec.backbone.history import build_history_batch
 from probrec.backbone.store import EmbeddingStore
+from probrec.checks import check_positive_int
 from probrec.data.tasks import row_index
 from probrec.recsys.features import EventTable, event_key_array
 from probrec.recsys.models import FoundationModel, evaluating, module_device
@@ -40,6 +41,7 @@ def fm_embeddings(
     """FM event embeddings ``[n, d]`` and logits ``[n]`` of the events at ``index``, on the
     FM's device."""
     device = module_device(fm)
+    check_positive_int(batch_size, "batch_size")  # 0 failed in range()
     hs, zs = [], []
     with evaluating(fm):
         for s in range(0, len(index), batch_size):
@@ -75,6 +77,7 @@ def write_fm_store(
         dtype: storage dtype.
     """
     n = len(table.log)
+    check_positive_int(batch_size, "batch_size")  # 0 failed in range()
     keys = event_key_array(table.log)
     if len(np.unique(keys, axis=0)) != n:
         raise ValueError(

@@ -134,6 +134,8 @@ class HashedEmbedding(nn.Module):
 
 def dot_interaction(vectors: Tensor) -> Tensor:
     """DLRM interaction: all pairwise dot products of ``[B, F, e]`` -> ``[B, F (F - 1) / 2]``."""
+    if vectors.dim() != 3:
+        raise ValueError(f"vectors must be [B, F, e], got {list(vectors.shape)}")
     f = vectors.shape[1]
     gram = torch.bmm(vectors, vectors.transpose(1, 2))
     iu = torch.triu_indices(f, f, offset=1, device=vectors.device)

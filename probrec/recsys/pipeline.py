@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probrec.checks import check_choice
+from probrec.checks import check_choice, check_real
 from probrec.data.movielens import InteractionLog
 from probrec.recsys.features import EventTable, chronological_split
 from probrec.recsys.loopfm import StoredHistory, fm_embeddings, write_fm_store
@@ -91,6 +91,14 @@ class LoopFMConfig:
     temperature: float = 1.0
     aux_weight: float = 1.0
     variants: Sequence[str] = VARIANTS
+
+    def __post_init__(self) -> None:
+        if len(self.fractions) != 3:  # "not enough values to unpack" deep in run_loopfm
+            raise ValueError(
+                f"fractions must give the FM, VM and test periods (3 values), got {self.fractions}"
+            )
+        if not 0.0 < check_real(self.valid_fraction, "valid_fraction") < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
 
 
 @dataclass

@@ -93,7 +93,8 @@ def vm_loss(
     aux_weight = check_real(aux_weight, "aux_weight")  # a negative or NaN weight was ignored
     if (kd_weight > 0 or aux_weight > 0) and teacher_logit is None:
         raise ValueError("teacher_logit is needed when kd_weight or aux_weight is positive")
-    loss = (1.0 - kd_weight) * F.binary_cross_entropy_with_logits(logit, label)
+    # integer labels failed inside torch ("result type Float can't be cast to Long")
+    loss = (1.0 - kd_weight) * F.binary_cross_entropy_with_logits(logit, label.to(logit.dtype))
     if kd_weight > 0:
         loss = loss + kd_weight * kd_loss(logit, teacher_logit, temperature)
     if aux_weight > 0:
@@ -151,7 +152,8 @@ class TrainSpec:
         batch_size: events per step.
         lr: Adam learning rate.
         weight_decay: Adam (L2) weight decay.
-        patience: epochs without a better validation AUC before stopping.
+        patience: epochs without a lower validation log loss before stopping (the model
+            with the lowest validation log loss is kept).
         kd_weight, temperature, aux_weight: see :func:`vm_loss`.
     """
 
@@ -188,6 +190,7 @@ def predict_logits(
     """Serving-head logits ``[n]`` of ``model`` on the events at ``index``, on the model's
     device (batches are built there; ``inputs`` receives them there)."""
     device = module_device(model)
+    check_positive_int(batch_size, "batch_size")  # 0 failed in range()
     out = []
     with evaluating(model):
         for s in range(0, len(index), batch_size):

@@ -72,6 +72,10 @@ def test_head_finetune_matches_scipy():
 def test_column_score():
     x = np.array([[0.0, 0.3], [1.0, -2.0]])
     assert ColumnScore("p", 1).adapt(x[:1], [1]).predict_proba(x).tolist() == [0.3, -2.0]
+    with pytest.raises(ValueError, match="column 2 is outside the task inputs' 2 columns"):
+        ColumnScore("p", 2).adapt(x[:1], [1])  # a bare IndexError at prediction
+    with pytest.raises(ValueError, match="column"):
+        ColumnScore("p", -1)
     p = ColumnScore("v", 1, logit=True).adapt(x, [0, 1]).predict_proba(x)
     torch.testing.assert_close(p, torch.sigmoid(torch.tensor([0.3, -2.0], dtype=p.dtype)))
 

@@ -35,6 +35,8 @@ def test_dot_interaction_matches_loops():
         ]
     )
     torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"vectors must be \[B, F, e\]"):  # an IndexError
+        dot_interaction(torch.zeros(3, 4))
 
 
 def test_vertical_model_needs_loopfm_inputs(small_log):

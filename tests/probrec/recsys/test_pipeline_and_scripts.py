@@ -81,6 +81,11 @@ def test_run_loopfm_and_summary(tmp_path):
     fewer = dataclasses.replace(runs[1], metrics={k: runs[1].metrics[k] for k in ("FM", "VM")})
     with pytest.raises(ValueError, match="must have trained the same models"):  # dropped
         summarize_runs([runs[0], fewer])
+    with pytest.raises(ValueError, match="3 values"):  # "not enough values to unpack"
+        _tiny_config(fractions=(0.5, 0.5))
+    for bad in (0.0, 1.0):  # the error blamed fractions
+        with pytest.raises(ValueError, match="valid_fraction must be in"):
+            _tiny_config(valid_fraction=bad)
 
 
 def _write_toy_movielens(folder: Path, seed: int = 0) -> None:

@@ -50,6 +50,7 @@ def test_vm_loss_mixes_terms():
         vm_loss(z, y, kd_weight=0.5)
     with pytest.raises(ValueError, match="auxiliary head"):
         vm_loss(z, y, teacher_logit=zt, aux_weight=1.0)
+    torch.testing.assert_close(vm_loss(z, y.long()), vm_loss(z, y))  # failed inside torch
 
 
 def test_ctr_metrics_against_pair_counting():
@@ -115,6 +116,12 @@ def test_predictions_keep_the_model_mode_and_check_the_index(small_log):
     for bad in ([0.9, 1.7], [-1], [len(table)]):  # floats truncated, -1 the last event
         with pytest.raises(ValueError, match="index must"):
             predict_logits(vm, table, np.asarray(bad))
+    for call in (  # failed in range()
+        lambda: predict_logits(vm, table, np.arange(5), batch_size=0),
+        lambda: fm_embeddings(fm, table, np.arange(5), batch_size=0),
+    ):
+        with pytest.raises(ValueError, match="batch_size"):
+            call()
     with pytest.raises(TypeError, match="seed must be an int"):
         VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0.5)
     with pytest.raises(ValueError, match="n_users"):  # a torch "negative dimension" error
