@@ -226,6 +226,12 @@ class TextEmbedder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+            try:  # a lone surrogate (e.g. half of a mis-decoded emoji) failed in the cache key
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"texts[{i}] is not valid Unicode: {exc.reason} at position {exc.start}"
+                ) from None
         return texts
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

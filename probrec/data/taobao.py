@@ -16,8 +16,10 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,32 @@ def _parse_time(value: str) -> int:
     except ValueError:
         dt = datetime.strptime(v, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
         return int(dt.timestamp())
+
+
+def _column(rows: list[dict[str, str]], name: str, parse: Callable[[str], Any], path: Path):
+    """``parse`` of column ``name`` in every row; a value it cannot read is named by column and
+    data row (a bare "could not convert string to float: 'abc'" before)."""
+    out = []
+    for i, r in enumerate(rows):
+        value = r.get(name, "")
+        try:
+            out.append(parse(value))
+        except (ValueError, TypeError, OverflowError):
+            raise ValueError(
+                f"{path}: column {name!r} of data row {i + 1} holds {value!r}, which is not a "
+                "number" + (" or a 'YYYY-mm-dd HH:MM:SS' time" if name == "time_stamp" else "")
+            ) from None
+    return out
+
+
+def _price_bucket(v: str) -> str:
+    """``floor(log2(1 + price))`` as text (``""`` when missing)."""
+    if v.strip() in ("", "nan"):
+        return ""
+    price = float(v)
+    if not price >= 0:  # a negative price gave log2 of a negative number
+        raise ValueError(v)
+    return str(int(math.log2(1 + price)))
 
 
 def load_taobao_ad(path: str | Path, *, name: str | None = None) -> InteractionLog:
@@ -61,15 +89,13 @@ def load_taobao_ad(path: str | Path, *, name: str | None = None) -> InteractionL
         raise ValueError(f"{p} lacks the column(s) {missing}; columns are {header}")
     if not rows:
         raise ValueError(f"{p} has no data rows")
-    try:
-        label = np.array([float(r["clk"]) for r in rows])
-    except ValueError as exc:
-        raise ValueError(f"clk of {p} must be 0/1") from exc
+    label = np.array(_column(rows, "clk", float, p))
     if not np.isin(label, (0.0, 1.0)).all():
         raise ValueError(f"clk of {p} must be 0/1")
-    user = np.array([int(float(r["userid"])) for r in rows], dtype=np.int64)
-    item = np.array([int(float(r["adgroup_id"])) for r in rows], dtype=np.int64)
-    time = np.array([_parse_time(r["time_stamp"]) for r in rows], dtype=np.int64)
+    user = np.array(_column(rows, "userid", lambda v: int(float(v)), p), dtype=np.int64)
+    item = np.array(_column(rows, "adgroup_id", lambda v: int(float(v)), p), dtype=np.int64)
+    time = np.array(_column(rows, "time_stamp", _parse_time, p), dtype=np.int64)
+    price = _column(rows, "price", _price_bucket, p) if "price" in header else None
     # merge repeated (user, item, time) rows: clicked if any was
     keys = np.stack([user, item, time], axis=1)
     uniq, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
@@ -80,12 +106,7 @@ def load_taobao_ad(path: str | Path, *, name: str | None = None) -> InteractionL
     side = [c for c in header if c not in (*_NEEDED, "click_sequence")]
     fields, card = {}, {}
     for c in side:
-        vals = [r.get(c, "") for r in rows]
-        if c == "price":
-            vals = [
-                str(int(math.log2(1 + float(v)))) if v.strip() not in ("", "nan") else ""
-                for v in vals
-            ]
+        vals = [price[i] for i in first] if c == "price" else [r.get(c, "") for r in rows]
         fields[c], card[c] = factorize(np.array(vals, dtype=object))
     seqs = [
         [int(s) for s in r.get("click_sequence", "").split("^") if s.strip().isdigit()]

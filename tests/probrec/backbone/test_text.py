@@ -93,6 +93,8 @@ def test_bad_texts() -> None:
         emb.embed("hello")
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         emb.embed(["a", 3])
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode.*position 2"):
+        emb.embed(["a", "ab\ud83d"])  # a lone surrogate: UnicodeEncodeError in the cache key
     with pytest.raises(ValueError, match="model_id"):
         TextEmbedder(model_path="/somewhere")
     assert emb.embed([]).shape == (0, MINILM_DIM)

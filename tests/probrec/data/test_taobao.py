@@ -42,6 +42,16 @@ def test_taobao_errors(tmp_path):
     p.write_text(HEADER + "2,2017-05-06 00:00:05,7,100,a,1,,3.9,\n")
     with pytest.raises(ValueError, match="0/1"):
         load_taobao_ad(p)
+    good = "0,2017-05-06 00:00:05,7,100,a,1,,3.9,\n"
+    for row, where in (  # "could not convert string to float: 'abc'" before
+        ("0,2017-05-06 00:00:05,abc,100,a,1,,3.9,\n", "'userid' of data row 2 holds 'abc'"),
+        ("0,yesterday,7,100,a,1,,3.9,\n", "'time_stamp' of data row 2 holds 'yesterday'"),
+        ("0,2017-05-06 00:00:05,7,100,a,1,,cheap,\n", "'price' of data row 2 holds 'cheap'"),
+        ("0,2017-05-06 00:00:05,7,100,a,1,,-3,\n", "'price' of data row 2 holds '-3'"),
+    ):
+        p.write_text(HEADER + good + row)
+        with pytest.raises(ValueError, match=where):
+            load_taobao_ad(p)
 
 
 def test_real_taobao_sample(shared_data):
