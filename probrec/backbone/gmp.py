@@ -187,7 +187,8 @@ class GmPLinear(nn.Module):
 
         Raises:
             ValueError: wrong shapes, non-finite values, or a zero weight row with a non-zero
-                bias (a unit with :math:`\lambda = 0` outputs 0, which no offset can change).
+                bias (a unit with :math:`\lambda = 0` outputs 0, which no offset can change), or
+                one so small that the offset ``bias / norm`` overflows.
         """
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise ValueError(
@@ -214,7 +215,14 @@ class GmPLinear(nn.Module):
                     f"weight row {i} is zero but bias[{i}] = {float(bias[i])} is not: "
                     "GmP cannot represent a constant non-zero unit"
                 )
-            self.offset.copy_(torch.where(r64 == 0, torch.zeros_like(b64), b64 / r64))
+            offset = torch.where(r64 == 0, torch.zeros_like(b64), b64 / r64)
+            if not bool(torch.isfinite(offset.to(self.offset.dtype)).all()):  # gave inf outputs
+                i = int(torch.nonzero(~torch.isfinite(offset.to(self.offset.dtype)))[0, 0])
+                raise ValueError(
+                    f"weight row {i} (norm {float(r64[i]):.3g}) is too small for bias[{i}] = "
+                    f"{float(bias[i]):.3g}: the GmP offset bias / norm overflows"
+                )
+            self.offset.copy_(offset)
 
     @property
     def direction(self) -> Tensor:

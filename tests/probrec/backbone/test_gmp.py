@@ -145,6 +145,11 @@ def test_zero_row_with_bias_is_rejected_and_without_bias_accepted() -> None:
     gmp = GmPLinear.from_linear(lin)
     x = torch.randn(4, 3, dtype=torch.float64)
     np.testing.assert_allclose(gmp(x).detach().numpy(), lin(x).detach().numpy(), atol=1e-14)
+    with torch.no_grad():  # offset bias / norm = inf gave inf outputs where Linear gave 1e9
+        lin.weight[1] = torch.tensor([1e-30, 0.0, 0.0])
+        lin.bias[1] = 1e9
+    with pytest.raises(ValueError, match="weight row 1 .* is too small for bias"):
+        GmPLinear.from_linear(lin.float())
 
 
 def test_from_linear_type_and_shape_errors() -> None:
