@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probrec.reporting import json_safe
+from probrec.reporting import format_mean_se, json_safe, mean_and_se, mean_se_summary
 from samplers import bench, metrics
 from samplers.dikl import DiKL
 
@@ -126,12 +126,12 @@ def _curve(rows: list[dict], tname: str, sname: str, metric: str) -> list[dict]:
     for b in sorted(by):
         v = np.array([r[metric] for r in by[b]], float)
         e = np.array([r["evals_per_sample"] for r in by[b]], float)
-        se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+        mean, se = mean_and_se(v)
         out.append(
             {
                 "budget": b,
                 "evals_per_sample": float(e.mean()),
-                "mean": float(v.mean()),
+                "mean": mean,
                 "se": se,
                 "n": len(v),
             }
@@ -206,7 +206,7 @@ def _plot(rows: list[dict], out: Path, targets: list[str]) -> Path:
                 ax.errorbar(
                     [p["evals_per_sample"] for p in c],
                     [p["mean"] for p in c],
-                    yerr=[p["se"] or 0 for p in c],
+                    yerr=np.nan_to_num([np.nan if p["se"] is None else p["se"] for p in c]),
                     marker="o",
                     capsize=3,
                     label={"pt": "parallel tempering", "ptsd": "PTSD"}[s],
@@ -341,8 +341,8 @@ def _dikl(seeds: list[int], cache: dict, out: Path, n: int = 10_000) -> list[dic
             "digs_mmd2",
             "digs_mode_weight_tv",
         ):
-            v = np.array([r[k] for r in rows], float)
-            print(f"  {k:20s} {v.mean():.5g} +- {v.std(ddof=1) / math.sqrt(len(v)):.2g}")
+            stat = mean_se_summary([r[k] for r in rows])
+            print(f"  {k:20s} {format_mean_se(stat, '.5g')}")
     return rows
 
 
@@ -357,8 +357,7 @@ def _summarise(rows: list[dict], t: str, result: dict) -> None:
             cells = []
             for m in METRICS[t]:
                 e = result[f"{t}_curves"][s][m][i]
-                se = "-" if e["se"] is None else f"{e['se']:.2g}"
-                cells.append(f"{m} {e['mean']:.5g} +- {se}")
+                cells.append(f"{m} {format_mean_se(e, '.5g')}")
             print(
                 f"  {s:5s} budget {c['budget']:6g} ({c['evals_per_sample']:.1f}/sample, "
                 f"{c['n']} seeds): " + ", ".join(cells)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from probrec.reporting import format_mean_se, json_safe, mean_and_se
 from samplers import bench
 
 METRICS = (
@@ -77,16 +77,14 @@ def _table(rows: list[dict]) -> list[dict]:
         entry = {"sampler": s, "budget": b, "seeds": len(rs)}
         for m in METRICS:
             v = np.array([r[m] for r in rs], float)
-            entry[m] = float(v.mean())
-            entry[m + "_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+            entry[m], entry[m + "_se"] = mean_and_se(v)  # s.e. nan (null in JSON) for one seed
             entry[m + "_values"] = v.tolist()
         out.append(entry)
     return out
 
 
 def _pm(e: dict, m: str, fmt: str) -> str:
-    se = e[m + "_se"]
-    return f"{e[m]:{fmt}}+-{se:.2g}" if se is not None else f"{e[m]:{fmt}}"
+    return format_mean_se({"mean": e[m], "se": e[m + "_se"]}, fmt, sep="+-")
 
 
 def _print(title: str, table: list[dict]) -> None:
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in summary["checks"].items():
         print(f"{'PASS' if v else 'FAIL'}  {k}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     print(f"-> {args.out / 'summary.json'}")
     return 0
 

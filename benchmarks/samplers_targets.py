@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from probrec.reporting import format_mean_se, json_safe, mean_and_se
 from samplers import bench
 
 COLUMNS = {
@@ -94,8 +94,7 @@ def _table(target: str, rows: list[dict]) -> list[dict]:
             v = np.array([r[m] for r in rs if r.get(m) is not None], float)
             if len(v) == 0:
                 continue
-            e[m] = float(v.mean())
-            e[m + "_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+            e[m], e[m + "_se"] = mean_and_se(v)  # s.e. nan (null in JSON) for one seed
             e[m + "_values"] = v.tolist()
         out.append(e)
     return out
@@ -127,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             cells = []
             for m in COLUMNS[t]:
                 if m in e:
-                    se = e.get(m + "_se")
-                    cells.append(f"{m} {e[m]:.4g}" + (f"+-{se:.2g}" if se is not None else ""))
+                    stat = {"mean": e[m], "se": e.get(m + "_se")}
+                    cells.append(f"{m} {format_mean_se(stat, '.4g', sep='+-')}")
             print(f"  {e['sampler']:6s} " + "  ".join(cells))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     print(f"-> {args.out / 'summary.json'}")
     return 0
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probrec.reporting import mean_and_se
+
 # data set -> (sign that turns the label into an objective to maximise, objective's name)
 GOALS = {
     "covid_moonshot": (-1.0, "pIC50"),  # label: negated pIC50
@@ -116,8 +118,9 @@ def plot_bo(curves: dict[str, np.ndarray], title: str, ylabel: str, path: Path) 
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, v in curves.items():
-        mean = v.mean(0)
-        se = v.std(0, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.zeros_like(mean)
+        stats = [mean_and_se(c) for c in v.T]  # per iteration, over the repeats
+        mean = np.array([m for m, _ in stats])
+        se = np.nan_to_num(np.array([s for _, s in stats]))  # one repeat: no band
         it = np.arange(len(mean))
         ax.plot(it, mean, label=name, ls="--" if name == "random" else "-")
         ax.fill_between(it, mean - se, mean + se, alpha=0.2)

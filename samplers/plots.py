@@ -10,6 +10,7 @@ import numpy as np
 from torch import Tensor
 
 from probrec.checks import host_array
+from probrec.reporting import mean_and_se
 
 __all__ = ["plot_mog_samples", "plot_histograms", "plot_metric_vs_budget"]
 
@@ -110,15 +111,9 @@ def plot_metric_vs_budget(
             if r["sampler"] == name and r.get(metric) is not None:
                 by_budget.setdefault(float(r["budget"]), []).append(float(r[metric]))
         b = np.array(sorted(by_budget))
-        m = np.array([np.mean(by_budget[x]) for x in b])
-        se = np.array(
-            [
-                np.std(by_budget[x], ddof=1) / np.sqrt(len(by_budget[x]))
-                if len(by_budget[x]) > 1
-                else 0.0
-                for x in b
-            ]
-        )
+        stats = [mean_and_se(by_budget[x]) for x in b]
+        m = np.array([mean for mean, _ in stats])
+        se = np.nan_to_num(np.array([s for _, s in stats]))  # one seed: no band
         ax.errorbar(b, m, yerr=se, marker="o", capsize=3, label=name)
     if floor_metric:
         fl = [float(r[floor_metric]) for r in rows if r.get(floor_metric) is not None]
