@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import gpytorch
 import numpy as np
@@ -39,15 +40,19 @@ from probrec.gp.head import FittedGP, GPHead
 from probrec.gp.linalg import robust_cholesky
 
 
-def _check_candidates(X: torch.Tensor, d: int, device: torch.device | None = None) -> None:
-    """Candidates ``X`` ``[..., d]`` for :meth:`posterior`: the model's width (and device, if
-    given), finite."""
+def _check_candidates(
+    X: torch.Tensor, d: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """Candidates ``X`` ``[..., d]`` for :meth:`posterior`: the model's width (and device and
+    dtype, if given), finite."""
     if X.dim() < 2 or X.shape[-1] != d:
         raise ValueError(f"X must have shape [..., q, {d}], got {tuple(X.shape)}")
     if device is not None and X.device != device:  # gpytorch failed deep inside a matmul
         raise ValueError(
             f"X is on device {X.device} but the model is on device {device}: move X there first"
         )
+    if dtype is not None and X.dtype != dtype:  # a bare "expected scalar type" error inside
+        raise ValueError(f"X has dtype {X.dtype} but the model's is {dtype}: convert X first")
     if not all_finite(X):
         raise ValueError("X contains non-finite values")
 
@@ -136,12 +141,28 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         self.mean_module = mean.to(x)
         self.covar_module = covar.to(x)
         self.likelihood.to(x)
-        self.encoder = None
-        if encoder is not None:
-            frozen = copy.deepcopy(encoder).eval().requires_grad_(False)
-            self.encoder = frozen.to(x.device)
+        self.encoder = None if encoder is None else _frozen(encoder).to(x.device)
         self.outcome_transform = _FixedStandardize(gp.shift[0].to(x), gp.scale[0].to(x))
         self.config = gp.config
+        floor = gpytorch.settings.min_variance.value(x.dtype)
+        if float(gp.scale[0]) ** 2 < 100 * floor:
+            warnings.warn(
+                f"train_Y varies by {float(gp.scale[0]):.3g}: posterior variances under "
+                f"{floor:g} (gpytorch's min_variance for {x.dtype}) are rounded up to it, so "
+                "confident predictions look uncertain; rescale the labels (e.g. micromolar "
+                "instead of molar)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def condition_on_observations(self, X: torch.Tensor, Y: torch.Tensor, **kwargs: Any):
+        """BoTorch's conditioning, after one gpytorch prediction has built the caches it needs
+        (the direct ``q = 1`` path of :meth:`posterior` does not build them)."""
+        if self.prediction_strategy is None:
+            self.eval()
+            with torch.no_grad():
+                self(self.train_inputs[0][:1])
+        return super().condition_on_observations(X, Y, **kwargs)
 
     @classmethod
     def fit(
@@ -168,10 +189,11 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         config = config or GPConfig(kind="regression")
         if config.kind != "regression":
             raise ValueError("config.kind must be 'regression' for a BoTorch model")
-        with torch.no_grad():
-            z = _encode(encoder, x)
+        frozen = _frozen(encoder)
+        with torch.no_grad():  # the frozen copy's eval-mode features (as posterior reads them)
+            z = _encode(frozen, x)
         gp = GPHead(config, tol=tol, max_iter=max_iter).fit(z, y[:, 0])
-        return cls(x, y, gp, encoder)
+        return cls(x, y, gp, frozen)
 
     def posterior(
         self,
@@ -190,7 +212,8 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         the same gpytorch modules (a test checks it against gpytorch's path); anything else
         (``q > 1``, fantasy models, output indices, heteroscedastic noise) goes through BoTorch.
         """
-        _check_candidates(X, self.train_inputs[0].shape[-1], self.train_inputs[0].device)
+        train = self.train_inputs[0]
+        _check_candidates(X, train.shape[-1], train.device, train.dtype)
         direct = (
             X.dim() >= 2
             and X.shape[-2] == 1
@@ -254,6 +277,14 @@ def _independent(X: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> GPyT
     return GPyTorchPosterior(mvn)
 
 
+def _frozen(encoder: torch.nn.Module | None) -> torch.nn.Module | None:
+    """An eval-mode copy of ``encoder`` without gradients (the caller's module untouched: a
+    train-mode encoder updated its batch-norm statistics and drew dropout masks)."""
+    if encoder is None:
+        return None
+    return copy.deepcopy(encoder).eval().requires_grad_(False)
+
+
 def _encode(encoder: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     """``encoder(x)`` in the encoder's dtype and on its device, returned in ``x``'s."""
     if encoder is None:
@@ -285,6 +316,8 @@ class ForestModel(Model):
         super().__init__()
         if not hasattr(forest, "estimators_"):
             raise ValueError("forest must be a fitted scikit-learn forest")
+        if getattr(forest, "n_outputs_", 1) != 1:  # a reshape error at the first posterior
+            raise ValueError(f"forest must have one output, got {forest.n_outputs_}")
         if not (noise >= 0.0 and np.isfinite(noise)):
             raise ValueError(f"noise must be a finite variance >= 0, got {noise}")
         self.forest = forest
@@ -305,6 +338,12 @@ class ForestModel(Model):
         from sklearn.ensemble import RandomForestRegressor
 
         x, y = _check_xy(train_X, train_Y)
+        fixed = {"bootstrap", "oob_score", "random_state"} & set(forest_kwargs)
+        if fixed:  # sklearn's "got multiple values for keyword argument"
+            raise ValueError(
+                f"{sorted(fixed)} cannot be set: the noise estimate needs bootstrap=True and "
+                "oob_score=True, and seed sets random_state"
+            )
         forest = RandomForestRegressor(
             n_estimators=n_estimators,
             random_state=seed,
@@ -337,7 +376,11 @@ class ForestModel(Model):
         observation_noise: bool | torch.Tensor = False,
         posterior_transform=None,
     ) -> GPyTorchPosterior:
-        """Gaussian posterior over ``X`` (``batch x q x d``): a ``batch x q x 1`` posterior."""
+        """Gaussian posterior over ``X`` (``batch x q x d``): a ``batch x q x 1`` posterior.
+
+        ``observation_noise`` is accepted for BoTorch's interface and has no effect: the
+        out-of-bag noise term is always part of the variance (see the class docstring).
+        """
         if output_indices not in (None, [0]):
             raise ValueError(f"output_indices must be None or [0], got {output_indices}")
         _check_candidates(X, self.forest.n_features_in_)

@@ -34,15 +34,17 @@ from probrec.gp.kernels import gpytorch_kernel
 
 
 def encode_labels(
-    y: torch.Tensor, kind: str, mask: torch.Tensor | None = None, *, min_std: float = 1e-6
+    y: torch.Tensor, kind: str, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Maps labels to GP targets per task.
 
     Classification: ``{0, 1} -> {-1, +1}`` (scale 1, shift 0). Regression: standardised with
-    the (valid) support mean and standard deviation; where that deviation is below
-    ``min_std * (1 + |mean|)`` (one point, or equal values) the scale is 1 instead, as
-    BoTorch's ``Standardize`` does, so the predictive variance stays on the prior's scale
-    rather than collapsing with the scale squared.
+    the (valid) support mean and standard deviation, whatever the labels' units; only where
+    the labels are equal (one point, or a deviation within ``1000`` rounding errors of the
+    largest label's magnitude) the scale is 1 instead, as BoTorch's ``Standardize`` does for a
+    zero deviation, so the predictive variance stays on the prior's scale rather than
+    collapsing with the scale squared. (A deviation below ``1e-6 * (1 + |mean|)`` counted as
+    equal before, which flattened labels in small units, e.g. molar IC50 values.)
 
     Args:
         y: ``[T, n]`` labels.
@@ -66,7 +68,9 @@ def encode_labels(
     n = w.sum(-1).clamp_min(1.0)
     mu = (y * w).sum(-1) / n
     sd = (((y - mu[:, None]) ** 2 * w).sum(-1) / n).sqrt()
-    sd = torch.where(sd > min_std * (1 + mu.abs()), sd, torch.ones_like(sd))
+    top = (y.abs() * w).amax(-1)
+    tied = sd <= 1000 * torch.finfo(y.dtype).eps * top
+    sd = torch.where(tied, torch.ones_like(sd), sd)
     return (y - mu[:, None]) / sd[:, None] * w, mu, sd
 
 

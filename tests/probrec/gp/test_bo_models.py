@@ -222,3 +222,62 @@ def test_encode_labels_round_trip_used_by_the_transform():
     model.train()  # the statistics stay fixed
     assert not model.outcome_transform.training
     torch.testing.assert_close(model.train_targets, t[0])
+
+
+@pytest.mark.parametrize(("scale", "offset"), [(1e-6, 0.0), (0.1, 1e5), (1e4, -3.0)])
+def test_predictions_follow_the_labels_units(scale, offset):
+    x, y, xq = _data()
+    base = DeepKernelGP.fit(x, y).posterior(xq[:, None])
+    # labels in small units (molar IC50) or on a large offset counted as tied: sd taken as 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = DeepKernelGP.fit(x, y * scale + offset)
+    sd = float(y.std(0, correction=0))
+    assert float(model.outcome_transform.stdvs) == pytest.approx(sd * scale, rel=1e-9)
+    with torch.no_grad():
+        post = model.posterior(xq[:, None])
+    torch.testing.assert_close(post.mean, base.mean * scale + offset, rtol=1e-6, atol=0)
+    floored = [w for w in caught if "min_variance" in str(w.message)]
+    if scale < 1e-3:  # gpytorch rounds variances under 1e-10 up: said at fit time
+        assert floored
+    else:
+        assert not floored
+        torch.testing.assert_close(post.variance, base.variance * scale**2, rtol=1e-6, atol=0)
+    tied = encode_labels(torch.full((1, 4), 0.1, dtype=torch.float32), "regression")
+    assert float(tied[2]) == 1.0  # equal labels keep the prior's scale
+
+
+def test_a_train_mode_encoder_is_fitted_as_posterior_reads_it_and_left_untouched():
+    from probrec.backbone import MLPEncoder
+
+    x, y, xq = _data()
+    enc = MLPEncoder(5, (16,), 4, seed=0, norm="batch", dropout=0.3)  # train mode
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    model = DeepKernelGP.fit(x, y, encoder=enc)
+    assert enc.training and all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())
+    want = DeepKernelGP.fit(x, y, encoder=enc.eval())  # fitted on train-mode features before
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.posterior(xq[:, None]).mean, want.posterior(xq[:, None]).mean, rtol=0, atol=0
+        )
+
+
+def test_conditioning_after_a_direct_posterior_and_checked_candidates():
+    x, y, xq = _data()
+    model = DeepKernelGP.fit(x, y)
+    with torch.no_grad():
+        model.posterior(xq[:3, None])  # the q = 1 path built no gpytorch caches
+        cond = model.condition_on_observations(xq[:2], torch.ones(2, 1, dtype=torch.float64))
+        post = cond.posterior(xq[:2, None])
+    assert float(post.variance.max()) < float(model.posterior(xq[:2, None]).variance.min())
+    with pytest.raises(ValueError, match="X has dtype torch.float32 but the model's is"):
+        model.posterior(xq[:, None].float())
+    forest = ForestModel.fit(x, y, n_estimators=5)
+    with pytest.raises(ValueError, match=r"\['bootstrap'\] cannot be set"):
+        ForestModel.fit(x, y, bootstrap=False)
+    from sklearn.ensemble import RandomForestRegressor
+
+    two = RandomForestRegressor(n_estimators=3).fit(x.numpy(), torch.cat([y, y], 1).numpy())
+    with pytest.raises(ValueError, match="one output"):
+        ForestModel(two)
+    assert forest.posterior(xq[:, None]).mean.shape == (40, 1, 1)
