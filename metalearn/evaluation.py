@@ -4,7 +4,8 @@ For every test task and support size (16, 32, 64, 128 by default), support sets 
 stratified with several seeds and the query set is the rest of the task. Classification is
 scored by delta-AUPRC, regression by out-of-sample R^2 (training mean as zero). Per task the
 seeds are averaged; the summary is the mean and standard error across tasks. Tasks too small
-for a support size, or whose query set would miss a class, are skipped and counted.
+for a support size, whose query set would miss a class, or whose labels are all equal (R^2_os
+undefined), are skipped and counted.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def _usable(task: Task, size: int) -> bool:
         n_neg = len(task) - n_pos
         if n_pos < 1 or n_neg < 1:
             return False
+    elif float(np.ptp(task.labels)) == 0.0:  # R^2_os undefined: the run stopped on it
+        return False
     return True
 
 
@@ -209,6 +212,10 @@ def evaluate(
                 "learner to score several of one kind"
             )
         learners = dict(zip(names, learners))
+    task_names = [t.name for t in tasks]
+    repeated = sorted({n for n in task_names if task_names.count(n) > 1})
+    if repeated:  # results and encoded inputs are keyed by name: tasks were mixed up
+        raise ValueError(f"tasks must have distinct names; repeated: {repeated}")
     kinds = {t.kind for t in tasks}
     if len(kinds) != 1:
         raise ValueError(f"tasks must all have one kind, got {sorted(kinds)}")

@@ -266,6 +266,24 @@ def test_evaluate_refuses_learners_that_share_a_name(tasks):
     _, _, te = tasks
     with pytest.raises(ValueError, match=r"share the name\(s\) \['RF'\]"):
         evaluate([RandomForest(n_estimators=5), RandomForest(seed=1)], te, (16,), 1)
+    from probrec.data import Task
+
+    twin = Task(te[1].inputs, te[1].labels, te[1].kind, te[0].name)
+    with pytest.raises(ValueError, match="tasks must have distinct names"):  # merged, mixed up
+        evaluate([RandomForest(n_estimators=5)], [te[0], twin], (16,), 1)
+
+
+def test_evaluate_skips_a_regression_task_of_equal_labels():
+    from metalearn import evaluate
+    from probrec.data import Task
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    good = Task(x, x @ [1.0, -1.0, 0.5], "regression", "good")
+    flat = Task(x, np.full(40, 2.5), "regression", "flat")  # stopped the whole run
+    res = evaluate([RandomForest("regression", n_estimators=5)], [good, flat], (16,), 2)
+    assert res.skipped[16] == ["flat"]
+    assert np.isfinite(res.summary()["RF"][16]["mean"])
 
 
 def test_encoded_adaptation_equals_plain_and_evaluate_matches_a_manual_loop(tasks):
