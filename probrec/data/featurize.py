@@ -374,8 +374,13 @@ def featurize_tasks(
     """Replaces the SMILES inputs of ``tasks`` by standardised features.
 
     Unique molecules across all tasks are featurised once (one cache entry). Standardisation
-    statistics are fitted on the molecules of ``fit_on`` (the training tasks) if the featurizer
-    is not fitted yet; pass ``fit_on=None`` with an already fitted featurizer.
+    statistics are fitted on the molecules of ``fit_on`` (the training tasks); pass
+    ``fit_on=None`` with an already fitted featurizer (e.g. one restored with
+    ``from_state_dict``), whose statistics are kept.
+
+    Raises:
+        ValueError: ``fit_on`` is given for a featurizer already fitted (its statistics were
+            replaced, silently, so features no longer matched an encoder trained on them).
 
     Returns:
         New tasks (same order) whose inputs are :class:`~probrec.data.tasks.RowView` s of one
@@ -383,6 +388,11 @@ def featurize_tasks(
     """
     from probrec.data.tasks import RowView
 
+    if fit_on is not None and featurizer.stats_ is not None:
+        raise ValueError(
+            "featurizer is already fitted: pass fit_on=None to use its statistics, or a new "
+            "MoleculeFeaturizer to fit them on fit_on"
+        )
     unique = sorted(
         {s for t in tasks for s in t.inputs} | {s for t in (fit_on or []) for s in t.inputs}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -21,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Writes ``<out>`` (``[n_valid, dim]`` float32 features), ``<out stem>.rows.npy`` (the CSV
+    data rows they belong to, 0-based: rows with invalid SMILES are left out, so row ``i`` of
+    the features is data row ``rows[i]``) and ``<out stem>.featurizer.json`` (the fitted
+    featurizer, for :meth:`~probrec.data.featurize.MoleculeFeaturizer.from_state_dict`)."""
     from probrec.data.featurize import MoleculeFeaturizer, parse_smiles
     from probrec.data.moleculenet import _find_smiles_column, _read_csv
 
@@ -28,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     col = _find_smiles_column(header, args.smiles_column)
     smiles = [r[col] for r in rows]
     _, bad = parse_smiles(smiles)
-    valid = [s for i, s in enumerate(smiles) if i not in set(bad)]
+    keep = np.setdiff1d(np.arange(len(smiles)), np.asarray(bad, dtype=np.int64))
+    valid = [smiles[i] for i in keep]
     f = MoleculeFeaturizer(
         descriptors=not args.no_descriptors,
         n_jobs=args.jobs,
@@ -37,9 +43,18 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     x = f.fit_transform(valid)
     out = Path(args.out or Path(args.csv).name.split(".")[0] + ".features.npy")
+    stem = out.with_suffix("") if out.suffix == ".npy" else out
+    rows_path = stem.with_name(stem.name + ".rows.npy")
+    state_path = stem.with_name(stem.name + ".featurizer.json")
     np.save(out, x)
+    np.save(rows_path, keep.astype(np.int64))  # the features no longer line up with the CSV
+    state_path.write_text(json.dumps(f.state_dict()))
     print(
-        f"featurized {len(valid)} molecules ({len(bad)} invalid SMILES skipped) into {out} "
-        f"[{x.shape[0]} x {x.shape[1]}] in {time.perf_counter() - t:.1f} s"
+        f"featurized {len(valid)} molecules into {out} [{x.shape[0]} x {x.shape[1]}] in "
+        f"{time.perf_counter() - t:.1f} s; CSV rows of each feature row in {rows_path}, "
+        f"featurizer in {state_path}"
     )
+    if len(bad):
+        shown = ", ".join(str(i) for i in list(bad)[:10]) + (", ..." if len(bad) > 10 else "")
+        print(f"{len(bad)} invalid SMILES left out (data rows {shown})")
     return 0

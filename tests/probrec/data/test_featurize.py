@@ -100,6 +100,12 @@ def test_featurize_tasks_shares_rows(tmp_path):
     out = featurize_tasks([t1, t2], f, fit_on=[t1])
     np.testing.assert_array_equal(out[0].inputs[2], out[1].inputs[0])
     assert out[1].inputs.shape == (3, f.dim)
+    # a fitted featurizer keeps its statistics (fit_on replaced them, silently)
+    restored = MoleculeFeaturizer.from_state_dict(f.state_dict())
+    with pytest.raises(ValueError, match="already fitted"):
+        featurize_tasks([t2], restored, fit_on=[t2])
+    again = featurize_tasks([t2], restored)
+    np.testing.assert_array_equal(again[0].inputs[:], out[1].inputs[:])
 
 
 @pytest.mark.data
@@ -110,3 +116,23 @@ def test_toxcast_featurises(shared_data):
     ts = load_moleculenet(shared_data / "molecules/moleculenet/toxcast_500.csv.gz")
     out = featurize_tasks(ts, MoleculeFeaturizer(progress=False), fit_on=ts)
     assert out[0].inputs.matrix.shape == (8576, 2048 + len(Descriptors._descList))
+
+
+def test_featurize_command_records_the_csv_rows_it_kept(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from probrec.data import featurize_cli
+
+    csv = tmp_path / "m.csv"
+    csv.write_text("smiles,y\nCCO,1\nnot_a_smiles,2\nc1ccccc1,3\nCC(=O)O,4\n")
+    parser = argparse.ArgumentParser()
+    featurize_cli.add_arguments(parser)
+    monkeypatch.chdir(tmp_path)
+    assert featurize_cli.run(parser.parse_args([str(csv), "--out", "f.npy", "--no-progress"])) == 0
+    x, rows = np.load(tmp_path / "f.npy"), np.load(tmp_path / "f.rows.npy")
+    # the invalid row was dropped and nothing said which: row 1 of x was the CSV's third row
+    assert rows.tolist() == [0, 2, 3] and x.shape[0] == 3
+    state = json.loads((tmp_path / "f.featurizer.json").read_text())
+    again = MoleculeFeaturizer.from_state_dict(state).transform(["c1ccccc1"])
+    np.testing.assert_allclose(again[0], x[1], rtol=0, atol=1e-6)
