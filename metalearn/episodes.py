@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from probrec.data.tasks import Episode, Task, sample_episode
+from probrec.data.tasks import Episode, Task, sample_episode, stratified_counts
 
 
 @dataclass
@@ -74,14 +74,16 @@ def stack_episodes(episodes: Sequence[Episode], dtype: torch.dtype = torch.float
     n_q = max(len(e.query_index) for e in episodes)
     d = episodes[0].task.inputs.shape[1]
     b = len(episodes)
-    sx = torch.as_tensor(np.stack([np.asarray(e.support_x, dtype=np.float32) for e in episodes]))
+    # built in the requested dtype (float64 inputs went through float32 before)
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    sx = torch.as_tensor(np.stack([np.asarray(e.support_x, dtype=np_dtype) for e in episodes]))
     sy = torch.as_tensor(np.stack([e.support_y for e in episodes]))
-    qx = torch.zeros(b, n_q, d)
+    qx = torch.zeros(b, n_q, d, dtype=dtype)
     qy = torch.zeros(b, n_q, dtype=torch.float64)
     qm = torch.zeros(b, n_q, dtype=torch.bool)
     for i, e in enumerate(episodes):
         k = len(e.query_index)
-        qx[i, :k] = torch.as_tensor(np.asarray(e.query_x, dtype=np.float32))
+        qx[i, :k] = torch.as_tensor(np.asarray(e.query_x, dtype=np_dtype))
         qy[i, :k] = torch.as_tensor(e.query_y)
         qm[i, :k] = True
     return MetaBatch(
@@ -92,8 +94,9 @@ def stack_episodes(episodes: Sequence[Episode], dtype: torch.dtype = torch.float
 def eligible_tasks(tasks: Sequence[Task], support_size: int, min_query: int = 1) -> list[Task]:
     """Tasks that can give a stratified episode with ``support_size`` support and a query.
 
-    Classification tasks need at least two positives and two negatives (one of each for the
-    support and for the query) and ``support_size + min_query`` rows.
+    Classification tasks need ``support_size + min_query`` rows and a positive and a negative
+    for the query after the stratified support set has taken its share of each class (a task
+    of 40 rows with two positives gave both to a support set of 32, every time).
     """
     out = []
     for t in tasks:
@@ -101,7 +104,11 @@ def eligible_tasks(tasks: Sequence[Task], support_size: int, min_query: int = 1)
             continue
         if t.is_classification:
             n_pos = int(t.labels.sum())
-            if n_pos < 2 or len(t) - n_pos < 2:
+            n_neg = len(t) - n_pos
+            if n_pos < 2 or n_neg < 2:
+                continue
+            k_pos, k_neg = stratified_counts(n_pos, n_neg, support_size, f"task {t.name!r}")
+            if k_pos >= n_pos or k_neg >= n_neg:
                 continue
         out.append(t)
     return out
