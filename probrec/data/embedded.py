@@ -8,11 +8,12 @@ and the first 5,000 molecules of the NCI open database (``rdkit/Data/NCI/first_5
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
 
-from probrec.checks import check_choice
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.data.tasks import Task
 
 CHEMBL_ASSAY = "CHEMBL2321810"
@@ -62,7 +63,11 @@ def load_rdkit_chembl_assay(kind: str = "regression", threshold: float | None = 
     y = np.asarray(acts, dtype=np.float64)
     meta = {"source": str(d), "ids": ids, "units": "pIC50"}
     if kind == "classification":
-        thr = float(np.median(y)) if threshold is None else float(threshold)
+        thr = (
+            float(np.median(y))
+            if threshold is None
+            else check_real(threshold, "threshold", minimum=-math.inf)
+        )
         meta["threshold"] = thr
         y = (y >= thr).astype(np.float64)
     return Task(x, y, kind, CHEMBL_ASSAY, meta)
@@ -83,4 +88,4 @@ def load_nci_smiles(n: int | None = None) -> list[str]:
     _, bad = parse_smiles(smiles)
     bad_set = set(bad)
     valid = [s for i, s in enumerate(smiles) if i not in bad_set]
-    return valid if n is None else valid[:n]
+    return valid if n is None else valid[: check_positive_int(n, "n")]  # -1 dropped the last

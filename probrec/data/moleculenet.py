@@ -58,9 +58,12 @@ def _to_float(value: str) -> float:
     if value.strip().lower() in _MISSING:
         return math.nan
     try:
-        return float(value)
+        v = float(value)
     except ValueError:  # a label such as "yes" was dropped as unlabelled, silently
         raise ValueError(f"non-numeric label {value!r}") from None
+    if math.isinf(v):  # was dropped as unlabelled, silently
+        raise ValueError(f"infinite label {value!r}")
+    return v
 
 
 def _label_matrix(rows: Sequence[Sequence[str]], cols: Sequence[int]) -> np.ndarray:
@@ -169,7 +172,12 @@ def load_regression_csv(
         raise ValueError(f"{path}: no molecule has a label in {label_column!r}")
     task = ts[0]
     y = task.labels if transform is None else np.asarray(transform(task.labels), dtype=float)
-    finite = np.isfinite(y)
+    if y.shape != task.labels.shape:  # a reduced or reshaped output mixed up rows
+        raise ValueError(
+            f"transform must map the labels {task.labels.shape} elementwise, returned shape "
+            f"{y.shape}"
+        )
+    finite = np.isfinite(y)  # a transform may leave labels undefined (log of 0): dropped
     task = Task(task.inputs[finite], y[finite], "regression", name or label_column, task.metadata)
     return TaskSet([task], skipped=ts.skipped, source=str(path))
 

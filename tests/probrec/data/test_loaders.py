@@ -48,6 +48,9 @@ def test_regression_csv(tmp_path):
     np.testing.assert_allclose(t.labels, [3.0, -4.0])
     with pytest.raises(ValueError, match="label_column 'z'"):
         load_regression_csv(p, "z")
+    for bad in (lambda v: float(np.mean(v)), lambda v: v[:1]):  # a 1-row task of 3 inputs
+        with pytest.raises(ValueError, match="transform must map the labels"):
+            load_regression_csv(p, "y", transform=bad)
 
 
 @pytest.mark.parametrize(
@@ -57,6 +60,7 @@ def test_regression_csv(tmp_path):
         ("smiles,a\n", "no data rows"),  # a NumPy TypeError
         ("smiles,a\nCCO,yes\nCCN,0\nCCC,1\n", "row 1, column 1: non-numeric label 'yes'"),
         ("a,smiles\n1\n", "row 1 has no SMILES cell"),  # an IndexError
+        ("smiles,a\nCCO,1\nCCN,inf\nCCC,2\n", "row 2, column 1: infinite label 'inf'"),  # dropped
     ],
 )
 def test_csv_loaders_name_what_is_wrong(tmp_path, text, match):
@@ -84,6 +88,14 @@ def test_embedded_chembl_assay():
     assert 0.4 < cls.positive_fraction < 0.6
     ep = sample_episode(cls, 16, seed=0)
     assert ep.support_y.sum() == 8
+    with pytest.raises(ValueError, match="threshold must be finite"):  # every label was 0
+        load_rdkit_chembl_assay("classification", threshold=float("nan"))
+    from probrec.data import load_nci_smiles
+
+    assert len(load_nci_smiles(3)) == 3
+    for bad in (-1, 0):  # -1 dropped the last molecule, 0 gave none
+        with pytest.raises(ValueError, match="n must be"):
+            load_nci_smiles(bad)
 
 
 def test_synthetic_families_are_seeded():
