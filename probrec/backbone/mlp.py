@@ -238,16 +238,26 @@ class MLPEncoder(nn.Module):
         """Encodes inputs.
 
         Args:
-            x: ``[..., in_dim]`` floating tensor (same dtype as the parameters).
+            x: ``[..., in_dim]`` floating tensor of the parameters' dtype, or integer / bool
+                (count or bit fingerprints, read in the parameters' dtype).
 
         Returns:
             ``[..., out_dim]`` features.
 
         Raises:
-            ValueError: the last dimension of ``x`` is not ``in_dim``.
+            ValueError: the last dimension of ``x`` is not ``in_dim``, or ``x`` is floating
+                in another dtype than the parameters (a bare matmul error before).
         """
         if x.dim() == 0 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must have shape [..., {self.in_dim}], got {tuple(x.shape)}")
+        w = next(self.parameters())
+        if not (x.is_floating_point() or x.is_complex()):
+            x = x.to(w.dtype)  # integer counts failed in the sparse product
+        elif x.dtype != w.dtype:
+            raise ValueError(
+                f"x has dtype {x.dtype} but the encoder's parameters are {w.dtype}: convert x "
+                "(or the encoder, e.g. encoder.double())"
+            )
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_dim)
         if self._sparse(x):

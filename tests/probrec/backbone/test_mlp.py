@@ -139,6 +139,16 @@ def test_bad_arguments() -> None:
     enc = MLPEncoder(3, hidden=(4,))
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 3\]"):
         enc(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="x has dtype torch.float64 but the encoder's"):
+        enc(torch.randn(2, 3, dtype=torch.float64))  # a bare matmul error
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_integer_fingerprints_are_read_in_the_parameters_dtype(dtype) -> None:
+    x = _fingerprints((300, 2048), 0.02, torch.int64)  # sparse path (count fingerprints)
+    x = x.bool() if dtype == torch.bool else x.to(dtype)
+    enc = MLPEncoder(2048, hidden=(16,), seed=0).eval()
+    torch.testing.assert_close(enc(x), enc(x.float()), rtol=0, atol=0)  # failed for int64
 
 
 def _fingerprints(shape: tuple[int, ...], density: float, dtype: torch.dtype) -> torch.Tensor:
