@@ -6,7 +6,8 @@ in target evaluations per chain. Two ways to say how long to run:
 
 - ``budget``: target evaluations per returned sample (log-density-only and gradient evaluations,
   each counted as one). With ``s = ceil(n_samples / n_chains)`` samples per chain, each chain
-  gets ``budget * s`` evaluations (the first evaluation at the starting point included). With
+  gets ``budget * n_samples / n_chains`` evaluations (the first evaluation at the starting point
+  included; ``budget * s`` overspent the budget when the chains do not divide the samples). With
   one sample per chain the chain's last state is the sample; otherwise the first
   ``burn_in_fraction`` of the transitions is burn-in and ``s`` states are kept at equal spacing.
 - ``burn_in`` and ``thin``: explicit numbers of transitions.
@@ -285,13 +286,16 @@ class Sampler(ABC):
         cost = self._cost(target)
         per = sum(cost)
         if self.budget is not None:
-            total = self.budget * spc - self._start_cost()
+            # evaluations per chain: the budget of the samples returned, shared by the chains
+            # (budget * spc overspent by chains * spc / n_samples, e.g. 2.5x for 50 chains, 20)
+            total = self.budget * n_samples / chains - self._start_cost()
             n_trans = int(math.floor(total / per + 1e-9))
             if n_trans < max(1, spc):
                 raise ValueError(
                     f"budget {self.budget:g} evaluations per sample is too small for {self.name}: "
                     f"one transition costs {per} evaluations per chain and each chain must keep "
-                    f"{spc} sample(s); raise the budget or use more chains"
+                    f"{spc} sample(s) on {total + self._start_cost():.3g} evaluations; raise the "
+                    "budget (or use more chains, but not more chains than samples)"
                 )
             if spc == 1:
                 burn_in, thin = n_trans - 1, 1

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import inspect
 import json
 import platform
 import time
@@ -40,6 +41,14 @@ from typing import Any
 
 import torch
 
+from probrec.argtypes import (
+    choice_list,
+    existing_path,
+    float_list,
+    json_object,
+    seed_list,
+    whole,
+)
 from probrec.progress import track
 from probrec.reporting import json_safe, mean_and_se
 
@@ -284,41 +293,56 @@ def evaluate(
 
 # ---------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``probrec bench samplers``."""
+    """Options of ``probrec bench samplers`` (bad values are usage errors naming the option)."""
     parser.add_argument(
         "--targets",
-        default="mog40",
-        help=f"comma-separated subset of {','.join(TARGETS)} (default: %(default)s)",
+        default=[TARGETS[0]],
+        type=choice_list(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default: mog40)",
     )
     parser.add_argument(
         "--samplers",
-        default="digs,pt,mala,hmc",
+        default=["digs", "pt", "mala", "hmc"],
+        type=choice_list([*SAMPLERS, "map"]),
         help="comma-separated subset of digs,pt,pt_hmc,mala,hmc,rwm,ptsd,dikl,map "
-        "(default: %(default)s)",
+        "(default: digs,pt,mala,hmc)",
     )
     parser.add_argument(
         "--budgets",
-        default="100,300,1000",
-        help="target evaluations per sample, comma-separated (default: %(default)s)",
+        default=[100.0, 300.0, 1000.0],
+        type=float_list(0.0),
+        help="target evaluations per sample, comma-separated (default: 100,300,1000)",
     )
     parser.add_argument(
-        "--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)"
+        "--seeds", default=[0, 1, 2], type=seed_list, help="distinct seeds (default: 0,1,2)"
     )
     parser.add_argument(
-        "--n-samples", type=int, default=10_000, help="samples per run (default: %(default)s)"
+        "--n-samples",
+        type=whole(1),
+        default=10_000,
+        help="samples per run (default: %(default)s)",
     )
     parser.add_argument(
-        "--chains", type=int, default=0, help="chains per run; 0: one independent chain per sample"
+        "--chains",
+        type=whole(0),
+        default=0,
+        help="chains per run, at most --n-samples; 0: one independent chain per sample",
     )
     parser.add_argument(
-        "--data", default=None, help="data root holding samplers/*.npy (../shared/data)"
+        "--data",
+        default=None,
+        type=existing_path("dir"),
+        help="data root holding samplers/*.npy (../shared/data)",
     )
     parser.add_argument("--out", default="samplers-bench", help="output folder (created)")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     parser.add_argument(
-        "--settings", default=None, help="JSON overrides of sampler settings per sampler"
+        "--settings",
+        default=None,
+        type=json_object,
+        help='JSON overrides of sampler settings per sampler, e.g. \'{"digs": {"n_mala": 2}}\'',
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=whole(1), default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--device",
         default="cpu",
@@ -329,40 +353,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _csv_list(text: str, cast: Callable[[str], Any], name: str) -> list[Any]:
+def _listed(value: Any, parse: Callable[[str], Any], name: str) -> Any:
+    """An option's parsed value (a string, as from code calling :func:`run` directly, is
+    parsed here; errors name the option)."""
+    if not isinstance(value, str):
+        return value
     try:
-        vals = [cast(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError as exc:
-        raise ValueError(f"--{name}: could not parse {text!r}") from exc
-    if not vals:
-        raise ValueError(f"--{name} is empty")
-    return vals
+        return parse(value)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"--{name}: {exc}") from None
+
+
+def _check_settings(overrides: dict[str, Any], names: list[str]) -> None:
+    """``--settings`` names known samplers and their options (an unknown keyword was a
+    TypeError from a constructor, after the earlier runs)."""
+    for s, opts in overrides.items():
+        if s not in SAMPLERS:
+            raise ValueError(
+                f"--settings names an unknown sampler {s!r}; known: {sorted(SAMPLERS)}"
+            )
+        if not isinstance(opts, dict):
+            raise ValueError(f"--settings[{s!r}] must be an object of options, got {opts!r}")
+        unknown = sorted(set(opts) - _accepted_options(SAMPLERS[s]))
+        if unknown:
+            raise ValueError(f"--settings[{s!r}]: unknown option(s) {unknown} of {s}")
+
+
+def _accepted_options(cls: type) -> set[str]:
+    """Keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters
+        names |= {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD and n != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs the benchmark described by ``args`` (see :func:`add_arguments`)."""
-    targets = _csv_list(args.targets, str, "targets")
-    for t in targets:
-        if t not in TARGETS:
-            raise ValueError(f"unknown --targets entry {t!r}; expected names from {list(TARGETS)}")
-    names = _csv_list(args.samplers, str, "samplers")
-    for s in names:
-        if s not in SAMPLERS and s != "map":
-            raise ValueError(
-                f"unknown --samplers entry {s!r}; expected {sorted(SAMPLERS) + ['map']}"
-            )
-    budgets = _csv_list(args.budgets, float, "budgets")
-    seeds = _csv_list(args.seeds, int, "seeds")
+    targets = _listed(args.targets, choice_list(TARGETS), "targets")
+    names = _listed(args.samplers, choice_list([*SAMPLERS, "map"]), "samplers")
+    budgets = _listed(args.budgets, float_list(0.0), "budgets")
+    seeds = _listed(args.seeds, seed_list, "seeds")
     if args.n_samples < 1 or args.chains < 0:
         raise ValueError("--n-samples must be >= 1 and --chains >= 0")
-    overrides = json.loads(args.settings) if args.settings else {}
+    if args.chains > args.n_samples:  # the extra chains' samples were dropped, their cost kept
+        raise ValueError(f"--chains ({args.chains}) must not exceed --n-samples ({args.n_samples})")
+    overrides = _listed(args.settings, json_object, "settings") or {}
+    _check_settings(overrides, names)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-    compile_opt: bool | str = {"auto": "auto", "on": True, "off": False}[args.compile]
     data = Path(args.data) if args.data else None
+    if data is not None and not data.is_dir():
+        raise ValueError(f"--data folder {str(data)!r} does not exist")
+    needs_reference = [t for t in targets if t in ("dw4", "lj13")]
+    missing = [t for t in needs_reference if _ref_path(data, t) is None]
+    if missing:  # their rows held no W1 metric and the summary table was empty
+        raise ValueError(
+            f"--targets {','.join(missing)} are scored against reference samples: pass --data "
+            f"with {', '.join(REFERENCE_FILES[t] for t in missing)} under it"
+        )
+    compile_opt: bool | str = {"auto": "auto", "on": True, "off": False}[args.compile]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress

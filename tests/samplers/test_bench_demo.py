@@ -54,13 +54,39 @@ def test_bench_writes_json_csv_and_figures(tmp_path):
     assert "mog40_independent_samples.png" in res["figures"]
 
 
-def test_bench_validates_options(tmp_path):
-    with pytest.raises(ValueError, match="targets"):
-        bench.run(_args(tmp_path, targets="gauss"))
-    with pytest.raises(ValueError, match="samplers"):
-        bench.run(_args(tmp_path, samplers="nuts"))
-    with pytest.raises(ValueError, match="budgets"):
-        bench.run(_args(tmp_path, budgets="a,b"))
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("targets", "gauss", "argument --targets: unknown gauss"),
+        ("samplers", "nuts", "argument --samplers: unknown nuts"),
+        ("budgets", "a,b", "argument --budgets: expected a number, got 'a'"),
+        ("budgets", "0", "argument --budgets: must be > 0"),
+        ("seeds", "0,0", "argument --seeds: repeats 0"),  # counted as two seeds (s.e. 0)
+        ("settings", "{bad", "argument --settings: not valid JSON"),  # a JSONDecodeError
+        ("settings", "[1]", "argument --settings: expected a JSON object"),  # AttributeError
+        ("threads", "0", "argument --threads: must be >= 1"),  # 0 was ignored, -1 a torch error
+        ("data", "/no/such/folder", "argument --data: folder '/no/such/folder' does not exist"),
+    ],
+)
+def test_bench_options_are_checked_when_parsed(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exc:
+        _args(tmp_path, **{option: value})
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_refuses_settings_it_cannot_honour(tmp_path):
+    with pytest.raises(ValueError, match="must not exceed --n-samples"):  # budget overspent
+        bench.run(_args(tmp_path, samplers="mala", chains=50, n_samples=20))
+    with pytest.raises(ValueError, match="--targets dw4 are scored against reference samples"):
+        bench.run(_args(tmp_path, targets="dw4", samplers="mala"))  # rows had no W1 metric
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\] of mala"):
+        bench.run(_args(tmp_path, samplers="mala", settings='{"mala": {"bogus": 1}}'))
+    with pytest.raises(ValueError, match="--settings names an unknown sampler 'nuts'"):
+        bench.run(_args(tmp_path, samplers="mala", settings='{"nuts": {}}'))
+    ns = _args(tmp_path, samplers="mala")
+    ns.targets = "mog40,gauss"  # as code calling run() directly may pass it
+    with pytest.raises(ValueError, match="--targets: unknown gauss"):
+        bench.run(ns)
 
 
 def test_bench_is_registered_with_the_probrec_cli(capsys):

@@ -279,6 +279,17 @@ def test_plan_spends_the_budget_with_burn_in_and_thinning():
         samplers.MALA(budget=10.0, burn_in=3)
 
 
+
+@pytest.mark.parametrize(("chains", "n"), [(10, 25), (7, 100), (50, 60)])
+def test_the_budget_holds_when_the_chains_do_not_divide_the_samples(chains, n):
+    # each chain was given budget * ceil(n / chains): 30 / 25, 105 / 100, 100 / 60 of the budget
+    res = samplers.MALA(n_chains=chains, budget=30.0, progress=False).run(
+        Gaussian(torch.zeros(2)), n, seed=0
+    )
+    assert res.samples.shape[0] == n
+    assert 0.9 * 30.0 <= res.evals_per_sample <= 30.0
+
+
 def test_results_report_diagnostics_and_serialise():
     import json
 
