@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from probrec.argtypes import choice_list, whole
+
 # (name, "module:function", one-line description)
 SECTIONS: list[tuple[str, str, str]] = [
     (
@@ -117,17 +119,18 @@ def data_section(ctx: DemoContext) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="probrec-demo", help="output folder (created)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=whole(0), default=0, help="seed (default: 0)")
     parser.add_argument("--quick", action="store_true", help="smaller settings (for tests)")
     parser.add_argument(
         "--sections",
-        default=",".join(n for n, _, _ in SECTIONS),
+        type=choice_list([n for n, _, _ in SECTIONS]),
+        default=[n for n, _, _ in SECTIONS],
         help=f"comma-separated subset of: {', '.join(n for n, _, _ in SECTIONS)}",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=whole(1),
         default=None,
         help="torch CPU threads (default: torch's; 1 is faster on a machine busy with other jobs)",
     )
@@ -139,11 +142,12 @@ def run(args: argparse.Namespace) -> int:
     from probrec import __version__
     from probrec.reporting import json_safe
 
-    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
-    known = {n for n, _, _ in SECTIONS}
-    unknown = [s for s in wanted if s not in known]
-    if unknown or not wanted:
-        raise ValueError(f"unknown --sections {unknown}; expected names from {sorted(known)}")
+    wanted = args.sections
+    if isinstance(wanted, str):  # code calling run() directly
+        try:
+            wanted = choice_list([n for n, _, _ in SECTIONS])(wanted)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"--sections: {exc}") from None
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0 (NumPy seeds are non-negative), got {args.seed}")
     threads = getattr(args, "threads", None)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probrec.argtypes import whole
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("csv", help="CSV (or .csv.gz) with a SMILES column")
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=None, help="output .npy (default: <csv stem>.features.npy)"
     )
     parser.add_argument("--no-descriptors", action="store_true", help="fingerprints only")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
+    parser.add_argument("--jobs", type=whole(1), default=None, help="worker processes")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -43,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     x = f.fit_transform(valid)
     out = Path(args.out or Path(args.csv).name.split(".")[0] + ".features.npy")
-    stem = out.with_suffix("") if out.suffix == ".npy" else out
+    if out.suffix != ".npy":  # np.save adds it: the message named a file that was not written
+        out = out.with_name(out.name + ".npy")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a missing folder was a FileNotFoundError
+    stem = out.with_suffix("")
     rows_path = stem.with_name(stem.name + ".rows.npy")
     state_path = stem.with_name(stem.name + ".featurizer.json")
     np.save(out, x)

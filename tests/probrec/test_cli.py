@@ -52,14 +52,18 @@ def test_demo_data_section(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--sections", ","], "unknown --sections"),  # exited 0 having run nothing
-        (["--sections", "bogus"], "unknown --sections"),
-        (["--seed", "-1"], "--seed must be >= 0"),  # was a NumPy traceback mid-run
-        (["--threads", "0"], "--threads must be a positive"),
+        (
+            ["--sections", ","],
+            "argument --sections: expected a comma-separated list",
+        ),  # ran nothing
+        (["--sections", "bogus"], "argument --sections: unknown bogus"),
+        (["--seed", "-1"], "argument --seed: must be >= 0"),  # was a NumPy traceback mid-run
+        (["--threads", "0"], "argument --threads: must be >= 1"),
     ],
 )
-def test_demo_refuses_bad_arguments_before_any_work(tmp_path, args, message):
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path, args, message, capsys):
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SystemExit) as exc:  # a usage error, not a traceback
         main(["demo", "--out", str(out), "--quick", "--no-progress", *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()

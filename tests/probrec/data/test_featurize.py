@@ -133,6 +133,8 @@ def test_featurize_command_records_the_csv_rows_it_kept(tmp_path, monkeypatch):
     x, rows = np.load(tmp_path / "f.npy"), np.load(tmp_path / "f.rows.npy")
     # the invalid row was dropped and nothing said which: row 1 of x was the CSV's third row
     assert rows.tolist() == [0, 2, 3] and x.shape[0] == 3
+    assert featurize_cli.run(parser.parse_args([str(csv), "--out", "new/g", "--no-progress"])) == 0
+    assert (tmp_path / "new" / "g.npy").is_file() and (tmp_path / "new" / "g.rows.npy").is_file()
     state = json.loads((tmp_path / "f.featurizer.json").read_text())
     again = MoleculeFeaturizer.from_state_dict(state).transform(["c1ccccc1"])
     np.testing.assert_allclose(again[0], x[1], rtol=0, atol=1e-6)
