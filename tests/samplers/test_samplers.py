@@ -279,7 +279,6 @@ def test_plan_spends_the_budget_with_burn_in_and_thinning():
         samplers.MALA(budget=10.0, burn_in=3)
 
 
-
 @pytest.mark.parametrize(("chains", "n"), [(10, 25), (7, 100), (50, 60)])
 def test_the_budget_holds_when_the_chains_do_not_divide_the_samples(chains, n):
     # each chain was given budget * ceil(n / chains): 30 / 25, 105 / 100, 100 / 60 of the budget
