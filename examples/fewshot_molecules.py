@@ -9,6 +9,12 @@ Default: a configuration that finishes on 2 CPU cores in about 30 minutes. ``--f
 reference sizes of Chen et al. (ICLR 2023) -- 16 tasks per meta-step, support 64, query 256,
 Adam 1e-4, 10,000 steps, a 2048-2048 MLP -- for a GPU.
 
+Meta-training checkpoints go to ``<out>/checkpoints``: a later run into the same ``--out``
+resumes them (or reuses them once complete, and may raise ``--steps``) when it has the same
+``--data``, ``--seed``, ``--n-valid``, ``--n-test`` and ``--full``, recorded in
+``<out>/checkpoints/run_options.json``; with other values it stops before loading anything (the
+checkpoints were trained on another split): use another ``--out``, or delete the folder.
+
 Example:
     python examples/fewshot_molecules.py --out runs/toxcast
 """
@@ -16,11 +22,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
+
+from probrec.argtypes import choice_list, existing_path, int_list, whole
+from probrec.reporting import format_mean_se
 
 try:  # CPU-time accounting (Unix)
     import resource
@@ -28,6 +38,53 @@ except ImportError:  # pragma: no cover - Windows
     resource = None
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/molecules/moleculenet"
+META_LEARNERS = ("ADKF-IFT", "ADKF", "DKT", "ProtoNet")
+LEARNERS = (*META_LEARNERS, "GP-ST", "RF", "kNN", "LogReg", "DKL")
+RUN_RECORD = "run_options.json"  # in <out>/checkpoints: the options its checkpoints came from
+# option behind each recorded key, for the message that refuses a mismatch
+OPTION_OF = {
+    "data_sha256": "--data",
+    "seed": "--seed",
+    "n_valid": "--n-valid",
+    "n_test": "--n-test",
+    "steps": "--steps",
+    "meta_options": "--full",
+}
+
+
+def _optional_file(text: str) -> str:
+    """An existing file, or '' (skip)."""
+    return str(existing_path("file")(text)) if text else ""
+
+
+_optional_file.__name__ = "path"
+
+
+def _jobs(text: str) -> int:
+    """A positive integer or -1 (one per core)."""
+    value = whole(-1)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a positive integer or -1 (one per core), got 0")
+    return value
+
+
+_jobs.__name__ = "integer"
+
+
+def _device(text: str) -> str:
+    """A torch device that exists here."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+_device.__name__ = "device"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,35 +92,55 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--data", default=str(DEFAULT_DATA / "toxcast_500.csv.gz"), help="ToxCast wide CSV"
+        "--data",
+        type=existing_path("file"),
+        default=str(DEFAULT_DATA / "toxcast_500.csv.gz"),
+        help="ToxCast wide CSV",
     )
     p.add_argument(
-        "--tox21", default=str(DEFAULT_DATA / "tox21.csv.gz"), help="Tox21 CSV ('' to skip)"
+        "--tox21",
+        type=_optional_file,
+        default=str(DEFAULT_DATA / "tox21.csv.gz"),
+        help="Tox21 CSV ('' to skip)",
     )
     p.add_argument("--out", default="runs/fewshot_molecules", help="output folder")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the split, the models and the episodes"
+        "--seed", type=whole(0), default=0, help="seed of the split, the models and the episodes"
     )
-    p.add_argument("--n-valid", type=int, default=30, help="validation assays")
-    p.add_argument("--n-test", type=int, default=100, help="test assays (>= 100 for the report)")
-    p.add_argument("--sizes", default="16,64", help="support sizes to evaluate")
-    p.add_argument("--eval-seeds", type=int, default=3, help="support sets per task and size")
-    p.add_argument("--learners", default="ADKF-IFT,ADKF,DKT,ProtoNet,GP-ST,RF,kNN,LogReg,DKL")
+    p.add_argument("--n-valid", type=whole(1), default=30, help="validation assays")
     p.add_argument(
-        "--steps", type=int, default=None, help="meta-training steps (default 400; --full 10000)"
+        "--n-test", type=whole(1), default=100, help="test assays (>= 100 for the report)"
+    )
+    p.add_argument("--sizes", type=int_list(1), default="16,64", help="support sizes to evaluate")
+    p.add_argument("--eval-seeds", type=whole(1), default=3, help="support sets per task and size")
+    p.add_argument(
+        "--learners",
+        type=choice_list(LEARNERS),
+        default=",".join(LEARNERS),
+        help=f"comma-separated subset of {', '.join(LEARNERS)}",
+    )
+    p.add_argument(
+        "--steps",
+        type=whole(1),
+        default=None,
+        help="meta-training steps (default 400; --full 10000)",
     )
     p.add_argument("--full", action="store_true", help="reference sizes (GPU)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dkl-steps", type=int, default=100, help="Adam steps of DKL per task")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dkl-steps", type=whole(1), default=100, help="Adam steps of DKL per task")
+    p.add_argument(
+        "--threads", type=whole(1), default=None, help="torch CPU threads (default: torch's)"
+    )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=_jobs,
         default=-1,
         help="worker processes for the per-episode evaluation (-1, default: one per core)",
     )
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.data = str(args.data)
+    return args
 
 
 def learner_configs(args: argparse.Namespace) -> dict[str, dict]:
@@ -74,22 +151,98 @@ def learner_configs(args: argparse.Namespace) -> dict[str, dict]:
     return {"ADKF-IFT": common, "ADKF": common, "DKT": common, "ProtoNet": common}
 
 
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The options that determine the task split and the meta-trained models (what a
+    checkpoint in ``<out>/checkpoints`` was trained with), in JSON form."""
+    config = learner_configs(args)["ADKF-IFT"]
+    options = {
+        "data": str(Path(args.data).resolve()),  # shown in messages; the contents are compared
+        "data_sha256": _sha256(args.data),
+        "seed": args.seed,
+        "n_valid": args.n_valid,
+        "n_test": args.n_test,
+        "steps": config["n_steps"],
+        "meta_options": {k: v for k, v in config.items() if k != "n_steps"},
+    }
+    return json.loads(json.dumps(options))  # tuples as lists, as the record holds them
+
+
+def check_reuse(folder: Path, options: dict, state: list[Path], resumable=()) -> None:
+    """Stops (``SystemExit``) if ``state`` (files of ``folder`` a run would reuse) was written
+    with other ``options`` than ``folder/run_options.json`` records, or without that record;
+    otherwise records ``options`` there. Keys in ``resumable`` may differ (a longer run resumes
+    the checkpoints of a shorter one)."""
+    record = folder / RUN_RECORD
+    if state:
+        if not record.is_file():
+            raise SystemExit(
+                f"{folder} holds {state[0].relative_to(folder)} from a run that did not record "
+                "its options (data, seed, split), so it cannot be checked against this one: "
+                f"use another --out, or delete {folder}"
+            )
+        saved = json.loads(record.read_text())
+        differ = []
+        for key in sorted(set(saved) | set(options)):
+            old, new = saved.get(key), options.get(key)
+            if key == "data" or key in resumable or old == new:
+                continue
+            if key == "data_sha256":
+                differ.append(f"--data {saved.get('data')} -> {options['data']} (other contents)")
+            elif isinstance(old, dict) and isinstance(new, dict):
+                keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                differ.append(
+                    f"{OPTION_OF.get(key, key)} ("
+                    + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys)
+                    + ")"
+                )
+            else:
+                differ.append(f"{OPTION_OF.get(key, key)} {old} -> {new}")
+        if differ:
+            raise SystemExit(
+                f"{folder} holds models trained with other options ({'; '.join(differ)}): this "
+                "run would reuse them on another task split. Use another --out, or delete "
+                f"{folder}"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(options, indent=1) + "\n")
+    tmp.replace(record)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import metalearn
     from metalearn.metrics import json_safe
     from probrec.data import MoleculeFeaturizer, featurize_tasks, load_moleculenet, split_tasks
 
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
+    ckpts = out / "checkpoints"
+    if any(name in META_LEARNERS for name in args.learners):
+        # before anything is loaded: checkpoints of another split must not be resumed
+        state = sorted(ckpts.glob("*/last.pt")) if ckpts.is_dir() else []
+        check_reuse(ckpts, run_options(args), state, resumable=("steps",))
+    torch.manual_seed(args.seed)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None
     t_start = time.perf_counter()
 
     tasks = load_moleculenet(args.data)
     n_train = len(tasks) - args.n_valid - args.n_test
+    if n_train < 1:
+        raise SystemExit(
+            f"--n-valid {args.n_valid} + --n-test {args.n_test} leave no training assays of the "
+            f"{len(tasks)} in {args.data}"
+        )
     train, valid, test = split_tasks(tasks, (n_train, args.n_valid, args.n_test), seed=args.seed)
     print(
         f"{len(tasks)} assays ({len(tasks.skipped)} invalid SMILES skipped): "
@@ -104,7 +257,7 @@ def main(argv=None) -> int:
     tox21_f = feats[len(every) :]
     fp = (0, feat.n_bits)  # Morgan count block for the fingerprint baselines
 
-    wanted = [s.strip() for s in args.learners.split(",") if s.strip()]
+    wanted = args.learners
     cfgs = learner_configs(args)
     factories = {
         "ADKF-IFT": lambda: metalearn.ADKFIFT(
@@ -121,23 +274,20 @@ def main(argv=None) -> int:
         "LogReg": lambda: metalearn.LogisticRegression(seed=args.seed, columns=fp),
         "DKL": lambda: metalearn.DKL(seed=args.seed, device=args.device, steps=args.dkl_steps),
     }
-    unknown = [w for w in wanted if w not in factories]
-    if unknown:
-        raise ValueError(f"unknown --learners {unknown}; choose from {sorted(factories)}")
     learners, train_seconds = {}, {}
     for name in wanted:
         m = factories[name]()
         t0 = time.perf_counter()
-        m.meta_fit(train_f, valid_f, checkpoint_dir=out / "checkpoints" / name, progress=progress)
+        m.meta_fit(train_f, valid_f, checkpoint_dir=ckpts / name, progress=progress)
         train_seconds[name] = time.perf_counter() - t0
-        if m.history.get("best_step") is not None and "valid_score" in m.history:
+        if m.history.get("best_step", -1) > 0 and "valid_score" in m.history:
             print(
                 f"  {name}: meta-trained in {train_seconds[name]:.0f} s, best valid delta-AUPRC "
                 f"{m.history['best_score']:.3f} at step {m.history['best_step']}"
             )
         learners[name] = m
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     report = {
         "args": vars(args),
         "train_seconds": train_seconds,
@@ -154,7 +304,7 @@ def main(argv=None) -> int:
             rows = [
                 f"| ADKF-IFT - {o} | "
                 + " | ".join(
-                    f"{d['mean']:+.3f} +- {d['se']:.3f}" for d in res.paired("ADKF-IFT", o).values()
+                    format_mean_se(d, signed=True) for d in res.paired("ADKF-IFT", o).values()
                 )
                 + " |"
                 for o in learners

@@ -11,12 +11,17 @@ Chen, Tripp & Hernandez-Lobato (ICLR 2023, Section 5.3).
     python examples/molecular_bo.py --out runs/molecular_bo --full   # 100 / 20 repeats
 
 Meta-trained learners and the fitted featurizer are saved under ``<out>/models`` and reused by
-later runs (``--models`` points at another run's folder).
+later runs (``--models`` points at another run's folder) that have the same ``--data``,
+``--seed``, ``--n-valid``, ``--n-test`` and ``--steps``, recorded in ``<models>/run_options.json``
+(with others a run stops before loading anything: use another ``--out``, or delete the folder).
+Meta-training checkpoints (``<out>/checkpoints``) are resumed under the same rule (``--steps``
+may grow there).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probrec.reporting import mean_and_se
+from probrec.argtypes import choice_list, existing_path, int_list, whole
+from probrec.reporting import format_mean_se, mean_and_se, mean_se_summary
 
 # data set -> (sign that turns the label into an objective to maximise, objective's name)
 GOALS = {
@@ -33,57 +39,199 @@ GOALS = {
     "cep_pce": (1.0, "PCE"),
 }
 DEEP = ("ADKF-IFT", "DKT")
+DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data"
+RUN_RECORD = "run_options.json"  # the options the saved models / checkpoints were trained with
+# option behind each recorded key, for the message that refuses a mismatch
+OPTION_OF = {
+    "data_sha256": "--data",
+    "seed": "--seed",
+    "n_valid": "--n-valid",
+    "n_test": "--n-test",
+    "steps": "--steps",
+    "meta_options": "meta-training options",
+}
+
+
+def _device(text: str) -> str:
+    """A torch device that exists here."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+_device.__name__ = "device"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--data",
-        default="../shared/data/molecules/moleculenet/toxcast_500.csv.gz",
+        type=existing_path("file"),
+        default=str(DEFAULT_ROOT / "molecules/moleculenet/toxcast_500.csv.gz"),
         help="meta-training tasks (wide MoleculeNet CSV)",
     )
-    p.add_argument("--root", default="../shared/data", help="folder holding molecules/ood/")
-    p.add_argument("--datasets", default=",".join(GOALS), help="out-of-domain sets")
+    p.add_argument(
+        "--root",
+        type=existing_path("dir"),
+        default=str(DEFAULT_ROOT),
+        help="folder holding molecules/ood/",
+    )
+    p.add_argument(
+        "--datasets", type=choice_list(GOALS), default=",".join(GOALS), help="out-of-domain sets"
+    )
     p.add_argument("--out", default="runs/molecular_bo", help="output folder")
     p.add_argument("--models", default=None, help="folder of saved learners (default <out>/models)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-valid", type=int, default=30, help="ToxCast validation assays")
-    p.add_argument("--n-test", type=int, default=100, help="ToxCast assays held out of training")
-    p.add_argument("--steps", type=int, default=None, help="meta-training steps (preset default)")
-    p.add_argument("--sizes", default="32,64", help="training-set sizes for prediction")
-    p.add_argument("--pred-repeats", type=int, default=None, help="default 20 (--full: 100)")
-    p.add_argument("--bo-repeats", type=int, default=None, help="default 4 (--full: 20)")
-    p.add_argument("--n-init", type=int, default=16)
-    p.add_argument("--n-iter", type=int, default=30)
+    p.add_argument("--seed", type=whole(0), default=0)
+    p.add_argument("--n-valid", type=whole(1), default=30, help="ToxCast validation assays")
+    p.add_argument(
+        "--n-test", type=whole(1), default=100, help="ToxCast assays held out of training"
+    )
+    p.add_argument(
+        "--steps", type=whole(1), default=None, help="meta-training steps (preset default)"
+    )
+    p.add_argument(
+        "--sizes", type=int_list(2), default="32,64", help="training-set sizes for prediction"
+    )
+    p.add_argument("--pred-repeats", type=whole(1), default=None, help="default 20 (--full: 100)")
+    p.add_argument("--bo-repeats", type=whole(1), default=None, help="default 4 (--full: 20)")
+    p.add_argument("--n-init", type=whole(1), default=16)
+    p.add_argument("--n-iter", type=whole(1), default=30)
     p.add_argument("--full", action="store_true", help="the paper's numbers of repeats")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=whole(1), default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    unknown = [d for d in args.datasets.split(",") if d not in GOALS]
-    if unknown:
-        p.error(f"unknown --datasets {unknown}; choose from {list(GOALS)}")
-    args.pred_repeats = args.pred_repeats or (100 if args.full else 20)
-    args.bo_repeats = args.bo_repeats or (20 if args.full else 4)
+    args.data, args.root = str(args.data), str(args.root)
+    if args.pred_repeats is None:
+        args.pred_repeats = 100 if args.full else 20
+    if args.bo_repeats is None:
+        args.bo_repeats = 20 if args.full else 4
     return args
 
 
-def meta_trained(args: argparse.Namespace, out: Path, progress):
-    """ADKF-IFT and DKT meta-trained on ToxCast (loaded if saved) and the fitted featurizer."""
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The options that determine the ToxCast split and the meta-trained models (what the
+    saved models and the checkpoints were trained with), in JSON form."""
+    from metalearn.training import preset
+
+    config = preset("cpu", args.steps)
+    options = {
+        "data": str(Path(args.data).resolve()),  # shown in messages; the contents are compared
+        "data_sha256": _sha256(args.data),
+        "seed": args.seed,
+        "n_valid": args.n_valid,
+        "n_test": args.n_test,
+        "steps": config["n_steps"],
+        "meta_options": {k: v for k, v in config.items() if k != "n_steps"},
+    }
+    return json.loads(json.dumps(options))  # tuples as lists, as the record holds them
+
+
+def check_reuse(folder: Path, options: dict, state: list[Path], resumable=()) -> None:
+    """Stops (``SystemExit``) if ``state`` (files of ``folder`` a run would reuse) was written
+    with other ``options`` than ``folder/run_options.json`` records, or without that record.
+    Keys in ``resumable`` may differ (a longer run resumes the checkpoints of a shorter one)."""
+    record = folder / RUN_RECORD
+    if not state:
+        return
+    if not record.is_file():
+        raise SystemExit(
+            f"{folder} holds {state[0].relative_to(folder)} from a run that did not record its "
+            "options (data, seed, split, steps), so it cannot be checked against this one: use "
+            f"another --out, or delete {folder}"
+        )
+    saved = json.loads(record.read_text())
+    differ = []
+    for key in sorted(set(saved) | set(options)):
+        old, new = saved.get(key), options.get(key)
+        if key == "data" or key in resumable or old == new:
+            continue
+        if key == "data_sha256":
+            differ.append(f"--data {saved.get('data')} -> {options['data']} (other contents)")
+        elif isinstance(old, dict) and isinstance(new, dict):
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            differ.append(
+                f"{OPTION_OF.get(key, key)} ("
+                + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys)
+                + ")"
+            )
+        else:
+            differ.append(f"{OPTION_OF.get(key, key)} {old} -> {new}")
+    if differ:
+        raise SystemExit(
+            f"{folder} holds models trained with other options ({'; '.join(differ)}): this run "
+            "would reuse them as if trained with its own. Use another --out, or delete "
+            f"{folder}"
+        )
+
+
+def write_record(folder: Path, options: dict) -> None:
+    """Records ``options`` in ``folder/run_options.json`` (atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / RUN_RECORD
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(options, indent=1) + "\n")
+    tmp.replace(record)
+
+
+def models_folder(args: argparse.Namespace, out: Path) -> Path:
+    return Path(args.models) if args.models else out / "models"
+
+
+def check_saved(args: argparse.Namespace, out: Path, options: dict) -> bool:
+    """Whether complete saved models will be loaded; stops (``SystemExit``) before any work if
+    the saved models or the checkpoints to resume were trained with other options."""
+    folder = models_folder(args, out)
+    saved = [folder / "featurizer.json", *(folder / f"{name}.pt" for name in DEEP)]
+    if all(p.exists() for p in saved):
+        check_reuse(folder, options, saved)
+        return True
+    ckpts = out / "checkpoints"
+    state = sorted(ckpts.glob("*/last.pt")) if ckpts.is_dir() else []
+    check_reuse(ckpts, options, state, resumable=("steps",))
+    return False
+
+
+def meta_trained(args: argparse.Namespace, out: Path, progress, options: dict, saved: bool):
+    """ADKF-IFT and DKT meta-trained on ToxCast (loaded if ``saved``, see :func:`check_saved`)
+    and the fitted featurizer."""
     import metalearn
     from metalearn.training import preset
     from probrec.data import MoleculeFeaturizer, featurize_tasks, load_moleculenet, split_tasks
 
-    folder = Path(args.models) if args.models else out / "models"
+    folder = models_folder(args, out)
     feat_path = folder / "featurizer.json"
     paths = {name: folder / f"{name}.pt" for name in DEEP}
-    if feat_path.exists() and all(p.exists() for p in paths.values()):
+    if saved:
         feat = MoleculeFeaturizer.from_state_dict(json.loads(feat_path.read_text()))
         learners = {n: metalearn.MetaLearner.load(p, device=args.device) for n, p in paths.items()}
         print(f"loaded {', '.join(learners)} and the featurizer from {folder}")
         return learners, feat, {}
+    # the models' record is written once all of them are saved (an interrupted run leaves no
+    # record, so its files are not reused); the checkpoints' before they are written
+    (folder / RUN_RECORD).unlink(missing_ok=True)
+    write_record(out / "checkpoints", options)
     tasks = load_moleculenet(args.data)
     n_train = len(tasks) - args.n_valid - args.n_test
+    if n_train < 1:
+        raise SystemExit(
+            f"--n-valid {args.n_valid} + --n-test {args.n_test} leave no training assays of the "
+            f"{len(tasks)} in {args.data}"
+        )
     train, valid, _ = split_tasks(tasks, (n_train, args.n_valid, args.n_test), seed=args.seed)
     feat = MoleculeFeaturizer(progress=progress)
     feats = featurize_tasks(list(train) + list(valid), feat, fit_on=train)
@@ -100,6 +248,7 @@ def meta_trained(args: argparse.Namespace, out: Path, progress):
         learners[name] = m
         print(f"  {name}: meta-trained on {len(train)} ToxCast assays in {seconds[name]:.0f} s")
     feat_path.write_text(json.dumps(feat.state_dict()))
+    write_record(folder, options)
     return learners, feat, seconds
 
 
@@ -110,7 +259,9 @@ def markdown_table(rows: dict[str, dict[str, str]], first: str) -> str:
     return "\n".join(lines)
 
 
-def plot_bo(curves: dict[str, np.ndarray], title: str, ylabel: str, path: Path) -> None:
+def plot_bo(
+    curves: dict[str, np.ndarray], title: str, ylabel: str, path: Path, n_init: int = 16
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +275,7 @@ def plot_bo(curves: dict[str, np.ndarray], title: str, ylabel: str, path: Path) 
         it = np.arange(len(mean))
         ax.plot(it, mean, label=name, ls="--" if name == "random" else "-")
         ax.fill_between(it, mean - se, mean + se, alpha=0.2)
-    ax.set_xlabel("iteration (after 16 random molecules)")
+    ax.set_xlabel(f"iteration (after {n_init} random molecules)")
     ax.set_ylabel(f"best {ylabel} found (mean +- s.e.)")
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -135,26 +286,43 @@ def plot_bo(curves: dict[str, np.ndarray], title: str, ylabel: str, path: Path) 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from metalearn.metrics import json_safe, mean_and_se
+    out = Path(args.out)
+    options = run_options(args)
+    saved = check_saved(args, out, options)  # before any work: no reuse under other options
+    from metalearn.metrics import json_safe
     from metalearn.ood import default_surrogates, optimise_out_of_domain, predict_out_of_domain
     from probrec.data import load_regression_set
 
     torch.manual_seed(args.seed)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None
     t_start = time.perf_counter()
-    learners, feat, train_seconds = meta_trained(args, out, progress)
+    # the out-of-domain sets before meta-training: sizes they cannot hold stop the run here
+    sets = {name: load_regression_set(name, args.root) for name in args.datasets}
+    for name, task in sets.items():
+        n = len(task.labels)
+        if max(args.sizes) >= n or args.n_init + args.n_iter > n:
+            raise SystemExit(
+                f"{name} has {n} molecules: --sizes must be below it and --n-init + --n-iter "
+                f"at most it (got --sizes {','.join(map(str, args.sizes))}, --n-init "
+                f"{args.n_init}, --n-iter {args.n_iter})"
+            )
+    learners, feat, train_seconds = meta_trained(args, out, progress, options, saved)
     surrogates = default_surrogates(DEEP)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    report: dict = {"args": vars(args), "train_seconds": train_seconds, "datasets": {}}
+    sizes = args.sizes
+    report: dict = {
+        "args": vars(args),
+        "models": {"folder": str(models_folder(args, out)), "trained_with": options},
+        "train_seconds": train_seconds,
+        "datasets": {},
+    }
     pred_rows: dict[str, dict[str, str]] = {s.name: {} for s in surrogates}
     bo_rows: dict[str, dict[str, str]] = {s.name: {} for s in surrogates}
     bo_rows["random"] = {}
-    for name in args.datasets.split(","):
-        task = load_regression_set(name, args.root)
+    for name in args.datasets:
+        task = sets[name]
         x = feat.transform(list(task.inputs))
         inputs = {"fingerprint": torch.as_tensor(x[:, : feat.n_bits], dtype=torch.float64)}
         for deep, learner in learners.items():
@@ -175,16 +343,16 @@ def main(argv=None) -> int:
             secs = time.perf_counter() - t0
             print(f"{name}: prediction with {n_train} molecules in {secs:.0f} s")
             for s, metrics in res.items():
-                r2, r2_se = mean_and_se(metrics["r2"])
-                nll, nll_se = mean_and_se(metrics["nll"])
+                r2, nll = mean_se_summary(metrics["r2"]), mean_se_summary(metrics["nll"])
                 entry["prediction"][f"{s}@{n_train}"] = {
-                    "r2": [r2, r2_se],
-                    "nll": [nll, nll_se],
+                    "r2": [r2["mean"], r2["se"]],
+                    "nll": [nll["mean"], nll["se"]],
                     "r2_per_repeat": metrics["r2"].tolist(),
                     "nll_per_repeat": metrics["nll"].tolist(),
                 }
-                pred_rows[s][f"{name} R2 @{n_train}"] = f"{r2:.3f} +- {r2_se:.3f}"
-                pred_rows[s][f"{name} NLL @{n_train}"] = f"{nll:.3f} +- {nll_se:.3f}"
+                # one repeat: the mean alone (its s.e. is undefined)
+                pred_rows[s][f"{name} R2 @{n_train}"] = format_mean_se(r2)
+                pred_rows[s][f"{name} NLL @{n_train}"] = format_mean_se(nll)
         sign, label = GOALS[name]
         t0 = time.perf_counter()
         curves = optimise_out_of_domain(
@@ -201,10 +369,10 @@ def main(argv=None) -> int:
         best_possible = float((sign * y).max())
         entry["bo"] = {"objective": label, "pool_best": best_possible}
         for s, v in curves.items():
-            m, se = mean_and_se(v[:, -1])
-            entry["bo"][s] = {"final": [m, se], "curves": v.tolist()}
-            bo_rows[s][f"{name} ({label}; pool best {best_possible:.2f})"] = f"{m:.3f} +- {se:.3f}"
-        plot_bo(curves, name, label, out / f"bo_{name}.png")
+            final = mean_se_summary(v[:, -1])
+            entry["bo"][s] = {"final": [final["mean"], final["se"]], "curves": v.tolist()}
+            bo_rows[s][f"{name} ({label}; pool best {best_possible:.2f})"] = format_mean_se(final)
+        plot_bo(curves, name, label, out / f"bo_{name}.png", args.n_init)
         report["datasets"][name] = entry
     md_pred = markdown_table(pred_rows, "model")
     md_bo = markdown_table(bo_rows, f"best after {args.n_iter} iterations")
