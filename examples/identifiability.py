@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probrec.reporting import json_safe, mean_and_se
+from probrec.argtypes import existing_path, int_list, number, whole
+from probrec.data.dockstring import DOCKSTRING_TARGETS
+from probrec.reporting import format_mean_se, json_safe, mean_and_se, mean_se_summary
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1].parent
@@ -47,49 +49,87 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--part", choices=["synthetic", "dockstring", "all"], default="all")
     p.add_argument("--out", default="runs/identifiability", help="output folder")
     p.add_argument("--figures", default="", help="folder for the PNG figures (default: --out)")
-    p.add_argument("--seeds", type=int, default=5, help="synthetic seeds")
-    p.add_argument("--latent-dim", type=int, default=5, help="synthetic latents d")
-    p.add_argument("--obs-dim", type=int, default=10, help="synthetic observation width D")
-    p.add_argument("--tasks", type=int, default=50, help="synthetic tasks")
-    p.add_argument("--rows", type=int, default=200, help="synthetic training rows per task")
-    p.add_argument("--epochs", type=int, default=60, help="stage-1 epochs (synthetic)")
-    p.add_argument("--hidden", default="64", help="stage-1 hidden widths (synthetic)")
-    p.add_argument("--lr", type=float, default=3e-3, help="stage-1 Adam step (synthetic)")
+    p.add_argument("--seeds", type=whole(1), default=5, help="synthetic seeds")
+    p.add_argument("--latent-dim", type=whole(1), default=5, help="synthetic latents d")
     p.add_argument(
-        "--weight-decay", type=float, default=1e-3, help="stage-1 weight decay (synthetic)"
+        "--obs-dim", type=whole(1), default=10, help="synthetic observation width D (>= d)"
     )
-    p.add_argument("--stage2-steps", type=int, default=1000, help="stage-2 Adam steps")
-    p.add_argument("--restarts", type=int, default=3, help="stage-2 restarts")
+    p.add_argument("--tasks", type=whole(1), default=50, help="synthetic tasks")
+    p.add_argument(
+        "--rows", type=whole(2), default=200, help="synthetic training rows per task (>= 2)"
+    )
+    p.add_argument("--epochs", type=whole(1), default=60, help="stage-1 epochs (synthetic)")
+    p.add_argument(
+        "--hidden",
+        type=int_list(1, distinct=False),
+        default="64",
+        help="stage-1 hidden widths, comma-separated (synthetic)",
+    )
+    p.add_argument("--lr", type=number(0.0), default=3e-3, help="stage-1 Adam step (synthetic)")
+    p.add_argument(
+        "--weight-decay",
+        type=number(0.0, strict=False),
+        default=1e-3,
+        help="stage-1 weight decay (synthetic)",
+    )
+    p.add_argument("--stage2-steps", type=whole(1), default=1000, help="stage-2 Adam steps")
+    p.add_argument("--restarts", type=whole(1), default=3, help="stage-2 restarts")
     p.add_argument(
         "--paper-model",
         action="store_true",
         help="stage 2 with z_C | y ~ N(0, I) (the paper's model) instead of exact conditioning",
     )
     p.add_argument("--data", default=str(DEFAULT_DATA), help="DOCKSTRING table")
-    p.add_argument("--held-out", type=int, default=10, help="held-out DOCKSTRING targets")
-    p.add_argument("--rep-dim", type=int, default=16, help="DOCKSTRING representation width")
-    p.add_argument("--dock-epochs", type=int, default=80, help="stage-1 epochs (DOCKSTRING)")
-    p.add_argument("--dropout", type=float, default=0.2, help="stage-1 dropout (DOCKSTRING)")
+    p.add_argument(
+        "--held-out",
+        type=whole(1),
+        default=10,
+        help=f"held-out DOCKSTRING targets (of the {len(DOCKSTRING_TARGETS)})",
+    )
+    p.add_argument("--rep-dim", type=whole(1), default=16, help="DOCKSTRING representation width")
+    p.add_argument("--dock-epochs", type=whole(1), default=80, help="stage-1 epochs (DOCKSTRING)")
+    p.add_argument(
+        "--dropout",
+        type=number(0.0, strict=False),
+        default=0.2,
+        help="stage-1 dropout in [0, 1) (DOCKSTRING)",
+    )
     p.add_argument(
         "--no-descriptors",
         dest="descriptors",
         action="store_false",
         help="Morgan count fingerprints only (default: fingerprints + RDKit 2-D descriptors)",
     )
-    p.add_argument("--train-molecules", type=int, default=1500, help="stage-1 molecules")
-    p.add_argument("--sizes", default="32,64", help="support sizes")
-    p.add_argument("--repeats", type=int, default=20, help="support sets per target and size")
+    p.add_argument("--train-molecules", type=whole(1), default=1500, help="stage-1 molecules")
+    p.add_argument("--sizes", type=int_list(2), default="32,64", help="support sizes")
+    p.add_argument("--repeats", type=whole(1), default=20, help="support sets per target and size")
     p.add_argument(
         "--ard-repeats",
-        type=int,
+        type=whole(0),
         default=0,
         help="support sets per target for an ARD GP head at the largest support size "
         "(default 0: skipped; about 2-5 s per fit)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the DOCKSTRING experiment")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed", type=whole(0), default=0, help="seed of the DOCKSTRING experiment")
+    p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.part != "synthetic":  # (the synthetic part reads no file)
+        try:
+            existing_path("file")(args.data)
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"argument --data: {exc}")
+    # bounds that depend on another option or on the fixed DOCKSTRING targets
+    if args.obs_dim < args.latent_dim:
+        p.error(f"--obs-dim {args.obs_dim} must be >= --latent-dim {args.latent_dim}")
+    if args.held_out >= len(DOCKSTRING_TARGETS):
+        p.error(
+            f"--held-out {args.held_out} leaves no training target of the "
+            f"{len(DOCKSTRING_TARGETS)} DOCKSTRING targets"
+        )
+    if args.dropout >= 1:
+        p.error(f"--dropout must be in [0, 1), got {args.dropout:g}")
+    return args
 
 
 # ---------------------------------------------------------------------------------- synthetic
@@ -114,7 +154,7 @@ def synthetic_run(mixing: str, seed: int, args) -> dict:
         train.x,
         train.y,
         d,
-        hidden=tuple(int(w) for w in args.hidden.split(",")),
+        hidden=tuple(args.hidden),
         epochs=args.epochs,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -182,11 +222,12 @@ def synthetic(args) -> dict:
     print(f"{'metric':30s} {'linear':>16s} {'nonlinear':>16s}")
     for key, label in SYN_KEYS:
         row = {
-            m: mean_and_se([r[key] for r in runs if r["mixing"] == m])
+            m: mean_se_summary([r[key] for r in runs if r["mixing"] == m])
             for m in ("linear", "nonlinear")
         }
-        summary[key] = row
-        cells = "".join(f" {row[m][0]:9.3f} +- {row[m][1]:.3f}" for m in ("linear", "nonlinear"))
+        summary[key] = {m: (v["mean"], v["se"]) for m, v in row.items()}
+        # one seed: the mean alone (its s.e. is undefined)
+        cells = "".join(f" {format_mean_se(row[m]):>16s}" for m in ("linear", "nonlinear"))
         print(f"{label:30s}{cells}")
     return {"runs": runs, "summary": summary}
 
@@ -207,7 +248,7 @@ def synthetic_figure(res: dict, path: Path) -> None:
                 j + (i - 1.5) * width,
                 mu,
                 width,
-                yerr=se,
+                yerr=se if np.isfinite(se) else None,  # one seed: no error bar
                 capsize=3,
                 color=f"C{i}",
                 label=label.replace("strong MCC, ", "") if j == 0 else None,
@@ -279,15 +320,31 @@ def few_shot_r2_ard(
     return np.asarray(out)
 
 
-def dockstring(args) -> dict:
+def load_dockstring(args) -> tuple[list[str], list[str], np.ndarray]:
+    """The DOCKSTRING table, with the molecule counts the options need checked (``SystemExit``
+    naming them): loaded before any training."""
+    from probrec.data.dockstring import load_dockstring_targets
+
+    smiles, names, scores = load_dockstring_targets(args.data)
+    n = len(smiles)
+    pool = n - args.train_molecules
+    if pool <= max(args.sizes):
+        raise SystemExit(
+            f"{args.data} has {n} molecules: --train-molecules {args.train_molecules} leaves "
+            f"{max(pool, 0)} for support sets of --sizes {','.join(map(str, args.sizes))} and "
+            "their queries"
+        )
+    return smiles, names, scores
+
+
+def dockstring(args, table=None) -> dict:
     from sklearn.decomposition import PCA, FastICA
 
     from metalearn.identifiability import fit_causal_model, fit_multitask
-    from probrec.data.dockstring import load_dockstring_targets
     from probrec.data.featurize import MoleculeFeaturizer
 
     rng = np.random.default_rng(args.seed)
-    smiles, names, scores = load_dockstring_targets(args.data)
+    smiles, names, scores = table if table is not None else load_dockstring(args)
     scores = np.minimum(scores, 5.0)  # DOCKSTRING convention: failed poses clipped at 5
     n, t = scores.shape
     order = rng.permutation(t)
@@ -359,7 +416,7 @@ def dockstring(args) -> dict:
         "PCA of inputs": (standardise(pca.transform(x)), "matern52"),
         "fingerprints (Tanimoto)": (np.expm1(fp).astype(np.float64), "tanimoto"),
     }
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     table: dict = {}
     per_target: dict = {}
     for size in sizes:
@@ -392,15 +449,16 @@ def dockstring(args) -> dict:
         line = f"{fname:26s}"
         for s in sizes:
             v = table[str(s)][fname]
-            mu, se = mean_and_se(v)
-            dmu, dse = mean_and_se(v - table[str(s)]["stage-1 features"])
+            stat = mean_se_summary(v)
+            diff = mean_se_summary(v - table[str(s)]["stage-1 features"])
             out_table.setdefault(str(s), {})[fname] = {
-                "mean": mu,
-                "se": se,
-                "diff": dmu,
-                "diff_se": dse,
+                "mean": stat["mean"],
+                "se": stat["se"],
+                "diff": diff["mean"],
+                "diff_se": diff["se"],
             }
-            line += f" {mu:9.3f} +- {se:.3f} {dmu:+8.3f} +- {dse:.3f}"
+            # one episode: the mean alone (its s.e. is undefined)
+            line += f" {format_mean_se(stat):>18s} {format_mean_se(diff, signed=True):>16s}"
         print(line)
     ard_table: dict = {}
     if args.ard_repeats:
@@ -426,9 +484,9 @@ def dockstring(args) -> dict:
                         for j in held
                     ]
                 )
-                mu, se = mean_and_se(vals)
-                ard_table.setdefault(str(size), {})[fname] = {"mean": mu, "se": se}
-                line += f" {mu:9.3f} +- {se:.3f}"
+                stat = mean_se_summary(vals)
+                ard_table.setdefault(str(size), {})[fname] = {k: stat[k] for k in ("mean", "se")}
+                line += f" {format_mean_se(stat):>18s}"
             print(line, flush=True)
     ind = model.causal_indicators().numpy()
     y_std = np.nan_to_num((yp - np.nanmean(yp, 0)) / np.nanstd(yp, 0))
@@ -477,6 +535,8 @@ def dockstring_figure(res: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # the table first: counts it cannot hold stop the run before any work
+    docking = load_dockstring(args) if args.part in ("dockstring", "all") else None
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -487,8 +547,8 @@ def main(argv=None) -> dict:
     if args.part in ("synthetic", "all"):
         results["synthetic"] = synthetic(args)
         synthetic_figure(results["synthetic"], figs / "identifiability_synthetic_mcc.png")
-    if args.part in ("dockstring", "all"):
-        results["dockstring"] = dockstring(args)
+    if docking is not None:
+        results["dockstring"] = dockstring(args, docking)
         dockstring_figure(results["dockstring"], figs / "identifiability_dockstring_latents.png")
     results["seconds"] = time.time() - start
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
