@@ -26,33 +26,55 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probrec.reporting import json_safe
+from probrec.argtypes import choice_list, existing_path, int_list, whole
+from probrec.reporting import format_mean_se, json_safe
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
+FM_LEARNERS = ("ADKF-IFT", "DKT", "ProtoNet", "LogReg", "kNN", "RF")  # on the FM-store block
+FULL_LEARNERS = ("VM-finetune", "LoopVM-finetune", "LoopVM", "Popularity")  # on every column
+LEARNERS = (*FM_LEARNERS, *FULL_LEARNERS)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="MovieLens folder or TaobaoAd CSV")
+    p.add_argument(
+        "--data",
+        type=existing_path("any"),
+        default=None,
+        help=f"MovieLens folder (default {DEFAULT_DATA}) or TaobaoAd CSV (needed with --format "
+        "taobao)",
+    )
     p.add_argument("--format", choices=("movielens", "taobao"), default="movielens")
     p.add_argument("--download", default=None, help="download MovieLens-100k into this folder")
     p.add_argument("--out", default="runs/recsys_fewshot", help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of the models, split and episodes")
-    p.add_argument("--sizes", default="4,8,16", help="support sizes")
-    p.add_argument("--eval-seeds", type=int, default=3, help="support sets per task and size")
-    p.add_argument("--n-train", type=int, default=50, help="meta-train users")
-    p.add_argument("--n-valid", type=int, default=10, help="validation users")
-    p.add_argument("--min-events", type=int, default=20, help="test events a user needs")
-    p.add_argument("--steps", type=int, default=300, help="meta-training steps")
+    p.add_argument(
+        "--seed", type=whole(0), default=0, help="seed of the models, split and episodes"
+    )
+    p.add_argument("--sizes", type=int_list(1), default="4,8,16", help="support sizes")
+    p.add_argument("--eval-seeds", type=whole(1), default=3, help="support sets per task and size")
+    p.add_argument("--n-train", type=whole(1), default=50, help="meta-train users")
+    p.add_argument("--n-valid", type=whole(1), default=10, help="validation users")
+    p.add_argument("--min-events", type=whole(1), default=20, help="test events a user needs")
+    p.add_argument("--steps", type=whole(1), default=300, help="meta-training steps")
     p.add_argument(
         "--learners",
-        default="ADKF-IFT,DKT,ProtoNet,LogReg,kNN,RF,VM-finetune,LoopVM-finetune,LoopVM,Popularity",
+        type=choice_list(LEARNERS),
+        default=",".join(LEARNERS),
+        help=f"comma-separated subset of {', '.join(LEARNERS)}",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.download and args.format != "movielens":
+        p.error("--download fetches MovieLens-100k: it does not go with --format taobao")
+    if args.data is None:
+        if args.format == "taobao" and not args.download:
+            p.error("--format taobao needs --data, the TaobaoAd CSV")
+        args.data = DEFAULT_DATA
+    args.data = str(args.data)
+    return args
 
 
 def main(argv=None) -> int:
@@ -95,7 +117,7 @@ def main(argv=None) -> int:
         f"{len(tasks)} cold-start users (test events per user: median {np.median(sizes_ev):.0f},"
         f" min {min(sizes_ev)}): {len(train)} meta-train / {len(valid)} valid / {len(test)} test"
     )
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     a, b = cols["fm"]
     # the FM-store block mixes scales (embeddings ~0.05-0.3, a rate in [0, 1], a log count):
     # standardise it per dimension with the meta-training users' statistics (robust_std: an FM
@@ -154,10 +176,7 @@ def main(argv=None) -> int:
         "LoopVM": lambda: ColumnScore("LoopVM", cols["LoopVM/logit"][0], logit=True),
         "Popularity": lambda: ColumnScore("Popularity", cols["pop"][0]),
     }
-    wanted = [s.strip() for s in args.learners.split(",") if s.strip()]
-    unknown = [w for w in wanted if w not in fm_learners and w not in full_learners]
-    if unknown:
-        raise ValueError(f"unknown --learners {unknown}")
+    wanted = args.learners
     fm_set = {}
     train_seconds = {}
     for name in (w for w in wanted if w in fm_learners):
@@ -182,7 +201,7 @@ def main(argv=None) -> int:
             d = merged.paired("ADKF-IFT", o)
             rows.append(
                 f"| ADKF-IFT - {o} | "
-                + " | ".join(f"{d[s]['mean']:+.3f} +- {d[s]['se']:.3f}" for s in sizes if s in d)
+                + " | ".join(format_mean_se(d[s], signed=True) for s in sizes if s in d)
                 + " |"
             )
         head_row = "| paired difference | " + " | ".join(str(s) for s in sizes) + " |"

@@ -27,31 +27,64 @@ from pathlib import Path
 
 import torch
 
+from probrec.argtypes import existing_path, seed_list, whole
 from probrec.reporting import json_safe
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
+
+
+def _device(text: str) -> str:
+    """A torch device that exists here."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+_device.__name__ = "device"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="MovieLens folder or TaobaoAd CSV")
+    p.add_argument(
+        "--data",
+        type=existing_path("any"),
+        default=None,
+        help=f"MovieLens folder (default {DEFAULT_DATA}) or TaobaoAd CSV (needed with --format "
+        "taobao)",
+    )
     p.add_argument("--format", choices=("movielens", "taobao"), default="movielens")
     p.add_argument(
         "--download", default=None, help="download MovieLens-100k into this folder and use it"
     )
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
     p.add_argument("--out", default="runs/recsys_loopfm", help="output folder")
     p.add_argument(
         "--no-ablation", action="store_true", help="skip the untrained-FM-store ablation"
     )
-    p.add_argument("--fm-epochs", type=int, default=None, help="maximum FM epochs")
-    p.add_argument("--vm-epochs", type=int, default=None, help="maximum VM epochs")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--device", default="cpu", help="torch device of the models (e.g. cuda)")
+    p.add_argument("--fm-epochs", type=whole(1), default=None, help="maximum FM epochs")
+    p.add_argument("--vm-epochs", type=whole(1), default=None, help="maximum VM epochs")
+    p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
+    p.add_argument(
+        "--device", type=_device, default="cpu", help="torch device of the models (e.g. cuda)"
+    )
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.download and args.format != "movielens":
+        p.error("--download fetches MovieLens-100k: it does not go with --format taobao")
+    if args.data is None:
+        if args.format == "taobao" and not args.download:
+            p.error("--format taobao needs --data, the TaobaoAd CSV")
+        args.data = DEFAULT_DATA
+    args.data = str(args.data)
+    return args
 
 
 def main(argv=None) -> int:
@@ -72,13 +105,13 @@ def main(argv=None) -> int:
     log = load_log(args.data, args.format, download=args.download)
     print(log)
     cfg = LoopFMConfig(variants=VARIANTS if args.no_ablation else (*VARIANTS, UNTRAINED))
-    if args.fm_epochs:
+    if args.fm_epochs is not None:
         cfg.fm_train.epochs = args.fm_epochs
-    if args.vm_epochs:
+    if args.vm_epochs is not None:
         cfg.vm_train.epochs = args.vm_epochs
     t0 = time.perf_counter()
     runs = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in args.seeds:
         run, _ = run_loopfm(
             log,
             out,

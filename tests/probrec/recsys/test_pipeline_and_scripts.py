@@ -146,6 +146,57 @@ def test_fewshot_example(examples, tmp_path):
     assert all(math.isfinite(v["2"]["mean"]) for v in summ.values())
 
 
+@pytest.mark.parametrize(
+    ("script", "argv", "option"),
+    [
+        ("recsys_loopfm", ["--fm-epochs", "-2"], "--fm-epochs"),  # trained nothing
+        ("recsys_loopfm", ["--vm-epochs", "0"], "--vm-epochs"),  # 0 meant the default
+        ("recsys_loopfm", ["--seeds", "0,0"], "--seeds"),  # one seed counted twice
+        ("recsys_loopfm", ["--seeds", "0,x"], "--seeds"),
+        ("recsys_loopfm", ["--seeds", "-1"], "--seeds"),
+        ("recsys_loopfm", ["--threads", "0"], "--threads"),
+        ("recsys_loopfm", ["--device", "gpu"], "--device"),
+        ("recsys_loopfm", ["--data", "/no/such/ml-100k"], "--data"),
+        ("recsys_fewshot", ["--learners", "Popularity,Bogus"], "--learners"),  # after training
+        ("recsys_fewshot", ["--sizes", "4,x"], "--sizes"),
+        ("recsys_fewshot", ["--sizes", "0"], "--sizes"),
+        ("recsys_fewshot", ["--eval-seeds", "0"], "--eval-seeds"),
+        ("recsys_fewshot", ["--n-train", "0"], "--n-train"),
+        ("recsys_fewshot", ["--n-valid", "0"], "--n-valid"),
+        ("recsys_fewshot", ["--min-events", "0"], "--min-events"),
+        ("recsys_fewshot", ["--steps", "-1"], "--steps"),
+        ("recsys_fewshot", ["--seed", "x"], "--seed"),
+        ("recsys_fewshot", ["--threads", "0"], "--threads"),
+    ],
+)
+def test_examples_refuse_bad_options_at_parse_time(examples, script, argv, option, capsys):
+    with pytest.raises(SystemExit) as exc:
+        examples(script).parse_args(argv)
+    assert exc.value.code == 2
+    assert f"argument {option}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["recsys_loopfm", "recsys_fewshot"])
+def test_examples_taobao_needs_its_csv(examples, script, capsys, tmp_path):
+    """--format taobao without --data read the MovieLens folder as a CSV."""
+    with pytest.raises(SystemExit) as exc:
+        examples(script).parse_args(["--format", "taobao"])
+    assert exc.value.code == 2 and "--format taobao needs --data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        examples(script).parse_args(["--format", "taobao", "--download", str(tmp_path)])
+    csv = tmp_path / "taobao.csv"
+    csv.write_text("")
+    args = examples(script).parse_args(["--format", "taobao", "--data", str(csv)])
+    assert args.data == str(csv)
+    default = examples(script).parse_args([])
+    assert default.data == str(examples(script).DEFAULT_DATA)
+
+
+def test_loopfm_example_parses_its_lists(examples):
+    args = examples("recsys_loopfm").parse_args(["--seeds", "2,0", "--fm-epochs", "1"])
+    assert args.seeds == [2, 0] and args.fm_epochs == 1 and args.vm_epochs is None
+
+
 def test_throughput_benchmark(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     bench = importlib.import_module("recsys_throughput")
