@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probrec.argtypes import choice_list, existing_path, number, whole
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "annotators"
 DATASETS = ("POPQUORN", "ConvAbuse", "MD-Agreement")
 #: width, dropout and patience per dataset (and per model where its own best differed),
@@ -140,6 +142,47 @@ DEFAULTS = {
 FIT_KEYS = ("patience", "input_dropout", "valid_metric")  # fit options among the tuned settings
 
 
+def _max_items(text: str) -> int:
+    """0 (every item) or at least 10."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0 or 0 < value < 10:
+        raise argparse.ArgumentTypeError(f"must be 0 (all items) or >= 10, got {value}")
+    return value
+
+
+_max_items.__name__ = "integer"
+
+
+def _fraction(text: str) -> float:
+    """A dropout rate in [0, 1)."""
+    value = number(0.0, strict=False)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
+    return value
+
+
+_fraction.__name__ = "number"
+
+
+def _device(text: str) -> str:
+    """A torch device that exists here."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+_device.__name__ = "device"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from probrec.flows.experiment import MODELS
 
@@ -148,51 +191,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--data",
-        default=str(DEFAULT_DATA),
+        type=existing_path("dir"),
+        default=DEFAULT_DATA,  # (checked in main: parse_args works without the data)
         help="folder with popquorn_offensiveness_1200.csv and lewidi/ (%(default)s)",
     )
     p.add_argument("--out", default="runs/annotators", help="output folder (created)")
     p.add_argument(
         "--datasets",
+        type=choice_list(DATASETS),
         default=",".join(DATASETS),
         help=f"comma-separated subset of {', '.join(DATASETS)}",
     )
     p.add_argument(
-        "--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}"
+        "--models",
+        type=choice_list(MODELS),
+        default=",".join(MODELS),
+        help=f"comma-separated subset of {', '.join(MODELS)}",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds (splits and models) per dataset")
+    p.add_argument(
+        "--seeds", type=whole(1), default=3, help="seeds (splits and models) per dataset"
+    )
     p.add_argument(
         "--max-items",
-        type=int,
+        type=_max_items,
         default=1500,
         help="subsample larger datasets to this many items (0: all; all items take "
         "TUNED_ALL_ITEMS on top of TUNED)",
     )
     p.add_argument(
         "--hidden",
-        type=int,
+        type=whole(1),
         default=None,
         help="hidden width of every model (default: per dataset, see TUNED)",
     )
     p.add_argument(
         "--dropout",
-        type=float,
+        type=_fraction,
         default=None,
         help="dropout of every model (default: per dataset, see TUNED)",
     )
     p.add_argument(
         "--input-dropout",
-        type=float,
+        type=_fraction,
         default=None,
         help="dropout on the input features in training, every model (default: per dataset "
         "and model, see TUNED)",
     )
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lr", type=number(0.0), default=3e-4)
+    p.add_argument("--weight-decay", type=number(0.0, strict=False), default=1e-2)
+    p.add_argument("--epochs", type=whole(1), default=200)
     p.add_argument(
         "--patience",
-        type=int,
+        type=whole(1),
         default=None,
         help="early-stopping patience in epochs (default: per dataset, see TUNED)",
     )
@@ -203,16 +253,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="early stopping of the item-latent models on the validation items' joint (panel) "
         "NLL or on the per-annotation NLL (default: panel)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--batch-size", type=whole(1), default=64)
+    p.add_argument("--threads", type=whole(1), default=1, help="torch threads (default 1)")
     p.add_argument(
         "--cache",
         default=None,
         help="embedding cache folder (default: PROBREC_CACHE or ~/.cache/probrec)",
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.data = str(args.data)
+    return args
 
 
 def settings_for(
@@ -269,7 +321,6 @@ def main(argv=None) -> int:
     from metalearn.metrics import json_safe
     from probrec.backbone import TextEmbedder
     from probrec.flows.experiment import (
-        MODELS,
         compare_models,
         comparison_table,
         format_table,
@@ -278,18 +329,8 @@ def main(argv=None) -> int:
     )
     from probrec.seeding import numpy_rng
 
-    torch.set_num_threads(max(1, args.threads))
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [d for d in datasets if d not in DATASETS] + [m for m in models if m not in MODELS]
-    if bad:
-        raise SystemExit(f"unknown --datasets / --models {bad}")
-    if not datasets or not models:
-        raise SystemExit("--datasets and --models must name at least one each")
-    if args.seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
-    if args.max_items != 0 and args.max_items < 10:
-        raise SystemExit(f"--max-items must be 0 (all items) or >= 10, got {args.max_items}")
+    torch.set_num_threads(args.threads)
+    datasets, models = args.datasets, args.models
     if not Path(args.data).is_dir():
         raise SystemExit(f"--data: no such folder {args.data}")
     out = Path(args.out)

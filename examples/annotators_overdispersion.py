@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probrec.argtypes import number, whole
 from probrec.reporting import json_safe, mean_and_se
 
 #: panel-size designs: name -> (sizes, probabilities); both have 5 annotators per item on average
@@ -45,13 +46,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--seeds", type=int, default=10, help="data sets (and model seeds)")
-    p.add_argument("--train", type=int, default=1000, help="training items (validation: 30%%)")
-    p.add_argument("--test", type=int, default=1000, help="held-out items")
-    p.add_argument("--epochs", type=int, default=300, help="maximum training epochs")
-    p.add_argument("--concentration", type=float, default=2.0, help="Dirichlet concentration")
+    p.add_argument(
+        "--seeds",
+        type=whole(2),
+        default=10,
+        help="data sets (and model seeds); >= 2 for standard errors",
+    )
+    p.add_argument(
+        "--train",
+        type=whole(2),
+        default=1000,
+        help="training items, >= 2 (validation: another 30%%, rounded, at least 1)",
+    )
+    p.add_argument("--test", type=whole(1), default=1000, help="held-out items")
+    p.add_argument("--epochs", type=whole(1), default=300, help="maximum training epochs")
+    p.add_argument("--concentration", type=number(0.0), default=2.0, help="Dirichlet concentration")
     p.add_argument("--out", default="runs/overdispersion", help="output folder (created)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=whole(1), default=1, help="torch threads (default 1)")
     return p.parse_args(argv)
 
 
@@ -61,9 +72,7 @@ def main(argv=None) -> int:
     from probrec.flows.experiment import compare_models, paired_difference
     from probrec.flows.metrics import kl_to_truth
 
-    if args.seeds < 2:
-        raise SystemExit("--seeds must be >= 2 (standard errors)")
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": vars(args), "designs": {}}

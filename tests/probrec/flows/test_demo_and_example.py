@@ -123,16 +123,58 @@ def test_example_help(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--max-items", "-5"], "--max-items must be 0"),  # was a numpy traceback
-        (["--max-items", "2"], "--max-items must be 0"),  # failed after embedding the texts
-        (["--datasets", ","], "at least one"),  # exited 0 having run nothing
-        (["--data", "/no/such/folder"], "--data: no such folder"),
+        (["--max-items", "-5"], "--max-items: must be 0"),  # was a numpy traceback
+        (["--max-items", "2"], "--max-items: must be 0"),  # failed after embedding the texts
+        (["--datasets", ","], "--datasets: expected a comma-separated list"),  # ran nothing
+        (["--datasets", "POPQUORN,Nope"], "--datasets: unknown Nope"),
+        (["--models", "softmax,softmax"], "--models: repeats softmax"),
+        (["--models", "nope"], "--models: unknown nope"),
+        (["--data", "/no/such/folder"], "--data: folder '/no/such/folder' does not exist"),
+        (["--seeds", "0"], "--seeds: must be >= 1"),
+        (["--hidden", "0"], "--hidden: must be >= 1"),
+        (["--dropout", "1"], "--dropout: must be in [0, 1)"),
+        (["--input-dropout", "-0.1"], "--input-dropout: must be >= 0"),
+        (["--lr", "0"], "--lr: must be > 0"),
+        (["--weight-decay", "nan"], "--weight-decay: must be finite"),
+        (["--epochs", "0"], "--epochs: must be >= 1"),
+        (["--patience", "0"], "--patience: must be >= 1"),
+        (["--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["--threads", "0"], "--threads: must be >= 1"),
+        (["--device", "gpu"], "--device: not a torch device"),
     ],
 )
-def test_example_refuses_bad_arguments_before_any_work(tmp_path, args, message):
+def test_example_refuses_bad_arguments_before_any_work(tmp_path, args, message, capsys):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(SystemExit) as exc:
         _example().main([*args, "--out", str(out)])
+    assert exc.value.code == 2
+    assert f"argument {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_example_parses_its_lists():
+    args = _example().parse_args(["--datasets", "MD-Agreement, POPQUORN", "--max-items", "0"])
+    assert args.datasets == ["MD-Agreement", "POPQUORN"] and args.max_items == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train", "0"], "--train: must be >= 2"),  # "fractions must be positive"
+        (["--train", "1"], "--train: must be >= 2"),  # no validation item (30%, rounded)
+        (["--test", "0"], "--test: must be >= 1"),  # "fractions must be positive"
+        (["--seeds", "1"], "--seeds: must be >= 2"),
+        (["--epochs", "0"], "--epochs: must be >= 1"),
+        (["--concentration", "0"], "--concentration: must be > 0"),
+        (["--threads", "-1"], "--threads: must be >= 1"),
+    ],
+)
+def test_overdispersion_example_refuses_bad_arguments(tmp_path, args, message, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        _example("annotators_overdispersion").main([*args, "--out", str(out)])
+    assert exc.value.code == 2
+    assert f"argument {message}" in capsys.readouterr().err
     assert not out.exists()
 
 
