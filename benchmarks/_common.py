@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from probrec.argtypes import existing_path, whole
 from probrec.reporting import json_safe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +51,36 @@ CLOCKS = ("wall", "cpu")
 
 
 # ---------------------------------------------------------------------------- options
-def add_common_arguments(parser: argparse.ArgumentParser, name: str, *, repeats: int = 5) -> None:
-    """Adds ``--device --threads --repeats --warmup --seed --out --data`` to ``parser``."""
+def seed_type(text: str) -> int:
+    """argparse type of one seed: an integer in ``[0, 2**63)`` (as ``argtypes.seed_list``)."""
+    value = whole(0)(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be < 2**63, got {value}")
+    return value
+
+
+seed_type.__name__ = "seed"
+
+
+def toxcast_data(text: str) -> str | Path:
+    """argparse type of the ToxCast ``--data``: ``auto``, ``none`` or an existing CSV file."""
+    if text.lower() in ("auto", "none"):
+        return text.lower()
+    return existing_path("file")(text)
+
+
+toxcast_data.__name__ = "path"
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, name: str, *, repeats: int = 5, data: bool = True
+) -> None:
+    """Adds ``--device --threads --repeats --warmup --clock --seed --out`` to ``parser``, and
+    ``--data`` (a ToxCast CSV, ``auto`` or ``none``) unless ``data`` is false.
+
+    Counts, seeds and the ``--data`` path are checked by their argparse types: a bad value is a
+    usage error naming the option (exit status 2) before any data is loaded.
+    """
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument(
         "--device",
@@ -60,19 +89,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str, *, repeats:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=whole(1),
         default=os.cpu_count() or 1,
         help="torch.set_num_threads (default: all cores, %(default)s here)",
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=whole(1),
         default=repeats,
         help="timed repeats per variant; the median is reported (default %(default)s)",
     )
     parser.add_argument(
         "--warmup",
-        type=int,
+        type=whole(0),
         default=1,
         help="untimed warm-up calls per variant (default %(default)s)",
     )
@@ -83,20 +112,27 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str, *, repeats:
         help="'wall' (default): elapsed time; 'cpu': CPU time of this process (all threads), "
         "which leaves out time spent waiting for a core on a shared machine (CPU only)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and models")
+    parser.add_argument(
+        "--seed",
+        type=seed_type,
+        default=0,
+        help="seed of the data and models (default %(default)s)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("bench-results") / f"{name}.json",
         help="JSON output file (default: %(default)s)",
     )
-    parser.add_argument(
-        "--data",
-        default="auto",
-        help="ToxCast CSV (MoleculeNet format) to draw real tasks from; 'auto' (default) uses "
-        f"{DEFAULT_TOXCAST.relative_to(REPO.parent)} beside the repository when it exists, "
-        "'none' uses synthetic ECFP-like count features",
-    )
+    if data:
+        parser.add_argument(
+            "--data",
+            type=toxcast_data,
+            default="auto",
+            help="ToxCast CSV (MoleculeNet format) to draw real tasks from; 'auto' (default) "
+            f"uses {DEFAULT_TOXCAST.relative_to(REPO.parent)} beside the repository when it "
+            "exists, 'none' uses synthetic ECFP-like count features",
+        )
 
 
 def setup(args: argparse.Namespace) -> torch.device:

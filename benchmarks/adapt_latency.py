@@ -46,6 +46,7 @@ from _common import (
 )
 
 from metalearn import ADKFIFT, DKT, GPST, RandomForest
+from probrec.argtypes import whole
 from probrec.gp import GPHead
 
 NAME = "adapt_latency"
@@ -107,23 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_arguments(p, NAME, repeats=3)
-    p.add_argument("--tasks", type=int, default=4, help="tasks timed (default %(default)s)")
+    p.add_argument("--tasks", type=whole(1), default=4, help="tasks timed (default %(default)s)")
     p.add_argument(
         "--support",
-        type=int,
+        type=whole(2),
         nargs="+",
         default=[16, 64],
-        help="support sizes (default %(default)s)",
+        help="support sizes, each >= 2 (default %(default)s)",
     )
     p.add_argument(
         "--query",
-        type=int,
+        type=whole(1),
         nargs="+",
         default=[256, 1000],
         help="query sizes (default %(default)s)",
     )
     p.add_argument(
-        "--dim", type=int, default=2048, help="width of synthetic inputs (default %(default)s)"
+        "--dim",
+        type=whole(1),
+        default=2048,
+        help="width of synthetic inputs (default %(default)s)",
     )
     p.add_argument(
         "--descriptors",
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--hidden",
-        type=int,
+        type=whole(1),
         nargs="+",
         default=[512, 256],
         help="encoder widths of ADKF-IFT and DKT (default %(default)s)",
@@ -151,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the table and the ratio, writes the JSON; returns the payload."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for key in ("support", "query", "learners"):  # a repeat would overwrite its own results
+        values = getattr(args, key)
+        if len(set(values)) < len(values):
+            parser.error(f"argument --{key}: repeats a value in {values}")
     device = setup(args)
     data = resolve_data(args.data)
     tasks, source = load_tasks(
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     fns[name] = adapt_batched(learners["ADKF-IFT"], tb, device)
                 else:
                     fns[name] = adapt_all(learners[name], tb)
-            times = time_interleaved(fns, args.repeats, args.warmup, device)
+            times = time_interleaved(fns, args.repeats, args.warmup, device, args.clock)
             key = f"support={n_s},query={n_q}"
             results[key] = {
                 name: {
@@ -202,8 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(row)
     print(
         f"adapt + predict latency, ms per task (median [min, max] over {args.repeats} repeats of "
-        f"{args.tasks} tasks), {device}, {torch.get_num_threads()} threads, inputs "
-        f"{in_dim}-d ({source})"
+        f"{args.tasks} tasks), {device}, {torch.get_num_threads()} threads, {args.clock} clock, "
+        f"inputs {in_dim}-d ({source})"
     )
     print(
         format_table(

@@ -61,6 +61,7 @@ from _common import (
 
 from metalearn import ADKF, ADKFIFT
 from metalearn.episodes import MetaBatch
+from probrec.argtypes import number, whole
 from probrec.gp import (
     geometry,
     inner_objective,
@@ -277,22 +278,33 @@ def hypergradient_check(
 
 
 # ---------------------------------------------------------------------------- command line
+def step_size(text: str) -> str | float:
+    """argparse type of ``--unroll-lr``: ``auto`` or a finite number > 0."""
+    return "auto" if text == "auto" else number(0.0)(text)
+
+
+step_size.__name__ = "step size"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_arguments(p, NAME)
     p.add_argument(
-        "--tasks", type=int, default=16, help="tasks per meta-batch (default %(default)s)"
+        "--tasks", type=whole(1), default=16, help="tasks per meta-batch (default %(default)s)"
     )
     p.add_argument(
-        "--support", type=int, default=64, help="support points per task (default %(default)s)"
+        "--support",
+        type=whole(2),
+        default=64,
+        help="support points per task, >= 2 (default %(default)s)",
     )
     p.add_argument(
-        "--query", type=int, default=256, help="query points per task (default %(default)s)"
+        "--query", type=whole(1), default=256, help="query points per task (default %(default)s)"
     )
     p.add_argument(
-        "--dim", type=int, default=2048, help="width of synthetic inputs (default %(default)s)"
+        "--dim", type=whole(1), default=2048, help="width of synthetic inputs (default %(default)s)"
     )
     p.add_argument(
         "--descriptors",
@@ -301,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--hidden",
-        type=int,
+        type=whole(1),
         nargs="+",
         default=[512, 256],
         help="encoder widths (default: ADKFIFT's, %(default)s)",
@@ -313,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype of the GP computations (ADKFIFT's gp_dtype; default %(default)s)",
     )
     p.add_argument(
-        "--unroll-steps", type=int, default=50, help="unrolled inner steps (default %(default)s)"
+        "--unroll-steps",
+        type=whole(1),
+        default=50,
+        help="unrolled inner steps, >= 1 (default %(default)s)",
     )
     p.add_argument(
         "--unroll-optimizer",
@@ -323,13 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--unroll-lr",
+        type=step_size,
         default="auto",
         help="its step size, or 'auto' (default): for gd 1 / the largest eigenvalue of the "
         "inner Hessian blocks at the optimum (gd is stable below 2 / that), for adam 0.05",
     )
     p.add_argument(
         "--check-steps",
-        type=int,
+        type=whole(0),
         default=150,
         help="unrolled steps of the converged hypergradient check (0: skip; default %(default)s)",
     )
@@ -382,7 +398,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     learner = make_learner(ADKFIFT, tb.support_x.shape[-1], args, device)
     if args.unroll_lr == "auto":
         args.unroll_lr = auto_step_size(learner, batch) if args.unroll_optimizer == "gd" else 0.05
-    args.unroll_lr = float(args.unroll_lr)
     fns = {v: step_fn(v, learner, batch, args) for v in VARIANTS}
 
     if args.probe_rss:  # child process of --rss: one JSON line

@@ -51,11 +51,14 @@ from _common import (
     format_table,
     peak_memory_bytes,
     ratio_summary,
+    seed_type,
     setup,
     summarize,
     time_interleaved,
     write_json,
 )
+
+from probrec.argtypes import whole
 
 NAME = "annotator_flows"
 BASELINE = "softmax head"
@@ -87,35 +90,77 @@ PANEL = 10
 OPS = ("epoch", "probs", "moments", "panel", "sample")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def model_text(text: str) -> str:
+    """argparse type of one ``--models`` entry: a text that some model name of :data:`MODELS`
+    contains (model names hold commas, so the entries are separate arguments)."""
+    if not any(text in name for name in MODELS):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is in no model name; models: " + "; ".join(repr(n) for n in MODELS)
+        )
+    return text
+
+
+model_text.__name__ = "model name"
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--items", type=int, default=2000, help="training (and held-out) items")
-    p.add_argument("--dim", type=int, default=384, help="feature width (MiniLM: 384)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant first")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--items",
+        type=whole(2),
+        default=2000,
+        help="training (and held-out) items (default %(default)s)",
+    )
+    p.add_argument(
+        "--dim", type=whole(4), default=384, help="feature width (default %(default)s: MiniLM)"
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default %(default)s)",
+    )
+    p.add_argument(
+        "--threads", type=whole(1), default=1, help="torch CPU threads (default %(default)s)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=whole(1),
+        default=5,
+        help="timed repeats, median reported (default %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=whole(0),
+        default=1,
+        help="untimed calls per variant first (default %(default)s)",
+    )
+    p.add_argument("--seed", type=seed_type, default=0, help="seed (default %(default)s)")
     p.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory pass (the profiler's)"
     )
     p.add_argument("--no-zuko", action="store_true", help="leave zuko out even if installed")
     p.add_argument(
         "--models",
+        type=model_text,
         nargs="+",
         default=None,
         metavar="TEXT",
-        help="time only the models whose name contains one of these texts (the softmax head, "
-        "the baseline, always runs); default: all",
+        help="time only the models whose name contains one of these texts (each must be part "
+        "of a model name; the softmax head, the baseline, always runs); default: all",
     )
-    p.add_argument("--out", type=Path, default=Path("bench-results") / f"{NAME}.json")
-    args = p.parse_args(argv)
-    for key in ("items", "dim"):
-        if getattr(args, key) < (4 if key == "dim" else 2):
-            raise ValueError(f"--{key} is too small: {getattr(args, key)}")
-    return args
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results") / f"{NAME}.json",
+        help="JSON output file (default %(default)s)",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, padded labels, mask

@@ -20,23 +20,40 @@ from pathlib import Path
 
 import numpy as np
 
+from probrec.argtypes import existing_path, whole
+from probrec.reporting import json_safe
+
 DEFAULT = (
     Path(__file__).resolve().parents[1].parent
     / "shared/data/molecules/moleculenet/toxcast_500.csv.gz"
 )
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--data", default=str(DEFAULT))
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
     p.add_argument(
-        "--baseline-molecules", type=int, default=500, help="subset size for the baseline"
+        "--data",
+        type=existing_path("file"),
+        default=str(DEFAULT),
+        help="ToxCast CSV (MoleculeNet format) whose molecules are featurised",
     )
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--out", default="bench-results/featurize_toxcast.json")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--baseline-molecules",
+        type=whole(1),
+        default=500,
+        help="molecules the RDKit baseline is timed on (a random subset)",
+    )
+    p.add_argument("--jobs", type=whole(1), default=None, help="worker processes (None: all cores)")
+    p.add_argument("--out", default="bench-results/featurize_toxcast.json", help="JSON output file")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
 
     from rdkit import Chem
     from rdkit.Chem import Descriptors, rdFingerprintGenerator
@@ -95,7 +112,7 @@ def main(argv=None) -> dict:
         f"{t_base:.1f} s (extrapolated from {len(sub)}) -> {t_base / t_cold:.2f}x"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    Path(args.out).write_text(json.dumps(json_safe(out), indent=1, allow_nan=False))
     return out
 
 

@@ -55,6 +55,7 @@ from botorch.fit import fit_gpytorch_mll
 from botorch.models.gpytorch import GPyTorchModel
 from gpytorch.priors import LogNormalPrior
 
+from probrec.argtypes import number, whole
 from probrec.gp import GPConfig, GPHead, geometry, inner_objective_derivatives, prior_centres
 from probrec.gp.head import encode_labels
 
@@ -144,17 +145,31 @@ def fit_reference(
     return torch.stack(thetas), info
 
 
+def tolerance(text: str) -> str | float:
+    """argparse type of ``--tol``: ``match`` or a finite number > 0."""
+    return "match" if text == "match" else number(0.0)(text)
+
+
+tolerance.__name__ = "tolerance"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_arguments(p, NAME)
-    p.add_argument("--tasks", type=int, default=16, help="tasks fitted (default %(default)s)")
+    p.add_argument("--tasks", type=whole(1), default=16, help="tasks fitted (default %(default)s)")
     p.add_argument(
-        "--support", type=int, default=64, help="support points per task (default %(default)s)"
+        "--support",
+        type=whole(2),
+        default=64,
+        help="support points per task, >= 2 (default %(default)s)",
     )
     p.add_argument(
-        "--dim", type=int, default=2048, help="width of synthetic features (default %(default)s)"
+        "--dim",
+        type=whole(1),
+        default=2048,
+        help="width of synthetic features (default %(default)s)",
     )
     p.add_argument(
         "--descriptors",
@@ -169,12 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tol",
+        type=tolerance,
         default="match",
         help="our gradient-norm tolerance: a number, or 'match' (default): the smallest "
         "gradient norm the reference reaches on any task",
     )
     p.add_argument(
-        "--max-iter", type=int, default=50, help="Newton iteration cap (default %(default)s)"
+        "--max-iter", type=whole(1), default=50, help="Newton iteration cap (default %(default)s)"
     )
     return p
 
@@ -199,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     theta_ref, ref_info = fit_reference(x, targets, config, record=True)
     f_ref, g_ref, _ = inner_objective_derivatives(theta_ref, config, geom, targets, None, centres)
     ref_gnorm = g_ref.norm(dim=-1)
-    tol = float(ref_gnorm.min().clamp_min(1e-12)) if args.tol == "match" else float(args.tol)
+    tol = float(ref_gnorm.min().clamp_min(1e-12)) if args.tol == "match" else args.tol
 
     # 2. ours at that tolerance
     head = GPHead(config, tol=tol, max_iter=args.max_iter)
@@ -212,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.repeats,
         args.warmup,
         device,
+        args.clock,
     )
     s_ours, s_ref = summarize(times["ours"]), summarize(times["reference"])
     speed = ratio_summary(times["reference"], times["ours"])
@@ -240,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"inner loop: {args.tasks} tasks x {args.support} support points, {x.shape[-1]}-d features "
         f"({batch.source}), {args.dtype}, {device}, {torch.get_num_threads()} threads, "
-        f"{args.repeats} repeats (median [min, max])"
+        f"{args.clock} clock, {args.repeats} repeats (median [min, max])"
     )
     print(
         format_table(rows, ["variant", "time", "ms/task", "converged", "max |grad|", "max iters"])

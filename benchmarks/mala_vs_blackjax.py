@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 
 import samplers
+from probrec.argtypes import number, whole
+from probrec.reporting import json_safe
 from samplers.targets import MoG40
 
 
@@ -144,21 +146,39 @@ def _jax_variants(target: MoG40, chains: int, steps: int, h: float):
     return variants, jax.__version__, blackjax.__version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--chains", type=int, default=10_000)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--step-size", type=float, default=0.5)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="threads of each side (default 1)")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--chains", type=whole(1), default=10_000, help="MALA chains of each side")
+    p.add_argument(
+        "--steps", type=whole(1), default=300, help="MALA transitions of every chain per run"
+    )
+    p.add_argument(
+        "--step-size", type=number(0.0), default=0.5, help="fixed MALA step size of both sides"
+    )
+    p.add_argument(
+        "--repeats", type=whole(1), default=5, help="timed runs per side (median reported)"
+    )
+    p.add_argument("--threads", type=whole(1), default=1, help="threads of each side")
     p.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
-        help="both sides on the CPU (default) or on the GPU (JAX's CUDA backend)",
+        help="both sides on the CPU or on the GPU (JAX's CUDA backend)",
     )
-    p.add_argument("--out", type=Path, default=Path("bench-results") / "mala_vs_blackjax.json")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results") / "mala_vs_blackjax.json",
+        help="JSON output file",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: torch sees no CUDA device", file=sys.stderr)
         return 2
@@ -236,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_ours_eager_over_blackjax": ratio_eager,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
     for k in rate:
         speed = f"{rate[k] / 1e6:8.3f} M grad evals/s"
         print(f"{k:34s} {speed} (median {med[k]:.3f} s, first run {warm[k]:.1f} s)")

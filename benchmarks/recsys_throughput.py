@@ -37,35 +37,62 @@ from _common import (
     environment,
     format_table,
     ratio_summary,
+    seed_type,
     setup,
     summarize,
     time_interleaved,
     write_json,
 )
 
+from probrec.argtypes import existing_path, whole
+
 NAME = "recsys_throughput"
 DEFAULT_ML = REPO.parent / "shared" / "data" / "recsys" / "ml-100k"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def movielens_data(text: str) -> str | Path:
+    """argparse type of ``--data``: ``auto``, ``none`` or an existing folder."""
+    if text.lower() in ("auto", "none"):
+        return text.lower()
+    return existing_path("dir")(text)
+
+
+movielens_data.__name__ = "folder"
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
     p.add_argument(
         "--data",
+        type=movielens_data,
         default="auto",
         help="MovieLens folder; 'auto' uses ../shared/data/recsys/ml-100k when present, "
         "'none' a synthetic log",
     )
-    p.add_argument("--batch", type=int, default=256, help="requests per batch")
-    p.add_argument("--batches", type=int, default=4, help="batches per timed call")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("bench-results") / f"{NAME}.json")
-    return p.parse_args(argv)
+    p.add_argument("--batch", type=whole(1), default=256, help="requests per batch")
+    p.add_argument("--batches", type=whole(1), default=4, help="batches per timed call")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
+    p.add_argument("--repeats", type=whole(1), default=5, help="timed repeats (median reported)")
+    p.add_argument("--warmup", type=whole(0), default=1, help="untimed calls per variant first")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the models and the requests")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results") / f"{NAME}.json",
+        help="JSON output file",
+    )
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _synthetic_log(n: int = 20_000, seed: int = 0):
@@ -83,7 +110,8 @@ def _synthetic_log(n: int = 20_000, seed: int = 0):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     device = setup(args)
     from probrec.data.movielens import load_movielens
     from probrec.recsys import (
@@ -102,6 +130,11 @@ def main(argv=None) -> int:
         log = load_movielens(DEFAULT_ML if args.data == "auto" else args.data)
     cfg = LoopFMConfig()
     fm_idx, _, test_idx = chronological_split(log.time, cfg.fractions)
+    if args.batch > len(test_idx):  # requests of a batch are distinct test-period events
+        parser.error(
+            f"argument --batch: {args.batch} is more than the {len(test_idx)} test-period "
+            f"events of {log.name} a batch is drawn from"
+        )
     table = EventTable.build(
         log, fm_idx, user_history=cfg.user_history, item_history=cfg.item_history
     )
