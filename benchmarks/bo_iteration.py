@@ -15,15 +15,21 @@ best.
 * **scoring only**: the pool scoring of the same fitted model through both posterior paths
   (ours and gpytorch's), which must give the same acquisition values (checked).
 
+The objective is the data set's label turned into something to maximise (:data:`GOALS`:
+pIC50 for COVID Moonshot, minus the docking score for DOCKSTRING ESR2, PCE for CEP).
+
 Run from the repository root::
 
     python benchmarks/bo_iteration.py --threads 1            # COVID Moonshot pool, 46 observed
+    python benchmarks/bo_iteration.py --dataset cep_pce --data ../shared/data
+    python benchmarks/bo_iteration.py --data none --pool 2000   # synthetic pool
 """
 
 from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,34 +55,110 @@ from botorch.optim import optimize_acqf_discrete
 from gpytorch.kernels import ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
+from probrec.argtypes import existing_path, whole
 from probrec.data import MoleculeFeaturizer, load_regression_set
+from probrec.data.moleculenet import REGRESSION_SETS
 from probrec.gp import GPConfig, TanimotoKernel
 from probrec.gp.bo_models import DeepKernelGP
 from probrec.gp.pool_bo import score_pool
 
 NAME = "bo_iteration"
+DEFAULT_ROOT = REPO.parent / "shared" / "data"
+#: out-of-domain set -> sign that turns its label into the objective to maximise (as the
+#: ``GOALS`` of ``examples/molecular_bo.py``): COVID Moonshot's label is the negated pIC50,
+#: DOCKSTRING's the docking score (lower binds better), CEP's the PCE (higher is better)
+GOALS = {"covid_moonshot": -1.0, "dockstring_esr2": -1.0, "cep_pce": 1.0}
+
+
+def data_root(text: str) -> str | Path:
+    """argparse type of ``--data``: ``auto``, ``none`` or an existing folder."""
+    if text.lower() in ("auto", "none"):
+        return text.lower()
+    return existing_path("dir")(text)
+
+
+data_root.__name__ = "folder"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_common_arguments(p, NAME)
-    p.add_argument("--dataset", default="covid_moonshot", help="out-of-domain pool")
-    p.add_argument("--observed", type=int, default=46, help="observed molecules (16 + 30)")
-    p.add_argument("--pool", type=int, default=2000, help="synthetic pool size (--data none)")
+    add_common_arguments(p, NAME, data=False)
+    p.add_argument(
+        "--data",
+        type=data_root,
+        default="auto",
+        help="data root holding molecules/ood/ (the pool of --dataset); 'auto' (default) uses "
+        f"{DEFAULT_ROOT.relative_to(REPO.parent)} beside the repository when it holds the data "
+        "set, 'none' a synthetic pool of --pool molecules",
+    )
+    p.add_argument(
+        "--dataset",
+        default="covid_moonshot",
+        choices=tuple(GOALS),
+        help="out-of-domain pool (default %(default)s)",
+    )
+    p.add_argument(
+        "--observed",
+        type=whole(2),
+        default=46,
+        help="observed molecules, >= 2 (default %(default)s: 16 + 30)",
+    )
+    p.add_argument(
+        "--pool",
+        type=whole(2),
+        default=2000,
+        help="synthetic pool size, with --data none (default %(default)s)",
+    )
     return p
 
 
-def pool(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Fingerprints ``[N, 2048]`` and objective ``[N]`` of the pool (synthetic if no data)."""
-    root = REPO.parent / "shared" / "data"
-    if str(args.data).lower() != "none" and (root / "molecules" / "ood").is_dir():
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+def _dataset_file(root: Path, name: str) -> Path:
+    return root / "molecules" / REGRESSION_SETS[name][0]
+
+
+def pool(
+    args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Fingerprints ``[N, 2048]`` and objective ``[N]`` (to maximise) of the pool: ``--dataset``
+    under the ``--data`` root, or synthetic (``--data none``, or ``auto`` without the data).
+
+    Raises:
+        SystemExit: (through ``parser.error``) a data root without the data set, or
+            ``--observed`` that leaves no molecule of the pool to choose from.
+    """
+    error = parser.error if parser is not None else _raise
+    root: Path | None
+    if args.data == "none":
+        root = None
+    elif args.data == "auto":
+        root = DEFAULT_ROOT if _dataset_file(DEFAULT_ROOT, args.dataset).is_file() else None
+    else:
+        root = Path(args.data)
+        if not _dataset_file(root, args.dataset).is_file():
+            error(
+                f"argument --data: {str(root)!r} holds no {args.dataset} pool "
+                f"(molecules/{REGRESSION_SETS[args.dataset][0]})"
+            )
+    if root is not None:
         task = load_regression_set(args.dataset, root)
+        if args.observed >= len(task):
+            error(
+                f"argument --observed: {args.observed} leaves no candidate in the "
+                f"{len(task)}-molecule {args.dataset} pool"
+            )
         x = MoleculeFeaturizer(descriptors=False, progress=False).transform(list(task.inputs))
-        return torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(-task.labels), args.dataset
-    g = torch.Generator().manual_seed(args.seed)
+        y = GOALS[args.dataset] * torch.as_tensor(task.labels, dtype=torch.float64)
+        return torch.as_tensor(x, dtype=torch.float64), y, args.dataset
     n = args.pool
+    if args.observed >= n:
+        error(f"argument --observed: {args.observed} leaves no candidate in a pool of {n} (--pool)")
+    g = torch.Generator().manual_seed(args.seed)
     x = (torch.rand(n, 2048, generator=g) < 0.02).double() * torch.randint(
         1, 4, (n, 2048), generator=g
     )
@@ -85,10 +167,11 @@ def pool(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the table and ratios, writes the JSON; returns the payload."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     device = setup(args)
     warnings.simplefilter("ignore")  # BoTorch's input-scaling advice for count features
-    x, y, source = pool(args)
+    x, y, source = pool(args, parser)
     rng = np.random.default_rng(args.seed)
     obs = torch.as_tensor(rng.choice(len(x), size=args.observed, replace=False))
     rest = torch.as_tensor(np.setdiff1d(np.arange(len(x)), obs.numpy()))
@@ -165,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": NAME,
         "config": {k: str(v) for k, v in vars(args).items()},
         "source": source,
+        "objective_sign": GOALS[args.dataset] if source != "synthetic" else None,
         "environment": environment(device),
         "seconds": times,
         "summary": summ,
