@@ -30,6 +30,7 @@ a/results.json b/results.json --out merged``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from probrec.argtypes import choice_list, existing_path, json_object, seed_list, whole
 from probrec.reporting import format_mean_se, json_safe, mean_and_se, mean_se_summary
 from samplers import bench, metrics
 from samplers.dikl import DiKL
@@ -383,17 +385,71 @@ def _summarise(rows: list[dict], t: str, result: dict) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+PARTS = ("mog40", "mw32", "dikl")
+
+
+def budget_overrides(text: str) -> dict[str, dict[str, Any]]:
+    """argparse type of ``--budgets``: a JSON object ``{target: {key: value}}`` over the
+    targets and keys of :data:`SETTINGS` (``n_samples``: an integer >= 1; ``pt`` / ``ptsd``:
+    non-empty lists of budgets > 0)."""
+    value = json_object(text)
+    for t, by in value.items():
+        if t not in SETTINGS:
+            raise argparse.ArgumentTypeError(
+                f"unknown target {t!r}; choose from {', '.join(SETTINGS)}"
+            )
+        if not isinstance(by, dict):
+            raise argparse.ArgumentTypeError(f"{t!r} needs an object, got {by!r}")
+        for key, v in by.items():
+            if key not in SETTINGS[t]:
+                raise argparse.ArgumentTypeError(
+                    f"unknown key {key!r} of {t!r}; choose from {', '.join(SETTINGS[t])}"
+                )
+            if key == "n_samples":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise argparse.ArgumentTypeError(
+                        f"{t}.n_samples must be an integer >= 1, got {v!r}"
+                    )
+            elif (
+                not isinstance(v, list)
+                or not v
+                or any(
+                    isinstance(b, bool)
+                    or not isinstance(b, (int, float))
+                    or not math.isfinite(b)
+                    or b <= 0
+                    for b in v
+                )
+            ):
+                raise argparse.ArgumentTypeError(
+                    f"{t}.{key} must be a non-empty list of budgets > 0, got {v!r}"
+                )
+    return value
+
+
+budget_overrides.__name__ = "JSON object"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument(
         "--parts",
+        type=choice_list(PARTS),
         default=None,
-        help="comma-separated parts (default: mog40,mw32,dikl; with --from-json: mog40,mw32, "
-        "so merging rows trains nothing)",
+        help="comma-separated parts, of mog40,mw32,dikl; None: all three, or with --from-json "
+        "mog40,mw32 (merging rows trains nothing)",
     )
-    p.add_argument("--seeds", default="1,2")
-    p.add_argument("--samplers", default="pt,ptsd")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=seed_list, default="1,2", help="distinct seeds")
+    p.add_argument(
+        "--samplers",
+        type=choice_list(("pt", "ptsd")),
+        default="pt,ptsd",
+        help="samplers of the mog40 / mw32 parts, of pt,ptsd",
+    )
+    p.add_argument("--threads", type=whole(1), default=1, help="torch threads")
     p.add_argument(
         "--compile",
         default="off",
@@ -401,31 +457,62 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.compile for PT (off: in this tree the compiled MALA-PT step mis-samples "
         "MoG-40, mode-weight TV 0.63 against 0.025 eager at 300 evaluations per sample)",
     )
-    p.add_argument("--out", default="bench-results/neural_samplers")
+    p.add_argument("--out", default="bench-results/neural_samplers", help="output folder")
     p.add_argument(
         "--budgets",
+        type=budget_overrides,
         default=None,
-        help='JSON overrides of the budgets, e.g. \'{"mw32": {"ptsd": [100, 300]}}\'',
+        help='JSON overrides of the budgets and sizes, e.g. \'{"mw32": {"ptsd": [100, 300]}}\' '
+        f"(targets {', '.join(SETTINGS)}; keys n_samples, pt, ptsd)",
     )
     p.add_argument(
         "--from-json",
+        type=existing_path("file"),
         nargs="+",
         default=None,
         help="recompute curves, ratios and the figure from the rows of these results.json files",
     )
-    args = p.parse_args(argv)
-    if args.budgets:
-        for t, by in json.loads(args.budgets).items():
-            SETTINGS[t].update(by)
+    return p
+
+
+def _merged_settings(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The sizes and budgets the merged ``rows`` hold, per target (shaped as :data:`SETTINGS`;
+    ``n_samples`` a list where the rows differ)."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in SETTINGS:
+        mine = [r for r in rows if r["target"] == t]
+        if not mine:
+            continue
+        sizes = sorted({int(r["n_samples"]) for r in mine})
+        entry: dict[str, Any] = {"n_samples": sizes[0] if len(sizes) == 1 else sizes}
+        for s in ("pt", "ptsd"):
+            budgets = sorted({r["budget"] for r in mine if r["sampler"] == s})
+            if budgets:
+                entry[s] = budgets
+        out[t] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = copy.deepcopy(SETTINGS)  # --budgets changes this run's copy only
+    for t, by in (args.budgets or {}).items():
+        settings[t].update(by)
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    parts = (args.parts or ("mog40,mw32" if args.from_json else "mog40,mw32,dikl")).split(",")
+    seeds = args.seeds
+    parts = args.parts or (["mog40", "mw32"] if args.from_json else list(PARTS))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
+    targets = [t for t in ("mog40", "mw32") if t in parts]
     result: dict[str, Any] = {
-        "settings": SETTINGS,
+        "parts": parts,
+        # what this run runs: the targets of --parts, the samplers of --samplers
+        "settings": {
+            t: {"n_samples": settings[t]["n_samples"], **{s: settings[t][s] for s in args.samplers}}
+            for t in targets
+        },
         "seeds": seeds,
         "threads": args.threads,
         "torch": torch.__version__,
@@ -435,11 +522,27 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         (out / "results.json").write_text(json.dumps(json_safe({**result, "rows": rows}), indent=2))
 
-    targets = [t for t in ("mog40", "mw32") if t in parts]
     if args.from_json:
+        sources = []
         for f in args.from_json:
-            rows += [r for r in json.loads(Path(f).read_text())["rows"] if "budget" in r]
-        targets = [t for t in ("mog40", "mw32") if any(r["target"] == t for r in rows)]
+            saved = json.loads(Path(f).read_text())
+            mine = [r for r in saved["rows"] if "budget" in r]
+            rows += mine
+            sources.append(
+                {
+                    "file": str(f),
+                    "rows": len(mine),
+                    "seeds": sorted({r["seed"] for r in mine}),
+                    **{k: saved.get(k) for k in ("threads", "torch", "python")},
+                }
+            )
+        targets = [t for t in targets if any(r["target"] == t for r in rows)]
+        rows = [r for r in rows if r["target"] in targets]
+        # the header describes the merged rows, not this invocation's defaults
+        result["settings"] = _merged_settings(rows)
+        result["seeds"] = sorted({r["seed"] for r in rows})
+        result["parts"] = [p for p in parts if p in targets or p == "dikl"]
+        result["merged_from"] = sources
         mog = bench.make_target("mog40", None)
         for r in rows:  # rows written before the MoG-40 floors were recorded
             if r["target"] == "mog40" and "energy_w1_floor" not in r:
@@ -456,9 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_json:
             break
         target = bench.make_target(t, None)
-        n = SETTINGS[t]["n_samples"]
-        for s in args.samplers.split(","):
-            for b in SETTINGS[t][s]:
+        n = settings[t]["n_samples"]
+        for s in args.samplers:
+            for b in settings[t][s]:
                 for seed in seeds:
                     rows.append(
                         _run_one(t, s, float(b), seed, target, cache, n, args.compile == "on")

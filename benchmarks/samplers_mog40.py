@@ -1,15 +1,17 @@
 """MoG-40 at equal budget: DiGS, parallel tempering, MALA and HMC in the two regimes of issue 4.
 
 - regime (a), the DiGS paper's: 10 chains started at the origin keep 1,000 samples each after
-  burn-in (``--chains 10``);
-- regime (b): 10,000 independent chains from the origin, each contributing its last state.
+  burn-in (``--chains 10`` of ``samplers.bench``; ``--n-samples`` / 10 each);
+- regime (b): 10,000 independent chains from the origin (``--n-samples``), each contributing
+  its last state.
 
 Runs ``samplers.bench`` (the runner behind ``probrec bench samplers``) for both regimes, then
 prints mean +- standard error over seeds of MMD^2 against 10,000 exact samples, its noise floor
 (two independent exact draws, same seed), MMD^2 / floor, mode coverage, mode-weight TV and the
 relative error of E||x||^2, checks the targets of the issue (DiGS: 40/40 modes, TV <= 0.035 and
 MMD^2 <= 1.5 x floor at 1,000 evaluations per sample in both regimes; DiGS better than PT in (a)
-and at the lower budgets of (b)) and writes everything to ``--out/summary.json``.
+and at the lower budgets of (b)) and writes this run's options, tables and checks to
+``--out/summary.json`` (rewritten by every run: a regime not run this time is not in it).
 
 Usage: ``python benchmarks/samplers_mog40.py [--seeds 0,1,2] [--out bench-results/mog40]``
 """
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
+from probrec.argtypes import choice_list, float_list, json_object, seed_list, whole
 from probrec.reporting import format_mean_se, json_safe, mean_and_se
 from samplers import bench
 
@@ -36,18 +40,18 @@ METRICS = (
 )
 
 
-def _regime(out: Path, chains: int, budgets: str, args: argparse.Namespace) -> list[dict]:
+def _regime(out: Path, chains: int, budgets: list[float], args: argparse.Namespace) -> list[dict]:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     argv = [
         "--targets",
         "mog40",
         "--samplers",
-        args.samplers,
+        ",".join(args.samplers),
         "--budgets",
-        budgets,
+        ",".join(map(repr, budgets)),
         "--seeds",
-        args.seeds,
+        ",".join(map(str, args.seeds)),
         "--n-samples",
         str(args.n_samples),
         "--chains",
@@ -60,7 +64,7 @@ def _regime(out: Path, chains: int, budgets: str, args: argparse.Namespace) -> l
         args.compile,
     ]
     if args.settings:
-        argv += ["--settings", args.settings]
+        argv += ["--settings", json.dumps(args.settings)]
     if args.no_progress:
         argv.append("--no-progress")
     bench.run(parser.parse_args(argv))
@@ -129,50 +133,119 @@ def _checks(table_a: list[dict], table_b: list[dict], budgets_b: list[float]) ->
     return checks
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--samplers", default="digs,pt,mala,hmc")
-    p.add_argument("--n-samples", type=int, default=10_000)
-    p.add_argument("--budgets-a", default="1000", help="budgets of regime (a)")
-    p.add_argument("--budgets-b", default="100,300,1000", help="budgets of regime (b)")
-    p.add_argument(
-        "--regimes", default="a,b", help="regimes to run; others are summarised from --out if there"
+def sampler_settings(text: str) -> dict:
+    """argparse type of ``--settings``: a JSON object of option objects per known sampler."""
+    value = json_object(text)
+    for name, opts in value.items():
+        if name not in bench.SAMPLERS:
+            raise argparse.ArgumentTypeError(
+                f"unknown sampler {name!r}; choose from {', '.join(bench.SAMPLERS)}"
+            )
+        if not isinstance(opts, dict):
+            raise argparse.ArgumentTypeError(f"{name!r} needs an object of options, got {opts!r}")
+    return value
+
+
+sampler_settings.__name__ = "JSON object"
+
+SAMPLER_NAMES = list(bench.SAMPLERS)
+REGIMES = ("a", "b")
+CHAINS_A = 10
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--settings", default=None, help="JSON sampler-setting overrides")
-    p.add_argument("--out", type=Path, default=Path("bench-results") / "samplers_mog40")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    regimes = [r.strip() for r in args.regimes.split(",")]
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="distinct seeds")
+    p.add_argument(
+        "--samplers",
+        type=choice_list(SAMPLER_NAMES),
+        default="digs,pt,mala,hmc",
+        help=f"comma-separated samplers, of {','.join(SAMPLER_NAMES)}",
+    )
+    p.add_argument(
+        "--n-samples",
+        type=whole(1),
+        default=10_000,
+        help="samples per run (regime (a): split over its 10 chains; (b): one chain each)",
+    )
+    p.add_argument(
+        "--budgets-a",
+        type=float_list(0.0),
+        default="1000",
+        help="target evaluations per sample in regime (a), comma-separated",
+    )
+    p.add_argument(
+        "--budgets-b",
+        type=float_list(0.0),
+        default="100,300,1000",
+        help="target evaluations per sample in regime (b), comma-separated",
+    )
+    p.add_argument(
+        "--regimes",
+        type=choice_list(REGIMES),
+        default="a,b",
+        help="regimes to run, of a,b; summary.json describes only these (a regime's earlier "
+        "results stay in --out/regime_<name>/results.json)",
+    )
+    p.add_argument("--threads", type=whole(1), default=1, help="torch threads")
+    p.add_argument(
+        "--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile steps"
+    )
+    p.add_argument(
+        "--settings",
+        type=sampler_settings,
+        default=None,
+        help='JSON sampler-setting overrides, e.g. \'{"digs": {"n_mala": 2}}\'',
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results") / "samplers_mog40",
+        help="output folder (regime_a/, regime_b/, summary.json)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    per_chain = math.ceil(args.n_samples / CHAINS_A)
+    regimes = {
+        "a": (
+            CHAINS_A,
+            args.budgets_a,
+            f"regime (a): {CHAINS_A} chains from the origin, {per_chain:,} samples each "
+            f"({args.n_samples:,} in all)",
+        ),
+        "b": (
+            0,
+            args.budgets_b,
+            f"regime (b): {args.n_samples:,} independent chains from the origin",
+        ),
+    }
+    # the summary is this run's alone: a header that names its options and the tables of the
+    # regimes it ran (an earlier run's rows were summarised under this run's header)
     summary: dict = {
         "benchmark": "samplers_mog40",
+        "regimes": args.regimes,
         "seeds": args.seeds,
+        "samplers": args.samplers,
         "n_samples": args.n_samples,
+        "budgets": {f"regime_{r}": regimes[r][1] for r in args.regimes},
+        "chains": {f"regime_{r}": regimes[r][0] for r in args.regimes},
     }
-    table_a: list[dict] = []
-    table_b: list[dict] = []
-    for name, chains, budgets, title in (
-        ("a", 10, args.budgets_a, "regime (a): 10 chains from the origin, 1,000 samples each"),
-        ("b", 0, args.budgets_b, "regime (b): 10,000 independent chains from the origin"),
-    ):
-        folder = args.out / f"regime_{name}"
-        if name in regimes:
-            rows = _regime(folder, chains, budgets, args)
-        elif (folder / "results.json").is_file():  # summarise an earlier run of this regime
-            rows = json.loads((folder / "results.json").read_text())["rows"]
-        else:
+    tables: dict[str, list[dict]] = {"a": [], "b": []}
+    for name in REGIMES:
+        if name not in args.regimes:
             continue
-        table = _table(rows)
-        summary[f"regime_{name}"] = table
-        if name == "a":
-            table_a = table
-        else:
-            table_b = table
+        chains, budgets, title = regimes[name]
+        table = _table(_regime(args.out / f"regime_{name}", chains, budgets, args))
+        summary[f"regime_{name}"] = tables[name] = table
         _print(title, table)
-    budgets_b = [float(b) for b in args.budgets_b.split(",")]
-    summary["checks"] = _checks(table_a, table_b, budgets_b)
+    summary["checks"] = _checks(tables["a"], tables["b"], args.budgets_b)
     print()
     for k, v in summary["checks"].items():
         print(f"{'PASS' if v else 'FAIL'}  {k}")

@@ -9,7 +9,8 @@ Runs ``samplers.bench`` (the runner behind ``probrec bench samplers``) per targe
   interatomic-distance histograms;
 - BNN: the test NLL (the DiGS paper's expected NLL) of DiGS, HMC, MALA, PT and the MAP estimate.
 
-Writes ``--out/summary.json``.
+Writes ``--out/summary.json``. ``--data`` defaults to ``../shared/data`` beside the repository
+when it exists; a target scored against reference files that are not there is a usage error.
 
 Usage: ``python benchmarks/samplers_targets.py --data ../shared/data [--targets mw32,dw4,lj13]
 [--budget 1000] [--n-samples 2000] [--seeds 0,1,2]``
@@ -23,8 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from probrec.argtypes import choice_list, existing_path, json_object, number, seed_list, whole
 from probrec.reporting import format_mean_se, json_safe, mean_and_se
 from samplers import bench
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLER_NAMES = [*bench.SAMPLERS, "map"]
+#: targets scored against reference samples from ``--data`` (without them: no W1 metric)
+NEEDS_REFERENCE = ("dw4", "lj13", "lj55")
 
 COLUMNS = {
     "mw32": ("energy_w1", "energy_w1_floor", "energy_w2", "right_well_fraction", "wall_time"),
@@ -58,11 +65,11 @@ def _run(target: str, args: argparse.Namespace) -> list[dict]:
         "--targets",
         target,
         "--samplers",
-        samplers,
+        ",".join(samplers),
         "--budgets",
-        str(args.budget),
+        repr(args.budget),
         "--seeds",
-        args.seeds,
+        ",".join(map(str, args.seeds)),
         "--n-samples",
         str(args.n_samples if target != "bnn" else args.bnn_samples),
         "--chains",
@@ -75,7 +82,7 @@ def _run(target: str, args: argparse.Namespace) -> list[dict]:
     if args.data:
         argv += ["--data", str(args.data)]
     if args.settings:
-        argv += ["--settings", args.settings]
+        argv += ["--settings", json.dumps(args.settings)]
     if args.no_progress:
         argv.append("--no-progress")
     bench.run(parser.parse_args(argv))
@@ -100,25 +107,120 @@ def _table(target: str, rows: list[dict]) -> list[dict]:
     return out
 
 
+def sampler_settings(text: str) -> dict:
+    """argparse type of ``--settings``: a JSON object of option objects per known sampler."""
+    value = json_object(text)
+    for name, opts in value.items():
+        if name not in bench.SAMPLERS:
+            raise argparse.ArgumentTypeError(
+                f"unknown sampler {name!r}; choose from {', '.join(bench.SAMPLERS)}"
+            )
+        if not isinstance(opts, dict):
+            raise argparse.ArgumentTypeError(f"{name!r} needs an object of options, got {opts!r}")
+    return value
+
+
+sampler_settings.__name__ = "JSON object"
+
+
+def missing_references(targets: list[str], data: Path | None) -> list[str]:
+    """Messages for the requested targets whose reference samples are not under ``data``
+    (their rows would hold no W1 metric and their table would be empty)."""
+    out = []
+    for t in targets:
+        if t not in NEEDS_REFERENCE:
+            continue
+        rel = bench.REFERENCE_FILES.get(t)
+        if rel is None:
+            out.append(f"{t}: samplers.bench.REFERENCE_FILES names no reference samples for it")
+        elif data is None:
+            out.append(f"{t}: needs {rel} under a --data root (none given, none found)")
+        elif not (data / rel).is_file():
+            out.append(f"{t}: {data / rel} does not exist")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--targets",
+        type=choice_list(COLUMNS),
+        default="mw32,dw4,lj13,bnn",
+        help=f"comma-separated targets, of {','.join(COLUMNS)}",
+    )
+    p.add_argument(
+        "--samplers",
+        type=choice_list(SAMPLER_NAMES),
+        default="digs,pt,mala,hmc",
+        help=f"samplers of the targets other than bnn, of {','.join(SAMPLER_NAMES)}",
+    )
+    p.add_argument(
+        "--bnn-samplers",
+        type=choice_list(SAMPLER_NAMES),
+        default="digs,pt,mala,hmc,map",
+        help="samplers of the bnn target",
+    )
+    p.add_argument(
+        "--budget", type=number(0.0), default=1000.0, help="target evaluations per sample"
+    )
+    p.add_argument(
+        "--n-samples", type=whole(1), default=2000, help="samples per run (targets but bnn)"
+    )
+    p.add_argument(
+        "--chains",
+        type=whole(0),
+        default=0,
+        help="chains per run (targets but bnn); 0: one independent chain per sample",
+    )
+    p.add_argument("--bnn-samples", type=whole(1), default=1000, help="samples per bnn run")
+    p.add_argument("--bnn-chains", type=whole(0), default=10, help="chains per bnn run")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="distinct seeds")
+    p.add_argument(
+        "--data",
+        type=existing_path("dir"),
+        default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None,
+        help="data root holding the reference samples samplers/*.npy of dw4 and lj13 "
+        "(default: %(default)s; ../shared/data beside the repository, when it exists)",
+    )
+    p.add_argument("--threads", type=whole(1), default=1, help="torch threads")
+    p.add_argument(
+        "--settings",
+        type=sampler_settings,
+        default=None,
+        help='JSON sampler-setting overrides, e.g. \'{"digs": {"n_mala": 2}}\'',
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results") / "samplers_targets",
+        help="output folder (one folder per target, summary.json)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", default="mw32,dw4,lj13,bnn")
-    p.add_argument("--samplers", default="digs,pt,mala,hmc")
-    p.add_argument("--bnn-samplers", default="digs,pt,mala,hmc,map")
-    p.add_argument("--budget", type=float, default=1000.0)
-    p.add_argument("--n-samples", type=int, default=2000)
-    p.add_argument("--chains", type=int, default=0, help="0: one independent chain per sample")
-    p.add_argument("--bnn-samples", type=int, default=1000)
-    p.add_argument("--bnn-chains", type=int, default=10)
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--data", type=Path, default=None, help="../shared/data")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--settings", default=None)
-    p.add_argument("--out", type=Path, default=Path("bench-results") / "samplers_targets")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    summary: dict = {"benchmark": "samplers_targets", "budget": args.budget, "seeds": args.seeds}
-    for t in [x.strip() for x in args.targets.split(",") if x.strip()]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    missing = missing_references(args.targets, args.data)
+    if missing:
+        parser.error("argument --data: reference samples missing: " + "; ".join(missing))
+    summary: dict = {
+        "benchmark": "samplers_targets",
+        "targets": args.targets,
+        "budget": args.budget,
+        "seeds": args.seeds,
+        "n_samples": args.n_samples,
+        "chains": args.chains,
+        "bnn_samples": args.bnn_samples,
+        "bnn_chains": args.bnn_chains,
+        "data": None if args.data is None else str(args.data),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    for t in args.targets:
         table = _table(t, _run(t, args))
         summary[t] = table
         print(f"\n{t}: {args.budget:g} target evaluations per sample")
@@ -129,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                     stat = {"mean": e[m], "se": e.get(m + "_se")}
                     cells.append(f"{m} {format_mean_se(stat, '.4g', sep='+-')}")
             print(f"  {e['sampler']:6s} " + "  ".join(cells))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
+        # after every target, so that a later target's failure keeps the earlier tables
+        (args.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     print(f"-> {args.out / 'summary.json'}")
     return 0
 
