@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probrec.argtypes import choice_list, existing_path, json_object, seed_list, whole
+from probrec.argtypes import choice_list, existing_path, json_objects_by_name, seed_list, whole
 from probrec.reporting import format_mean_se, json_safe, mean_and_se, mean_se_summary
 from samplers import bench, metrics
 from samplers.dikl import DiKL
@@ -392,14 +392,8 @@ def budget_overrides(text: str) -> dict[str, dict[str, Any]]:
     """argparse type of ``--budgets``: a JSON object ``{target: {key: value}}`` over the
     targets and keys of :data:`SETTINGS` (``n_samples``: an integer >= 1; ``pt`` / ``ptsd``:
     non-empty lists of budgets > 0)."""
-    value = json_object(text)
+    value = json_objects_by_name(text, SETTINGS, "target")
     for t, by in value.items():
-        if t not in SETTINGS:
-            raise argparse.ArgumentTypeError(
-                f"unknown target {t!r}; choose from {', '.join(SETTINGS)}"
-            )
-        if not isinstance(by, dict):
-            raise argparse.ArgumentTypeError(f"{t!r} needs an object, got {by!r}")
         for key, v in by.items():
             if key not in SETTINGS[t]:
                 raise argparse.ArgumentTypeError(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probrec.argtypes import choice_list, float_list, json_object, seed_list, whole
+from probrec.argtypes import choice_list, float_list, seed_list, whole
 from probrec.reporting import format_mean_se, json_safe, mean_and_se
 from samplers import bench
 
@@ -133,21 +133,6 @@ def _checks(table_a: list[dict], table_b: list[dict], budgets_b: list[float]) ->
     return checks
 
 
-def sampler_settings(text: str) -> dict:
-    """argparse type of ``--settings``: a JSON object of option objects per known sampler."""
-    value = json_object(text)
-    for name, opts in value.items():
-        if name not in bench.SAMPLERS:
-            raise argparse.ArgumentTypeError(
-                f"unknown sampler {name!r}; choose from {', '.join(bench.SAMPLERS)}"
-            )
-        if not isinstance(opts, dict):
-            raise argparse.ArgumentTypeError(f"{name!r} needs an object of options, got {opts!r}")
-    return value
-
-
-sampler_settings.__name__ = "JSON object"
-
 SAMPLER_NAMES = list(bench.SAMPLERS)
 REGIMES = ("a", "b")
 CHAINS_A = 10
@@ -190,23 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="regimes to run, of a,b; summary.json describes only these (a regime's earlier "
         "results stay in --out/regime_<name>/results.json)",
     )
-    p.add_argument("--threads", type=whole(1), default=1, help="torch threads")
     p.add_argument(
         "--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile steps"
     )
-    p.add_argument(
-        "--settings",
-        type=sampler_settings,
-        default=None,
-        help='JSON sampler-setting overrides, e.g. \'{"digs": {"n_mala": 2}}\'',
+    bench.add_run_options(
+        p,
+        Path("bench-results") / "samplers_mog40",
+        "output folder (regime_a/, regime_b/, summary.json)",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench-results") / "samplers_mog40",
-        help="output folder (regime_a/, regime_b/, summary.json)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
 

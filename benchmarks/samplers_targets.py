@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probrec.argtypes import choice_list, existing_path, json_object, number, seed_list, whole
+from probrec.argtypes import choice_list, existing_path, number, seed_list, whole
 from probrec.reporting import format_mean_se, json_safe, mean_and_se
 from samplers import bench
 
@@ -107,22 +107,6 @@ def _table(target: str, rows: list[dict]) -> list[dict]:
     return out
 
 
-def sampler_settings(text: str) -> dict:
-    """argparse type of ``--settings``: a JSON object of option objects per known sampler."""
-    value = json_object(text)
-    for name, opts in value.items():
-        if name not in bench.SAMPLERS:
-            raise argparse.ArgumentTypeError(
-                f"unknown sampler {name!r}; choose from {', '.join(bench.SAMPLERS)}"
-            )
-        if not isinstance(opts, dict):
-            raise argparse.ArgumentTypeError(f"{name!r} needs an object of options, got {opts!r}")
-    return value
-
-
-sampler_settings.__name__ = "JSON object"
-
-
 def missing_references(targets: list[str], data: Path | None) -> list[str]:
     """Messages for the requested targets whose reference samples are not under ``data``
     (their rows would hold no W1 metric and their table would be empty)."""
@@ -185,20 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="data root holding the reference samples samplers/*.npy of dw4 and lj13 "
         "(default: %(default)s; ../shared/data beside the repository, when it exists)",
     )
-    p.add_argument("--threads", type=whole(1), default=1, help="torch threads")
-    p.add_argument(
-        "--settings",
-        type=sampler_settings,
-        default=None,
-        help='JSON sampler-setting overrides, e.g. \'{"digs": {"n_mala": 2}}\'',
+    bench.add_run_options(
+        p,
+        Path("bench-results") / "samplers_targets",
+        "output folder (one folder per target, summary.json)",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench-results") / "samplers_targets",
-        help="output folder (one folder per target, summary.json)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
 

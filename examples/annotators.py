@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probrec.argtypes import choice_list, existing_path, number, whole
+from probrec.argtypes import choice_list, existing_path, fraction, number, torch_device, whole
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "annotators"
 DATASETS = ("POPQUORN", "ConvAbuse", "MD-Agreement")
@@ -156,33 +156,6 @@ def _max_items(text: str) -> int:
 _max_items.__name__ = "integer"
 
 
-def _fraction(text: str) -> float:
-    """A dropout rate in [0, 1)."""
-    value = number(0.0, strict=False)(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
-    return value
-
-
-_fraction.__name__ = "number"
-
-
-def _device(text: str) -> str:
-    """A torch device that exists here."""
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
-    return text
-
-
-_device.__name__ = "device"
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     from probrec.flows.experiment import MODELS
 
@@ -226,13 +199,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--dropout",
-        type=_fraction,
+        type=fraction,
         default=None,
         help="dropout of every model (default: per dataset, see TUNED)",
     )
     p.add_argument(
         "--input-dropout",
-        type=_fraction,
+        type=fraction,
         default=None,
         help="dropout on the input features in training, every model (default: per dataset "
         "and model, see TUNED)",
@@ -260,7 +233,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="embedding cache folder (default: PROBREC_CACHE or ~/.cache/probrec)",
     )
-    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     args.data = str(args.data)

@@ -22,15 +22,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from probrec.argtypes import choice_list, existing_path, int_list, whole
+from probrec.argtypes import choice_list, existing_path, int_list, torch_device, whole
 from probrec.reporting import format_mean_se
+from probrec.runrecord import check_run_record, meta_training_options, write_run_record
 
 try:  # CPU-time accounting (Unix)
     import resource
@@ -40,10 +40,9 @@ except ImportError:  # pragma: no cover - Windows
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/molecules/moleculenet"
 META_LEARNERS = ("ADKF-IFT", "ADKF", "DKT", "ProtoNet")
 LEARNERS = (*META_LEARNERS, "GP-ST", "RF", "kNN", "LogReg", "DKL")
-RUN_RECORD = "run_options.json"  # in <out>/checkpoints: the options its checkpoints came from
 # option behind each recorded key, for the message that refuses a mismatch
 OPTION_OF = {
-    "data_sha256": "--data",
+    "data_sha256": "--data contents (SHA-256)",
     "seed": "--seed",
     "n_valid": "--n-valid",
     "n_test": "--n-test",
@@ -69,22 +68,6 @@ def _jobs(text: str) -> int:
 
 
 _jobs.__name__ = "integer"
-
-
-def _device(text: str) -> str:
-    """A torch device that exists here."""
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
-    return text
-
-
-_device.__name__ = "device"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -126,7 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="meta-training steps (default 400; --full 10000)",
     )
     p.add_argument("--full", action="store_true", help="reference sizes (GPU)")
-    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--dkl-steps", type=whole(1), default=100, help="Adam steps of DKL per task")
     p.add_argument(
         "--threads", type=whole(1), default=None, help="torch CPU threads (default: torch's)"
@@ -151,70 +136,25 @@ def learner_configs(args: argparse.Namespace) -> dict[str, dict]:
     return {"ADKF-IFT": common, "ADKF": common, "DKT": common, "ProtoNet": common}
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_options(args: argparse.Namespace) -> dict:
     """The options that determine the task split and the meta-trained models (what a
     checkpoint in ``<out>/checkpoints`` was trained with), in JSON form."""
     config = learner_configs(args)["ADKF-IFT"]
-    options = {
-        "data": str(Path(args.data).resolve()),  # shown in messages; the contents are compared
-        "data_sha256": _sha256(args.data),
-        "seed": args.seed,
-        "n_valid": args.n_valid,
-        "n_test": args.n_test,
-        "steps": config["n_steps"],
-        "meta_options": {k: v for k, v in config.items() if k != "n_steps"},
-    }
-    return json.loads(json.dumps(options))  # tuples as lists, as the record holds them
+    return meta_training_options(
+        args.data, seed=args.seed, n_valid=args.n_valid, n_test=args.n_test, config=config
+    )
 
 
 def check_reuse(folder: Path, options: dict, state: list[Path], resumable=()) -> None:
     """Stops (``SystemExit``) if ``state`` (files of ``folder`` a run would reuse) was written
-    with other ``options`` than ``folder/run_options.json`` records, or without that record;
-    otherwise records ``options`` there. Keys in ``resumable`` may differ (a longer run resumes
-    the checkpoints of a shorter one)."""
-    record = folder / RUN_RECORD
-    if state:
-        if not record.is_file():
-            raise SystemExit(
-                f"{folder} holds {state[0].relative_to(folder)} from a run that did not record "
-                "its options (data, seed, split), so it cannot be checked against this one: "
-                f"use another --out, or delete {folder}"
-            )
-        saved = json.loads(record.read_text())
-        differ = []
-        for key in sorted(set(saved) | set(options)):
-            old, new = saved.get(key), options.get(key)
-            if key == "data" or key in resumable or old == new:
-                continue
-            if key == "data_sha256":
-                differ.append(f"--data {saved.get('data')} -> {options['data']} (other contents)")
-            elif isinstance(old, dict) and isinstance(new, dict):
-                keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                differ.append(
-                    f"{OPTION_OF.get(key, key)} ("
-                    + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys)
-                    + ")"
-                )
-            else:
-                differ.append(f"{OPTION_OF.get(key, key)} {old} -> {new}")
-        if differ:
-            raise SystemExit(
-                f"{folder} holds models trained with other options ({'; '.join(differ)}): this "
-                "run would reuse them on another task split. Use another --out, or delete "
-                f"{folder}"
-            )
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(options, indent=1) + "\n")
-    tmp.replace(record)
+    with other ``options`` than ``folder/run_options.json`` records, or without that record
+    (:func:`probrec.runrecord.check_run_record`); otherwise records ``options`` there."""
+    try:
+        check_run_record(folder, options, state, resumable=resumable, option_names=OPTION_OF,
+                         ignore=("data",))  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    write_run_record(folder, options)
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,6 @@ may grow there).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -29,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probrec.argtypes import choice_list, existing_path, int_list, whole
+from probrec.argtypes import choice_list, existing_path, int_list, torch_device, whole
 from probrec.reporting import format_mean_se, mean_and_se, mean_se_summary
+from probrec.runrecord import RECORD, check_run_record, meta_training_options, write_run_record
 
 # data set -> (sign that turns the label into an objective to maximise, objective's name)
 GOALS = {
@@ -40,32 +40,15 @@ GOALS = {
 }
 DEEP = ("ADKF-IFT", "DKT")
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data"
-RUN_RECORD = "run_options.json"  # the options the saved models / checkpoints were trained with
 # option behind each recorded key, for the message that refuses a mismatch
 OPTION_OF = {
-    "data_sha256": "--data",
+    "data_sha256": "--data contents (SHA-256)",
     "seed": "--seed",
     "n_valid": "--n-valid",
     "n_test": "--n-test",
     "steps": "--steps",
     "meta_options": "meta-training options",
 }
-
-
-def _device(text: str) -> str:
-    """A torch device that exists here."""
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
-    return text
-
-
-_device.__name__ = "device"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,7 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-init", type=whole(1), default=16)
     p.add_argument("--n-iter", type=whole(1), default=30)
     p.add_argument("--full", action="store_true", help="the paper's numbers of repeats")
-    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--threads", type=whole(1), default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -115,77 +100,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_options(args: argparse.Namespace) -> dict:
     """The options that determine the ToxCast split and the meta-trained models (what the
     saved models and the checkpoints were trained with), in JSON form."""
     from metalearn.training import preset
 
     config = preset("cpu", args.steps)
-    options = {
-        "data": str(Path(args.data).resolve()),  # shown in messages; the contents are compared
-        "data_sha256": _sha256(args.data),
-        "seed": args.seed,
-        "n_valid": args.n_valid,
-        "n_test": args.n_test,
-        "steps": config["n_steps"],
-        "meta_options": {k: v for k, v in config.items() if k != "n_steps"},
-    }
-    return json.loads(json.dumps(options))  # tuples as lists, as the record holds them
+    return meta_training_options(
+        args.data, seed=args.seed, n_valid=args.n_valid, n_test=args.n_test, config=config
+    )
 
 
 def check_reuse(folder: Path, options: dict, state: list[Path], resumable=()) -> None:
     """Stops (``SystemExit``) if ``state`` (files of ``folder`` a run would reuse) was written
-    with other ``options`` than ``folder/run_options.json`` records, or without that record.
-    Keys in ``resumable`` may differ (a longer run resumes the checkpoints of a shorter one)."""
-    record = folder / RUN_RECORD
-    if not state:
-        return
-    if not record.is_file():
-        raise SystemExit(
-            f"{folder} holds {state[0].relative_to(folder)} from a run that did not record its "
-            "options (data, seed, split, steps), so it cannot be checked against this one: use "
-            f"another --out, or delete {folder}"
-        )
-    saved = json.loads(record.read_text())
-    differ = []
-    for key in sorted(set(saved) | set(options)):
-        old, new = saved.get(key), options.get(key)
-        if key == "data" or key in resumable or old == new:
-            continue
-        if key == "data_sha256":
-            differ.append(f"--data {saved.get('data')} -> {options['data']} (other contents)")
-        elif isinstance(old, dict) and isinstance(new, dict):
-            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            differ.append(
-                f"{OPTION_OF.get(key, key)} ("
-                + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys)
-                + ")"
-            )
-        else:
-            differ.append(f"{OPTION_OF.get(key, key)} {old} -> {new}")
-    if differ:
-        raise SystemExit(
-            f"{folder} holds models trained with other options ({'; '.join(differ)}): this run "
-            "would reuse them as if trained with its own. Use another --out, or delete "
-            f"{folder}"
-        )
-
-
-def write_record(folder: Path, options: dict) -> None:
-    """Records ``options`` in ``folder/run_options.json`` (atomically)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    record = folder / RUN_RECORD
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(options, indent=1) + "\n")
-    tmp.replace(record)
+    with other ``options`` than ``folder/run_options.json`` records, or without that record
+    (:func:`probrec.runrecord.check_run_record`)."""
+    try:
+        check_run_record(folder, options, state, resumable=resumable, option_names=OPTION_OF,
+                         ignore=("data",))  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def models_folder(args: argparse.Namespace, out: Path) -> Path:
@@ -223,8 +157,8 @@ def meta_trained(args: argparse.Namespace, out: Path, progress, options: dict, s
         return learners, feat, {}
     # the models' record is written once all of them are saved (an interrupted run leaves no
     # record, so its files are not reused); the checkpoints' before they are written
-    (folder / RUN_RECORD).unlink(missing_ok=True)
-    write_record(out / "checkpoints", options)
+    (folder / RECORD).unlink(missing_ok=True)
+    write_run_record(out / "checkpoints", options)
     tasks = load_moleculenet(args.data)
     n_train = len(tasks) - args.n_valid - args.n_test
     if n_train < 1:
@@ -248,7 +182,7 @@ def meta_trained(args: argparse.Namespace, out: Path, progress, options: dict, s
         learners[name] = m
         print(f"  {name}: meta-trained on {len(train)} ToxCast assays in {seconds[name]:.0f} s")
     feat_path.write_text(json.dumps(feat.state_dict()))
-    write_record(folder, options)
+    write_run_record(folder, options)
     return learners, feat, seconds
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from probrec.argtypes import choice_list, existing_path, int_list, whole
+from probrec.recsys.pipeline import log_source_error
 from probrec.reporting import format_mean_se, json_safe
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
@@ -67,13 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.download and args.format != "movielens":
-        p.error("--download fetches MovieLens-100k: it does not go with --format taobao")
-    if args.data is None:
-        if args.format == "taobao" and not args.download:
-            p.error("--format taobao needs --data, the TaobaoAd CSV")
-        args.data = DEFAULT_DATA
-    args.data = str(args.data)
+    problem = log_source_error(args.format, args.data, args.download)
+    if problem:
+        p.error(problem)
+    args.data = str(DEFAULT_DATA if args.data is None else args.data)
     return args
 
 

@@ -27,26 +27,11 @@ from pathlib import Path
 
 import torch
 
-from probrec.argtypes import existing_path, seed_list, whole
+from probrec.argtypes import existing_path, seed_list, torch_device, whole
+from probrec.recsys.pipeline import log_source_error
 from probrec.reporting import json_safe
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
-
-
-def _device(text: str) -> str:
-    """A torch device that exists here."""
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: {torch.cuda.device_count()} CUDA device(s)")
-    return text
-
-
-_device.__name__ = "device"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,17 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vm-epochs", type=whole(1), default=None, help="maximum VM epochs")
     p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
     p.add_argument(
-        "--device", type=_device, default="cpu", help="torch device of the models (e.g. cuda)"
+        "--device", type=torch_device, default="cpu", help="torch device of the models (e.g. cuda)"
     )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.download and args.format != "movielens":
-        p.error("--download fetches MovieLens-100k: it does not go with --format taobao")
-    if args.data is None:
-        if args.format == "taobao" and not args.download:
-            p.error("--format taobao needs --data, the TaobaoAd CSV")
-        args.data = DEFAULT_DATA
-    args.data = str(args.data)
+    problem = log_source_error(args.format, args.data, args.download)
+    if problem:
+        p.error(problem)
+    args.data = str(DEFAULT_DATA if args.data is None else args.data)
     return args
 
 

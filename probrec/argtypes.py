@@ -20,10 +20,13 @@ __all__ = [
     "choice_list",
     "existing_path",
     "float_list",
+    "fraction",
     "int_list",
     "json_object",
+    "json_objects_by_name",
     "number",
     "seed_list",
+    "torch_device",
     "whole",
 ]
 
@@ -150,4 +153,46 @@ def json_object(text: str) -> dict[str, Any]:
         raise _fail(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
     if not isinstance(value, dict):
         raise _fail(f"expected a JSON object {{...}}, got {type(value).__name__}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in ``[0, 1)`` (a dropout rate, say)."""
+    value = number(0.0, strict=False)(text)
+    if value >= 1:
+        raise _fail(f"must be in [0, 1), got {value:g}")
+    return value
+
+
+fraction.__name__ = "number"
+
+
+def torch_device(text: str) -> str:
+    """A torch device that exists here (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise _fail(f"not a torch device: {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise _fail(f"{text!r}: CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise _fail(f"{text!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+torch_device.__name__ = "device"
+
+
+def json_objects_by_name(text: str, names: Iterable[str], what: str) -> dict[str, dict[str, Any]]:
+    """A JSON object whose keys are among ``names`` (``what`` they are, for the message) and
+    whose values are objects."""
+    value = json_object(text)
+    allowed = list(names)
+    for key, inner in value.items():
+        if key not in allowed:
+            raise _fail(f"unknown {what} {key!r}; choose from {', '.join(allowed)}")
+        if not isinstance(inner, dict):
+            raise _fail(f"{key!r} needs an object, got {inner!r}")
     return value

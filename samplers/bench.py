@@ -45,7 +45,7 @@ from probrec.argtypes import (
     choice_list,
     existing_path,
     float_list,
-    json_object,
+    json_objects_by_name,
     seed_list,
     whole,
 )
@@ -63,7 +63,15 @@ from .ptsd import PTSD
 from .targets import BNNPosterior, DoubleWell4, LennardJones, ManyWell, MoG40, Target
 from .tempering import ParallelTempering
 
-__all__ = ["add_arguments", "run", "SAMPLER_SETTINGS", "make_sampler", "make_target", "evaluate"]
+__all__ = [
+    "add_arguments",
+    "run",
+    "SAMPLER_SETTINGS",
+    "make_sampler",
+    "make_target",
+    "evaluate",
+    "sampler_settings",
+]
 
 REFERENCE_FILES = {
     "dw4": "samplers/dw4_reference_10000.npy",
@@ -339,7 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings",
         default=None,
-        type=json_object,
+        type=sampler_settings,
         help='JSON overrides of sampler settings per sampler, e.g. \'{"digs": {"n_mala": 2}}\'',
     )
     parser.add_argument("--threads", type=whole(1), default=None, help="torch.set_num_threads")
@@ -364,19 +372,33 @@ def _listed(value: Any, parse: Callable[[str], Any], name: str) -> Any:
         raise ValueError(f"--{name}: {exc}") from None
 
 
-def _check_settings(overrides: dict[str, Any], names: list[str]) -> None:
-    """``--settings`` names known samplers and their options (an unknown keyword was a
-    TypeError from a constructor, after the earlier runs)."""
-    for s, opts in overrides.items():
-        if s not in SAMPLERS:
-            raise ValueError(
-                f"--settings names an unknown sampler {s!r}; known: {sorted(SAMPLERS)}"
-            )
-        if not isinstance(opts, dict):
-            raise ValueError(f"--settings[{s!r}] must be an object of options, got {opts!r}")
+def add_run_options(parser: argparse.ArgumentParser, out: Path, out_help: str) -> None:
+    """``--threads``, ``--settings``, ``--out`` (default ``out``) and ``--no-progress``, as the
+    benchmark scripts built on :func:`run` take them."""
+    parser.add_argument("--threads", type=whole(1), default=1, help="torch threads")
+    parser.add_argument(
+        "--settings",
+        type=sampler_settings,
+        default=None,
+        help='JSON sampler-setting overrides, e.g. \'{"digs": {"n_mala": 2}}\'',
+    )
+    parser.add_argument("--out", type=Path, default=out, help=out_help)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def sampler_settings(text: str) -> dict[str, dict[str, Any]]:
+    """argparse type of ``--settings``: a JSON object of option objects per known sampler,
+    each option one the sampler takes (an unknown keyword was a TypeError from a constructor,
+    after the earlier runs)."""
+    value = json_objects_by_name(text, SAMPLERS, "sampler")
+    for s, opts in value.items():
         unknown = sorted(set(opts) - _accepted_options(SAMPLERS[s]))
         if unknown:
-            raise ValueError(f"--settings[{s!r}]: unknown option(s) {unknown} of {s}")
+            raise argparse.ArgumentTypeError(f"unknown option(s) {unknown} of {s}")
+    return value
+
+
+sampler_settings.__name__ = "JSON object"
 
 
 def _accepted_options(cls: type) -> set[str]:
@@ -402,8 +424,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--n-samples must be >= 1 and --chains >= 0")
     if args.chains > args.n_samples:  # the extra chains' samples were dropped, their cost kept
         raise ValueError(f"--chains ({args.chains}) must not exceed --n-samples ({args.n_samples})")
-    overrides = _listed(args.settings, json_object, "settings") or {}
-    _check_settings(overrides, names)
+    overrides = _listed(args.settings, sampler_settings, "settings") or {}
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -376,11 +376,13 @@ def featurize_tasks(
     Unique molecules across all tasks are featurised once (one cache entry). Standardisation
     statistics are fitted on the molecules of ``fit_on`` (the training tasks); pass
     ``fit_on=None`` with an already fitted featurizer (e.g. one restored with
-    ``from_state_dict``), whose statistics are kept.
+    ``from_state_dict``), whose statistics are kept. Passing the same ``fit_on`` again is
+    allowed (the statistics do not change).
 
     Raises:
-        ValueError: ``fit_on`` is given for a featurizer already fitted (its statistics were
-            replaced, silently, so features no longer matched an encoder trained on them).
+        ValueError: ``fit_on`` would change the statistics of a featurizer already fitted
+            (they were replaced, silently, so features no longer matched an encoder trained
+            on them).
 
     Returns:
         New tasks (same order) whose inputs are :class:`~probrec.data.tasks.RowView` s of one
@@ -388,11 +390,6 @@ def featurize_tasks(
     """
     from probrec.data.tasks import RowView
 
-    if fit_on is not None and featurizer.stats_ is not None:
-        raise ValueError(
-            "featurizer is already fitted: pass fit_on=None to use its statistics, or a new "
-            "MoleculeFeaturizer to fit them on fit_on"
-        )
     unique = sorted(
         {s for t in tasks for s in t.inputs} | {s for t in (fit_on or []) for s in t.inputs}
     )
@@ -400,7 +397,17 @@ def featurize_tasks(
     raw = featurizer.raw_features(unique)
     if fit_on is not None:
         rows = sorted({index[s] for t in fit_on for s in t.inputs})
+        before = featurizer.stats_
         featurizer.fit_raw(raw[rows])
+        after = featurizer.stats_
+        if before is not None and (
+            after is None or any(not np.array_equal(before[k], after[k]) for k in before)
+        ):
+            featurizer.stats_ = before
+            raise ValueError(
+                "featurizer is already fitted on other molecules: pass fit_on=None to use its "
+                "statistics, or a new MoleculeFeaturizer to fit them on fit_on"
+            )
     feats = featurizer.transform_raw(raw)
     return [
         t.with_inputs(RowView(feats, np.fromiter((index[s] for s in t.inputs), np.int64, len(t))))

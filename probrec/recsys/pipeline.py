@@ -131,6 +131,20 @@ def load_log(
     return load_taobao_ad(data) if fmt == "taobao" else load_movielens(data)
 
 
+def log_source_error(fmt: str, data: str | Path | None, download: str | Path | None) -> str | None:
+    """Why the example scripts' ``--format`` / ``--data`` / ``--download`` cannot name a log
+    (``None`` when they can; ``data=None`` then means the default MovieLens folder).
+
+    A TaobaoAd CSV has no default (the MovieLens folder was read as a CSV), and ``--download``
+    fetches MovieLens only.
+    """
+    if download and fmt != "movielens":
+        return "--download fetches MovieLens-100k: it does not go with --format taobao"
+    if data is None and fmt == "taobao" and not download:
+        return "--format taobao needs --data, the TaobaoAd CSV"
+    return None
+
+
 def _train_valid(index: np.ndarray, log: InteractionLog, frac: float) -> tuple[np.ndarray, ...]:
     """The period's events before / from its last ``frac`` (by time); a period with a single
     timestamp cannot be split and validates on its training events (tiny logs only)."""

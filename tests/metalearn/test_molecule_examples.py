@@ -182,12 +182,12 @@ def test_fewshot_molecules_refuses_checkpoints_of_another_split(tmp_path):
     ex.check_reuse(ckpts, ex.run_options(ex.parse_args(old)), [])  # what a first run records
     (ckpts / "DKT").mkdir()
     (ckpts / "DKT" / "last.pt").write_bytes(b"")
-    with pytest.raises(SystemExit, match=r"--n-valid 5 -> 20; --seed 0 -> 3.*another --out"):
+    with pytest.raises(SystemExit, match=r"--n-valid 5 -> 20; --seed 0 -> 3.*another output"):
         ex.main([*old, "--n-valid", "20", "--seed", "3", "--learners", "DKT"])
     with pytest.raises(SystemExit, match=r"--full \(.*hidden \[512\] -> \[2048\]"):
         ex.main([*old, "--full", "--learners", "DKT"])
     data.write_text("other molecules\n")
-    with pytest.raises(SystemExit, match=r"--data .*other contents"):
+    with pytest.raises(SystemExit, match=r"--data contents \(SHA-256\) \w+\.\.\. -> "):
         ex.main([*old, "--learners", "DKT"])
     data.write_text("not a ToxCast table\n")
     # same options: reused (and --steps may grow: the checkpoints continue)
@@ -213,8 +213,8 @@ def test_molecular_bo_refuses_saved_models_of_other_options(tmp_path):
         (models / f).write_text("")
     with pytest.raises(SystemExit, match="did not record its options"):
         ex.main(old)
-    ex.write_record(models, ex.run_options(ex.parse_args(old)))
-    with pytest.raises(SystemExit, match=r"--seed 0 -> 1; --steps 50 -> 60.*another --out"):
+    ex.write_run_record(models, ex.run_options(ex.parse_args(old)))
+    with pytest.raises(SystemExit, match=r"--seed 0 -> 1; --steps 50 -> 60.*another output folder"):
         ex.main([*old, "--steps", "60", "--seed", "1"])
     with pytest.raises(SystemExit, match=r"--n-valid 30 -> 10"):
         ex.main([*old, "--n-valid", "10", "--models", str(models)])
@@ -223,7 +223,7 @@ def test_molecular_bo_refuses_saved_models_of_other_options(tmp_path):
     # incomplete models: the checkpoints are checked instead (there --steps may grow)
     (models / "DKT.pt").unlink()
     ckpts = out / "checkpoints"
-    ex.write_record(ckpts, ex.run_options(ex.parse_args(old)))
+    ex.write_run_record(ckpts, ex.run_options(ex.parse_args(old)))
     (ckpts / "DKT").mkdir()
     (ckpts / "DKT" / "last.pt").write_bytes(b"")
     longer = ex.parse_args([*old, "--steps", "60"])

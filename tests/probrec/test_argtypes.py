@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=at.choice_list(["a", "b"]))
     p.add_argument("--settings", type=at.json_object)
     p.add_argument("--data", type=at.existing_path("dir"))
+    p.add_argument("--dropout", type=at.fraction)
+    p.add_argument("--device", type=at.torch_device)
     return p
 
 
@@ -47,6 +49,8 @@ def test_good_values_parse(tmp_path):
         (["--settings", "{bad"], "argument --settings: not valid JSON"),
         (["--settings", "[1]"], "expected a JSON object"),
         (["--data", "/no/such/folder"], "folder '/no/such/folder' does not exist"),
+        (["--dropout", "1"], "argument --dropout: must be in [0, 1), got 1"),
+        (["--device", "gpu7"], "argument --device: not a torch device: 'gpu7'"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_the_option(argv, message, capsys):

@@ -102,10 +102,12 @@ def test_featurize_tasks_shares_rows(tmp_path):
     assert out[1].inputs.shape == (3, f.dim)
     # a fitted featurizer keeps its statistics (fit_on replaced them, silently)
     restored = MoleculeFeaturizer.from_state_dict(f.state_dict())
-    with pytest.raises(ValueError, match="already fitted"):
+    with pytest.raises(ValueError, match="already fitted on other molecules"):
         featurize_tasks([t2], restored, fit_on=[t2])
     again = featurize_tasks([t2], restored)
     np.testing.assert_array_equal(again[0].inputs[:], out[1].inputs[:])
+    same = featurize_tasks([t2], restored, fit_on=[t1])  # the README's idiom: same statistics
+    np.testing.assert_array_equal(same[0].inputs[:], out[1].inputs[:])
 
 
 @pytest.mark.data
