@@ -29,7 +29,7 @@ from probrec.backbone.store import EmbeddingStore
 from probrec.checks import check_positive_int
 from probrec.data.tasks import row_index
 from probrec.recsys.features import EventTable, event_key_array
-from probrec.recsys.models import FoundationModel, evaluating, module_device
+from probrec.recsys.models import FoundationModel, check_vocabulary, evaluating, module_device
 
 __all__ = ["StoredHistory", "fm_embeddings", "lookup_histories", "write_fm_store"]
 
@@ -42,6 +42,7 @@ def fm_embeddings(
     FM's device."""
     device = module_device(fm)
     check_positive_int(batch_size, "batch_size")  # 0 failed in range()
+    check_vocabulary(fm, table)
     hs, zs = [], []
     with evaluating(fm):
         for s in range(0, len(index), batch_size):

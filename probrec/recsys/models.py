@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -169,6 +170,31 @@ class _Top(nn.Module):
         z = torch.cat([dot_interaction(vectors), vectors.flatten(1)], dim=-1)
         h = self.mlp(z)
         return h, self.logit(h).squeeze(-1)
+
+
+def check_vocabulary(model: nn.Module, table: Any) -> None:
+    """Checks that a :class:`FoundationModel` has an embedding row for every dense user and item
+    id of ``table`` (:class:`~probrec.recsys.features.EventTable`); other models pass.
+
+    Once per call on the table's ids, not per batch: an id past the table was torch's "index
+    out of range" at the first batch (a device-side assert on a GPU).
+
+    Raises:
+        ValueError: naming the ids and the rows.
+    """
+    if not isinstance(model, FoundationModel):
+        return
+    for name, ids, emb in (
+        ("user", table.fm_user, model.user),
+        ("item", table.fm_item, model.item),
+    ):
+        top = int(ids.max(initial=0))
+        if top >= emb.num_embeddings:
+            raise ValueError(
+                f"the table's dense {name} ids reach {top} but the FoundationModel has "
+                f"{emb.num_embeddings} rows (n_{name}s must be at least {top + 1}: the ids "
+                "of the FM period plus the out-of-vocabulary row 0)"
+            )
 
 
 def _field_vectors(fields: nn.ModuleList, batch: dict[str, Tensor]) -> list[Tensor]:

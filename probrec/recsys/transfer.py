@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from probrec.checks import check_positive_int, check_real, host_array
 from probrec.progress import track
 from probrec.recsys.features import EventTable
-from probrec.recsys.models import evaluating, module_device
+from probrec.recsys.models import check_vocabulary, evaluating, module_device
 from probrec.seeding import numpy_rng, seeded_rng
 
 __all__ = [
@@ -191,6 +191,7 @@ def predict_logits(
     device (batches are built there; ``inputs`` receives them there)."""
     device = module_device(model)
     check_positive_int(batch_size, "batch_size")  # 0 failed in range()
+    check_vocabulary(model, table)
     out = []
     with evaluating(model):
         for s in range(0, len(index), batch_size):
@@ -241,6 +242,7 @@ def train_ctr(
             )
     if len(train_index) == 0 or len(valid_index) == 0:
         raise ValueError("train_index and valid_index must be non-empty")
+    check_vocabulary(model, table)
     # dropout draws from torch's global generator: seed a private copy for reproducibility
     # training needs gradients even when called inside torch.no_grad() (it failed there)
     device = module_device(model)

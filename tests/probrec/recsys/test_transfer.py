@@ -126,6 +126,16 @@ def test_predictions_keep_the_model_mode_and_check_the_index(small_log):
         VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0.5)
     with pytest.raises(ValueError, match="n_users"):  # a torch "negative dimension" error
         FoundationModel(-1, 5, table.field_cardinalities, 3, emb_dim=4, hidden=(8,))
+    short = FoundationModel(2, 5, table.field_cardinalities, 3, emb_dim=4, hidden=(8,), seed=0)
+    for call in (  # torch's "index out of range" at the first batch
+        lambda: fm_embeddings(short, table, np.arange(5)),
+        lambda: predict_logits(short, table, np.arange(5)),
+        lambda: train_ctr(short, table, np.arange(10), np.arange(10, 20), TrainSpec(epochs=1)),
+    ):
+        with pytest.raises(
+            ValueError, match="dense user ids reach .* but the FoundationModel has 2"
+        ):
+            call()
     with pytest.raises(ValueError, match=r"field_cardinalities\[0\]"):
         FoundationModel(5, 5, [0], 3, emb_dim=4, hidden=(8,))
     with torch.no_grad():  # training inside no_grad failed on backward()
