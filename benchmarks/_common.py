@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probrec.argtypes import existing_path, whole
+from probrec.argtypes import existing_path, single_seed, whole
 from probrec.reporting import json_safe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,17 +51,6 @@ CLOCKS = ("wall", "cpu")
 
 
 # ---------------------------------------------------------------------------- options
-def seed_type(text: str) -> int:
-    """argparse type of one seed: an integer in ``[0, 2**63)`` (as ``argtypes.seed_list``)."""
-    value = whole(0)(text)
-    if value >= 2**63:
-        raise argparse.ArgumentTypeError(f"must be < 2**63, got {value}")
-    return value
-
-
-seed_type.__name__ = "seed"
-
-
 def toxcast_data(text: str) -> str | Path:
     """argparse type of the ToxCast ``--data``: ``auto``, ``none`` or an existing CSV file."""
     if text.lower() in ("auto", "none"):
@@ -114,7 +103,7 @@ def add_common_arguments(
     )
     parser.add_argument(
         "--seed",
-        type=seed_type,
+        type=single_seed,
         default=0,
         help="seed of the data and models (default %(default)s)",
     )

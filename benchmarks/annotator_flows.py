@@ -51,14 +51,13 @@ from _common import (
     format_table,
     peak_memory_bytes,
     ratio_summary,
-    seed_type,
     setup,
     summarize,
     time_interleaved,
     write_json,
 )
 
-from probrec.argtypes import whole
+from probrec.argtypes import single_seed, whole
 
 NAME = "annotator_flows"
 BASELINE = "softmax head"
@@ -136,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="untimed calls per variant first (default %(default)s)",
     )
-    p.add_argument("--seed", type=seed_type, default=0, help="seed (default %(default)s)")
+    p.add_argument("--seed", type=single_seed, default=0, help="seed (default %(default)s)")
     p.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory pass (the profiler's)"
     )

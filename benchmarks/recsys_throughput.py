@@ -37,14 +37,13 @@ from _common import (
     environment,
     format_table,
     ratio_summary,
-    seed_type,
     setup,
     summarize,
     time_interleaved,
     write_json,
 )
 
-from probrec.argtypes import existing_path, whole
+from probrec.argtypes import existing_path, single_seed, whole
 
 NAME = "recsys_throughput"
 DEFAULT_ML = REPO.parent / "shared" / "data" / "recsys" / "ml-100k"
@@ -81,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
     p.add_argument("--repeats", type=whole(1), default=5, help="timed repeats (median reported)")
     p.add_argument("--warmup", type=whole(0), default=1, help="untimed calls per variant first")
-    p.add_argument("--seed", type=seed_type, default=0, help="seed of the models and the requests")
+    p.add_argument(
+        "--seed", type=single_seed, default=0, help="seed of the models and the requests"
+    )
     p.add_argument(
         "--out",
         type=Path,

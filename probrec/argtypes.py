@@ -26,6 +26,7 @@ __all__ = [
     "json_objects_by_name",
     "number",
     "seed_list",
+    "single_seed",
     "torch_device",
     "whole",
 ]
@@ -95,13 +96,20 @@ def int_list(minimum: int = 1, *, distinct: bool = True) -> Callable[[str], list
     return parse
 
 
+def single_seed(text: str) -> int:
+    """A seed: an integer in ``[0, 2**63)``, the range NumPy's and torch's generators take."""
+    value = whole(0)(text)
+    if value >= 2**63:
+        raise _fail(f"seeds must be < 2**63, got {value}")
+    return value
+
+
+single_seed.__name__ = "seed"
+
+
 def seed_list(text: str) -> list[int]:
     """Comma-separated distinct seeds in ``[0, 2**63)`` (a repeated seed is not a new repeat)."""
-    values = int_list(0)(text)
-    too_big = [v for v in values if v >= 2**63]
-    if too_big:
-        raise _fail(f"seeds must be < 2**63, got {too_big[0]}")
-    return values
+    return _distinct([single_seed(t) for t in _items(text)], text)
 
 
 def float_list(minimum: float = 0.0, *, strict: bool = True) -> Callable[[str], list[float]]:
