@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probrec.argtypes import existing_path, single_seed, whole
+from probrec.argtypes import path_or_word, single_seed, whole
 from probrec.reporting import json_safe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,14 +51,6 @@ CLOCKS = ("wall", "cpu")
 
 
 # ---------------------------------------------------------------------------- options
-def toxcast_data(text: str) -> str | Path:
-    """argparse type of the ToxCast ``--data``: ``auto``, ``none`` or an existing CSV file."""
-    if text.lower() in ("auto", "none"):
-        return text.lower()
-    return existing_path("file")(text)
-
-
-toxcast_data.__name__ = "path"
 
 
 def add_common_arguments(
@@ -116,7 +108,7 @@ def add_common_arguments(
     if data:
         parser.add_argument(
             "--data",
-            type=toxcast_data,
+            type=path_or_word("file"),
             default="auto",
             help="ToxCast CSV (MoleculeNet format) to draw real tasks from; 'auto' (default) "
             f"uses {DEFAULT_TOXCAST.relative_to(REPO.parent)} beside the repository when it "

@@ -55,7 +55,7 @@ from botorch.optim import optimize_acqf_discrete
 from gpytorch.kernels import ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
-from probrec.argtypes import existing_path, whole
+from probrec.argtypes import path_or_word, whole
 from probrec.data import MoleculeFeaturizer, load_regression_set
 from probrec.data.moleculenet import REGRESSION_SETS
 from probrec.gp import GPConfig, TanimotoKernel
@@ -70,16 +70,6 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data"
 GOALS = {"covid_moonshot": -1.0, "dockstring_esr2": -1.0, "cep_pce": 1.0}
 
 
-def data_root(text: str) -> str | Path:
-    """argparse type of ``--data``: ``auto``, ``none`` or an existing folder."""
-    if text.lower() in ("auto", "none"):
-        return text.lower()
-    return existing_path("dir")(text)
-
-
-data_root.__name__ = "folder"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(p, NAME, data=False)
     p.add_argument(
         "--data",
-        type=data_root,
+        type=path_or_word("dir"),
         default="auto",
         help="data root holding molecules/ood/ (the pool of --dataset); 'auto' (default) uses "
         f"{DEFAULT_ROOT.relative_to(REPO.parent)} beside the repository when it holds the data "

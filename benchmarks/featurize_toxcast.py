@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probrec.argtypes import existing_path, whole
+from probrec.argtypes import HelpFormatter, existing_path, whole
 from probrec.reporting import json_safe
 
 DEFAULT = (
@@ -29,12 +29,8 @@ DEFAULT = (
 )
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--data",
         type=existing_path("file"),

@@ -43,31 +43,17 @@ from _common import (
     write_json,
 )
 
-from probrec.argtypes import existing_path, single_seed, whole
+from probrec.argtypes import HelpFormatter, path_or_word, single_seed, whole
 
 NAME = "recsys_throughput"
 DEFAULT_ML = REPO.parent / "shared" / "data" / "recsys" / "ml-100k"
 
 
-def movielens_data(text: str) -> str | Path:
-    """argparse type of ``--data``: ``auto``, ``none`` or an existing folder."""
-    if text.lower() in ("auto", "none"):
-        return text.lower()
-    return existing_path("dir")(text)
-
-
-movielens_data.__name__ = "folder"
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--data",
-        type=movielens_data,
+        type=path_or_word("dir"),
         default="auto",
         help="MovieLens folder; 'auto' uses ../shared/data/recsys/ml-100k when present, "
         "'none' a synthetic log",

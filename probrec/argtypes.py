@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "HelpFormatter",
     "choice_list",
     "existing_path",
     "float_list",
@@ -25,6 +26,7 @@ __all__ = [
     "json_object",
     "json_objects_by_name",
     "number",
+    "path_or_word",
     "seed_list",
     "single_seed",
     "torch_device",
@@ -204,3 +206,20 @@ def json_objects_by_name(text: str, names: Iterable[str], what: str) -> dict[str
         if not isinstance(inner, dict):
             raise _fail(f"{key!r} needs an object, got {inner!r}")
     return value
+
+
+def path_or_word(kind: str, words: Iterable[str] = ("auto", "none")) -> Callable[[str], Any]:
+    """One of ``words`` (case-insensitive, returned lower-case), or a path that exists
+    (``kind`` as in :func:`existing_path`), e.g. ``--data auto | none | <folder>``."""
+    allowed = tuple(w.lower() for w in words)
+    as_path = existing_path(kind)
+
+    def parse(text: str) -> str | Path:
+        return text.lower() if text.lower() in allowed else as_path(text)
+
+    parse.__name__ = "path"
+    return parse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` with each option's default shown and the description's layout kept."""

@@ -535,7 +535,7 @@ class PTSD(NeuralSampler):
         state = ck["model"]
         dtype = next(v.dtype for v in state.values() if v.is_floating_point())
         sched = _schedule(cfg["schedule"])
-        with seeded_rng(0):  # placeholder weights, replaced by the state dict
+        with seeded_rng(0):  # any initial weights: load_state_dict overwrites all of them
             net = ScoreMLP(d, cfg["hidden"], cfg["n_layers"], n_particles=n_particles)
         norm = Normalizer(torch.zeros(d, dtype=dtype), torch.ones((), dtype=dtype))
         model = DiffusionModel(net.to(device, dtype), sched, norm.to(device))

@@ -174,6 +174,7 @@ class EventTable:
         item_hist: ``[n, K]`` earlier events on the same item.
         fm_user: ``[n]`` dense user ids of the FM vocabulary (0 = unseen in the FM period).
         fm_item: ``[n]`` dense item ids of the FM vocabulary.
+        fm_id_max: ``{"user": int, "item": int}``, the largest dense ids (set when built).
     """
 
     log: InteractionLog
@@ -224,6 +225,11 @@ class EventTable:
         }
         self._user_hist = torch.from_numpy(self.user_hist)
         self._item_hist = torch.from_numpy(self.item_hist)
+        # the largest dense ids, which a foundation model needs rows for (checked per call)
+        self.fm_id_max = {
+            "user": int(self.fm_user.max(initial=0)),
+            "item": int(self.fm_item.max(initial=0)),
+        }
 
     def __len__(self) -> int:
         """Number of events in the log."""

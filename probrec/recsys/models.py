@@ -176,19 +176,17 @@ def check_vocabulary(model: nn.Module, table: Any) -> None:
     """Checks that a :class:`FoundationModel` has an embedding row for every dense user and item
     id of ``table`` (:class:`~probrec.recsys.features.EventTable`); other models pass.
 
-    Once per call on the table's ids, not per batch: an id past the table was torch's "index
-    out of range" at the first batch (a device-side assert on a GPU).
+    Once per call, from the table's largest ids (computed when it is built), not per batch: an
+    id past the model's rows was torch's "index out of range" at the first batch (a
+    device-side assert on a GPU).
 
     Raises:
         ValueError: naming the ids and the rows.
     """
     if not isinstance(model, FoundationModel):
         return
-    for name, ids, emb in (
-        ("user", table.fm_user, model.user),
-        ("item", table.fm_item, model.item),
-    ):
-        top = int(ids.max(initial=0))
+    for name, emb in (("user", model.user), ("item", model.item)):
+        top = table.fm_id_max[name]
         if top >= emb.num_embeddings:
             raise ValueError(
                 f"the table's dense {name} ids reach {top} but the FoundationModel has "

@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=at.existing_path("dir"))
     p.add_argument("--dropout", type=at.fraction)
     p.add_argument("--device", type=at.torch_device)
+    p.add_argument("--root", type=at.path_or_word("dir"))
     return p
 
 
@@ -31,6 +32,9 @@ def test_good_values_parse(tmp_path):
     )  # fmt: skip
     assert (a.n, a.lr, a.sizes, a.seeds, a.budgets) == (3, 1e-3, [16, 32], [0, 1], [100, 300.5])
     assert a.models == ["b", "a"] and a.settings == {"k": 1} and a.data == tmp_path
+    p = _parser()
+    assert p.parse_args(["--root", "AUTO"]).root == "auto"
+    assert p.parse_args(["--root", str(tmp_path)]).root == tmp_path
 
 
 @pytest.mark.parametrize(
@@ -51,6 +55,7 @@ def test_good_values_parse(tmp_path):
         (["--data", "/no/such/folder"], "folder '/no/such/folder' does not exist"),
         (["--dropout", "1"], "argument --dropout: must be in [0, 1), got 1"),
         (["--device", "gpu7"], "argument --device: not a torch device: 'gpu7'"),
+        (["--root", "/no/such"], "argument --root: folder '/no/such' does not exist"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_the_option(argv, message, capsys):
