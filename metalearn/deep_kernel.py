@@ -22,11 +22,12 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from metalearn.base import MetaLearner, check_support
 from metalearn.episodes import MetaBatch
 from metalearn.hypergrad import implicit_argmin
-from metalearn.training import TrainConfig, meta_train
+from metalearn.training import TrainConfig, _dist_info, meta_train
 from probrec.backbone import MLPEncoder, hidden_widths
 from probrec.checks import as_float_tensor, check_choice
 from probrec.gp.exact import (
@@ -358,7 +359,13 @@ class DKT(_DeepKernelBase):
         if not bool(self.hyper.initialised) and "log_lengthscale" in c.names:
             with torch.no_grad():
                 i = c.names.index("log_lengthscale")
-                self.hyper.theta[i] = median_lengthscale(z_s.detach()).median().log()
+                per_task = median_lengthscale(z_s.detach())
+                _, world = _dist_info()
+                if world > 1:  # every rank starts from the median over the whole meta-batch
+                    parts: list[list[float] | None] = [None] * world
+                    dist.all_gather_object(parts, per_task.cpu().tolist())
+                    per_task = per_task.new_tensor([v for part in parts for v in part])
+                self.hyper.theta[i] = per_task.median().log()
                 self.hyper.initialised.fill_(True)
         theta = self.hyper.theta[None].expand(z.shape[0], -1)
         nlml = neg_log_marginal_likelihood(theta, c, geometry(c, z, z), t, mask)
