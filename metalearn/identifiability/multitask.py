@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from probrec.backbone.mlp import MLPEncoder
 from probrec.checks import ArrayLike, as_float_tensor, check_positive_int
 from probrec.progress import track
-from probrec.seeding import torch_generator
+from probrec.seeding import seeded_rng, torch_generator
 
 __all__ = ["MultiTaskRegressor", "MultiTaskFit", "fit_multitask"]
 
@@ -135,7 +135,7 @@ def fit_multitask(
         hidden, activation, dropout: encoder architecture.
         epochs, batch_size, lr, weight_decay: optimisation.
         dtype, device: of the model (default: ``x``'s device if a tensor, else CPU).
-        seed: seed of the initialisation and of the minibatch order.
+        seed: seed of the initialisation, of the minibatch order and of the dropout masks.
         progress: show a progress bar over epochs.
 
     Returns:
@@ -177,21 +177,24 @@ def fit_multitask(
     n = xt.shape[0]
     losses: list[float] = []
     model.train()
-    for _ in track(range(epochs), progress=progress, desc="stage 1", unit="epoch"):
-        order = torch.randperm(n, generator=gen).to(xt.device)
-        total, steps = 0.0, 0
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            wb = w[idx]
-            nb = wb.sum(0)
-            pred = model(xt[idx])
-            per_task = (((pred - ys[idx]) ** 2) * wb).sum(0) / nb.clamp_min(1.0)
-            loss = per_task[nb > 0].sum() / yt.shape[1]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            steps += 1
-        losses.append(total / steps)
+    # dropout masks come from torch's global generators: seeded here (and restored after), so
+    # the same seed gives the same fit (they followed the global state, different per call)
+    with seeded_rng(seed, xt.device):
+        for _ in track(range(epochs), progress=progress, desc="stage 1", unit="epoch"):
+            order = torch.randperm(n, generator=gen).to(xt.device)
+            total, steps = 0.0, 0
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                wb = w[idx]
+                nb = wb.sum(0)
+                pred = model(xt[idx])
+                per_task = (((pred - ys[idx]) ** 2) * wb).sum(0) / nb.clamp_min(1.0)
+                loss = per_task[nb > 0].sum() / yt.shape[1]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                steps += 1
+            losses.append(total / steps)
     model.eval()
     return MultiTaskFit(model, mean, std, losses)

@@ -311,6 +311,22 @@ def test_stage1_representation_is_linearly_identified():
     assert 1 - np.mean((pred - y) ** 2) / np.var(y) > 0.8
 
 
+def test_stage1_with_dropout_is_reproduced_by_its_seed():
+    """Dropout masks follow ``seed`` (they came from torch's global generator: two calls with
+    the same seed trained different networks), whatever the global generator's state."""
+    data = make_synthetic_tasks(4, 30, 2, 4, seed=0)
+    kw = dict(hidden=(16,), epochs=3, dropout=0.3, batch_size=32)
+    state = torch.get_rng_state()
+    a = fit_multitask(data.x, data.y, 2, seed=1, **kw)
+    torch.rand(5)  # another draw from the global generator in between
+    b = fit_multitask(data.x, data.y, 2, seed=1, **kw)
+    assert a.losses == b.losses
+    torch.testing.assert_close(a.represent(data.x), b.represent(data.x), rtol=0, atol=0)
+    c = fit_multitask(data.x, data.y, 2, seed=1, **{**kw, "dropout": 0.0})
+    assert c.losses != a.losses  # the masks are active
+    torch.set_rng_state(state)
+
+
 def test_fit_bad_arguments():
     h = np.random.default_rng(0).standard_normal((10, 3))
     y = np.full((10, 2), np.nan)
