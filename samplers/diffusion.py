@@ -403,8 +403,10 @@ class DiffusionModel(nn.Module):
     ) -> list[float]:
         """Trains on samples ``x`` (``n x d``, target coordinates) by denoising score matching.
 
-        Adam with a cosine decay of the learning rate to 10%; the weights end as their
-        exponential moving average (``ema``; 0 keeps the last weights).
+        Adam with a cosine decay of the learning rate to 10%; the weights end as the
+        exponential moving average of the weights after each step (``ema``; 0 keeps the last
+        weights), bias-corrected as in Adam so that the starting weights get no share: step
+        ``s`` moves the average a fraction ``(1 - ema) / (1 - ema^s)`` towards the new weights.
 
         Returns:
             The loss of every step.
@@ -424,7 +426,7 @@ class DiffusionModel(nn.Module):
         avg = [p.detach().clone() for p in params]
         losses: list[float] = []
         self.net.train()
-        for _ in track(range(steps), progress=progress, desc="DSM", leave=False):
+        for step in track(range(1, steps + 1), progress=progress, desc="DSM", leave=False):
             idx = torch.randint(
                 0, z.shape[0], (min(batch_size, z.shape[0]),), generator=gen, device=z.device
             )
@@ -434,7 +436,10 @@ class DiffusionModel(nn.Module):
             opt.step()
             sched.step()
             with torch.no_grad():
-                torch._foreach_lerp_(avg, [p.detach() for p in params], 1.0 - ema)
+                # an average started at the initial weights kept ema^steps of them (22% of
+                # the random initialisation after 300 steps at 0.995)
+                frac = (1.0 - ema) / (1.0 - ema**step)
+                torch._foreach_lerp_(avg, [p.detach() for p in params], frac)
             losses.append(float(loss.detach()))
         if ema > 0 and steps > 0:
             with torch.no_grad():

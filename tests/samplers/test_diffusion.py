@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from samplers.diffusion import (
     CountingTarget,
@@ -161,3 +162,41 @@ def test_bad_arguments():
             log_prob=True,
             trace="bad",
         )
+
+
+def test_ema_is_the_bias_corrected_average_of_the_trained_weights():
+    """The EMA weights are ``sum_s (1 - e) e^(n - s) W_s / (1 - e^n)`` over the weights ``W_s``
+    after each step (recorded by an optimizer hook): the initial weights get no share (an
+    average started at them kept ``e^n`` of the random initialisation)."""
+    torch.manual_seed(0)
+    data = torch.randn(300, 2)
+    model = DiffusionModel(ScoreMLP(2, hidden=8, n_layers=1), VPSchedule(), Normalizer.fit(data))
+    start = {k: v.clone() for k, v in model.net.state_dict().items()}
+    trajectory = []
+
+    def record(opt, args, kwargs):
+        trajectory.append([p.detach().clone() for p in opt.param_groups[0]["params"]])
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        model.fit(data, steps=5, batch_size=64, ema=0.0, seed=3)
+    finally:
+        handle.remove()
+    assert len(trajectory) == 5
+    e, n = 0.9, 5
+    want = [
+        sum((1 - e) * e ** (n - s) * w[j] for s, w in enumerate(trajectory, 1)) / (1 - e**n)
+        for j in range(len(trajectory[0]))
+    ]
+    model.net.load_state_dict(start)
+    model.fit(data, steps=5, batch_size=64, ema=e, seed=3)
+    for p, w in zip(model.net.parameters(), want):
+        torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
+    # one step: the trained weights whatever the decay
+    model.net.load_state_dict(start)
+    model.fit(data, steps=1, batch_size=64, ema=0.999, seed=3)
+    model2 = DiffusionModel(ScoreMLP(2, hidden=8, n_layers=1), VPSchedule(), Normalizer.fit(data))
+    model2.net.load_state_dict(start)
+    model2.fit(data, steps=1, batch_size=64, ema=0.0, seed=3)
+    for p, q in zip(model.net.parameters(), model2.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
