@@ -166,6 +166,24 @@ def tanimoto(
     return torch.where(smax > 0, smin / smax.clamp_min(1e-12), torch.ones_like(smax))
 
 
+def tanimoto_diag(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Row-by-row MinMax similarity ``[..., n]`` of ``x1 [..., n, d]`` and ``x2 [..., n, d]``.
+
+    The diagonal of :func:`tanimoto` without the ``[n, n]`` matrix (1 where ``x1 is x2``).
+
+    Raises:
+        ValueError: an input has negative or non-finite entries.
+    """
+    for x in (x1, x2):
+        if not bool(((x >= 0) & torch.isfinite(x)).all()):
+            raise ValueError(
+                "the tanimoto kernel needs finite, non-negative inputs (fingerprint counts)"
+            )
+    smin = torch.minimum(x1, x2).sum(-1)
+    smax = torch.maximum(x1, x2).sum(-1)
+    return torch.where(smax > 0, smin / smax.clamp_min(1e-12), torch.ones_like(smax))
+
+
 def correlation(
     name: str, x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor | None
 ) -> torch.Tensor:
@@ -201,8 +219,8 @@ class TanimotoKernel(gpytorch.kernels.Kernel):
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params
     ) -> torch.Tensor:
-        if diag:
-            return torch.ones(x1.shape[:-1], dtype=x1.dtype, device=x1.device)
+        if diag:  # k(x1, x2).diagonal() too: the pairs (x1_i, x2_i), not always 1
+            return tanimoto_diag(x1, x2)
         return tanimoto(x1, x2)
 
 
