@@ -301,8 +301,20 @@ class MoleculeFeaturizer:
         """Fits descriptor imputation and standardisation on training molecules only."""
         return self.fit_raw(self.raw_features(smiles))
 
+    def _check_raw(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` as an array, refused unless it is ``[n, dim]`` (another featurizer's raw
+        features split their fingerprint and descriptor columns at the wrong place)."""
+        raw = np.asarray(raw)
+        if raw.ndim != 2 or raw.shape[1] != self.dim:
+            raise ValueError(
+                f"raw must be raw_features output of shape [n, {self.dim}] for this featurizer, "
+                f"got {raw.shape}"
+            )
+        return raw
+
     def fit_raw(self, raw: np.ndarray) -> MoleculeFeaturizer:
         """Like :meth:`fit`, from :meth:`raw_features` output ``[n, dim]``."""
+        raw = self._check_raw(raw)
         if len(raw) == 0:  # every statistic would be NaN
             raise ValueError("fit needs at least one molecule")
         desc = raw[:, raw.shape[1] - self.n_desc :] if self.n_desc else np.zeros((len(raw), 0))
@@ -322,6 +334,7 @@ class MoleculeFeaturizer:
             raise ValueError(
                 "MoleculeFeaturizer is not fitted: call fit() on training SMILES first"
             )
+        raw = self._check_raw(raw)
         out = np.empty(raw.shape, dtype=np.float32)
         n_fp = raw.shape[1] - self.n_desc
         fp = raw[:, :n_fp]
@@ -359,9 +372,23 @@ class MoleculeFeaturizer:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], **kwargs: Any) -> MoleculeFeaturizer:
+        """The featurizer of :meth:`state_dict` (``kwargs``: cache, jobs, progress options).
+
+        Raises:
+            ValueError: the saved descriptor statistics do not have one entry per descriptor
+                of the installed RDKit (saved with another RDKit version).
+        """
         f = cls(**state["config"], **kwargs)
         if state.get("stats") is not None:
-            f.stats_ = {k: np.asarray(v, dtype=np.float64) for k, v in state["stats"].items()}
+            stats = {k: np.asarray(v, dtype=np.float64) for k, v in state["stats"].items()}
+            sizes = {k: v.shape for k, v in stats.items()}
+            if any(shape != (f.n_desc,) for shape in sizes.values()):
+                raise ValueError(
+                    f"the state's descriptor statistics have shapes {sizes} but this RDKit "
+                    f"computes {f.n_desc} descriptors: it was saved with another RDKit "
+                    "version; refit the featurizer on the training molecules"
+                )
+            f.stats_ = stats
         return f
 
 
@@ -380,6 +407,7 @@ def featurize_tasks(
     allowed (the statistics do not change).
 
     Raises:
+        TypeError: a task's inputs are not SMILES strings (e.g. already featurised).
         ValueError: ``fit_on`` would change the statistics of a featurizer already fitted
             (they were replaced, silently, so features no longer matched an encoder trained
             on them).
@@ -390,6 +418,15 @@ def featurize_tasks(
     """
     from probrec.data.tasks import RowView
 
+    for what, group in (("tasks", tasks), ("fit_on", fit_on or [])):
+        for t in group:  # a featurised task failed with "unhashable type: 'numpy.ndarray'"
+            x = t.inputs
+            if getattr(x, "ndim", 1) != 1 or not all(isinstance(s, str) for s in x):
+                shape = tuple(getattr(x, "shape", (len(x),)))
+                raise TypeError(
+                    f"{what}: task {t.name!r} has inputs of shape {shape} that are not SMILES "
+                    "strings; featurize_tasks takes tasks of SMILES (already featurised?)"
+                )
     unique = sorted(
         {s for t in tasks for s in t.inputs} | {s for t in (fit_on or []) for s in t.inputs}
     )

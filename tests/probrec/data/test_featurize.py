@@ -140,3 +140,34 @@ def test_featurize_command_records_the_csv_rows_it_kept(tmp_path, monkeypatch):
     state = json.loads((tmp_path / "f.featurizer.json").read_text())
     again = MoleculeFeaturizer.from_state_dict(state).transform(["c1ccccc1"])
     np.testing.assert_allclose(again[0], x[1], rtol=0, atol=1e-6)
+
+
+def test_featurize_tasks_names_tasks_that_are_not_smiles(tmp_path):
+    f = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=1, progress=False)
+    t = Task(np.array(SMILES, dtype=object), [0, 1, 0, 1, 0], "classification", "a")
+    (done,) = featurize_tasks([t], f, fit_on=[t])
+    # featurising twice failed with "unhashable type: 'numpy.ndarray'"
+    with pytest.raises(TypeError, match="tasks: task 'a' .* not SMILES"):
+        featurize_tasks([done], f)
+    with pytest.raises(TypeError, match="fit_on: task 'a'"):
+        featurize_tasks([t], MoleculeFeaturizer(cache_dir=tmp_path, progress=False), fit_on=[done])
+
+
+def test_raw_features_of_another_width_and_statistics_of_another_rdkit_are_refused(tmp_path):
+    f = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=1, progress=False)
+    raw = f.raw_features(SMILES)
+    f.fit_raw(raw)
+    small = MoleculeFeaturizer(n_bits=1024, cache_dir=tmp_path, n_jobs=1, progress=False)
+    # another featurizer's raw features were split at the wrong column and standardised
+    with pytest.raises(ValueError, match=r"raw must be .* \[n, 2265\]"):
+        f.transform_raw(small.raw_features(SMILES))
+    with pytest.raises(ValueError, match="raw must be"):
+        f.fit_raw(raw[:, :-3])
+    # a state saved by an RDKit with 3 fewer descriptors: a numpy broadcasting error at the
+    # first transform
+    state = f.state_dict()
+    state["stats"] = {k: v[:-3] for k, v in state["stats"].items()}
+    with pytest.raises(ValueError, match=f"computes {f.n_desc} descriptors"):
+        MoleculeFeaturizer.from_state_dict(state)
+    again = MoleculeFeaturizer.from_state_dict(f.state_dict(), cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.transform(SMILES), f.transform_raw(raw))
