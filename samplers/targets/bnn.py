@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int, check_real
+from probrec.checks import check_choice, check_positive_int, check_real, check_seed
 
 from .base import LOG_2PI, Target, check_positions
 
@@ -37,7 +37,7 @@ class BNNPosterior(Target):
         n_test: test points (500).
         noise: observation noise standard deviation ``sigma`` (0.1).
         prior_scale: prior standard deviation ``s`` of every weight (1).
-        seed: seed of the teacher network and of the data.
+        seed: seed of the teacher network and of the data (an int in ``[0, 2**63)``).
 
     Attributes:
         x_train, y_train, x_test, y_test: the generated data (``N x d_in`` and ``N``).
@@ -62,7 +62,7 @@ class BNNPosterior(Target):
         self.name = "bnn"
         self.noise = check_real(noise, "noise", strict=True)
         self.prior_scale = check_real(prior_scale, "prior_scale", strict=True)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)  # int(seed) ran 1.5 as 1 and "3" as 3
         g = torch.Generator().manual_seed(self.seed)
         teacher = torch.randn(self.dim, generator=g)
         x_train = torch.randn(check_positive_int(n_train, "n_train"), self.n_inputs, generator=g)
@@ -130,9 +130,10 @@ class BNNPosterior(Target):
         return lp, grad - theta / self.prior_scale**2
 
     def init_positions(self, n: int, generator: torch.Generator) -> Tensor:
-        """Prior draws ``N(0, s^2 I)`` (the all-zero network is a saddle of the posterior)."""
+        """Prior draws ``N(0, s^2 I)`` in the target's dtype (the all-zero network is a saddle
+        of the posterior)."""
         return self.prior_scale * torch.randn(
-            n, self.dim, generator=generator, device=generator.device
+            n, self.dim, generator=generator, dtype=self._dtype(), device=generator.device
         )
 
     def test_nll(self, theta: Tensor, kind: str = "expected") -> float:

@@ -177,7 +177,10 @@ class DoubleWell4(ParticleSystem):
         return 4 * self.a * u * u * u + 2 * self.b * u
 
     def init_positions(self, n: int, generator: torch.Generator) -> Tensor:
-        return 2.0 * torch.randn(n, self.dim, generator=generator, device=generator.device)
+        """``N(0, 4 I)`` positions (``n x 8``) in the target's dtype."""
+        return 2.0 * torch.randn(
+            n, self.dim, generator=generator, dtype=self._dtype(), device=generator.device
+        )
 
 
 class LennardJones(ParticleSystem):
@@ -232,8 +235,8 @@ class LennardJones(ParticleSystem):
         order = torch.argsort((grid * grid).sum(-1), stable=True)
         lattice = 1.1 * grid[order[: self.n_particles]]
         lattice = lattice - lattice.mean(0)
-        dev = generator.device
+        dev, dt = generator.device, self._dtype()
         jitter = 0.05 * torch.randn(
-            n, self.n_particles, self.spatial_dim, generator=generator, device=dev
+            n, self.n_particles, self.spatial_dim, generator=generator, dtype=dt, device=dev
         )
-        return (lattice.to(dev) + jitter).reshape(n, self.dim)
+        return (lattice.to(dev, dt) + jitter).reshape(n, self.dim)
