@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from probrec.checks import check_positive_int
+from probrec.checks import check_positive_int, check_seed
 from probrec.flows.base import AnnotatorModel, MemberPanels
 
 __all__ = ["ModelEnsemble", "member_seeds"]
@@ -130,7 +130,7 @@ class ModelEnsemble(MemberPanels, AnnotatorModel):
             ``member``).
         """
         self._features(x, "x")  # shape and finiteness checks before any member trains
-        seeds = member_seeds(self.seed if seed is None else int(seed), self.n_members)
+        seeds = member_seeds(self.seed if seed is None else check_seed(seed), self.n_members)
         self.history = []
         for i, (member, s) in enumerate(zip(self.members, seeds)):
             member.fit(x, annotations, mask, seed=s, progress=progress, **kwargs)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from probrec.data.annotations import AnnotationSet
-from probrec.flows.base import AnnotatorModel
+from probrec.flows.base import DEFAULT_DROPOUT, AnnotatorModel
 from probrec.flows.baselines import (
     DeepEnsemble,
     GaussianHead,
@@ -146,7 +146,8 @@ def compare_models(
         models: names from :data:`MODELS`.
         seed: seed of every model's initialisation, training and evaluation.
         common_kwargs: constructor arguments for every model (e.g. ``hidden``, ``dropout``;
-            MC dropout keeps a dropout of at least 0.25).
+            MC dropout keeps a dropout of at least 0.25; without one, every model takes the
+            library default ``DEFAULT_DROPOUT``).
         model_kwargs: per-model constructor overrides, by name.
         fit_kwargs: :meth:`AnnotatorModel.fit` options for every model.
         model_fit_kwargs: per-model overrides of ``fit_kwargs`` (e.g. ``input_dropout``), by
@@ -174,7 +175,7 @@ def compare_models(
         klass, defaults, _ = MODELS[name]
         kw = {**(common_kwargs or {}), **defaults, **(model_kwargs or {}).get(name, {})}
         if klass is MCDropoutHead:
-            kw["dropout"] = max(kw.get("dropout", 0.25), 0.25)
+            kw["dropout"] = max(kw.get("dropout", DEFAULT_DROPOUT), 0.25)
         model = klass(xtr.shape[1], train.label_values, seed=seed, **kw)
         if device is not None:
             model.to(device)
