@@ -128,9 +128,16 @@ class Task:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         inputs = _as_inputs(self.inputs)
         try:
-            labels = np.asarray(self.labels, dtype=np.float64).reshape(-1)
+            labels = np.asarray(self.labels, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"labels of task {self.name!r} must be numeric") from exc
+        if sum(d != 1 for d in labels.shape) > 1:  # [n, 1] or [1, n]: one label per row
+            # a [3, 2] matrix was flattened into 6 labels, paired with 6 rows in C order
+            raise ValueError(
+                f"labels of task {self.name!r} must have shape [n] (one label per row), got "
+                f"{labels.shape}"
+            )
+        labels = labels.reshape(-1)
         if len(inputs) != len(labels):
             raise ValueError(
                 f"mismatched lengths in task {self.name!r}: inputs has {len(inputs)}, "

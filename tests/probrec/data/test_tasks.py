@@ -24,6 +24,15 @@ def test_task_rejects_bad_input():
         Task(np.zeros((2, 2)), [0, 2], "classification", "a")
 
 
+def test_task_labels_are_one_per_row():
+    # a [3, 2] label matrix was flattened into 6 labels and paired with 6 rows
+    with pytest.raises(ValueError, match=r"shape \[n\].*\(3, 2\)"):
+        Task(np.zeros((6, 2)), np.arange(6.0).reshape(3, 2), "regression", "a")
+    for shape in [(6,), (6, 1), (1, 6)]:
+        t = Task(np.zeros((6, 2)), np.arange(6.0).reshape(shape), "regression", "a")
+        np.testing.assert_array_equal(t.labels, np.arange(6.0))
+
+
 @pytest.mark.parametrize("size", [2, 16, 50])
 def test_stratified_support_keeps_ratio_and_both_classes(size):
     task = _cls_task()
