@@ -339,7 +339,8 @@ class LinearCausalModel(nn.Module):
             method: ``"posterior"`` or ``"pinv"``.
 
         Returns:
-            ``[N, d]`` latents (float64), identified up to permutation and scaling.
+            ``[N, d]`` latents in the model's dtype (float64 unless fitted with another
+            ``dtype``), identified up to permutation and scaling.
         """
         check_choice(method, "method", ("posterior", "pinv"))
         if self.batch_shape:

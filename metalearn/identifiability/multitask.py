@@ -124,9 +124,9 @@ def fit_multitask(
 ) -> MultiTaskFit:
     """Trains a :class:`MultiTaskRegressor` by masked least squares (Adam, minibatches).
 
-    The loss is the sum over tasks of each task's mean squared error on its labelled rows of
-    the minibatch (labels standardised per task), so every task weighs the same whatever its
-    number of labels.
+    The loss is the mean over tasks of each task's mean squared error on its labelled rows of
+    the minibatch (labels standardised per task; tasks without a label in the minibatch count
+    0), so every task weighs the same whatever its number of labels.
 
     Args:
         x: ``[N, D]`` inputs.
