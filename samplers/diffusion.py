@@ -48,6 +48,7 @@ from probrec.progress import track
 from probrec.seeding import torch_generator
 
 from .base import SamplerResult
+from .score_nets import centre_particles
 from .targets.base import Target, check_positions
 
 __all__ = [
@@ -352,6 +353,14 @@ def sde_sample(
 class DiffusionModel(nn.Module):
     """A noise-prediction network with its schedule and normaliser.
 
+    A network with ``n_particles`` (a mean-centred :class:`~samplers.score_nets.ScoreMLP`)
+    models the centre-of-mass-free part of particle configurations: its prior draws and
+    samples are centred per configuration (its score has no centre-of-mass component, so the
+    drift ``f z`` would otherwise scale the prior's centre of mass by ``alpha_tmin /
+    alpha_1``, ~156 for the default VP schedule), and its log-densities are those of the
+    centre-of-mass-free subspace, ``d - d / n_particles`` dimensions (``log_prob`` centres its
+    input first); the normaliser's scale must then be the same for every particle.
+
     Args:
         net: ``net(z [n, d], t [n]) -> eps_hat [n, d]`` (e.g. :class:`~samplers.score_nets.
             ScoreMLP`).
@@ -448,14 +457,50 @@ class DiffusionModel(nn.Module):
         self.net.eval()
         return losses
 
+    @property
+    def n_particles(self) -> int | None:
+        """Particles per configuration of a mean-centred network (``None``: plain vectors)."""
+        return getattr(self.net, "n_particles", None)
+
+    def _centre(self, z: Tensor) -> Tensor:
+        return z if self.n_particles is None else centre_particles(z, self.n_particles)
+
+    def _com_free_correction(self, d: int, n_steps: int) -> float:
+        """Turns the full-space ODE log-density of a particle model into the density on the
+        centre-of-mass-free subspace (target coordinates), where its samples lie: the ``s = d /
+        n_particles`` centre-of-mass directions add ``-s log(2 pi prior_std^2) / 2`` to the
+        prior's log-density, ``s f(t)`` to the divergence (the velocity there is ``f z``; its
+        integral by the ODE's trapezoid rule) and ``-sum_j log scale_j`` to the normaliser's
+        log-determinant; this is minus their sum (0 for a plain network).
+        """
+        if self.n_particles is None:
+            return 0.0
+        s = d // self.n_particles
+        std = self.schedule.prior_std()
+        ts = torch.flip(_time_grid(n_steps, self.t_min, torch.zeros((), dtype=torch.float64)), [0])
+        f = self.schedule.drift(ts)
+        drift = float((0.5 * (ts[1:] - ts[:-1]) * (f[1:] + f[:-1])).sum())
+        scale = self.normalizer.scale.double().cpu()
+        if scale.dim():
+            per = scale.reshape(self.n_particles, s)
+            if not bool(torch.all(per == per[0])):
+                raise ValueError(
+                    "a particle model needs the same normaliser scale for every particle"
+                )
+            log_scale = float(per[0].log().sum())
+        else:
+            log_scale = s * float(scale.log())
+        return 0.5 * s * math.log(2 * math.pi * std**2) - s * drift + log_scale
+
     def prior(self, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
-        """``n`` draws of ``z_1 ~ N(0, prior_std^2 I)``."""
+        """``n`` draws of ``z_1 ~ N(0, prior_std^2 I)`` (centred per configuration for a
+        particle network: the Gaussian of the centre-of-mass-free subspace)."""
         d = self.normalizer.shift.numel() if self.normalizer.shift.dim() else None
         d = d or getattr(self.net, "dim", None)
         if d is None:
             raise ValueError("cannot infer the dimension of the model")
         z = torch.randn(n, d, generator=generator, dtype=like.dtype, device=like.device)
-        return self.schedule.prior_std() * z
+        return self._centre(self.schedule.prior_std() * z)
 
     def sample(
         self,
@@ -477,7 +522,8 @@ class DiffusionModel(nn.Module):
         if method == "ode":
             z, _ = ode_sample(fn, self.schedule, z1, n_steps, self.t_min)
         else:
-            z = sde_sample(fn, self.schedule, z1, n_steps, self.t_min, gen)
+            # the SDE's noise has a centre-of-mass part, which the score does not see
+            z = self._centre(sde_sample(fn, self.schedule, z1, n_steps, self.t_min, gen))
         return self.normalizer.to_target(z)
 
     def sample_with_log_prob(
@@ -495,16 +541,20 @@ class DiffusionModel(nn.Module):
             score or self.score, self.schedule, z1, n_steps, self.t_min, True, trace, gen
         )
         assert lq is not None
-        return self.normalizer.to_target(z), lq + self.normalizer.log_det(z.shape[1])
+        d = z.shape[1]
+        lq = lq + self.normalizer.log_det(d) + self._com_free_correction(d, n_steps)
+        return self.normalizer.to_target(z), lq
 
     def log_prob(
         self, x: Tensor, n_steps: int = 100, trace: str = "exact", seed: int = 0
     ) -> Tensor:
-        """Model log-density of ``x`` (``n x d`` target coordinates) by the ODE."""
+        """Model log-density of ``x`` (``n x d`` target coordinates) by the ODE (of its
+        centre-of-mass-free part for a particle network)."""
         gen = torch_generator(seed, x.device)
-        z = self.normalizer.to_model(x)
+        z = self._centre(self.normalizer.to_model(x))
         lq = ode_log_prob(self.score, self.schedule, z, n_steps, self.t_min, trace, gen)
-        return lq + self.normalizer.log_det(z.shape[1])
+        d = z.shape[1]
+        return lq + self.normalizer.log_det(d) + self._com_free_correction(d, n_steps)
 
     def copy(self) -> DiffusionModel:
         """A deep copy (for warm starts)."""
