@@ -90,7 +90,8 @@ class MultiTaskFit:
 
     @torch.no_grad()
     def represent(self, x: ArrayLike, batch_size: int = 4096) -> Tensor:
-        """``[N, D] -> [N, k]`` representations (no gradient, in batches)."""
+        """``[N, D] -> [N, k]`` representations (no gradient, in batches of ``batch_size``)."""
+        batch_size = check_positive_int(batch_size, "batch_size")  # 0: range() error
         p = next(self.model.parameters())
         xt = as_float_tensor(x, "x", ndim=2, dtype=p.dtype, device=p.device)
         return torch.cat(

@@ -322,6 +322,10 @@ def test_stage1_with_dropout_is_reproduced_by_its_seed():
     b = fit_multitask(data.x, data.y, 2, seed=1, **kw)
     assert a.losses == b.losses
     torch.testing.assert_close(a.represent(data.x), b.represent(data.x), rtol=0, atol=0)
+    torch.testing.assert_close(a.represent(data.x, batch_size=7), a.represent(data.x))
+    for bad in (0, -5):  # range() arg 3 must not be zero / torch.cat of an empty list
+        with pytest.raises(ValueError, match="batch_size"):
+            a.represent(data.x, batch_size=bad)
     c = fit_multitask(data.x, data.y, 2, seed=1, **{**kw, "dropout": 0.0})
     assert c.losses != a.losses  # the masks are active
     torch.set_rng_state(state)
