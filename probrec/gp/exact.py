@@ -175,17 +175,20 @@ def kernel_matrix(
 
 # ---------------------------------------------------------------------------- priors
 def median_lengthscale(
-    z: torch.Tensor, mask: torch.Tensor | None = None, *, sq: torch.Tensor | None = None
+    z: torch.Tensor | None, mask: torch.Tensor | None = None, *, sq: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Median heuristic per task ``sqrt(median_{i<j} ||z_i - z_j||^2 / 2)``, shape ``[T]``.
 
     Pairs with a padded point and coincident pairs are excluded, as in ADKF-IFT. ``sq``:
-    precomputed ``[T, n, n]`` squared distances of ``z`` (saves recomputing them).
+    precomputed ``[T, n, n]`` squared distances of ``z`` (saves recomputing them; ``z`` may
+    then be ``None``).
     """
+    if sq is None and z is None:
+        raise ValueError("median_lengthscale needs the features z or their squared distances sq")
     with torch.no_grad():
         sq = squared_distance(z, z) if sq is None else sq.detach()
-        n = z.shape[-2]
-        valid = torch.triu(torch.ones(n, n, dtype=torch.bool, device=z.device), diagonal=1)
+        n = sq.shape[-1]
+        valid = torch.triu(torch.ones(n, n, dtype=torch.bool, device=sq.device), diagonal=1)
         valid = valid & (sq > 0)
         if mask is not None:
             valid = valid & mask[:, :, None] & mask[:, None, :]
@@ -251,18 +254,31 @@ def initial_theta(
     y: torch.Tensor,
     mask: torch.Tensor | None = None,
     centres: PriorCentres | None = None,
+    *,
+    geom: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Starting point of the inner optimisation, ``[T, p]``.
 
-    Lengthscale at the median heuristic (the prior mode), outputscale 1 (labels are +-1 or
-    standardised), noise at the prior mode, constant mean at the label mean.
+    Lengthscale at the median heuristic (the prior mode; from the support's squared
+    distances ``geom [T, n, n]`` when there is no lengthscale prior), outputscale 1 (labels
+    are +-1 or standardised), noise at the prior mode, constant mean at the label mean.
+
+    Raises:
+        ValueError: the kernel has a lengthscale and neither a prior mode nor ``geom`` is given.
     """
     t = y.shape[0]
     cols = []
     if has_lengthscale(config.kernel):
-        if centres is None or centres.lengthscale_mode is None:
-            raise ValueError("initial_theta needs prior centres (median heuristic) for this kernel")
-        cols.append(centres.lengthscale_mode.to(y.dtype).log())
+        if centres is not None and centres.lengthscale_mode is not None:
+            ls0 = centres.lengthscale_mode
+        elif geom is not None:  # no lengthscale prior: the same start, without the prior
+            ls0 = median_lengthscale(None, mask, sq=geom)
+        else:
+            raise ValueError(
+                "initial_theta needs prior centres or the support geometry (median heuristic) "
+                "for this kernel"
+            )
+        cols.append(ls0.to(y.dtype).log())
     cols.append(torch.zeros(t, dtype=y.dtype, device=y.device))
     noise0 = max(config.noise_prior_mode - config.min_noise, 1e-8)
     cols.append(torch.full((t,), math.log(noise0), dtype=y.dtype, device=y.device))

@@ -89,7 +89,7 @@ def fit_hyperparameters(
     cen = PriorCentres(
         None if centres.lengthscale_mode is None else centres.lengthscale_mode.to(dt)
     )
-    th0 = initial_theta(config, yy, mask, cen) if theta0 is None else theta0.detach().to(dt)
+    th0 = initial_theta(config, yy, mask, cen, geom=g) if theta0 is None else theta0.detach().to(dt)
     t = g.shape[0]
 
     def objective(theta: torch.Tensor) -> torch.Tensor:
