@@ -149,26 +149,47 @@ def noisy_target_score(
     n_mcmc = check_positive_int(n_mcmc, "n_mcmc", minimum=0)
     p = check_positive_int(n_posterior, "n_posterior")
     a, s = alpha.to(u_t), sigma.to(u_t)
-    inv_var = 1.0 / (s * s)
     noise = torch.randn(n, n_is, d, generator=generator, dtype=u_t.dtype, device=u_t.device)
     props = (u_t / a[:, None])[:, None] + (s / a)[:, None, None] * noise
     with torch.no_grad():
         log_w = target.log_prob(props.reshape(-1, d)).reshape(n, n_is)
     log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
     dead = ~torch.isfinite(log_w).any(-1)
-    if bool(dead.any()):
-        # no proposal of these rows lies in the target's support (a bounded target): the
-        # target says nothing there, so their score is the noise kernel's alone (uniform
-        # weights); the other rows are estimated as usual (their softmax was NaN before)
-        out = (a[:, None] * props.mean(1) - u_t) * inv_var[:, None]
-        stats = {"is_ess_fraction": 0.0, **({"mcmc_acceptance": 0.0} if n_mcmc else {})}
-        live = ~dead
-        if bool(live.any()):
-            out[live], stats = noisy_target_score(
-                target, u_t[live], a[live], s[live], generator, n_is, n_mcmc, p, step_scale,
-                target_precision,
-            )  # fmt: skip
-        return out, stats
+    if not bool(dead.any()):
+        return _posterior_score(
+            target, u_t, a, s, props, log_w, generator, n_mcmc, p, step_scale, target_precision
+        )
+    # no proposal of these rows lies in the target's support (a bounded target): the target
+    # says nothing there, so their score is the noise kernel's alone (uniform weights); the
+    # other rows are estimated as usual from the proposals already evaluated
+    out = (a[:, None] * props.mean(1) - u_t) / (s * s)[:, None]
+    stats = {"is_ess_fraction": 0.0, **({"mcmc_acceptance": 0.0} if n_mcmc else {})}
+    live = ~dead
+    if bool(live.any()):
+        out[live], stats = _posterior_score(
+            target, u_t[live], a[live], s[live], props[live], log_w[live], generator, n_mcmc,
+            p, step_scale, target_precision,
+        )  # fmt: skip
+    return out, stats
+
+
+def _posterior_score(
+    target: Target,
+    u_t: Tensor,
+    a: Tensor,
+    s: Tensor,
+    props: Tensor,
+    log_w: Tensor,
+    generator: torch.Generator,
+    n_mcmc: int,
+    p: int,
+    step_scale: float,
+    target_precision: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """The estimate of :func:`noisy_target_score` from evaluated proposals ``props`` (``n x
+    n_is x d``) with log-weights ``log_w`` (``n x n_is``, each row with a finite entry)."""
+    n, n_is, d = props.shape
+    inv_var = 1.0 / (s * s)
     w = torch.softmax(log_w, -1)
     stats = {"is_ess_fraction": float((1.0 / (w * w).sum(-1)).mean()) / n_is}
     if n_mcmc == 0:
