@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probrec.checks import check_real
+from probrec.checks import check_positive_int, check_real
 
 InnerFn = Callable[..., torch.Tensor]
 SOLVERS = ("auto", "exact", "block", "cg")
@@ -53,9 +53,11 @@ def conjugate_gradient(
     1952).
 
     Raises:
-        ValueError: ``tol`` negative or not finite.
+        ValueError: ``tol`` negative or not finite, or ``max_iter`` below 1 (no iteration
+            would return ``x = 0``).
     """
     tol = check_real(tol, "tol")
+    max_iter = check_positive_int(max_iter, "max_iter")
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
@@ -200,6 +202,10 @@ def implicit_argmin(
         A tensor equal to ``theta_star`` whose gradient flows to ``phi`` through
         ``-H^-1 d2 L_in / dtheta dphi``.
 
+    Raises:
+        ValueError: unknown ``solver``, ``cg_tol`` not positive, ``damping`` negative or
+            ``cg_max_iter`` below 1.
+
     Example:
         >>> phi = torch.tensor([2.0], requires_grad=True)
         >>> inner = lambda th, ph: ((th - ph ** 2) ** 2).sum()   # theta* = phi^2
@@ -210,6 +216,8 @@ def implicit_argmin(
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}")
     cg_tol = check_real(cg_tol, "cg_tol", strict=True)
+    # 0 iterations would solve H w = v with w = 0: a hypergradient without the IFT correction
+    cg_max_iter = check_positive_int(cg_max_iter, "cg_max_iter")
     damping = check_real(damping, "damping")
     if theta_star.requires_grad:
         theta_star = theta_star.detach()
