@@ -252,3 +252,23 @@ def test_particle_model_samples_and_density_live_on_the_com_free_subspace(schedu
         y = model.sample(4000, seed=1, method=method, n_steps=300)
         assert float(y.reshape(-1, 3, 2).mean(1).abs().max()) < 1e-6, method
         torch.testing.assert_close(torch.cov(y.T), want, rtol=0, atol=0.12)
+
+
+def test_normalizer_scale_is_the_spread_about_the_mean():
+    """The isotropic scale is the standard deviation of the centred data (numpy), so it does
+    not change when the coordinates are shifted (it counted the spread of the coordinates'
+    means: 32.5 instead of 1.6 for an offset of 30, and a diffusion model trained there
+    sampled 1.5-4x the variances)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5])
+    for offset in ([0.0, 0.0, 0.0], [30.0, -30.0, 5.0]):
+        y = x + torch.tensor(offset, dtype=torch.float64)
+        norm = Normalizer.fit(y)
+        xn = y.numpy()
+        want = np.sqrt(((xn - xn.mean(0)) ** 2).sum() / (xn.size - 1))
+        assert float(norm.scale) == pytest.approx(want, rel=1e-12)
+        torch.testing.assert_close(norm.shift, y.mean(0))
+        per = Normalizer.fit(y, isotropic=False)
+        torch.testing.assert_close(per.scale, torch.from_numpy(xn.std(0, ddof=1)))
