@@ -22,10 +22,11 @@ counts ``n_ik``; the training loss is ``-sum_ik n_ik log p(k | x_i) / sum_ik n_i
 Subclasses implement, on standardised features ``z``, ``_train_loss(z, counts, generator)
 -> [B]`` (per-item negative log-likelihood or bound, summed over that item's annotations) and
 ``_label_log_probs(z, generator, n_samples) -> [B, K]``; Monte Carlo models override
-``_estimate`` (log-probabilities and their standard errors), models with an item-level latent
-override ``_item_moments`` (the spread within one simulated panel) and ``_valid_scores`` (the
-criterion of early stopping), and ``_sample`` may be a sampler independent of
-``_label_log_probs`` (the tests compare the two).
+``_estimate`` (log-probabilities and their standard errors) and ``_replicate_log_probs``
+(leave-one-replicate-out estimates, for the standard error of a sum over items), models
+with an item-level latent override ``_item_moments`` (the spread within one simulated panel)
+and ``_valid_scores`` (the criterion of early stopping), and ``_sample`` may be a sampler
+independent of ``_label_log_probs`` (the tests compare the two).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ __all__ = [
     "normal_points",
     "panel_moments",
     "replicate_log_mean",
+    "replicate_loo",
 ]
 
 _FORMAT = "probrec.flows/1"
@@ -216,6 +218,14 @@ class AnnotatorModel(nn.Module, ABC):
         """``[B, K]`` log-probabilities and their Monte Carlo standard errors (0: exact)."""
         logp = self._label_log_probs(z, generator, n_samples)
         return logp, torch.zeros_like(logp)
+
+    def _replicate_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor | None:
+        """``[R, B, K]`` leave-one-replicate-out log-probabilities (:func:`replicate_loo`) of
+        a replicated Monte Carlo estimate, from the same draws as :meth:`_estimate` with the
+        same generator state; ``None`` for closed forms (and estimates without replicates)."""
+        return None
 
     def _item_moments(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
@@ -535,6 +545,31 @@ class AnnotatorModel(nn.Module, ABC):
         )
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+    def label_log_probs_loo(
+        self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None
+    ) -> Tensor | None:
+        """Leave-one-replicate-out log-probabilities ``[R, n, K]`` of a Monte Carlo estimate.
+
+        The estimate of :meth:`label_log_probs_se` (same arguments, same draws) averages
+        ``R`` independent replicates whose points every item shares, so the items' errors are
+        correlated and per-entry standard errors do not add up to the standard error of a sum
+        over items. Row ``r`` recomputes every item's estimate without replicate ``r``; a
+        statistic ``T`` of all of them (the NLL of a test set) has the jackknife standard
+        error ``sqrt((R - 1) / R * sum_r (T_r - mean_r T_r)^2)``.
+
+        Returns:
+            ``[R, n, K]`` on the model's device, or ``None`` for closed-form probabilities.
+        """
+        n_samples = _n_samples(n_samples)
+        parts = self._run(
+            lambda z, g: self._replicate_log_probs(z, g, n_samples),
+            x,
+            batch_size,
+            seed,
+            same_draws=True,
+        )
+        return None if parts[0] is None else torch.cat(parts, 1)
+
     def item_moments(
         self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -791,20 +826,39 @@ def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tenso
         return torch.log(mean) + top, sd / (math.sqrt(r) * mean)
     r, n = log_w.shape[:2]
     log_per = torch.logsumexp(log_w, 1) - math.log(n)  # [R, ..., K] replicate means
-
-    def _normalised(log_mean: Tensor) -> Tensor:
-        return log_mean - torch.logsumexp(log_mean, -1, keepdim=True)
-
     est = _normalised(torch.logsumexp(log_per, 0) - math.log(r))
     if r < 2:
         return est, torch.zeros_like(est)
-    drop = torch.eye(r, dtype=torch.bool, device=log_w.device).reshape(
-        r, r, *([1] * (log_per.dim() - 1))
-    )
-    loo = torch.logsumexp(log_per.unsqueeze(0).masked_fill(drop, -math.inf), 1)
-    loo = _normalised(loo - math.log(r - 1))  # [R, ..., K] leave-one-replicate-out estimates
+    loo = replicate_loo(log_w, normalise=True)  # [R, ..., K]
     se = torch.sqrt((r - 1) / r * ((loo - loo.mean(0)) ** 2).sum(0))
     return est, se
+
+
+def _normalised(log_mean: Tensor) -> Tensor:
+    return log_mean - torch.logsumexp(log_mean, -1, keepdim=True)
+
+
+def replicate_loo(log_w: Tensor, *, normalise: bool = False) -> Tensor:
+    """Leave-one-replicate-out estimates of :func:`replicate_log_mean` ``[R, ...]``.
+
+    Row ``r`` is the log of the mean of ``exp(log_w)`` ``[R, n, ...]`` over every replicate
+    but ``r`` (divided by its sum over the last axis with ``normalise=True``). A statistic
+    ``T`` of the estimates of many items (e.g. the NLL of a test set) then has the jackknife
+    standard error ``sqrt((R - 1) / R * sum_r (T_r - mean T)^2)``, which counts the
+    correlation that points shared by the items induce between their estimates. With one
+    replicate: its estimate, ``[1, ...]``.
+    """
+    r, n = log_w.shape[:2]
+    log_per = torch.logsumexp(log_w, 1) - math.log(n)  # [R, ...] replicate means
+    if r < 2:
+        loo = log_per
+    else:
+        drop = torch.eye(r, dtype=torch.bool, device=log_w.device).reshape(
+            r, r, *([1] * (log_per.dim() - 1))
+        )
+        loo = torch.logsumexp(log_per.unsqueeze(0).masked_fill(drop, -math.inf), 1)
+        loo = loo - math.log(r - 1)
+    return _normalised(loo) if normalise else loo
 
 
 #: elements of the largest intermediate tensor of one chunk of a Monte Carlo estimate over

@@ -165,6 +165,23 @@ class ModelEnsemble(MemberPanels, AnnotatorModel):
     ) -> Tensor:
         return self._estimate(z, generator, n_samples)[0]
 
+    def _replicate_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor | None:
+        # replicate r of every member left out together: the members' replicates are
+        # independent, so these groups are independent and identically distributed in r
+        # (the members draw in the order of _estimate; closed forms enter unchanged)
+        parts, replicated = [], False
+        for m in self.members:
+            zm = self._member_z(m, z)
+            loo = m._replicate_log_probs(zm, generator, n_samples)
+            replicated |= loo is not None
+            parts.append(m._estimate(zm, generator, n_samples)[0][None] if loo is None else loo)
+        if not replicated:
+            return None
+        logp = torch.stack(torch.broadcast_tensors(*parts))  # [M, R, B, K]
+        return torch.logsumexp(logp, 0) - math.log(self.n_members)
+
     def _item_moments(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
     ) -> tuple[Tensor, Tensor]:

@@ -56,6 +56,7 @@ from probrec.flows.base import (
     normal_points,
     panel_moments,
     replicate_log_mean,
+    replicate_loo,
 )
 from probrec.flows.discrete import BASES, base_cdf, interval_log_mass
 from probrec.flows.spline import rq_spline
@@ -284,7 +285,13 @@ class ConditionalIntegerFlow(AnnotatorModel):
         if self.quadrature:  # a finite mixture over the nodes: exact
             logp = torch.logsumexp(self.log_weights[:, None, None] + self._node_log_probs(h), 0)
             return logp, torch.zeros_like(logp)
-        # randomised QMC over u (8 scrambled replicates), shared by the items
+        return replicate_log_mean(self._replicate_draws(h, generator, n_samples))
+
+    def _replicate_draws(
+        self, h: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
+        """``[R, m, B, K]`` exact ``log P(k | x, u)`` at randomised QMC draws of the item
+        latent (8 scrambled replicates of ``m`` points, shared by the items)."""
         pts = normal_points(n_samples or self.n_eval_samples, self.item_latent, generator, h)
         r, m = pts.shape[:2]
         u = pts.reshape(r * m, 1, -1)
@@ -295,7 +302,14 @@ class ConditionalIntegerFlow(AnnotatorModel):
             h.device,
             dim=1,
         )
-        return replicate_log_mean(logp.reshape(r, m, *logp.shape[1:]))
+        return logp.reshape(r, m, *logp.shape[1:])
+
+    def _replicate_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor | None:
+        if not self.item_latent or self.quadrature:
+            return None
+        return replicate_loo(self._replicate_draws(self.encoder(z), generator, n_samples))
 
     def _width(self) -> int:
         """Widest per-draw intermediate of the latent path (parameters, latent hidden units,

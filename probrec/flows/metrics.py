@@ -288,6 +288,23 @@ def panel_std(
     return np.sqrt(var).mean(0)
 
 
+def _nll_jackknife_se(
+    model: Any, x: Any, counts: np.ndarray, seed: int, n_samples: int | None
+) -> float:
+    """Monte Carlo standard error of :func:`nll` of a model's estimated log-probabilities:
+    the jackknife over the estimate's replicates (their points are shared by the items, so
+    the items' errors are correlated; 0 for closed forms)."""
+    loo = model.label_log_probs_loo(x, seed=seed, n_samples=n_samples)
+    if loo is None:
+        return 0.0
+    lp = loo.double().cpu().numpy()  # [R, n, K]
+    r = lp.shape[0]
+    if r < 2:
+        return float("nan")
+    vals = -(counts * np.where(counts > 0, lp, 0.0)).sum((1, 2)) / counts.sum()
+    return float(np.sqrt((r - 1) / r * ((vals - vals.mean()) ** 2).sum()))
+
+
 def evaluate(
     model: Any,
     x: Any,
@@ -315,8 +332,9 @@ def evaluate(
 
     Returns:
         ``nll``, ``nll_item`` (every item weighs the same, :func:`nll` with
-        ``per_item=True``), ``nll_mc_se`` (Monte Carlo standard error of the NLL; 0 for
-        closed forms),
+        ``per_item=True``), ``nll_mc_se`` (Monte Carlo standard error of the NLL, the
+        jackknife over the estimate's replicates, :meth:`label_log_probs_loo`; 0 for closed
+        forms),
         ``nll_panel`` (each item's annotations as one panel, :meth:`panel_log_prob`, per
         annotation; equal to ``nll`` for models with independent annotators),
         ``mean_rmse``, ``std_rmse``, ``std_rmse_panel``, ``std_bias`` / ``std_bias_panel``
@@ -341,8 +359,7 @@ def evaluate(
             "annotations: the spread metrics and kappa need items with at least 2 annotations"
         )
     values = np.asarray(model.labels, dtype=np.float64)
-    logp_t, se_t = model.label_log_probs_se(x, seed=seed, n_samples=n_samples)
-    logp, se = logp_t.double().cpu().numpy(), se_t.double().cpu().numpy()
+    logp = model.label_log_probs(x, seed=seed, n_samples=n_samples).double().cpu().numpy()
     probs = _normalise(np.exp(logp))
     # expected spread within one simulated item (for independent annotators: of p(y | x))
     item_sd = model.item_moments(x, seed=seed, n_samples=n_samples)[1].double().cpu().numpy()
@@ -358,8 +375,7 @@ def evaluate(
         "nll_item": nll(logp, counts, per_item=True),
         # each item's annotations jointly (a panel), per annotation
         "nll_panel": nll_panel,
-        # independent estimates per (item, label): s.e. of the count-weighted mean
-        "nll_mc_se": float(np.sqrt(((counts * se) ** 2).sum()) / counts.sum()),
+        "nll_mc_se": _nll_jackknife_se(model, x, counts, seed, n_samples),
         "mean_rmse": mean_rmse(probs, counts, values),
         "std_rmse": float(np.sqrt(np.mean((item_sd[has2] - human_sd) ** 2))),
         "std_rmse_panel": float(np.sqrt(np.mean((sim_sd - human_sd) ** 2))),

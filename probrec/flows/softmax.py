@@ -73,6 +73,7 @@ from probrec.flows.base import (
     normal_points,
     panel_moments,
     replicate_log_mean,
+    replicate_loo,
 )
 
 __all__ = ["ConditionalSoftmaxFlow"]
@@ -532,6 +533,20 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         if self.quadrature:
             logp = self._node_label_log_probs(z)
             return logp, torch.zeros_like(logp)
+        return replicate_log_mean(self._replicate_draws(z, generator, n_samples), normalise=True)
+
+    def _replicate_log_probs(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor | None:
+        if self.quadrature:
+            return None
+        return replicate_loo(self._replicate_draws(z, generator, n_samples), normalise=True)
+
+    def _replicate_draws(
+        self, z: Tensor, generator: torch.Generator, n_samples: int | None
+    ) -> Tensor:
+        """``[R, 2 m, B, K]`` balance-heuristic log weights of :meth:`_estimate`: per
+        replicate, ``m`` draws of ``q(v | y = k, x)`` (one per label) and ``m`` of the flow."""
         n = n_samples or self.n_eval_samples
         if n < 2:
             raise ValueError(f"n_samples must be >= 2, got {n}")
@@ -546,11 +561,10 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             z.device,
             dim=1,
         )
-        log_w = torch.cat(
+        return torch.cat(
             [log_w_q.reshape(r, m, *log_w_q.shape[1:]), log_w_p.reshape(r, m, *log_w_p.shape[1:])],
             1,
         )
-        return replicate_log_mean(log_w, normalise=True)
 
     def _label_log_probs(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
