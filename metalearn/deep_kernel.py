@@ -29,7 +29,7 @@ from metalearn.episodes import MetaBatch
 from metalearn.hypergrad import implicit_argmin
 from metalearn.training import TrainConfig, _dist_info, meta_train
 from probrec.backbone import MLPEncoder, hidden_widths
-from probrec.checks import as_float_tensor, check_choice
+from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
 from probrec.gp.exact import (
     GPConfig,
     geometry,
@@ -145,6 +145,12 @@ class _DeepKernelBase(MetaLearner):
             noise_prior=full["noise_prior"],
         )
         check_choice(full["gp_dtype"], "gp_dtype", ("float32", "float64"))
+        # the inner-loop settings reach GPHead only at the first validation (eval_every steps
+        # into meta-training, named there as tol / max_iter); "no" for joint_outer meant True
+        check_real(full["inner_tol"], "inner_tol", strict=True)
+        check_positive_int(full["inner_max_iter"], "inner_max_iter")
+        if not isinstance(full["joint_outer"], bool):
+            raise TypeError(f"joint_outer must be a bool, got {full['joint_outer']!r}")
         self.gp_dtype = getattr(torch, full["gp_dtype"])
         self.encoder: torch.nn.Module | None = None
         self.in_dim: int | None = None

@@ -56,3 +56,24 @@ def test_dkt_ranks_start_from_the_single_process_lengthscale(tmp_path):
         assert r_loss == pytest.approx(loss, rel=1e-6)
         for a, b in zip(r_grads, grads):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "option,value,error",
+    [
+        ("inner_max_iter", 0, ValueError),
+        ("inner_tol", -1.0, ValueError),
+        ("inner_tol", float("nan"), ValueError),
+        ("joint_outer", "no", TypeError),
+    ],
+)
+def test_inner_loop_options_are_checked_when_the_learner_is_made(option, value, error):
+    """inner_max_iter=0 / inner_tol=-1 failed only at the first validation, eval_every steps
+    into meta-training and named as max_iter / tol; joint_outer='no' trained with the joint
+    outer loss (bool('no') is True)."""
+    from metalearn import ADKF, ADKFIFT, DKT
+    from metalearn.protonet import ProtoNet
+
+    for cls in (ADKFIFT, ADKF, DKT, ProtoNet):
+        with pytest.raises(error, match=option):
+            cls(**{option: value})
