@@ -387,6 +387,15 @@ class DiffusionModel(nn.Module):
             raise ValueError(f"t_min must be in (0, 1), got {t_min}")
         self.net, self.schedule, self.normalizer, self.t_min = net, schedule, normalizer, t_min
 
+    @property
+    def dim(self) -> int:
+        """State dimension ``d`` (the normaliser's shift, else the network's ``dim``)."""
+        d = self.normalizer.shift.numel() if self.normalizer.shift.dim() else None
+        d = d or getattr(self.net, "dim", None)
+        if d is None:
+            raise ValueError("cannot infer the dimension of the model")
+        return int(d)
+
     def eps(self, z: Tensor, t: Tensor) -> Tensor:
         return self.net(z, t)
 
@@ -423,8 +432,18 @@ class DiffusionModel(nn.Module):
 
         Returns:
             The loss of every step.
+
+        Raises:
+            ValueError: ``x`` is not ``n x d`` or has a non-finite entry (it made every weight
+                NaN).
         """
-        x = check_positions(x, x.shape[-1], "x").detach()
+        x = check_positions(x, self.dim, "x").detach()
+        bad = ~torch.isfinite(x).all(-1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"x must be finite, got non-finite entries in {int(bad.sum())} of {x.shape[0]} "
+                f"rows (first: row {int(bad.nonzero()[0, 0])})"
+            )
         steps = check_positive_int(steps, "steps", minimum=0)
         batch_size = check_positive_int(batch_size, "batch_size")
         if not 0.0 <= ema < 1.0:
@@ -499,11 +518,7 @@ class DiffusionModel(nn.Module):
     def prior(self, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
         """``n`` draws of ``z_1 ~ N(0, prior_std^2 I)`` (centred per configuration for a
         particle network: the Gaussian of the centre-of-mass-free subspace)."""
-        d = self.normalizer.shift.numel() if self.normalizer.shift.dim() else None
-        d = d or getattr(self.net, "dim", None)
-        if d is None:
-            raise ValueError("cannot infer the dimension of the model")
-        z = torch.randn(n, d, generator=generator, dtype=like.dtype, device=like.device)
+        z = torch.randn(n, self.dim, generator=generator, dtype=like.dtype, device=like.device)
         return self._centre(self.schedule.prior_std() * z)
 
     def sample(
@@ -554,6 +569,7 @@ class DiffusionModel(nn.Module):
     ) -> Tensor:
         """Model log-density of ``x`` (``n x d`` target coordinates) by the ODE (of its
         centre-of-mass-free part for a particle network)."""
+        x = check_positions(x, self.dim, "x")
         gen = torch_generator(seed, x.device)
         z = self._centre(self.normalizer.to_model(x))
         lq = ode_log_prob(self.score, self.schedule, z, n_steps, self.t_min, trace, gen)

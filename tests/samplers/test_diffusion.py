@@ -272,3 +272,19 @@ def test_normalizer_scale_is_the_spread_about_the_mean():
         torch.testing.assert_close(norm.shift, y.mean(0))
         per = Normalizer.fit(y, isotropic=False)
         torch.testing.assert_close(per.scale, torch.from_numpy(xn.std(0, ddof=1)))
+
+
+def test_fit_and_log_prob_name_bad_samples():
+    """Non-finite training samples made every weight NaN without an error; samples of the
+    wrong width failed with a broadcasting RuntimeError."""
+    x = torch.randn(50, 2)
+    model = DiffusionModel(ScoreMLP(2, hidden=8, n_layers=1), VPSchedule(), Normalizer.fit(x))
+    bad = x.clone()
+    bad[7, 1] = float("nan")
+    with pytest.raises(ValueError, match="x must be finite.*1 of 50 rows.*row 7"):
+        model.fit(bad, 2)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 2\)"):
+        model.fit(torch.randn(5, 3), 2)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 2\)"):
+        model.log_prob(torch.randn(5, 3))
