@@ -225,13 +225,16 @@ class MLPEncoder(nn.Module):
     def _linear(self, n_in: int, n_out: int, bias: bool, gen: torch.Generator | None) -> nn.Module:
         if self.gmp:
             return GmPLinear(n_in, n_out, bias=bias, generator=gen)
-        lin = nn.Linear(n_in, n_out, bias=bias)
-        if gen is not None:  # same distribution as nn.Linear's default init, from `gen`
-            bound = n_in**-0.5
-            with torch.no_grad():
-                lin.weight.uniform_(-bound, bound, generator=gen)
-                if bias:
-                    lin.bias.uniform_(-bound, bound, generator=gen)
+        if gen is None:
+            return nn.Linear(n_in, n_out, bias=bias)
+        # same distribution as nn.Linear's default init, from `gen`; built uninitialised, as
+        # the default init would draw from (and advance) torch's global stream
+        lin = nn.Linear(n_in, n_out, bias=bias, device="meta").to_empty(device="cpu")
+        bound = n_in**-0.5
+        with torch.no_grad():
+            lin.weight.uniform_(-bound, bound, generator=gen)
+            if bias:
+                lin.bias.uniform_(-bound, bound, generator=gen)
         return lin
 
     def forward(self, x: Tensor) -> Tensor:

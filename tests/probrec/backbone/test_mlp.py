@@ -188,3 +188,22 @@ def test_sparse_auto_rule() -> None:
         MLPEncoder(3, hidden=(4,), sparse_input="always")
     with pytest.raises(TypeError, match="sparse_input"):
         MLPEncoder(3, hidden=(4,), sparse_input=1)
+
+
+def test_seeded_encoder_leaves_the_global_stream_alone():
+    """MLPEncoder(seed=...) drew nn.Linear's default initialisation from torch's global stream
+    before overwriting it from the seed, so building a seeded encoder changed every later
+    unseeded draw of the caller. The weights are the seed's uniform draws, layer by layer."""
+    import torch
+
+    from probrec.backbone import MLPEncoder
+
+    state = torch.get_rng_state()
+    enc = MLPEncoder(6, hidden=(5,), out_dim=3, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    g = torch.Generator().manual_seed(4)
+    for lin, n_in in zip(enc.linear_layers(), (6, 5)):
+        b = n_in**-0.5
+        w = torch.empty(lin.weight.shape).uniform_(-b, b, generator=g)
+        bias = torch.empty(lin.bias.shape).uniform_(-b, b, generator=g)
+        assert torch.equal(lin.weight, w) and torch.equal(lin.bias, bias)
