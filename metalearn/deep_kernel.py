@@ -108,7 +108,9 @@ class _DeepKernelBase(MetaLearner):
 
     Config keys (all optional): ``hidden`` (encoder widths, default ``(512, 256)``),
     ``out_dim``, ``activation``, ``dropout``, ``norm``, ``gmp``; ``kernel``
-    (``"matern52"``), ``mean`` (``"zero"``), ``lengthscale_prior`` / ``noise_prior`` (True),
+    (``"matern52"``), ``mean`` (``"zero"``), ``lengthscale_prior`` / ``noise_prior`` (True;
+    terms of the per-task inner objective, so DKT, which has no per-task fit, does not use
+    them),
     ``joint_outer`` (True: the joint query predictive NLL), ``inner_tol`` (1e-6),
     ``inner_max_iter`` (50), ``gp_dtype`` (``"float64"``), and every field of
     :class:`~metalearn.training.TrainConfig`.
@@ -332,7 +334,13 @@ class ADKF(ADKFIFT):
 
 class DKT(_DeepKernelBase):
     """Deep kernel transfer: encoder and one set of GP hyperparameters meta-learned jointly on
-    the marginal likelihood of whole episodes (support and query); no per-task fit."""
+    the marginal likelihood of whole episodes (support and query); no per-task fit.
+
+    The objective is the marginal likelihood alone (Patacchiola et al., NeurIPS 2020), so the
+    ``lengthscale_prior`` / ``noise_prior`` options change nothing here; the noise starts at
+    the noise prior's mode and the lengthscale at the median heuristic of the first
+    meta-batch.
+    """
 
     name = "DKT"
 

@@ -50,7 +50,10 @@ def conjugate_gradient(
     """Solves ``A x = b`` for symmetric positive-definite ``A`` given only ``x -> A x``.
 
     Stops when ``||r|| <= tol * ||b||`` or after ``max_iter`` iterations (Hestenes & Stiefel,
-    1952).
+    1952), or early, returning the current iterate, at a direction ``p`` with
+    ``p^T A p <= 0`` (``A`` not positive definite there, e.g. an inner solution that is not a
+    minimum); use ``solver="exact"`` / ``"block"`` in :func:`implicit_argmin` where ``A`` may be
+    indefinite.
 
     Raises:
         ValueError: ``tol`` negative or not finite, or ``max_iter`` below 1 (no iteration

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -189,6 +190,23 @@ def meta_gradient(
     return float(value)
 
 
+def unconverged_inner_fits(learner: EpisodicLearner) -> int | None:
+    """Tasks of the last meta-batch (all ranks) whose inner fit stopped before its tolerance.
+
+    A learner with a per-task inner problem (ADKF-IFT, ADKF) keeps the batch's fit as
+    ``last_fit`` (a :class:`~probrec.gp.fit.FitResult`); at an unconverged ``theta`` the
+    implicit hypergradient is inexact. ``None`` for learners without one (DKT, ProtoNet).
+    """
+    fit = getattr(learner, "last_fit", None)
+    if fit is None:
+        return None
+    count = (~fit.converged).sum().to(torch.int64)
+    if _dist_info()[1] > 1:
+        count = count.to(learner.device)
+        dist.all_reduce(count)
+    return int(count)
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of torch's global streams during meta-step ``step`` on ``rank``."""
     return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1, np.uint64)[0] >> 1)
@@ -253,8 +271,10 @@ def meta_train(
         progress: show a progress bar.
 
     Returns:
-        The training history (losses, validation scores, best step), also in
-        ``learner.history``.
+        The training history (losses, validation scores, best step; for learners with a
+        per-task inner fit, ``inner_unconverged``: ``[step, tasks]`` for every meta-step
+        whose batch had inner fits that did not reach the tolerance, with a warning at the
+        end), also in ``learner.history``.
     """
     rank, world = _dist_info()
     train = eligible_tasks(train_tasks, config.support_size)
@@ -327,6 +347,9 @@ def meta_train(
             raise FloatingPointError(
                 f"meta-loss is not finite at step {step} (tasks {batch.names})"
             )
+        n_bad = unconverged_inner_fits(learner)
+        if n_bad:
+            hist.setdefault("inner_unconverged", []).append([step, n_bad])
         if config.clip_norm:
             torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
         opt.step()
@@ -368,5 +391,14 @@ def meta_train(
     for m in modules.values():
         m.eval()
     hist["seconds"] = time.perf_counter() - t0
+    bad = hist.get("inner_unconverged", [])
+    if bad and rank == 0:
+        warnings.warn(
+            f"{learner.name}: the inner fit of {sum(n for _, n in bad)} task(s) on {len(bad)} "
+            f"meta-step(s) stopped before inner_tol (inner_max_iter reached), so their "
+            "hypergradients were inexact; history['inner_unconverged'] lists [step, tasks]",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     learner.history = hist
     return hist

@@ -77,3 +77,41 @@ def test_inner_loop_options_are_checked_when_the_learner_is_made(option, value, 
     for cls in (ADKFIFT, ADKF, DKT, ProtoNet):
         with pytest.raises(error, match=option):
             cls(**{option: value})
+
+
+def test_meta_training_reports_inner_fits_that_stopped_before_the_tolerance():
+    """An ADKF-IFT inner fit that hits inner_max_iter gives an inexact hypergradient; meta_fit
+    used to say nothing. The history lists [step, tasks] for such steps (the first step's
+    count checked against an independent one-iteration fit of the same batch on the initial
+    encoder) and a warning names the total."""
+    import warnings
+
+    from metalearn import ADKFIFT, DKT
+    from metalearn.episodes import eligible_tasks, sample_meta_batch
+    from probrec.data import latent_feature_tasks
+    from probrec.gp import fit_hyperparameters, geometry, prior_centres
+
+    tasks = latent_feature_tasks(12, 64, dim=10, seed=0)
+    opts = dict(hidden=(16,), support_size=12, query_size=20, batch_size=4, n_steps=3, seed=0)
+    rough = dict(inner_max_iter=1, inner_tol=1e-12, **opts)
+    with pytest.warns(RuntimeWarning, match="inner fit of .* task"):
+        hist = ADKFIFT(**rough).meta_fit(tasks, progress=False)
+    assert [s for s, _ in hist["inner_unconverged"]] == [0, 1, 2]
+
+    fresh = ADKFIFT(**rough)
+    fresh.build(10)
+    batch = sample_meta_batch(eligible_tasks(tasks, 12), 4, 12, 20, np.random.default_rng([0, 0]))
+    c = fresh.gp_config
+    with torch.no_grad():
+        z = fresh.encoder(batch.support_x.reshape(-1, 10)).reshape(4, 12, -1).double()
+    geom = geometry(c, z, z)
+    t = 2.0 * batch.support_y.double() - 1.0
+    fit = fit_hyperparameters(
+        c, geom, t, None, prior_centres(c, z, geom=geom), tol=1e-12, max_iter=1
+    )
+    assert hist["inner_unconverged"][0][1] == int((~fit.converged).sum()) > 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for learner in (ADKFIFT(**opts), DKT(**opts)):
+            assert "inner_unconverged" not in learner.meta_fit(tasks, progress=False)
