@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probrec.checks import check_real
+from probrec.checks import check_positive_int, check_real
 
 from .adaptation import DualAveraging
 from .base import RunPlan, Sampler, warn_if_stuck
@@ -201,13 +201,14 @@ class DiGS(Sampler):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if isinstance(alphas, (torch.Tensor, np.ndarray)):  # a 0-d tensor is not iterable
+            alphas = alphas.reshape(-1).tolist()
         if isinstance(alphas, (int, float, np.integer, np.floating)):
             alphas = (float(alphas),)
         alphas = [check_real(a, "alphas") for a in alphas]
         if not alphas or any(not 0.0 < a < 1.0 for a in alphas):
             raise ValueError(f"alphas must be numbers in (0, 1), got {alphas}")
-        if isinstance(n_mala, bool) or not isinstance(n_mala, int) or n_mala < 0:
-            raise ValueError(f"n_mala must be a non-negative int, got {n_mala!r}")
+        n_mala = check_positive_int(n_mala, "n_mala", minimum=0)
         if n_mala == 0 and not mwg_init:
             raise ValueError("n_mala=0 needs mwg_init=True (otherwise the chain never moves)")
         self.alphas = alphas
@@ -223,11 +224,7 @@ class DiGS(Sampler):
         self.step_size = steps
         self.target_accept = check_target_accept(target_accept)
         self.mwg_init = bool(mwg_init)
-        if isinstance(sweeps_per_level, bool) or not isinstance(sweeps_per_level, int):
-            raise ValueError(f"sweeps_per_level must be a positive int, got {sweeps_per_level!r}")
-        if sweeps_per_level < 1:
-            raise ValueError(f"sweeps_per_level must be a positive int, got {sweeps_per_level!r}")
-        self.sweeps_per_level = sweeps_per_level
+        self.sweeps_per_level = check_positive_int(sweeps_per_level, "sweeps_per_level")
         self._sweep = CompiledFn(digs_sweep)
         self._block = CompiledFn(digs_block)
 

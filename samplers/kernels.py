@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from probrec.checks import check_positive_int
+
 from .compile import CompiledFn
 
 __all__ = [
@@ -436,9 +438,7 @@ class HMCKernel(Kernel):
     transition = staticmethod(hmc_transition)
 
     def __init__(self, n_leapfrog: int = 10, compile: bool = False) -> None:
-        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
-            raise ValueError(f"n_leapfrog must be a positive int, got {n_leapfrog!r}")
-        self.n_leapfrog = n_leapfrog
+        self.n_leapfrog = check_positive_int(n_leapfrog, "n_leapfrog")
         super().__init__(compile)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probrec.checks import check_real
+from probrec.checks import check_positive_int, check_real
 
 from .adaptation import DualAveraging
 from .base import RunPlan, Sampler, warn_if_stuck
@@ -117,12 +117,7 @@ class ParallelTempering(Sampler):
         super().__init__(**kwargs)
         self.kernel = make_kernel(kernel, **({"n_leapfrog": n_leapfrog} if kernel == "hmc" else {}))
         if temperatures is None:
-            if (
-                isinstance(n_temperatures, bool)
-                or not isinstance(n_temperatures, int)
-                or n_temperatures < 1
-            ):
-                raise ValueError(f"n_temperatures must be a positive int, got {n_temperatures!r}")
+            n_temperatures = check_positive_int(n_temperatures, "n_temperatures")
             max_temperature = check_real(max_temperature, "max_temperature", minimum=1.0)
             temperatures = geometric_ladder(n_temperatures, max_temperature)
         temps = [float(t) for t in temperatures]

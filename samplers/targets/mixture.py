@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probrec.checks import as_float_tensor, check_positive_int
+from probrec.checks import as_float_tensor, check_positive_int, check_seed
 
 from .base import LOG_2PI, Target, _generator
 
@@ -211,7 +211,8 @@ def mog40_means(
 ) -> Tensor:
     """Means of MoG-40: ``(torch.rand(n_modes, dim) - 0.5) * 2 * loc_scaling`` under torch seed
     ``seed`` (a private generator, so global random state is untouched)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed))
+    n_modes, dim = check_positive_int(n_modes, "n_modes"), check_positive_int(dim, "dim")
     return (torch.rand(n_modes, dim, generator=g) - 0.5) * 2 * loc_scaling
 
 

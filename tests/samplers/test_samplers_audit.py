@@ -41,3 +41,30 @@ def test_bnn_seed_must_be_an_int():
     with pytest.raises(ValueError, match="seed"):
         BNNPosterior(n_train=5, n_test=5, seed=-1)
     assert BNNPosterior(n_train=5, n_test=5, seed=2).seed == 2
+
+
+def test_integer_options_take_numpy_ints_and_name_bad_values():
+    """HMC(n_leapfrog=np.int64(5)) (a value read from an array or a config) was refused as 'not
+    a positive int', DiGS(alphas=torch.tensor(0.1)) failed with 'iteration over a 0-d tensor'
+    and MoG40(seed=1.5) with torch's unnamed RuntimeError."""
+    import numpy as np
+    import torch
+
+    import samplers
+    from samplers.targets import MoG40
+
+    assert samplers.HMC(n_leapfrog=np.int64(5)).kernel.n_leapfrog == 5
+    assert len(samplers.ParallelTempering(n_temperatures=np.int64(4)).temperatures) == 4
+    digs = samplers.DiGS(alphas=torch.tensor(0.1), n_mala=np.int64(2), sweeps_per_level=np.int32(1))
+    assert digs.alphas == [pytest.approx(0.1)] and digs.n_mala == 2
+    assert samplers.DiGS(alphas=np.array([0.1, 0.5])).alphas == [0.1, 0.5]
+    for make, name in (
+        (lambda: samplers.HMC(n_leapfrog=2.0), "n_leapfrog"),
+        (lambda: samplers.DiGS(n_mala=1.5), "n_mala"),
+        (lambda: MoG40(seed=1.5), "seed"),
+    ):
+        with pytest.raises(TypeError, match=name):
+            make()
+    with pytest.raises(ValueError, match="n_mala"):
+        samplers.DiGS(n_mala=-1)
+    assert torch.equal(MoG40(seed=np.int64(0)).means, MoG40().means)
