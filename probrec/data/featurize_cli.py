@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("csv", help="CSV (or .csv.gz) with a SMILES column")
     parser.add_argument("--smiles-column", default=None, help="name of the SMILES column")
     parser.add_argument(
-        "--out", default=None, help="output .npy (default: <csv stem>.features.npy)"
+        "--out",
+        default=None,
+        help="output .npy (default: <csv stem>.features.npy in the current folder)",
     )
     parser.add_argument("--no-descriptors", action="store_true", help="fingerprints only")
     parser.add_argument("--jobs", type=whole(1), default=None, help="worker processes")
