@@ -366,8 +366,12 @@ class PTSD(NeuralSampler):
             net = ScoreMLP(d, self.hidden, self.n_layers, n_particles=n_particles)
         return DiffusionModel(net.to(buffer.device, buffer.dtype), sched, norm.to(buffer.device))
 
-    def _fit(self, model: DiffusionModel, buffer: Tensor, steps: int, seed: int) -> float:
-        losses = model.fit(buffer, steps, self.batch_size, self.lr, self.ema, seed)
+    def _fit(
+        self, model: DiffusionModel, buffer: Tensor, steps: int, seed: int, warm: bool = True
+    ) -> float:
+        """DSM training; ``warm``: ``model`` is a copy of a trained one (its weights start the
+        average, :meth:`~samplers.diffusion.DiffusionModel.fit`)."""
+        losses = model.fit(buffer, steps, self.batch_size, self.lr, self.ema, seed, warm_start=warm)
         return float(sum(losses[-50:]) / max(1, len(losses[-50:]))) if losses else float("nan")
 
     # ------------------------------------------------------------------------- sampling
@@ -406,7 +410,9 @@ class PTSD(NeuralSampler):
         # 2. the two hottest models
         models: dict[int, DiffusionModel] = {}
         models[k_max] = self._new_model(buffers[k_max], next_seed(), n_particles)
-        loss = self._fit(models[k_max], buffers[k_max], self.train_steps_first, next_seed())
+        loss = self._fit(
+            models[k_max], buffers[k_max], self.train_steps_first, next_seed(), warm=False
+        )
         levels[-1]["dsm_loss_hot"] = loss
         models[k_max - 1] = models[k_max].copy()
         levels[-1]["dsm_loss"] = self._fit(

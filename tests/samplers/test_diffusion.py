@@ -192,6 +192,12 @@ def test_ema_is_the_bias_corrected_average_of_the_trained_weights():
     model.fit(data, steps=5, batch_size=64, ema=e, seed=3)
     for p, w in zip(model.net.parameters(), want):
         torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
+    # a warm start keeps the starting weights' share e^n: e^n W_0 + sum_s (1 - e) e^(n - s) W_s
+    model.net.load_state_dict(start)
+    model.fit(data, steps=5, batch_size=64, ema=e, seed=3, warm_start=True)
+    w0 = [start[k] for k, _ in model.net.named_parameters()]
+    for p, w, a in zip(model.net.parameters(), want, w0):
+        torch.testing.assert_close(p, e**n * a + (1 - e**n) * w, rtol=1e-5, atol=1e-6)
     # one step: the trained weights whatever the decay
     model.net.load_state_dict(start)
     model.fit(data, steps=1, batch_size=64, ema=0.999, seed=3)
