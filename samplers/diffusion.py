@@ -100,7 +100,7 @@ class VPSchedule(NoiseSchedule):
     """Variance-preserving schedule with linear ``beta(t) = beta_min + t (beta_max - beta_min)``.
 
     Args:
-        beta_min, beta_max: endpoints of ``beta`` (0.1 and 20: ``alpha_1 = 0.0064``).
+        beta_min, beta_max: endpoints of ``beta`` (0.1 and 20: ``alpha_1 = 0.0066``).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
@@ -361,7 +361,7 @@ class DiffusionModel(nn.Module):
     models the centre-of-mass-free part of particle configurations: its prior draws and
     samples are centred per configuration (its score has no centre-of-mass component, so the
     drift ``f z`` would otherwise scale the prior's centre of mass by ``alpha_tmin /
-    alpha_1``, ~156 for the default VP schedule), and its log-densities are those of the
+    alpha_1``, ~152 for the default VP schedule), and its log-densities are those of the
     centre-of-mass-free subspace, ``d - d / n_particles`` dimensions (``log_prob`` centres its
     input first); the normaliser's scale must then be the same for every particle.
 

@@ -229,7 +229,7 @@ def test_particle_model_samples_and_density_live_on_the_com_free_subspace(schedu
     """With the exact score of CoM-free Gaussian data, the samples are CoM-free with the
     data's covariance, and the ODE log-density is the closed-form Gaussian density of the
     4-dimensional subspace (target coordinates, scale 2). The prior's centre of mass used to
-    be kept and scaled by the drift (by alpha_tmin / alpha_1 ~ 156 for VP)."""
+    be kept and scaled by the drift (by alpha_tmin / alpha_1 ~ 152 for VP)."""
     v, scale = 0.5, 2.0
     model = DiffusionModel(
         _ExactParticleNet(schedule, v),
