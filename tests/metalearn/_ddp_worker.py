@@ -5,13 +5,16 @@ import torch
 import torch.distributed as dist
 
 
-def make_learner_and_batch():
-    from metalearn import ADKFIFT
+def make_learner_and_batch(name: str = "ADKFIFT"):
+    """A built ``metalearn.<name>`` on 10 input features and one 6-task meta-batch."""
+    import metalearn
     from metalearn.episodes import eligible_tasks, sample_meta_batch
     from probrec.data import latent_feature_tasks
 
     tasks = latent_feature_tasks(12, 64, dim=10, seed=0)
-    learner = ADKFIFT(hidden=(16,), support_size=12, query_size=20, batch_size=6, seed=0)
+    learner = getattr(metalearn, name)(
+        hidden=(16,), support_size=12, query_size=20, batch_size=6, seed=0
+    )
     learner.build(10)
     batch = sample_meta_batch(eligible_tasks(tasks, 12), 6, 12, 20, np.random.default_rng(0))
     return learner, batch

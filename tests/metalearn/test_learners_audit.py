@@ -8,15 +8,9 @@ import torch.multiprocessing as mp
 
 
 def _dkt_and_batch():
-    from metalearn import DKT
-    from metalearn.episodes import eligible_tasks, sample_meta_batch
-    from probrec.data import latent_feature_tasks
+    from tests.metalearn._ddp_worker import make_learner_and_batch
 
-    tasks = latent_feature_tasks(12, 64, dim=10, seed=0)
-    learner = DKT(hidden=(16,), support_size=12, query_size=20, batch_size=6, seed=0)
-    learner.build(10)
-    batch = sample_meta_batch(eligible_tasks(tasks, 12), 6, 12, 20, np.random.default_rng(0))
-    return learner, batch
+    return make_learner_and_batch("DKT")
 
 
 def _dkt_step(learner, batch):
