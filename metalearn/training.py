@@ -277,6 +277,11 @@ def meta_train(
         end), also in ``learner.history``.
     """
     rank, world = _dist_info()
+    if config.batch_size < world:  # a rank without tasks would fail alone; the others would hang
+        raise ValueError(
+            f"batch_size={config.batch_size} is smaller than the torch.distributed world size "
+            f"{world}: every rank needs at least one task of each meta-batch"
+        )
     train = eligible_tasks(train_tasks, config.support_size)
     if not train:
         raise ValueError(

@@ -38,3 +38,27 @@ def run(rank: int, world: int, init_file: str, out: str) -> None:
             torch.save({"loss": loss, "grads": grads}, out)
     finally:
         dist.destroy_process_group()
+
+
+def run_meta_fit(rank: int, world: int, init_file: str, out: str, batch_size: int) -> None:
+    """``meta_fit`` of a small ADKF-IFT on every rank; writes the error message (or "") per
+    rank to ``out.<rank>``."""
+    from metalearn import ADKFIFT
+    from probrec.data import latent_feature_tasks
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        tasks = latent_feature_tasks(12, 64, dim=10, seed=0)
+        learner = ADKFIFT(
+            hidden=(8,), support_size=12, query_size=20, batch_size=batch_size, n_steps=1, seed=0
+        )
+        try:
+            learner.meta_fit(tasks, progress=False)
+            msg = ""
+        except ValueError as err:
+            msg = str(err)
+        with open(f"{out}.{rank}", "w") as f:
+            f.write(msg)
+    finally:
+        dist.destroy_process_group()

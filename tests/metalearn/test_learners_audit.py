@@ -109,3 +109,26 @@ def test_meta_training_reports_inner_fits_that_stopped_before_the_tolerance():
         warnings.simplefilter("error", RuntimeWarning)
         for learner in (ADKFIFT(**opts), DKT(**opts)):
             assert "inner_unconverged" not in learner.meta_fit(tasks, progress=False)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_meta_batch_smaller_than_the_world_is_refused_on_every_rank(tmp_path, batch_size):
+    """With batch_size 1 on 2 ranks, rank 1 got an empty meta-batch (and a failure of its own
+    while rank 0 waited in all_reduce); every rank now refuses it before training, and
+    batch_size 2 trains."""
+    from tests.metalearn import _ddp_worker as w
+
+    mp.start_processes(
+        w.run_meta_fit,
+        args=(2, str(tmp_path / "init"), str(tmp_path / "out"), batch_size),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    msgs = [(tmp_path / f"out.{r}").read_text() for r in range(2)]
+    if batch_size == 1:
+        assert all(
+            "batch_size=1 is smaller than the torch.distributed world size 2" in m for m in msgs
+        )
+    else:
+        assert msgs == ["", ""]
