@@ -166,10 +166,12 @@ def _is_int(v: Any) -> bool:
 
 def _as_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     """``mask`` as a bool array of ``shape`` (the shape of ``name``), by the library's one mask
-    rule (:func:`probrec.checks.as_bool_mask`)."""
-    m = as_bool_mask(mask.detach().cpu() if hasattr(mask, "detach") else mask).numpy()
+    rule (:func:`probrec.checks.as_bool_mask`); errors name the mask by its matrix when that is
+    not the main one (``valid annotations``: the validation mask said only "mask")."""
+    label = "mask" if name in ("annotations", "labels") else f"mask (of {name})"
+    m = as_bool_mask(mask.detach().cpu() if hasattr(mask, "detach") else mask, label).numpy()
     if m.shape != shape:
-        raise ValueError(f"mask must have the shape of {name} {shape}, got {m.shape}")
+        raise ValueError(f"{label} must have the shape of {name} {shape}, got {m.shape}")
     return m
 
 

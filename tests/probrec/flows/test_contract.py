@@ -212,6 +212,11 @@ def test_bad_inputs_raise_clear_errors(fitted, population):
         model.fit(x, train.labels, train.mask[:, :2], **FIT)
     with pytest.raises(TypeError, match="valid must be"):
         model.fit(x, train.labels, train.mask, valid=(x,), **FIT)
+    # the validation mask is named as such (both errors said only "mask")
+    with pytest.raises(ValueError, match=r"mask \(of valid annotations\) must have the shape"):
+        model.fit(x, train.labels, train.mask, valid=(x, train.labels, train.mask[:, :2]), **FIT)
+    with pytest.raises(ValueError, match=r"mask \(of valid annotations\) must be bool"):
+        model.fit(x, train.labels, train.mask, valid=(x, train.labels, train.mask * 0.5), **FIT)
     for lr in (-1.0, 0.0, float("nan")):
         with pytest.raises(ValueError, match="lr"):
             model.fit(x, train.labels, train.mask, lr=lr, epochs=1)
