@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probrec.argtypes import choice_list, existing_path, int_list, whole
-from probrec.recsys.pipeline import log_source_error
+from probrec.argtypes import choice_list, int_list, whole
+from probrec.recsys.pipeline import add_log_source_arguments, resolve_log_source
 from probrec.reporting import format_mean_se, json_safe
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
@@ -40,15 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--data",
-        type=existing_path("any"),
-        default=None,
-        help=f"MovieLens folder (default {DEFAULT_DATA}) or TaobaoAd CSV (needed with --format "
-        "taobao)",
-    )
-    p.add_argument("--format", choices=("movielens", "taobao"), default="movielens")
-    p.add_argument("--download", default=None, help="download MovieLens-100k into this folder")
+    add_log_source_arguments(p, DEFAULT_DATA)
     p.add_argument("--out", default="runs/recsys_fewshot", help="output folder")
     p.add_argument(
         "--seed", type=whole(0), default=0, help="seed of the models, split and episodes"
@@ -68,10 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=whole(1), default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    problem = log_source_error(args.format, args.data, args.download)
-    if problem:
-        p.error(problem)
-    args.data = str(DEFAULT_DATA if args.data is None else args.data)
+    resolve_log_source(p, args, DEFAULT_DATA)
     return args
 
 

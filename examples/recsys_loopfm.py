@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from probrec.argtypes import existing_path, seed_list, torch_device, whole
-from probrec.recsys.pipeline import log_source_error
+from probrec.argtypes import seed_list, torch_device, whole
+from probrec.recsys.pipeline import add_log_source_arguments, resolve_log_source
 from probrec.reporting import json_safe
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/recsys/ml-100k"
@@ -38,17 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--data",
-        type=existing_path("any"),
-        default=None,
-        help=f"MovieLens folder (default {DEFAULT_DATA}) or TaobaoAd CSV (needed with --format "
-        "taobao)",
-    )
-    p.add_argument("--format", choices=("movielens", "taobao"), default="movielens")
-    p.add_argument(
-        "--download", default=None, help="download MovieLens-100k into this folder and use it"
-    )
+    add_log_source_arguments(p, DEFAULT_DATA)
     p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
     p.add_argument("--out", default="runs/recsys_loopfm", help="output folder")
     p.add_argument(
@@ -62,10 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    problem = log_source_error(args.format, args.data, args.download)
-    if problem:
-        p.error(problem)
-    args.data = str(DEFAULT_DATA if args.data is None else args.data)
+    resolve_log_source(p, args, DEFAULT_DATA)
     return args
 
 

@@ -18,6 +18,7 @@ Protocol (Jiang et al., "LoopFM", 2026; Liang et al., "ExFM", 2025), on one time
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from probrec.argtypes import existing_path
 from probrec.checks import check_choice, check_real
 from probrec.data.movielens import InteractionLog
 from probrec.recsys.features import EventTable, chronological_split
@@ -143,6 +145,33 @@ def log_source_error(fmt: str, data: str | Path | None, download: str | Path | N
     if data is None and fmt == "taobao" and not download:
         return "--format taobao needs --data, the TaobaoAd CSV"
     return None
+
+
+def add_log_source_arguments(parser: argparse.ArgumentParser, default_data: Path) -> None:
+    """Adds the example scripts' ``--data`` / ``--format`` / ``--download`` options."""
+    parser.add_argument(
+        "--data",
+        type=existing_path("any"),
+        default=None,
+        help=f"MovieLens folder (default {default_data}) or TaobaoAd CSV (needed with --format "
+        "taobao)",
+    )
+    parser.add_argument("--format", choices=("movielens", "taobao"), default="movielens")
+    parser.add_argument(
+        "--download", default=None, help="download MovieLens-100k into this folder and use it"
+    )
+
+
+def resolve_log_source(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, default_data: Path
+) -> None:
+    """Stops with a usage error naming the options when they cannot name a log
+    (:func:`log_source_error`); else sets ``args.data`` (the default MovieLens folder when
+    none was given)."""
+    problem = log_source_error(args.format, args.data, args.download)
+    if problem:
+        parser.error(problem)
+    args.data = str(default_data if args.data is None else args.data)
 
 
 def _train_valid(index: np.ndarray, log: InteractionLog, frac: float) -> tuple[np.ndarray, ...]:

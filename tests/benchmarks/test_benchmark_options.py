@@ -11,18 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-TINY = ["--data", "none", "--threads", "1", "--repeats", "1", "--warmup", "0", "--dim", "32"]
-
-
-@pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    """Imports a benchmark script by name (the scripts import ``_common`` from their folder)."""
-    import importlib
-
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module
-
+from tests.benchmarks.conftest import TINY
 
 BAD = [
     ("inner_loop", ["--tasks", "0"], "--tasks"),

@@ -13,17 +13,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-TINY = ["--data", "none", "--threads", "1", "--repeats", "1", "--warmup", "0", "--dim", "32"]
-
-
-@pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    """Imports a benchmark script by name (the scripts import ``_common`` from their folder)."""
-    import importlib
-
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module
+from tests.benchmarks.conftest import TINY
 
 
 @pytest.mark.parametrize("name", ["inner_loop", "adkf_ift_step", "adapt_latency"])
