@@ -30,7 +30,12 @@ import torch
 
 from probrec.argtypes import choice_list, existing_path, int_list, torch_device, whole
 from probrec.reporting import format_mean_se
-from probrec.runrecord import check_run_record, meta_training_options, write_run_record
+from probrec.runrecord import (
+    META_TRAINING_OPTION_NAMES,
+    check_run_record,
+    meta_training_options,
+    write_run_record,
+)
 
 try:  # CPU-time accounting (Unix)
     import resource
@@ -40,15 +45,8 @@ except ImportError:  # pragma: no cover - Windows
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/molecules/moleculenet"
 META_LEARNERS = ("ADKF-IFT", "ADKF", "DKT", "ProtoNet")
 LEARNERS = (*META_LEARNERS, "GP-ST", "RF", "kNN", "LogReg", "DKL")
-# option behind each recorded key, for the message that refuses a mismatch
-OPTION_OF = {
-    "data_sha256": "--data contents (SHA-256)",
-    "seed": "--seed",
-    "n_valid": "--n-valid",
-    "n_test": "--n-test",
-    "steps": "--steps",
-    "meta_options": "--full",
-}
+# the meta-training options come from --full here
+OPTION_OF = {**META_TRAINING_OPTION_NAMES, "meta_options": "--full"}
 
 
 def _optional_file(text: str) -> str:

@@ -30,7 +30,13 @@ import torch
 
 from probrec.argtypes import choice_list, existing_path, int_list, torch_device, whole
 from probrec.reporting import format_mean_se, mean_and_se, mean_se_summary
-from probrec.runrecord import RECORD, check_run_record, meta_training_options, write_run_record
+from probrec.runrecord import (
+    META_TRAINING_OPTION_NAMES,
+    RECORD,
+    check_run_record,
+    meta_training_options,
+    write_run_record,
+)
 
 # data set -> (sign that turns the label into an objective to maximise, objective's name)
 GOALS = {
@@ -40,15 +46,7 @@ GOALS = {
 }
 DEEP = ("ADKF-IFT", "DKT")
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data"
-# option behind each recorded key, for the message that refuses a mismatch
-OPTION_OF = {
-    "data_sha256": "--data contents (SHA-256)",
-    "seed": "--seed",
-    "n_valid": "--n-valid",
-    "n_test": "--n-test",
-    "steps": "--steps",
-    "meta_options": "meta-training options",
-}
+OPTION_OF = META_TRAINING_OPTION_NAMES
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "META_TRAINING_OPTION_NAMES",
     "RECORD",
     "check_run_record",
     "file_sha256",
@@ -24,6 +25,17 @@ __all__ = [
 ]
 
 RECORD = "run_options.json"
+
+#: the command-line option behind each key of :func:`meta_training_options`, for the message
+#: that refuses a mismatch (``check_run_record(option_names=...)``)
+META_TRAINING_OPTION_NAMES = {
+    "data_sha256": "--data contents (SHA-256)",
+    "seed": "--seed",
+    "n_valid": "--n-valid",
+    "n_test": "--n-test",
+    "steps": "--steps",
+    "meta_options": "meta-training options",
+}
 
 
 def file_sha256(path: str | Path) -> str:
