@@ -18,8 +18,8 @@ a fixed Markov kernel.
 
 Evaluations are counted by construction: every transition reports the rows it evaluated, and
 the start costs one evaluation per chain. :class:`SamplerResult` reports both counts, wall time
-and diagnostics (acceptance and swap rates; bulk ESS and split R-hat when chains keep >= 4
-samples).
+and diagnostics (acceptance and swap rates; bulk and tail ESS, bulk split R-hat and the rank
+R-hat of bulk and folded draws when chains keep >= 4 samples).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from probrec.reporting import json_safe
 from probrec.seeding import check_generator_device, torch_generator
 
 from .compile import compile_available
-from .diagnostics import ess, split_rhat
+from .diagnostics import ess, ess_tail, rhat, split_rhat
 from .targets.base import Target, check_positions, check_start
 
 __all__ = ["Sampler", "SamplerResult", "RunPlan"]
@@ -431,9 +431,13 @@ class Sampler(ABC):
             raise RuntimeError(f"{self.name}: non-finite states in the chains")
         if plan.samples_per_chain >= 4:
             diag["ess_bulk"] = ess(kept)
+            diag["ess_tail"] = ess_tail(kept)
             diag["rhat_split"] = split_rhat(kept)
-            diag["ess_bulk_min"] = float(np.nanmin(diag["ess_bulk"]))
-            diag["rhat_split_max"] = float(np.nanmax(diag["rhat_split"]))
+            diag["rhat"] = rhat(kept)
+            for key in ("ess_bulk", "ess_tail"):
+                diag[f"{key}_min"] = float(np.nanmin(diag[key]))
+            for key in ("rhat_split", "rhat"):
+                diag[f"{key}_max"] = float(np.nanmax(diag[key]))
         return SamplerResult(
             samples=samples,
             chains=kept,

@@ -555,7 +555,9 @@ def run(args: argparse.Namespace) -> int:
                 "acceptance_rate": d.get("acceptance_rate"),
                 "swap_rate": d.get("swap_rate"),
                 "ess_bulk_min": d.get("ess_bulk_min"),
+                "ess_tail_min": d.get("ess_tail_min"),
                 "rhat_split_max": d.get("rhat_split_max"),
+                "rhat_max": d.get("rhat_max"),
             }
             if sname == "digs":
                 row["init_acceptance"] = d.get("init_acceptance_per_level")

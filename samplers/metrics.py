@@ -8,7 +8,8 @@
 - :func:`histogram_distance`: W1 / W2 / total variation between 200-bin histograms of 1-D
   statistics (energies, interatomic distances) of samples and reference samples
   (:func:`energy_distance`, :func:`interatomic_distance_distance`).
-- :func:`ess`, :func:`split_rhat` (re-exported from :mod:`samplers.diagnostics`).
+- :func:`ess`, :func:`ess_tail`, :func:`rhat`, :func:`split_rhat` (re-exported from
+  :mod:`samplers.diagnostics`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from probrec.checks import check_choice, check_positive_int, check_real
 
-from .diagnostics import ess, split_rhat
+from .diagnostics import ess, ess_tail, rhat, split_rhat
 from .targets.base import Target
 from .targets.mixture import GaussianMixture
 from .targets.particles import ParticleSystem
@@ -41,6 +42,8 @@ __all__ = [
     "energy_distance",
     "interatomic_distance_distance",
     "ess",
+    "ess_tail",
+    "rhat",
     "split_rhat",
 ]
 
