@@ -22,8 +22,9 @@ counts ``n_ik``; the training loss is ``-sum_ik n_ik log p(k | x_i) / sum_ik n_i
 Subclasses implement, on standardised features ``z``, ``_train_loss(z, counts, generator)
 -> [B]`` (per-item negative log-likelihood or bound, summed over that item's annotations) and
 ``_label_log_probs(z, generator, n_samples) -> [B, K]``; Monte Carlo models override
-``_estimate`` (log-probabilities and their standard errors) and ``_replicate_log_probs``
-(leave-one-replicate-out estimates, for the standard error of a sum over items), models
+``_estimate`` (log-probabilities and their standard errors) and ``_estimate_loo`` (the
+log-probabilities with their leave-one-replicate-out estimates from the same draws, for the
+standard error of a sum over items), models
 with an item-level latent override ``_item_moments`` (the spread within one simulated panel)
 and ``_valid_scores`` (the criterion of early stopping), and ``_sample`` may be a sampler
 independent of ``_label_log_probs`` (the tests compare the two).
@@ -219,13 +220,14 @@ class AnnotatorModel(nn.Module, ABC):
         logp = self._label_log_probs(z, generator, n_samples)
         return logp, torch.zeros_like(logp)
 
-    def _replicate_log_probs(
+    def _estimate_loo(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
-    ) -> Tensor | None:
-        """``[R, B, K]`` leave-one-replicate-out log-probabilities (:func:`replicate_loo`) of
-        a replicated Monte Carlo estimate, from the same draws as :meth:`_estimate` with the
-        same generator state; ``None`` for closed forms (and estimates without replicates)."""
-        return None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``[B, K]`` log-probabilities (those of :meth:`_label_log_probs` with the same
+        generator state) and ``[R, B, K]`` leave-one-replicate-out log-probabilities
+        (:func:`replicate_loo`) of a replicated Monte Carlo estimate from the same draws;
+        ``None`` in place of the latter for closed forms (and estimates without replicates)."""
+        return self._label_log_probs(z, generator, n_samples), None
 
     def _item_moments(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
@@ -547,28 +549,31 @@ class AnnotatorModel(nn.Module, ABC):
 
     def label_log_probs_loo(
         self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None
-    ) -> Tensor | None:
-        """Leave-one-replicate-out log-probabilities ``[R, n, K]`` of a Monte Carlo estimate.
+    ) -> tuple[Tensor, Tensor | None]:
+        """Log-probabilities and their leave-one-replicate-out estimates, from one set of draws.
 
-        The estimate of :meth:`label_log_probs_se` (same arguments, same draws) averages
-        ``R`` independent replicates whose points every item shares, so the items' errors are
+        The estimate of :meth:`label_log_probs` (same arguments, same draws) averages ``R``
+        independent replicates whose points every item shares, so the items' errors are
         correlated and per-entry standard errors do not add up to the standard error of a sum
-        over items. Row ``r`` recomputes every item's estimate without replicate ``r``; a
-        statistic ``T`` of all of them (the NLL of a test set) has the jackknife standard
-        error ``sqrt((R - 1) / R * sum_r (T_r - mean_r T_r)^2)``.
+        over items. Row ``r`` of the second tensor recomputes every item's estimate without
+        replicate ``r``; a statistic ``T`` of all of them (the NLL of a test set) has the
+        jackknife standard error ``sqrt((R - 1) / R * sum_r (T_r - mean_r T_r)^2)``.
 
         Returns:
-            ``[R, n, K]`` on the model's device, or ``None`` for closed-form probabilities.
+            ``[n, K]`` log-probabilities (equal to :meth:`label_log_probs`) and ``[R, n, K]``
+            leave-one-out rows, or ``None`` for closed-form probabilities; on the model's
+            device.
         """
         n_samples = _n_samples(n_samples)
         parts = self._run(
-            lambda z, g: self._replicate_log_probs(z, g, n_samples),
+            lambda z, g: self._estimate_loo(z, g, n_samples),
             x,
             batch_size,
             seed,
             same_draws=True,
         )
-        return None if parts[0] is None else torch.cat(parts, 1)
+        logp = torch.cat([p[0] for p in parts], 0)
+        return logp, None if parts[0][1] is None else torch.cat([p[1] for p in parts], 1)
 
     def item_moments(
         self, x: Any, *, batch_size: int = 512, seed: int = 0, n_samples: int | None = None

@@ -165,22 +165,20 @@ class ModelEnsemble(MemberPanels, AnnotatorModel):
     ) -> Tensor:
         return self._estimate(z, generator, n_samples)[0]
 
-    def _replicate_log_probs(
+    def _estimate_loo(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
-    ) -> Tensor | None:
+    ) -> tuple[Tensor, Tensor | None]:
         # replicate r of every member left out together: the members' replicates are
         # independent, so these groups are independent and identically distributed in r
         # (the members draw in the order of _estimate; closed forms enter unchanged)
-        parts, replicated = [], False
-        for m in self.members:
-            zm = self._member_z(m, z)
-            loo = m._replicate_log_probs(zm, generator, n_samples)
-            replicated |= loo is not None
-            parts.append(m._estimate(zm, generator, n_samples)[0][None] if loo is None else loo)
-        if not replicated:
-            return None
-        logp = torch.stack(torch.broadcast_tensors(*parts))  # [M, R, B, K]
-        return torch.logsumexp(logp, 0) - math.log(self.n_members)
+        parts = [m._estimate_loo(self._member_z(m, z), generator, n_samples) for m in self.members]
+        logp = torch.stack([p[0] for p in parts])  # [M, B, K]
+        log_mean = torch.logsumexp(logp, 0) - math.log(self.n_members)
+        if all(p[1] is None for p in parts):
+            return log_mean, None
+        rows = [p[0][None] if p[1] is None else p[1] for p in parts]
+        loo = torch.stack(torch.broadcast_tensors(*rows))  # [M, R, B, K]
+        return log_mean, torch.logsumexp(loo, 0) - math.log(self.n_members)
 
     def _item_moments(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None

@@ -304,12 +304,13 @@ class ConditionalIntegerFlow(AnnotatorModel):
         )
         return logp.reshape(r, m, *logp.shape[1:])
 
-    def _replicate_log_probs(
+    def _estimate_loo(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
-    ) -> Tensor | None:
+    ) -> tuple[Tensor, Tensor | None]:
         if not self.item_latent or self.quadrature:
-            return None
-        return replicate_loo(self._replicate_draws(self.encoder(z), generator, n_samples))
+            return self._label_log_probs(z, generator, n_samples), None
+        draws = self._replicate_draws(self.encoder(z), generator, n_samples)
+        return replicate_log_mean(draws)[0], replicate_loo(draws)
 
     def _width(self) -> int:
         """Widest per-draw intermediate of the latent path (parameters, latent hidden units,

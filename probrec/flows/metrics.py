@@ -49,11 +49,14 @@ right.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from probrec.checks import host_array
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "distribution_moments",
@@ -288,13 +291,11 @@ def panel_std(
     return np.sqrt(var).mean(0)
 
 
-def _nll_jackknife_se(
-    model: Any, x: Any, counts: np.ndarray, seed: int, n_samples: int | None
-) -> float:
+def _nll_jackknife_se(loo: Tensor | None, counts: np.ndarray) -> float:
     """Monte Carlo standard error of :func:`nll` of a model's estimated log-probabilities:
-    the jackknife over the estimate's replicates (their points are shared by the items, so
-    the items' errors are correlated; 0 for closed forms)."""
-    loo = model.label_log_probs_loo(x, seed=seed, n_samples=n_samples)
+    the jackknife over the leave-one-replicate-out estimates ``loo`` ``[R, n, K]`` (the
+    replicates' points are shared by the items, so the items' errors are correlated; 0 for
+    closed forms, ``loo=None``)."""
     if loo is None:
         return 0.0
     lp = loo.double().cpu().numpy()  # [R, n, K]
@@ -359,7 +360,8 @@ def evaluate(
             "annotations: the spread metrics and kappa need items with at least 2 annotations"
         )
     values = np.asarray(model.labels, dtype=np.float64)
-    logp = model.label_log_probs(x, seed=seed, n_samples=n_samples).double().cpu().numpy()
+    logp_t, loo = model.label_log_probs_loo(x, seed=seed, n_samples=n_samples)
+    logp = logp_t.double().cpu().numpy()
     probs = _normalise(np.exp(logp))
     # expected spread within one simulated item (for independent annotators: of p(y | x))
     item_sd = model.item_moments(x, seed=seed, n_samples=n_samples)[1].double().cpu().numpy()
@@ -375,7 +377,7 @@ def evaluate(
         "nll_item": nll(logp, counts, per_item=True),
         # each item's annotations jointly (a panel), per annotation
         "nll_panel": nll_panel,
-        "nll_mc_se": _nll_jackknife_se(model, x, counts, seed, n_samples),
+        "nll_mc_se": _nll_jackknife_se(loo, counts),
         "mean_rmse": mean_rmse(probs, counts, values),
         "std_rmse": float(np.sqrt(np.mean((item_sd[has2] - human_sd) ** 2))),
         "std_rmse_panel": float(np.sqrt(np.mean((sim_sd - human_sd) ** 2))),

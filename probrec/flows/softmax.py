@@ -535,12 +535,13 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
             return logp, torch.zeros_like(logp)
         return replicate_log_mean(self._replicate_draws(z, generator, n_samples), normalise=True)
 
-    def _replicate_log_probs(
+    def _estimate_loo(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
-    ) -> Tensor | None:
+    ) -> tuple[Tensor, Tensor | None]:
         if self.quadrature:
-            return None
-        return replicate_loo(self._replicate_draws(z, generator, n_samples), normalise=True)
+            return self._node_label_log_probs(z), None
+        draws = self._replicate_draws(z, generator, n_samples)
+        return replicate_log_mean(draws, normalise=True)[0], replicate_loo(draws, normalise=True)
 
     def _replicate_draws(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None

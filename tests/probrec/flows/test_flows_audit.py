@@ -3,6 +3,8 @@ independent reference (the documented defaults, seeded reproducibility, a direct
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -85,7 +87,9 @@ def test_nll_monte_carlo_standard_error_matches_the_spread_over_seeds(klass, kwa
     nlls, jack = [], []
     for seed in range(30):
         nlls.append(metrics.nll(model.label_log_probs(x, seed=seed).double().numpy(), counts))
-        loo = model.label_log_probs_loo(x, seed=seed).double().numpy()  # [R, n, K]
+        logp, loo = model.label_log_probs_loo(x, seed=seed)
+        torch.testing.assert_close(logp, model.label_log_probs(x, seed=seed), rtol=0, atol=0)
+        loo = loo.double().numpy()  # [R, n, K]
         vals = -(counts * loo).sum((1, 2)) / counts.sum()
         r = len(vals)
         jack.append(np.sqrt((r - 1) / r * ((vals - vals.mean()) ** 2).sum()))
@@ -108,4 +112,21 @@ def test_leave_one_replicate_out_estimates_match_a_direct_loop():
                 mean = mean - mean.exp().sum(-1, keepdim=True).log()
             torch.testing.assert_close(loo[r], mean)
     torch.testing.assert_close(replicate_loo(log_w[:1]), log_w[:1].exp().mean(1).log())
-    assert ConditionalIntegerFlow(4).label_log_probs_loo(np.zeros((2, 4))) is None
+    assert ConditionalIntegerFlow(4).label_log_probs_loo(np.zeros((2, 4)))[1] is None
+
+
+@pytest.mark.parametrize(
+    "klass, kwargs",
+    [(ConditionalSoftmaxFlow, {"latent": "item"}), (ConditionalIntegerFlow, {"item_latent": 1})],
+)
+def test_evaluate_draws_the_label_estimate_once(klass, kwargs):
+    """The NLL and its jackknife standard error come from one set of importance draws (they
+    were drawn twice, the same numbers, once for the estimate and once for its replicates)."""
+    data = synthetic_annotations(60, dim=4, per_item=(3, 6), seed=2)
+    model = klass(4, range(1, 6), hidden=(16,), n_eval_samples=16, seed=1, **kwargs)
+    with mock.patch.object(
+        klass, "_replicate_draws", autospec=True, side_effect=klass._replicate_draws
+    ) as spy:
+        res = metrics.evaluate(model, data.features, data.labels, data.mask, seed=0, panels=4)
+    assert spy.call_count == 1
+    assert res["nll"] == pytest.approx(model.nll(data.features, data.labels, data.mask), rel=1e-6)
