@@ -361,9 +361,7 @@ def load_fsmol_dir(
             continue
         tasks.append(t)
         skipped.extend(t.metadata["skipped_smiles"])
-    out = TaskSet(tasks, skipped=skipped, source=str(root))
-    out.excluded = excluded  # type: ignore[attr-defined]
-    return out
+    return TaskSet(tasks, skipped=skipped, excluded=excluded, source=str(root))
 
 
 def load_fsmol_split(path: str | Path) -> dict[str, list[str]]:

@@ -104,7 +104,8 @@ def load_moleculenet(
         min_size: tasks with fewer labelled molecules are dropped.
 
     Returns:
-        A :class:`TaskSet`; ``skipped`` lists the invalid SMILES that were dropped.
+        A :class:`TaskSet`; ``skipped`` lists the invalid SMILES that were dropped,
+        ``excluded`` the tasks under ``min_size`` (name -> reason).
 
     Example:
         >>> toxcast = load_moleculenet("../shared/data/molecules/moleculenet/toxcast_500.csv.gz")
@@ -130,13 +131,17 @@ def load_moleculenet(
     keep = np.array([i not in bad_set for i in range(len(rows))])
     labels = _label_matrix(rows, label_cols)
     smiles_arr = np.asarray(smiles, dtype=object)
-    out = []
+    out, excluded = [], {}
     for j, c in enumerate(label_cols):
         mask = keep & np.isfinite(labels[:, j])
         if mask.sum() < min_size:
+            excluded[header[c]] = (
+                f"{int(mask.sum())} labelled molecule(s) with a valid SMILES, fewer than "
+                f"min_size={min_size}"
+            )
             continue
         out.append(Task(smiles_arr[mask], labels[mask, j], kind, header[c], {"source": str(path)}))
-    return TaskSet(out, skipped=[smiles[i] for i in bad], source=str(path))
+    return TaskSet(out, skipped=[smiles[i] for i in bad], excluded=excluded, source=str(path))
 
 
 def load_regression_csv(
@@ -150,7 +155,8 @@ def load_regression_csv(
     """Loads a single-target regression CSV (ESOL, FreeSolv, Lipophilicity, ...) as one task.
 
     Rows with an invalid SMILES or a missing label are dropped (invalid SMILES are counted in
-    ``skipped``).
+    ``skipped``), and so are labels the transform leaves non-finite (their count is the task's
+    ``metadata["dropped_labels"]``).
 
     Args:
         path: ``.csv`` or ``.csv.gz`` file.
@@ -171,14 +177,16 @@ def load_regression_csv(
     if not len(ts):
         raise ValueError(f"{path}: no molecule has a label in {label_column!r}")
     task = ts[0]
-    y = task.labels if transform is None else np.asarray(transform(task.labels), dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # non-finite results: dropped, counted
+        y = task.labels if transform is None else np.asarray(transform(task.labels), dtype=float)
     if y.shape != task.labels.shape:  # a reduced or reshaped output mixed up rows
         raise ValueError(
             f"transform must map the labels {task.labels.shape} elementwise, returned shape "
             f"{y.shape}"
         )
     finite = np.isfinite(y)  # a transform may leave labels undefined (log of 0): dropped
-    task = Task(task.inputs[finite], y[finite], "regression", name or label_column, task.metadata)
+    meta = {**task.metadata, "dropped_labels": int((~finite).sum())}
+    task = Task(task.inputs[finite], y[finite], "regression", name or label_column, meta)
     return TaskSet([task], skipped=ts.skipped, source=str(path))
 
 

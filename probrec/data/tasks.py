@@ -10,7 +10,7 @@ one positive and one negative are present.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -359,18 +359,25 @@ def sample_episode(
 
 
 class TaskSet(list):
-    """A list of tasks with lookup by name and a record of skipped inputs.
+    """A list of tasks with lookup by name and a record of what the loader left out.
 
     Attributes:
         skipped: inputs the loader could not use (e.g. invalid SMILES), in file order.
+        excluded: tasks the loader left out, name -> reason (e.g. too few labels).
         source: where the tasks came from (path or description).
     """
 
     def __init__(
-        self, tasks: Iterable[Task] = (), *, skipped: Sequence[str] = (), source: str = ""
+        self,
+        tasks: Iterable[Task] = (),
+        *,
+        skipped: Sequence[str] = (),
+        excluded: Mapping[str, str] | None = None,
+        source: str = "",
     ):
         super().__init__(tasks)
         self.skipped = list(skipped)
+        self.excluded = dict(excluded or {})
         self.source = source
 
     @property
@@ -386,7 +393,12 @@ class TaskSet(list):
 
     def select(self, names: Iterable[str]) -> TaskSet:
         """Returns the tasks called ``names`` in that order; unknown names raise ``ValueError``."""
-        return TaskSet([self.get(n) for n in names], skipped=self.skipped, source=self.source)
+        return TaskSet(
+            [self.get(n) for n in names],
+            skipped=self.skipped,
+            excluded=self.excluded,
+            source=self.source,
+        )
 
 
 def split_tasks(

@@ -46,6 +46,10 @@ def test_regression_csv(tmp_path):
     t = load_regression_csv(p, "y", transform=lambda v: 2 * v)[0]
     assert t.kind == "regression"
     np.testing.assert_allclose(t.labels, [3.0, -4.0])
+    assert t.metadata["dropped_labels"] == 0
+    t = load_regression_csv(p, "y", transform=np.log10)[0]  # log10(-2): NaN, dropped and counted
+    np.testing.assert_allclose(t.labels, [np.log10(1.5)])
+    assert t.metadata["dropped_labels"] == 1
     with pytest.raises(ValueError, match="label_column 'z'"):
         load_regression_csv(p, "z")
     for bad in (lambda v: float(np.mean(v)), lambda v: v[:1]):  # a 1-row task of 3 inputs
@@ -75,6 +79,10 @@ def test_csv_loaders_missing_markers_and_arguments(tmp_path):
     p.write_text("smiles,a,b\nCCO,NA,\nCCN,0,null\nCCC,1,N/A\n")
     ts = load_moleculenet(p, min_size=1)
     assert ts.names == ["a"] and len(ts.get("a")) == 2  # missing markers are missing labels
+    assert list(ts.excluded) == ["b"] and "0 labelled" in ts.excluded["b"]  # said, not silent
+    assert ts.select(["a"]).excluded == ts.excluded
+    ts = load_moleculenet(p, min_size=3)
+    assert ts.names == [] and "2 labelled molecule(s)" in ts.excluded["a"]
     with pytest.raises(ValueError, match="min_size"):
         load_moleculenet(p, min_size=0)
     with pytest.raises(ValueError, match="no molecule has a label in 'b'"):
