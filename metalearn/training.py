@@ -230,7 +230,8 @@ def _check_resumable(
             "resume=False or another checkpoint_dir"
         )
     mine = {**getattr(learner, "config", {}), "seed": learner.seed}
-    theirs = {**s.get("config", {}), "seed": s.get("seed")}
+    # an option added after the checkpoint was written ran as its default there
+    theirs = {**getattr(learner, "defaults", {}), **s.get("config", {}), "seed": s.get("seed")}
     changed = sorted(
         k
         for k in set(mine) | set(theirs)

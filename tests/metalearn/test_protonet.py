@@ -66,3 +66,22 @@ def test_mahalanobis_protonet_meta_trains_and_reloads_identically(tmp_path):
 def test_unknown_distance_is_refused():
     with pytest.raises(ValueError, match="distance"):
         ProtoNet(distance="cosine")
+
+
+def test_a_checkpoint_from_before_the_option_resumes_as_euclidean(tmp_path):
+    """Options added after a checkpoint was written ran as their defaults there (a ProtoNet
+    checkpoint without ``distance`` was refused as written with other options)."""
+    tr, va, _ = split_tasks(latent_feature_tasks(30, 96, dim=12, seed=0), (22, 4, 4), seed=0)
+    cfg = {**SMALL, "n_steps": 8, "eval_every": 4}
+    ProtoNet(**cfg).meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path)
+    (path,) = tmp_path.glob("**/last.pt")
+    saved = torch.load(path, weights_only=False)
+    del saved["learner"]["config"]["distance"]
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match="other options \\(distance: 'euclidean' -> 'mahal"):
+        ProtoNet(**{**cfg, "distance": "mahalanobis"}).meta_fit(
+            tr, va, progress=False, checkpoint_dir=tmp_path
+        )
+    longer = ProtoNet(**{**cfg, "n_steps": 12})
+    longer.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path)
+    assert longer.history["step"] == list(range(12))
