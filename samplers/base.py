@@ -434,10 +434,15 @@ class Sampler(ABC):
             diag["ess_tail"] = ess_tail(kept)
             diag["rhat_split"] = split_rhat(kept)
             diag["rhat"] = rhat(kept)
-            for key in ("ess_bulk", "ess_tail"):
-                diag[f"{key}_min"] = float(np.nanmin(diag[key]))
-            for key in ("rhat_split", "rhat"):
-                diag[f"{key}_max"] = float(np.nanmax(diag[key]))
+            # NaN where every dimension is undefined (constant draws: stuck chains), silently
+            for key, suffix, reduce in (
+                ("ess_bulk", "min", np.nanmin),
+                ("ess_tail", "min", np.nanmin),
+                ("rhat_split", "max", np.nanmax),
+                ("rhat", "max", np.nanmax),
+            ):
+                vals = diag[key]
+                diag[f"{key}_{suffix}"] = math.nan if np.isnan(vals).all() else float(reduce(vals))
         return SamplerResult(
             samples=samples,
             chains=kept,

@@ -464,11 +464,15 @@ def test_bounded_targets_and_stuck_chains_are_reported_not_hidden():
     # chains stuck at different points: split R-hat inf (was NaN, hidden by nanmax)
     # and the run warns that the chains never moved (it returned the starting states silently)
     init = torch.arange(8.0).reshape(4, 2)
-    with pytest.warns(RuntimeWarning, match="never moved"):
+    with pytest.warns(RuntimeWarning, match="never moved") as record:
         stuck = samplers.MALA(
             n_chains=4, burn_in=10, step_size=1e6, adapt=False, init=init, progress=False
         ).run(Gaussian(torch.zeros(2)), 40)
-    assert stuck.diagnostics["rhat_split_max"] == math.inf
+    assert stuck.diagnostics["rhat_split_max"] == math.inf == stuck.diagnostics["rhat_max"]
+    # constant chains: the tail ESS is undefined in every dimension, said as NaN (NumPy's
+    # "All-NaN slice" warning came with it)
+    assert math.isnan(stuck.diagnostics["ess_tail_min"])
+    assert not [w for w in record if "All-NaN" in str(w.message)]
     assert stuck.diagnostics["acceptance_rate"] < 1e-4
 
 
