@@ -809,52 +809,31 @@ def normal_points(
     return torch.stack(pts).to(device=like.device, dtype=like.dtype)
 
 
-def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tensor, Tensor]:
-    """Log of the mean of ``exp(log_w)`` ``[R, n, ...]`` and its s.e. over the ``R`` replicates.
+def replicate_summary(log_w: Tensor, *, normalise: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Estimate, standard error and leave-one-replicate-out rows of a replicated mean.
 
-    The estimate is the average of the replicate means; its standard error is the standard
-    deviation of the replicate means over ``sqrt(R)``, carried to the log scale by the delta
-    method (``se / mean``).
+    ``log_w`` ``[R, n, ...]`` holds ``R`` replicates of ``n`` log-weights; the estimate is the
+    log of the mean of ``exp(log_w)`` over all of them, computed with one reduction over the
+    draws for all three results.
 
-    With ``normalise=True`` the last axis holds the labels of one distribution and the means
-    are divided by their sum over it (a ratio estimator: consistent, with an ``O(1/n)`` bias,
+    Returns:
+        ``(estimate [...], s.e. [...], loo [R, ...])``: the s.e. of the log-estimate is the
+        standard deviation of the replicate means over ``sqrt(R)``, carried to the log scale
+        by the delta method (``se / mean``); row ``r`` of ``loo`` is the estimate without
+        replicate ``r`` (with one replicate: its estimate, ``[1, ...]``). A statistic ``T`` of
+        the estimates of many items (e.g. the NLL of a test set) then has the jackknife
+        standard error ``sqrt((R - 1) / R * sum_r (T_r - mean T)^2)``, which counts the
+        correlation that points shared by the items induce between their estimates.
+
+    With ``normalise=True`` the last axis holds the labels of one distribution and every mean
+    is divided by its sum over it (a ratio estimator: consistent, with an ``O(1/n)`` bias,
     exactly normalised). When the labels' estimates share draws their common error cancels in
-    the ratio. The standard error is then the jackknife over the replicates (leave one
-    replicate out), computed in log space so that no label's weights underflow.
-    """
-    if not normalise:
-        top = log_w.amax((0, 1))
-        per = torch.exp(log_w - top).mean(1)  # [R, ...]
-        mean = per.mean(0)
-        r = per.shape[0]
-        sd = per.std(0, correction=1) if r > 1 else torch.zeros_like(mean)
-        return torch.log(mean) + top, sd / (math.sqrt(r) * mean)
-    r, n = log_w.shape[:2]
-    log_per = torch.logsumexp(log_w, 1) - math.log(n)  # [R, ..., K] replicate means
-    est = _normalised(torch.logsumexp(log_per, 0) - math.log(r))
-    if r < 2:
-        return est, torch.zeros_like(est)
-    loo = replicate_loo(log_w, normalise=True)  # [R, ..., K]
-    se = torch.sqrt((r - 1) / r * ((loo - loo.mean(0)) ** 2).sum(0))
-    return est, se
-
-
-def _normalised(log_mean: Tensor) -> Tensor:
-    return log_mean - torch.logsumexp(log_mean, -1, keepdim=True)
-
-
-def replicate_loo(log_w: Tensor, *, normalise: bool = False) -> Tensor:
-    """Leave-one-replicate-out estimates of :func:`replicate_log_mean` ``[R, ...]``.
-
-    Row ``r`` is the log of the mean of ``exp(log_w)`` ``[R, n, ...]`` over every replicate
-    but ``r`` (divided by its sum over the last axis with ``normalise=True``). A statistic
-    ``T`` of the estimates of many items (e.g. the NLL of a test set) then has the jackknife
-    standard error ``sqrt((R - 1) / R * sum_r (T_r - mean T)^2)``, which counts the
-    correlation that points shared by the items induce between their estimates. With one
-    replicate: its estimate, ``[1, ...]``.
+    the ratio. The s.e. is then the jackknife over the replicates, in log space so that no
+    label's weights underflow.
     """
     r, n = log_w.shape[:2]
     log_per = torch.logsumexp(log_w, 1) - math.log(n)  # [R, ...] replicate means
+    est = torch.logsumexp(log_per, 0) - math.log(r)
     if r < 2:
         loo = log_per
     else:
@@ -863,7 +842,34 @@ def replicate_loo(log_w: Tensor, *, normalise: bool = False) -> Tensor:
         )
         loo = torch.logsumexp(log_per.unsqueeze(0).masked_fill(drop, -math.inf), 1)
         loo = loo - math.log(r - 1)
-    return _normalised(loo) if normalise else loo
+    if normalise:
+        est, loo = _normalised(est), _normalised(loo)
+        se = (
+            torch.sqrt((r - 1) / r * ((loo - loo.mean(0)) ** 2).sum(0))
+            if r > 1
+            else torch.zeros_like(est)
+        )
+    else:  # the replicate means relative to the estimate have mean one
+        rel = torch.exp(log_per - est)
+        se = rel.std(0, correction=1) / math.sqrt(r) if r > 1 else torch.zeros_like(est)
+    return est, se, loo
+
+
+def replicate_log_mean(log_w: Tensor, *, normalise: bool = False) -> tuple[Tensor, Tensor]:
+    """Log of the mean of ``exp(log_w)`` ``[R, n, ...]`` and its s.e. over the ``R``
+    replicates (:func:`replicate_summary` without the leave-one-out rows)."""
+    est, se, _ = replicate_summary(log_w, normalise=normalise)
+    return est, se
+
+
+def _normalised(log_mean: Tensor) -> Tensor:
+    return log_mean - torch.logsumexp(log_mean, -1, keepdim=True)
+
+
+def replicate_loo(log_w: Tensor, *, normalise: bool = False) -> Tensor:
+    """Leave-one-replicate-out estimates ``[R, ...]`` of :func:`replicate_log_mean`
+    (:func:`replicate_summary`'s third result)."""
+    return replicate_summary(log_w, normalise=normalise)[2]
 
 
 #: elements of the largest intermediate tensor of one chunk of a Monte Carlo estimate over

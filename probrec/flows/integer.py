@@ -56,7 +56,7 @@ from probrec.flows.base import (
     normal_points,
     panel_moments,
     replicate_log_mean,
-    replicate_loo,
+    replicate_summary,
 )
 from probrec.flows.discrete import BASES, base_cdf, interval_log_mass
 from probrec.flows.spline import rq_spline
@@ -309,8 +309,10 @@ class ConditionalIntegerFlow(AnnotatorModel):
     ) -> tuple[Tensor, Tensor | None]:
         if not self.item_latent or self.quadrature:
             return self._label_log_probs(z, generator, n_samples), None
-        draws = self._replicate_draws(self.encoder(z), generator, n_samples)
-        return replicate_log_mean(draws)[0], replicate_loo(draws)
+        est, _, loo = replicate_summary(
+            self._replicate_draws(self.encoder(z), generator, n_samples)
+        )
+        return est, loo
 
     def _width(self) -> int:
         """Widest per-draw intermediate of the latent path (parameters, latent hidden units,

@@ -73,7 +73,7 @@ from probrec.flows.base import (
     normal_points,
     panel_moments,
     replicate_log_mean,
-    replicate_loo,
+    replicate_summary,
 )
 
 __all__ = ["ConditionalSoftmaxFlow"]
@@ -540,8 +540,10 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
     ) -> tuple[Tensor, Tensor | None]:
         if self.quadrature:
             return self._node_label_log_probs(z), None
-        draws = self._replicate_draws(z, generator, n_samples)
-        return replicate_log_mean(draws, normalise=True)[0], replicate_loo(draws, normalise=True)
+        est, _, loo = replicate_summary(
+            self._replicate_draws(z, generator, n_samples), normalise=True
+        )
+        return est, loo
 
     def _replicate_draws(
         self, z: Tensor, generator: torch.Generator, n_samples: int | None
