@@ -163,14 +163,38 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import metalearn
     from metalearn.metrics import json_safe
+    from metalearn.training import check_resumable
     from probrec.data import MoleculeFeaturizer, featurize_tasks, load_moleculenet, split_tasks
 
     out = Path(args.out)
     ckpts = out / "checkpoints"
-    if any(name in META_LEARNERS for name in args.learners):
-        # before anything is loaded: checkpoints of another split must not be resumed
+    wanted = args.learners
+    cfgs = learner_configs(args)
+    factories = {
+        "ADKF-IFT": lambda: metalearn.ADKFIFT(
+            seed=args.seed, device=args.device, **cfgs["ADKF-IFT"]
+        ),
+        "ADKF": lambda: metalearn.ADKF(seed=args.seed, device=args.device, **cfgs["ADKF"]),
+        "DKT": lambda: metalearn.DKT(seed=args.seed, device=args.device, **cfgs["DKT"]),
+        "ProtoNet": lambda: metalearn.ProtoNet(
+            seed=args.seed, device=args.device, **cfgs["ProtoNet"]
+        ),
+        "GP-ST": lambda: metalearn.GPST(seed=args.seed, columns=fp),
+        "RF": lambda: metalearn.RandomForest(seed=args.seed, columns=fp),
+        "kNN": lambda: metalearn.KNN(seed=args.seed, columns=fp),
+        "LogReg": lambda: metalearn.LogisticRegression(seed=args.seed, columns=fp),
+        "DKL": lambda: metalearn.DKL(seed=args.seed, device=args.device, steps=args.dkl_steps),
+    }
+    if any(name in META_LEARNERS for name in wanted):
+        # before anything is loaded: checkpoints of another split must not be resumed, nor a
+        # learner's checkpoint written with other options (ProtoNet's distance, say)
         state = sorted(ckpts.glob("*/last.pt")) if ckpts.is_dir() else []
         check_reuse(ckpts, run_options(args), state, resumable=("steps",))
+        for name in (n for n in wanted if n in META_LEARNERS):
+            try:
+                check_resumable(factories[name](), ckpts / name)
+            except ValueError as exc:
+                raise SystemExit(f"{name}: {exc}") from None
     torch.manual_seed(args.seed)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -199,23 +223,6 @@ def main(argv=None) -> int:
     tox21_f = feats[len(every) :]
     fp = (0, feat.n_bits)  # Morgan count block for the fingerprint baselines
 
-    wanted = args.learners
-    cfgs = learner_configs(args)
-    factories = {
-        "ADKF-IFT": lambda: metalearn.ADKFIFT(
-            seed=args.seed, device=args.device, **cfgs["ADKF-IFT"]
-        ),
-        "ADKF": lambda: metalearn.ADKF(seed=args.seed, device=args.device, **cfgs["ADKF"]),
-        "DKT": lambda: metalearn.DKT(seed=args.seed, device=args.device, **cfgs["DKT"]),
-        "ProtoNet": lambda: metalearn.ProtoNet(
-            seed=args.seed, device=args.device, **cfgs["ProtoNet"]
-        ),
-        "GP-ST": lambda: metalearn.GPST(seed=args.seed, columns=fp),
-        "RF": lambda: metalearn.RandomForest(seed=args.seed, columns=fp),
-        "kNN": lambda: metalearn.KNN(seed=args.seed, columns=fp),
-        "LogReg": lambda: metalearn.LogisticRegression(seed=args.seed, columns=fp),
-        "DKL": lambda: metalearn.DKL(seed=args.seed, device=args.device, steps=args.dkl_steps),
-    }
     learners, train_seconds = {}, {}
     for name in wanted:
         m = factories[name]()

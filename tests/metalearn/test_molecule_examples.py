@@ -201,6 +201,25 @@ def test_fewshot_molecules_refuses_checkpoints_of_another_split(tmp_path):
         ex.main([*old, "--learners", "ADKF-IFT"])
 
 
+def test_fewshot_molecules_refuses_a_learner_checkpoint_of_other_options(tmp_path):
+    """A ProtoNet checkpoint from before the example took FS-Mol's Mahalanobis distance stopped
+    the run only at ProtoNet's meta-training, after the learners before it had trained."""
+    import torch
+
+    ex = _example("fewshot_molecules")
+    data, out = _fake_data(tmp_path), tmp_path / "run"
+    argv = ["--data", str(data), "--out", str(out), "--learners", "ADKF-IFT,ProtoNet"]
+    ckpts = out / "checkpoints"
+    ex.check_reuse(ckpts, ex.run_options(ex.parse_args(argv)), [])  # what a first run records
+    config = {**ex.learner_configs(ex.parse_args(argv))["ProtoNet"], "distance": "euclidean"}
+    learner = {"class": "ProtoNet", "kind": "classification", "seed": 0, "config": config}
+    (ckpts / "ProtoNet").mkdir()
+    torch.save({"learner": learner, "step": 100}, ckpts / "ProtoNet" / "last.pt")
+    data.write_text("not a ToxCast table\n")  # the check comes before any data is read
+    with pytest.raises(SystemExit, match=r"ProtoNet: .*distance: 'euclidean' -> 'mahalanobis'"):
+        ex.main(argv)
+
+
 def test_molecular_bo_refuses_saved_models_of_other_options(tmp_path):
     """<out>/models was reused whatever the arguments, while report.json recorded the new
     ones (seed, steps, n-valid)."""
