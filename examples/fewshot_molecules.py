@@ -191,8 +191,9 @@ def main(argv=None) -> int:
         state = sorted(ckpts.glob("*/last.pt")) if ckpts.is_dir() else []
         check_reuse(ckpts, run_options(args), state, resumable=("steps",))
         for name in (n for n in wanted if n in META_LEARNERS):
+            learner = factories[name]()
             try:
-                check_resumable(factories[name](), ckpts / name)
+                check_resumable(learner, learner.train_config, ckpts / name)
             except ValueError as exc:
                 raise SystemExit(f"{name}: {exc}") from None
     torch.manual_seed(args.seed)

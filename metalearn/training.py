@@ -250,10 +250,12 @@ def _check_resumable(
         )
 
 
-def check_resumable(learner: EpisodicLearner, checkpoint_dir: str | Path) -> None:
-    """Raises, before any work, the error :func:`meta_train` would raise on resuming
-    ``checkpoint_dir/last.pt`` with ``learner`` (another learner, kind, seed or option, or a
-    run past ``n_steps``); does nothing when there is no checkpoint.
+def check_resumable(
+    learner: EpisodicLearner, config: TrainConfig, checkpoint_dir: str | Path
+) -> None:
+    """Raises, before any work, the error :func:`meta_train` (same arguments) would raise on
+    resuming ``checkpoint_dir/last.pt`` (another learner, kind, seed or option, or a run past
+    ``n_steps``); does nothing when there is no checkpoint.
 
     Raises:
         ValueError: the checkpoint's run is not the one ``learner`` would continue.
@@ -261,7 +263,7 @@ def check_resumable(learner: EpisodicLearner, checkpoint_dir: str | Path) -> Non
     ckpt = Path(checkpoint_dir) / "last.pt"
     if ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        _check_resumable(saved, learner, learner.train_config, ckpt)
+        _check_resumable(saved, learner, config, ckpt)
 
 
 def meta_train(
