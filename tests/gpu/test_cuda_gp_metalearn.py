@@ -166,11 +166,13 @@ def _gpytorch_latent(
         return pred.mean, pred.variance
 
 
-def _make_learner(cls: type[MetaLearner], kind: str, device: torch.device) -> MetaLearner:
+def _make_learner(
+    cls: type[MetaLearner], kind: str, device: torch.device, **config: Any
+) -> MetaLearner:
     """A learner on ``device`` with its modules built (weights seeded: equal on every device)."""
     if cls is DKL:
         return DKL(kind, device=device, steps=10, hidden=(16,))
-    learner = cls(kind, device=device, **LEARNER)
+    learner = cls(kind, device=device, **LEARNER, **config)
     learner.build(IN_DIM)
     return learner
 
@@ -324,9 +326,13 @@ def test_adkf_ift_hypergradient_on_device_equals_cpu(
     assert float((g_adkf - g_dev).norm() / g_dev.norm()) > 1e-3
 
 
-@pytest.mark.parametrize("cls", [ADKFIFT, DKT, ProtoNet], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "cls,config",
+    [(ADKFIFT, {}), (DKT, {}), (ProtoNet, {}), (ProtoNet, {"distance": "mahalanobis"})],
+    ids=["ADKF-IFT", "DKT", "ProtoNet", "ProtoNet-Mahalanobis"],
+)
 def test_one_meta_training_step_on_device_moves_parameters_like_cpu(
-    device: torch.device, cls: type[MetaLearner], cls_tasks: tuple
+    device: torch.device, cls: type[MetaLearner], config: dict, cls_tasks: tuple
 ) -> None:
     """One step of ``meta_fit`` (Adam, clipping) from the same weights: the parameter change
     and the loss on the device against the CPU (float32 encoder); parameters stay on the
@@ -334,7 +340,7 @@ def test_one_meta_training_step_on_device_moves_parameters_like_cpu(
     train = cls_tasks[0]
     out = {}
     for label, dev in (("cpu", CPU), ("dev", device)):
-        learner = _make_learner(cls, "classification", dev)
+        learner = _make_learner(cls, "classification", dev, **config)
         before = _state_cpu(learner.trainable_modules())
         learner.meta_fit(train, None, progress=False)
         params = [p for m in learner.trainable_modules().values() for p in m.parameters()]
@@ -355,18 +361,24 @@ def test_one_meta_training_step_on_device_moves_parameters_like_cpu(
 
 
 @pytest.mark.parametrize(
-    "cls,kind",
+    "cls,kind,config",
     [
-        (ADKFIFT, "classification"),
-        (ADKFIFT, "regression"),
-        (DKT, "classification"),
-        (ProtoNet, "classification"),
-        (DKL, "regression"),
+        (ADKFIFT, "classification", {}),
+        (ADKFIFT, "regression", {}),
+        (DKT, "classification", {}),
+        (ProtoNet, "classification", {}),
+        (ProtoNet, "classification", {"distance": "mahalanobis"}),
+        (DKL, "regression", {}),
     ],
-    ids=["ADKF-IFT-cls", "ADKF-IFT-reg", "DKT", "ProtoNet", "DKL"],
+    ids=["ADKF-IFT-cls", "ADKF-IFT-reg", "DKT", "ProtoNet", "ProtoNet-Mahalanobis", "DKL"],
 )
 def test_adapt_and_predict_on_device_equals_cpu(
-    device: torch.device, cls: type[MetaLearner], kind: str, cls_tasks: tuple, reg_tasks: tuple
+    device: torch.device,
+    cls: type[MetaLearner],
+    kind: str,
+    config: dict,
+    cls_tasks: tuple,
+    reg_tasks: tuple,
 ) -> None:
     """``adapt`` + ``predict`` (+ ``predict_proba``) of a learner on the device against the
     same learner on the CPU; the device learner is given the episode as CPU numpy arrays and as
@@ -375,7 +387,7 @@ def test_adapt_and_predict_on_device_equals_cpu(
     ep = sample_episode(test[0], 10, seed=0)
     out = {}
     for label, dev in (("cpu", CPU), ("dev", device)):
-        learner = _make_learner(cls, kind, dev)
+        learner = _make_learner(cls, kind, dev, **config)
         pred = learner.adapt(ep.support_x, ep.support_y)
         res = list(pred.predict(ep.query_x))
         if kind == "classification":
