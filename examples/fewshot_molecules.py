@@ -170,6 +170,8 @@ def main(argv=None) -> int:
     ckpts = out / "checkpoints"
     wanted = args.learners
     cfgs = learner_configs(args)
+    # built before the data (their checkpoints are checked first); the fingerprint baselines'
+    # columns ``fp`` are set once the featurizer has run, before any of them is built
     factories = {
         "ADKF-IFT": lambda: metalearn.ADKFIFT(
             seed=args.seed, device=args.device, **cfgs["ADKF-IFT"]
