@@ -41,7 +41,7 @@ from probrec.reporting import json_safe
 from probrec.seeding import check_generator_device, torch_generator
 
 from .compile import compile_available
-from .diagnostics import ess, ess_tail, rhat, split_rhat
+from .diagnostics import summary as chain_summary
 from .targets.base import Target, check_positions, check_start
 
 __all__ = ["Sampler", "SamplerResult", "RunPlan"]
@@ -430,10 +430,7 @@ class Sampler(ABC):
         if not bool(torch.isfinite(kept).all()):  # pragma: no cover - guarded by the kernels
             raise RuntimeError(f"{self.name}: non-finite states in the chains")
         if plan.samples_per_chain >= 4:
-            diag["ess_bulk"] = ess(kept)
-            diag["ess_tail"] = ess_tail(kept)
-            diag["rhat_split"] = split_rhat(kept)
-            diag["rhat"] = rhat(kept)
+            diag.update(chain_summary(kept))
             # NaN where every dimension is undefined (constant draws: stuck chains), silently
             for key, suffix, reduce in (
                 ("ess_bulk", "min", np.nanmin),

@@ -21,7 +21,7 @@ import torch
 from scipy.special import ndtri
 from scipy.stats import rankdata
 
-__all__ = ["ess", "ess_tail", "rhat", "split_rhat"]
+__all__ = ["ess", "ess_tail", "rhat", "split_rhat", "summary"]
 
 
 def _as_chains(chains: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -95,8 +95,12 @@ def rhat(chains: torch.Tensor | np.ndarray) -> np.ndarray:
         A ``d``-dim array (``inf`` / NaN as :func:`split_rhat`; NaN if either part is NaN).
     """
     a = _split(_as_chains(chains))
+    return _rank_rhat(_rhat_of(_rank_normalize(a)), a)
+
+
+def _rank_rhat(bulk: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """:func:`rhat` from the bulk R-hat ``bulk`` of the split chains ``a`` (``2c x n x d``)."""
     folded = np.abs(a - np.median(a.reshape(-1, a.shape[2]), axis=0))
-    bulk = _rhat_of(_rank_normalize(a))
     tail = _rhat_of(_rank_normalize(folded))
     with np.errstate(invalid="ignore"):
         return np.where(np.isnan(bulk) | np.isnan(tail), np.nan, np.maximum(bulk, tail))
@@ -178,7 +182,11 @@ def ess_tail(
     probs = tuple(float(p) for p in probs)
     if len(probs) != 2 or not all(0.0 < p < 1.0 for p in probs):
         raise ValueError(f"probs must be two levels in (0, 1), got {probs!r}")
-    a = _as_chains(chains)
+    return _ess_tail_of(_as_chains(chains), probs)
+
+
+def _ess_tail_of(a: np.ndarray, probs: tuple[float, ...]) -> np.ndarray:
+    """:func:`ess_tail` of checked (unsplit) chains ``a`` (``c x n x d``)."""
     flat = a.reshape(-1, a.shape[2])
     out = []
     for p in probs:
@@ -186,3 +194,26 @@ def ess_tail(
         out.append(_ess_of(_split(below)))
     with np.errstate(invalid="ignore"):
         return np.where(np.isnan(out[0]) | np.isnan(out[1]), np.nan, np.minimum(*out))
+
+
+def summary(chains: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    """Every diagnostic of a sampler run at once, the draws rank-normalised once.
+
+    Args:
+        chains: a ``c x n [x d]`` array of draws.
+
+    Returns:
+        ``ess_bulk`` (:func:`ess`), ``ess_tail`` (:func:`ess_tail`), ``rhat_split``
+        (:func:`split_rhat`) and ``rhat`` (:func:`rhat`), each ``d``-dim; the same numbers as
+        the four calls, which rank-normalised the same draws three times.
+    """
+    a = _as_chains(chains)
+    split = _split(a)
+    z = _rank_normalize(split)
+    bulk = _rhat_of(z)
+    return {
+        "ess_bulk": _ess_of(z),
+        "ess_tail": _ess_tail_of(a, (0.05, 0.95)),
+        "rhat_split": bulk,
+        "rhat": _rank_rhat(bulk, split),
+    }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from samplers.diagnostics import ess, ess_tail, rhat, split_rhat
+from samplers.diagnostics import ess, ess_tail, rhat, split_rhat, summary
 
 
 def _ar1(rng: np.random.Generator, c: int, n: int, rho: float, d: int = 1) -> np.ndarray:
@@ -81,3 +81,14 @@ def test_equal_to_arviz_on_the_same_chains(c: int, n: int, rho: float, seed: int
         assert ess(x, rank=False)[j] == pytest.approx(az.ess(xj, method="mean"), rel=1e-10)
         assert ess_tail(x)[j] == pytest.approx(az.ess(xj, method="tail"), rel=1e-10)
         assert rhat(x)[j] == pytest.approx(az.rhat(xj, method="rank"), rel=1e-12)
+
+
+def test_summary_equals_the_four_diagnostics_one_by_one():
+    x = np.random.default_rng(5).standard_t(3, size=(4, 300, 5))
+    x[..., 0] = np.round(x[..., 0])  # ties
+    got = summary(x)
+    want = {"ess_bulk": ess(x), "ess_tail": ess_tail(x), "rhat_split": split_rhat(x)}
+    want["rhat"] = rhat(x)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
