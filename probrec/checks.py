@@ -111,6 +111,20 @@ def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def check_bool(value: bool, name: str) -> bool:
+    """Checks that ``value`` is a bool (``True`` / ``False`` or a NumPy bool).
+
+    A flag read with ``bool(value)`` would take the strings ``"no"`` and ``"False"`` (and any
+    non-zero number) as ``True``, switching the option on silently.
+
+    Raises:
+        TypeError: ``value`` is not a bool; the message names the option.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return bool(value)
+
+
 def check_positive_int(value: int, name: str, *, minimum: int = 1) -> int:
     """Checks that ``value`` is an integer ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probrec.backbone.store import EmbeddingStore, MissingKeyError, canonical_key
-from probrec.checks import as_bool_mask, check_choice, check_positive_int
+from probrec.checks import as_bool_mask, check_bool, check_choice, check_positive_int
 from probrec.seeding import torch_generator
 
 __all__ = ["HistoryBatch", "HistoryEncoder", "build_history_batch", "recency_rank"]
@@ -201,6 +201,9 @@ class HistoryEncoder(nn.Module):
         empty: ``"learned"`` or ``"zeros"``: output for rows without valid events.
         dropout: dropout on the attention weights.
         seed: seed (or ``torch.Generator``) of the initialisation.
+
+    Raises:
+        TypeError: ``recency_bias`` is not a bool.
     """
 
     def __init__(
@@ -226,11 +229,12 @@ class HistoryEncoder(nn.Module):
         check_choice(empty, "empty", ("learned", "zeros"))
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        recency_bias = check_bool(recency_bias, "recency_bias")  # bool("no") was True
         if self.pooling == "mean" and (max_positions is not None or recency_bias or num_heads != 1):
             raise ValueError(
                 "num_heads, max_positions and recency_bias apply to pooling='attention' only"
             )
-        self.recency_bias = bool(recency_bias)
+        self.recency_bias = recency_bias
         self.max_positions = (
             None if max_positions is None else check_positive_int(max_positions, "max_positions")
         )

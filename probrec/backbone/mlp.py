@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from probrec.backbone.gmp import GmPLinear
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_bool, check_choice, check_positive_int
 from probrec.seeding import torch_generator
 
 __all__ = ["ACTIVATIONS", "MLPEncoder", "hidden_widths", "sparse_linear"]
@@ -168,6 +168,10 @@ class MLPEncoder(nn.Module):
             device); ``False``: never. Inputs that require gradients always take the dense path.
         seed: seed (or ``torch.Generator``) of the weight initialisation; ``None`` uses torch's
             global generator. Dropout masks use torch's global generator as usual.
+
+    Raises:
+        TypeError: ``gmp``, ``bias`` or ``sparse_input`` is not a bool (``sparse_input`` may
+            also be ``"auto"``).
     """
 
     def __init__(
@@ -199,7 +203,9 @@ class MLPEncoder(nn.Module):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = float(dropout)
-        self.gmp = bool(gmp)
+        # a flag read with bool() took "no" / "False" for True (GmP layers, biases)
+        self.gmp = check_bool(gmp, "gmp")
+        bias = check_bool(bias, "bias")
         self.out_dim = (
             self.hidden[-1] if out_dim is None else check_positive_int(out_dim, "out_dim")
         )
