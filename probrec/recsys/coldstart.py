@@ -47,13 +47,31 @@ __all__ = [
 
 def item_popularity(item: np.ndarray, time: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Smoothed positive rate ``(pos + 1) / (n + 2)`` of each event's item over the item's
-    strictly earlier events ``[n]``."""
+    strictly earlier events ``[n]``.
+
+    Args:
+        item: ``[n]`` item of each event.
+        time: ``[n]`` event times (finite).
+        label: ``[n]`` 0/1 labels.
+
+    Returns:
+        ``[n]`` rates in ``(0, 1)``.
+
+    Raises:
+        ValueError: the arrays are not 1-D of one length, ``time`` holds NaN or inf (a NaN
+            time sorts last and would be scored on later events), or ``label`` holds a value
+            other than 0 or 1.
+    """
     it, t, y = np.asarray(item), np.asarray(time), np.asarray(label, dtype=float)
     n = len(it)
     if it.ndim != 1 or t.shape != it.shape or y.shape != it.shape:  # a longer label was cut
         raise ValueError(
             f"item, time and label must be 1-D of one length, got {it.shape}, {t.shape}, {y.shape}"
         )
+    if t.dtype.kind == "f" and not np.isfinite(t).all():  # NaN sorts last: later events leaked
+        raise ValueError("time contains NaN or infinite values")
+    if not ((y == 0) | (y == 1)).all():  # NaN or a 3 gave a "rate" outside [0, 1]
+        raise ValueError("label must hold only 0 and 1 (no NaN)")
     order = np.lexsort((t, it))
     its, ts, ys = it[order], t[order], y[order]
     new_item = np.r_[True, its[1:] != its[:-1]]
@@ -256,8 +274,8 @@ class HeadFineTune:
     r"""Fine-tunes a trained model's output layer on a support set.
 
     Minimises :math:`\mathrm{BCE}(y, x w + b) + \lambda \|(w, b) - (w_0, b_0)\|^2 / 2` over the
-    support rows by L-BFGS, from the trained weights :math:`(w_0, b_0)` (so an empty support
-    set would return the trained model).
+    support rows by L-BFGS, from the trained weights :math:`(w_0, b_0)`. The support set must
+    hold at least one row (an empty one raises ``ValueError``).
 
     Args:
         name: display name.
@@ -267,6 +285,10 @@ class HeadFineTune:
         bias: trained output bias ``b_0``.
         l2: :math:`\lambda`.
         steps: L-BFGS iterations.
+
+    Raises:
+        ValueError: ``weight`` or ``bias`` is not finite, or ``columns`` does not match the
+            length of ``weight``.
     """
 
     def __init__(
@@ -282,6 +304,10 @@ class HeadFineTune:
         self.name, self.columns = name, tuple(columns)
         self.w0 = weight.detach().to("cpu", torch.float64).reshape(-1)
         self.b0 = torch.tensor([float(bias)], dtype=torch.float64)
+        if not bool(torch.isfinite(self.w0).all()):  # a NaN weight gave NaN predictions
+            raise ValueError("weight contains NaN or infinite values")
+        if not bool(torch.isfinite(self.b0).all()):
+            raise ValueError(f"bias must be finite, got {bias}")
         if self.columns[1] - self.columns[0] != len(self.w0):
             raise ValueError(f"columns {columns} do not match weight of length {len(self.w0)}")
         self.l2, self.steps = check_real(l2, "l2"), check_positive_int(steps, "steps")

@@ -68,10 +68,13 @@ def robust_std(values: Tensor) -> Tensor:
         ``[d]``, positive.
 
     Raises:
-        ValueError: ``values`` is not ``[n >= 2, d]`` (one row has no spread: NaN).
+        ValueError: ``values`` is not ``[n >= 2, d]`` (one row has no spread: NaN), or holds
+            NaN or inf (its spread would be NaN).
     """
     if values.dim() != 2 or len(values) < 2:
         raise ValueError(f"values must have shape [n >= 2, d], got {list(values.shape)}")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("values contains NaN or infinite values")
     std = values.std(0)
     typical = float(std.median())
     typical = typical if typical > 1e-6 else 1.0
