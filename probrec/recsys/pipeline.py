@@ -37,6 +37,7 @@ from probrec.recsys.loopfm import StoredHistory, fm_embeddings, write_fm_store
 from probrec.recsys.models import FoundationModel, VerticalModel
 from probrec.recsys.transfer import (
     TrainSpec,
+    check_loss_settings,
     ctr_metrics,
     predict_logits,
     train_ctr,
@@ -101,6 +102,8 @@ class LoopFMConfig:
             )
         if not 0.0 < check_real(self.valid_fraction, "valid_fraction") < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        # these failed only after the FM and the first VM had trained
+        check_loss_settings(self.kd_weight, self.temperature, self.aux_weight)
 
 
 @dataclass

@@ -171,6 +171,24 @@ class TrainSpec:
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.patience, "patience")
+        # a bad lr or KD setting failed (or gave NaN) only after the data and models were built
+        check_real(self.lr, "lr", strict=True)
+        check_real(self.weight_decay, "weight_decay")
+        check_loss_settings(self.kd_weight, self.temperature, self.aux_weight)
+
+
+def check_loss_settings(kd_weight: float, temperature: float, aux_weight: float) -> None:
+    """Checks the loss settings of :func:`vm_loss` up front (for settings objects).
+
+    Raises:
+        TypeError: a setting is not a real number.
+        ValueError: ``kd_weight`` outside ``[0, 1]``, ``temperature <= 0`` or
+            ``aux_weight < 0`` (or any of them not finite).
+    """
+    if not 0.0 <= check_real(kd_weight, "kd_weight") <= 1.0:
+        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
+    check_real(temperature, "temperature", strict=True)
+    check_real(aux_weight, "aux_weight")
 
 
 def _split_output(out: tuple) -> tuple[Tensor, Tensor | None]:
