@@ -86,15 +86,28 @@ class BNNPosterior(Target):
         w2 = theta[:, d * h + h :]
         return w1, b1, w2
 
-    def _hidden(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _forward(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Hidden activations and outputs of every chain's network on ``x`` ``[N, d_in]``.
+
+        The chains' first layers sit side by side as one ``[d_in, c h]`` matrix, so the
+        pre-activations of all chains are one GEMM (with the bias added by ``addmm``) rather
+        than a batch of ``c`` products with ``x`` copied into each; the activations are laid
+        out data-major, ``[N, c, h]``.
+
+        Returns:
+            ``a`` ``[N, c, h]`` (after the ReLU) and ``f`` ``[c, N]``.
+        """
         w1, b1, w2 = self.unpack(theta)
-        z = torch.matmul(x, w1) / math.sqrt(self.n_inputs) + 0.1 * b1[:, None, :]  # c x N x h
-        return z, torch.relu(z), w2
+        c, d, h = w1.shape
+        wide = (w1 / math.sqrt(d)).permute(1, 0, 2).reshape(d, c * h)
+        z = torch.addmm((0.1 * b1).reshape(1, c * h), x, wide)
+        a = torch.relu_(z).view(-1, c, h)
+        f = torch.matmul(a.transpose(0, 1), (w2 / math.sqrt(h))[..., None]).squeeze(-1)
+        return a, f
 
     def predict(self, theta: Tensor, x: Tensor) -> Tensor:
         """Network outputs for every parameter row: ``c x dim``, ``N x d_in`` -> ``c x N``."""
-        _, a, w2 = self._hidden(theta, x.to(theta))
-        return (a @ w2[..., None]).squeeze(-1) / math.sqrt(self.n_hidden)
+        return self._forward(theta, x.to(theta))[1]
 
     def log_prob(self, theta: Tensor) -> Tensor:
         x, y = self.x_train.to(theta), self.y_train.to(theta)
@@ -111,22 +124,30 @@ class BNNPosterior(Target):
         )
 
     def log_prob_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-density ``[c]`` and its gradient ``[c, dim]``, backpropagation written out.
+
+        The products over the ``N`` data points are GEMMs over all chains at once (see
+        :meth:`_forward`), and the ReLU's derivative multiplies by ``sign(a)``, a float mask
+        (boolean masks broadcast several times slower on a CPU): about 2x faster than autograd
+        through :meth:`log_prob` from 10 chains up on one CPU thread.
+        """
         x, y = self.x_train.to(theta), self.y_train.to(theta)
-        z, a, w2 = self._hidden(theta, x)
+        a, f = self._forward(theta, x)  # [N, c, h], [c, N]
+        n, c, h = a.shape
+        w1, b1, w2 = self.unpack(theta)
         sh, sd = math.sqrt(self.n_hidden), math.sqrt(self.n_inputs)
-        f = (a @ w2[..., None]).squeeze(-1) / sh  # c x N
         resid = y - f
         lp = (
             self._log_lik_const(len(y))
             - 0.5 * (resid * resid).sum(-1) / self.noise**2
             - 0.5 * (theta * theta).sum(-1) / self.prior_scale**2
         )
-        r = resid / self.noise**2  # d lp / d f
-        g_w2 = (a * r[..., None]).sum(1) / sh  # c x h
-        dz = (r[..., None] * w2[:, None, :] / sh) * (z > 0).to(z)  # c x N x h
-        g_w1 = torch.matmul(x.T, dz) / sd  # c x d_in x h
-        g_b1 = 0.1 * dz.sum(1)
-        grad = torch.cat([g_w1.reshape(theta.shape[0], -1), g_b1, g_w2], dim=-1)
+        r = resid / self.noise**2  # d lp / d f, [c, N]
+        g_w2 = torch.matmul(r[:, None, :], a.transpose(0, 1)).squeeze(1) / sh  # [c, h]
+        dz = torch.sign(a).mul_(r.T[..., None]).mul_(w2 / sh)  # d lp / d z, [N, c, h]
+        g_w1 = (x.T @ dz.view(n, c * h)).view(-1, c, h).permute(1, 0, 2) / sd  # [c, d_in, h]
+        g_b1 = 0.1 * dz.sum(0)
+        grad = torch.cat([g_w1.reshape(c, -1), g_b1, g_w2], dim=-1)
         return lp, grad - theta / self.prior_scale**2
 
     def init_positions(self, n: int, generator: torch.Generator) -> Tensor:
