@@ -34,6 +34,9 @@ class FitResult:
         converged: ``[T]`` bool.
         n_iter: ``[T]`` Newton iterations.
         hessian: ``[T, p, p]`` Hessian blocks of the objective at ``theta`` (fit dtype).
+        held: ``[T]`` bool, tasks whose targets were all zero (one point or equal labels),
+            kept at the starting point (the prior modes) and counted as converged; ``None``
+            when there were none.
     """
 
     theta: torch.Tensor
@@ -43,14 +46,20 @@ class FitResult:
     converged: torch.Tensor
     n_iter: torch.Tensor
     hessian: torch.Tensor
+    held: torch.Tensor | None = None
 
     def summary(self) -> str:
-        """One line: how many tasks converged, worst gradient norm, iterations."""
-        return (
+        """One line: how many tasks converged, worst gradient norm of the fitted tasks,
+        iterations, and how many were held at the prior modes."""
+        fitted = self.grad_norm if self.held is None else self.grad_norm[~self.held]
+        n_held = 0 if self.held is None else int(self.held.sum())
+        worst = f"{float(fitted.max()):.2e}" if fitted.numel() else "n/a"
+        line = (
             f"{int(self.converged.sum())}/{len(self.converged)} tasks converged, "
-            f"max |grad| {float(self.grad_norm.max()):.2e}, "
+            f"max |grad| {worst}, "
             f"iterations {int(self.n_iter.min())}-{int(self.n_iter.max())}"
         )
+        return line + (f", {n_held} held at the prior (constant targets)" if n_held else "")
 
 
 def fit_hyperparameters(
@@ -90,6 +99,40 @@ def fit_hyperparameters(
         None if centres.lengthscale_mode is None else centres.lengthscale_mode.to(dt)
     )
     th0 = initial_theta(config, yy, mask, cen, geom=g) if theta0 is None else theta0.detach().to(dt)
+    # all-zero targets (a regression support of one point or of equal labels, which
+    # encode_labels maps to exact zeros) say nothing about the signal: their marginal likelihood
+    # keeps growing as the outputscale shrinks, so a fit would end, unconverged, at an
+    # outputscale near 0 and a GP certain of its mean everywhere. Such tasks keep the prior
+    # modes of theta0 (outputscale 1) and count as converged.
+    flat = ~(yy != 0).any(-1)
+    any_flat = bool(flat.any())
+    if not any_flat:
+        res = _newton(config, g, yy, mask, cen, th0, tol, max_iter)
+    else:
+        res = _hold_flat(config, g, yy, mask, cen, th0, flat, tol, max_iter)
+    return FitResult(
+        res.theta.to(out_dtype),
+        config.names,
+        res.value,
+        res.grad_norm,
+        res.converged,
+        res.n_iter,
+        res.hessian,
+        flat if any_flat else None,
+    )
+
+
+def _newton(
+    config: GPConfig,
+    g: torch.Tensor,
+    yy: torch.Tensor,
+    mask: torch.Tensor | None,
+    cen: PriorCentres,
+    th0: torch.Tensor,
+    tol: float,
+    max_iter: int,
+) -> NewtonResult:
+    """Damped Newton on every task of the batch (closed-form derivatives)."""
     t = g.shape[0]
 
     def objective(theta: torch.Tensor) -> torch.Tensor:
@@ -107,15 +150,53 @@ def fit_hyperparameters(
         return inner_objective_derivatives(theta, config, g, yy, mask, cen)
 
     objective.tiles = True  # type: ignore[attr-defined]
-    res: NewtonResult = batched_newton(
-        objective, th0, derivatives=derivatives, tol=tol, max_iter=max_iter
+    return batched_newton(objective, th0, derivatives=derivatives, tol=tol, max_iter=max_iter)
+
+
+def _hold_flat(
+    config: GPConfig,
+    g: torch.Tensor,
+    yy: torch.Tensor,
+    mask: torch.Tensor | None,
+    cen: PriorCentres,
+    th0: torch.Tensor,
+    flat: torch.Tensor,
+    tol: float,
+    max_iter: int,
+) -> NewtonResult:
+    """Newton on the tasks with information, ``theta0`` kept for the ``flat`` ones ``[T]``."""
+
+    def rows(a: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+        return None if a is None else a[keep]
+
+    def part(keep: torch.Tensor) -> tuple:
+        return (
+            g[keep],
+            yy[keep],
+            rows(mask, keep),
+            PriorCentres(rows(cen.lengthscale_mode, keep)),
+            th0[keep],
+        )
+
+    gf, yf, mf, cf, tf = part(flat)
+    value, grad, hess = inner_objective_derivatives(tf, config, gf, yf, mf, cf)
+    out = NewtonResult(
+        th0.clone(),
+        torch.empty(th0.shape[0], dtype=th0.dtype, device=th0.device),
+        torch.empty(th0.shape[0], dtype=th0.dtype, device=th0.device),
+        torch.ones(th0.shape[0], dtype=torch.bool, device=th0.device),
+        torch.zeros(th0.shape[0], dtype=torch.long, device=th0.device),
+        torch.empty(*th0.shape, th0.shape[1], dtype=th0.dtype, device=th0.device),
     )
-    return FitResult(
-        res.theta.to(out_dtype),
-        config.names,
-        res.value,
-        res.grad_norm,
-        res.converged,
-        res.n_iter,
-        res.hessian,
-    )
+    out.value[flat], out.grad_norm[flat], out.hessian[flat] = value, grad.norm(dim=-1), hess
+    if not bool(flat.all()):
+        keep = ~flat
+        fitted = _newton(config, *part(keep), tol, max_iter)
+        out.theta[keep], out.value[keep], out.grad_norm[keep] = (
+            fitted.theta,
+            fitted.value,
+            fitted.grad_norm,
+        )
+        out.converged[keep], out.n_iter[keep] = fitted.converged, fitted.n_iter
+        out.hessian[keep] = fitted.hessian
+    return out

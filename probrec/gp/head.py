@@ -43,8 +43,11 @@ def encode_labels(
     the labels are equal (one point, or a deviation within ``1000`` rounding errors of the
     largest label's magnitude) the scale is 1 instead, as BoTorch's ``Standardize`` does for a
     zero deviation, so the predictive variance stays on the prior's scale rather than
-    collapsing with the scale squared. (A deviation below ``1e-6 * (1 + |mean|)`` counted as
-    equal before, which flattened labels in small units, e.g. molar IC50 values.)
+    collapsing with the scale squared; their targets are exactly 0, and
+    :func:`~probrec.gp.fit.fit_hyperparameters` keeps such a task's hyperparameters at the
+    prior modes (outputscale 1), since the marginal likelihood of constant targets grows
+    without bound as the outputscale shrinks. (A deviation below ``1e-6 * (1 + |mean|)``
+    counted as equal before, which flattened labels in small units, e.g. molar IC50 values.)
 
     Args:
         y: ``[T, n]`` labels.
@@ -71,7 +74,10 @@ def encode_labels(
     top = (y.abs() * w).amax(-1)
     tied = sd <= 1000 * torch.finfo(y.dtype).eps * top
     sd = torch.where(tied, torch.ones_like(sd), sd)
-    return (y - mu[:, None]) / sd[:, None] * w, mu, sd
+    # tied labels encode to exact zeros (not the rounding residue of their mean), which the
+    # hyperparameter fit recognises as a support without information (it keeps the prior modes)
+    t = torch.where(tied[:, None], torch.zeros_like(y), (y - mu[:, None]) / sd[:, None] * w)
+    return t, mu, sd
 
 
 @dataclass
@@ -261,10 +267,17 @@ class GPHead:
             theta: fixed ``[T, p]`` log hyperparameters; skips the fit (e.g. DKT).
 
         Raises:
-            ValueError: shapes disagree, labels are NaN, or a classification support set is
-                single-class.
+            TypeError: ``z_s`` is not float32 / float64 (half precision).
+            ValueError: shapes disagree, labels are NaN, classification labels are not 0 / 1,
+                or a classification support set is single-class.
         """
         z = as_float_tensor(z_s, "z_s")
+        if z.dtype not in (torch.float32, torch.float64):
+            # half precision has no Cholesky on the CPU and too few digits for the fit
+            raise TypeError(
+                f"z_s must be float32 or float64, got {z.dtype} (e.g. features made under "
+                "autocast): cast them with .float() or .double()"
+            )
         y = as_float_tensor(y_s, "y_s", dtype=z.dtype, device=z.device)
         batched = z.dim() == 3
         if not batched:
@@ -284,6 +297,11 @@ class GPHead:
                 raise ValueError("mask leaves a support set without points")
         if self.config.kind == "classification":
             m = torch.ones_like(y, dtype=torch.bool) if mask is None else mask
+            if not bool(((y == 0) | (y == 1) | ~m).all()):  # before the single-class test
+                bad = torch.unique(y[m & (y != 0) & (y != 1)])[:5].tolist()
+                raise ValueError(
+                    f"y_s must hold 0/1 labels for classification, got values such as {bad}"
+                )
             n_pos = ((y == 1) & m).sum(-1)
             n_all = m.sum(-1)
             bad = torch.nonzero((n_pos == 0) | (n_pos == n_all)).flatten().tolist()
