@@ -150,16 +150,23 @@ def _rederive(module: Target, _incompatible_keys: object) -> None:
 
 
 def _width_checked(fn: Callable) -> Callable:
-    """``fn(self, x, ...)`` that first checks ``x.shape[-1] == self.dim``."""
+    """``fn(self, x, ...)`` that first checks that a tensor ``x`` is floating and ``(n, self.dim)``
+    (a 1-D or 3-D ``x`` reached torch errors or, for some targets, a silently wrong shape)."""
     if getattr(fn, "_checks_width", False):
         return fn
 
     @functools.wraps(fn)
     def checked(self: Target, x: Tensor, *args, **kwargs):
-        if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[-1] != self.dim):
-            raise ValueError(
-                f"x must have shape (n, {self.dim}) for target {self.name!r}, got {tuple(x.shape)}"
-            )
+        if isinstance(x, Tensor):
+            if x.dim() != 2 or x.shape[1] != self.dim:
+                raise ValueError(
+                    f"x must have shape (n, {self.dim}) for target {self.name!r}, got "
+                    f"{tuple(x.shape)}"
+                )
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"x must be a floating tensor for target {self.name!r}, got dtype {x.dtype}"
+                )
         return fn(self, x, *args, **kwargs)
 
     checked._checks_width = True  # type: ignore[attr-defined]
