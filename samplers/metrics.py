@@ -95,10 +95,26 @@ def _mean_kernel(
     return total / (a.shape[0] * b.shape[0])
 
 
+def _bandwidths(bandwidths: float | Sequence[float]) -> list[float]:
+    """``bandwidths`` (one number, or a sequence, array or tensor of them) as a list of floats,
+    each checked positive and finite."""
+    if isinstance(bandwidths, (str, bytes)):  # float("2") would have read it as a number
+        raise TypeError(f"bandwidths must be numbers, got {type(bandwidths).__name__}")
+    if isinstance(bandwidths, Tensor):
+        bandwidths = bandwidths.detach().cpu().numpy()
+    values = [bandwidths] if np.ndim(bandwidths) == 0 else list(np.ravel(bandwidths))
+    out = []
+    for h in values:
+        if isinstance(h, np.ndarray):  # a 0-d array
+            h = h.item()
+        out.append(check_real(h, "bandwidths", strict=True))
+    return out
+
+
 def mmd(
     x: Tensor | np.ndarray,
     y: Tensor | np.ndarray,
-    bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
+    bandwidths: float | Sequence[float] = DEFAULT_BANDWIDTHS,
     *,
     squared: bool = True,
     block_size: int = 1024,
@@ -115,20 +131,24 @@ def mmd(
 
     Args:
         x: ``n x d`` samples; y: ``m x d`` samples (e.g. exact ones).
-        bandwidths: RBF bandwidths ``h``.
+        bandwidths: RBF bandwidths ``h``: a sequence, or one number for a single kernel.
         squared: return ``MMD^2`` (default, the number reported in the DiGS paper's tables);
             ``False`` returns its square root.
         block_size: rows per block.
 
     Returns:
         ``MMD^2`` (or ``MMD``) as a float, >= 0.
+
+    Raises:
+        TypeError: ``bandwidths`` is neither a number nor a sequence of numbers.
+        ValueError: a bandwidth is not a positive finite number, or there is none.
     """
     xa, ya = _as_2d(x, "x").cpu().numpy(), _as_2d(y, "y").cpu().numpy()
     if xa.shape[1] != ya.shape[1]:
         raise ValueError(
             f"x and y must have the same dimension, got {xa.shape[1]} and {ya.shape[1]}"
         )
-    bw = [check_real(float(h), "bandwidths", strict=True) for h in bandwidths]
+    bw = _bandwidths(bandwidths)
     if not bw:
         raise ValueError(f"bandwidths must be positive numbers, got {list(bandwidths)}")
     block = check_positive_int(block_size, "block_size")

@@ -278,7 +278,7 @@ class PTSD(NeuralSampler):
         self.buffer_size = check_positive_int(buffer_size, "buffer_size", minimum=2)
         self.hot_steps = check_positive_int(hot_steps, "hot_steps", minimum=0)
         self.refine_steps = check_positive_int(refine_steps, "refine_steps", minimum=0)
-        if not 0.0 < hot_fraction < 1.0:
+        if not 0.0 < check_real(hot_fraction, "hot_fraction") < 1.0:  # a str: a bare TypeError
             raise ValueError(f"hot_fraction must be in (0, 1), got {hot_fraction}")
         self.hot_fraction = float(hot_fraction)
         self.kernel = check_choice(kernel, "kernel", ["mala", "hmc", "rwm"])
