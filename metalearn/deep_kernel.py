@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,14 @@ from metalearn.episodes import MetaBatch
 from metalearn.hypergrad import implicit_argmin
 from metalearn.training import TrainConfig, _dist_info, meta_train
 from probrec.backbone import MLPEncoder, hidden_widths
-from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
+from probrec.backbone.mlp import ACTIVATIONS
+from probrec.checks import (
+    as_float_tensor,
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_real,
+)
 from probrec.gp.exact import (
     GPConfig,
     geometry,
@@ -45,6 +52,42 @@ from probrec.gp.fit import fit_hyperparameters
 from probrec.gp.head import FittedGP, GPHead, encode_labels
 
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
+
+
+#: encoder activations whose outputs are never negative (a Tanimoto kernel's domain)
+NONNEGATIVE_ACTIVATIONS = ("relu", "softplus")
+
+
+def check_encoder_kernel(kernel: str, out_dim: int | None, activation: str) -> None:
+    """Checks that a deep kernel's encoder gives features its GP kernel is defined on.
+
+    The Tanimoto kernel needs non-negative features: those of an encoder without an output
+    layer (``out_dim=None``) whose activation is ``"relu"`` or ``"softplus"``. A linear output
+    layer, or another activation, gives negative features, and meta-training or adaptation
+    failed at the first kernel evaluation.
+
+    Args:
+        kernel: the GP kernel's name.
+        out_dim: width of the encoder's linear output layer (``None``: none).
+        activation: the encoder's activation.
+
+    Raises:
+        ValueError: ``kernel="tanimoto"`` with an encoder whose features can be negative; the
+            message names ``kernel``.
+    """
+    check_choice(activation, "activation", tuple(ACTIVATIONS))
+    if kernel != "tanimoto" or (out_dim is None and activation in NONNEGATIVE_ACTIVATIONS):
+        return
+    why = (
+        f"the encoder ends in a linear output layer (out_dim={out_dim})"
+        if out_dim is not None
+        else f"the encoder's activation {activation!r} takes negative values"
+    )
+    raise ValueError(
+        f"kernel='tanimoto' needs non-negative features, but {why}: use kernel='matern52' or "
+        "'rbf', or out_dim=None with activation='relu' or 'softplus' (the last hidden "
+        "activations are then the features)"
+    )
 
 
 def encode_in_chunks(
@@ -108,7 +151,9 @@ class _DeepKernelBase(MetaLearner):
 
     Config keys (all optional): ``hidden`` (encoder widths, default ``(512, 256)``),
     ``out_dim``, ``activation``, ``dropout``, ``norm``, ``gmp``; ``kernel``
-    (``"matern52"``), ``mean`` (``"zero"``), ``lengthscale_prior`` / ``noise_prior`` (True;
+    (``"matern52"``; ``"tanimoto"`` needs non-negative features: ``out_dim=None`` with a
+    ``"relu"`` or ``"softplus"`` activation, see :func:`check_encoder_kernel`), ``mean``
+    (``"zero"``), ``lengthscale_prior`` / ``noise_prior`` (True;
     terms of the per-task inner objective, so DKT, which has no per-task fit, does not use
     them),
     ``joint_outer`` (True: the joint query predictive NLL), ``inner_tol`` (1e-6),
@@ -134,6 +179,8 @@ class _DeepKernelBase(MetaLearner):
     }
 
     options = frozenset(defaults) | _TRAIN_KEYS
+    #: whether a GP kernel works on the encoder's features (ProtoNet has no kernel)
+    kernel_on_features: ClassVar[bool] = False
 
     def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
         full = {**self.defaults, **{k: v for k, v in asdict(TrainConfig()).items()}, **config}
@@ -148,11 +195,13 @@ class _DeepKernelBase(MetaLearner):
         )
         check_choice(full["gp_dtype"], "gp_dtype", ("float32", "float64"))
         # the inner-loop settings reach GPHead only at the first validation (eval_every steps
-        # into meta-training, named there as tol / max_iter); "no" for joint_outer meant True
+        # into meta-training, named there as tol / max_iter); "no" for a flag meant True
         check_real(full["inner_tol"], "inner_tol", strict=True)
         check_positive_int(full["inner_max_iter"], "inner_max_iter")
-        if not isinstance(full["joint_outer"], bool):
-            raise TypeError(f"joint_outer must be a bool, got {full['joint_outer']!r}")
+        check_bool(full["joint_outer"], "joint_outer")
+        check_bool(full["gmp"], "gmp")  # checked here, not at build() in meta_fit
+        if self.kernel_on_features:  # a Tanimoto kernel on negative features: at the first step
+            check_encoder_kernel(full["kernel"], full["out_dim"], full["activation"])
         self.gp_dtype = getattr(torch, full["gp_dtype"])
         self.encoder: torch.nn.Module | None = None
         self.in_dim: int | None = None
@@ -290,6 +339,7 @@ class ADKFIFT(_DeepKernelBase):
 
     name = "ADKF-IFT"
     use_ift = True
+    kernel_on_features = True
 
     def episode_loss(self, batch: MetaBatch) -> torch.Tensor:
         """Sum over the batch's tasks of the per-point query predictive NLL at ``theta*``."""
@@ -343,6 +393,7 @@ class DKT(_DeepKernelBase):
     """
 
     name = "DKT"
+    kernel_on_features = True
 
     def build(self, in_dim: int) -> None:
         super().build(in_dim)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from metalearn.base import MetaLearner, check_support
-from metalearn.deep_kernel import DeepKernelPredictor
+from metalearn.deep_kernel import DeepKernelPredictor, check_encoder_kernel
 from probrec.backbone import MLPEncoder, hidden_widths
 from probrec.checks import check_positive_int, check_real
 from probrec.gp.exact import GPConfig, geometry, inner_objective, prior_centres
@@ -51,6 +51,7 @@ class DKL(MetaLearner):
         check_real(full["weight_decay"], "weight_decay")
         super().__init__(kind, seed, device, **full)
         self.gp_config = GPConfig(kernel=full["kernel"], kind=kind)
+        check_encoder_kernel(full["kernel"], full["out_dim"], full["activation"])
         self._n_adapted = 0
 
     def adapt(self, support_x: Any, support_y: Any) -> DeepKernelPredictor:

@@ -20,7 +20,7 @@ from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
 from metalearn.base import MetaLearner, check_support
-from probrec.checks import as_float_tensor, check_positive_int
+from probrec.checks import as_float_tensor, check_bool, check_positive_int
 from probrec.gp.exact import GPConfig
 from probrec.gp.head import FittedGP, GPHead
 
@@ -38,14 +38,41 @@ def _columns(x: Any, columns: tuple[int, int] | None) -> Any:
     raise ValueError(f"columns must be None or a (start, stop) pair, got {columns!r}")
 
 
+def _check_counts(x: torch.Tensor, name: str, columns: tuple[int, int] | None) -> torch.Tensor:
+    """Columns ``columns`` of ``x [n, d]`` (see :func:`_columns`), checked to be non-negative as
+    a Tanimoto kernel needs; the error says which ``columns`` to pass.
+
+    Raises:
+        ValueError: a selected entry is negative; the message names ``columns``.
+    """
+    sel = _columns(x, columns)
+    neg = (sel < 0).any(0)
+    if not bool(neg.any()):
+        return sel
+    j = int(neg.nonzero()[0, 0])
+    if columns is None:
+        raise ValueError(
+            f"{name} has negative entries (the first in column {j}) but GPST's tanimoto kernel "
+            "needs non-negative fingerprint counts: pass columns=(start, stop) selecting the "
+            "fingerprint-count columns (e.g. GPST(columns=(0, 2048)) for MoleculeFeaturizer's "
+            "features, 2048 counts followed by standardised descriptors)"
+        )
+    raise ValueError(
+        f"columns={tuple(columns)} selects negative entries of {name} (the first in column "
+        f"{range(x.shape[1])[columns[0] : columns[1]][j]}), but GPST's tanimoto kernel needs "
+        "non-negative fingerprint counts: columns must select the fingerprint-count columns only"
+    )
+
+
 class GPSTPredictor:
     """Tanimoto GP conditioned on one support set."""
 
-    def __init__(self, gp: FittedGP, columns) -> None:
-        self.gp, self.columns = gp, columns
+    def __init__(self, gp: FittedGP, columns, counts: bool = False) -> None:
+        self.gp, self.columns, self.counts = gp, columns, counts
 
     def _x(self, x: Any) -> torch.Tensor:  # any device: the GP moves queries to its own
-        return _columns(as_float_tensor(x, "x", ndim=2, dtype=torch.float64), self.columns)
+        q = as_float_tensor(x, "x", ndim=2, dtype=torch.float64)
+        return _check_counts(q, "x", self.columns) if self.counts else _columns(q, self.columns)
 
     def predict(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return self.gp.predict(self._x(x))
@@ -74,11 +101,19 @@ class GPST(MetaLearner):
         self.head = GPHead(GPConfig(kernel=full["kernel"], mean=full["mean"], kind=kind))
 
     def adapt(self, support_x: Any, support_y: Any) -> GPSTPredictor:
+        """Fits the GP's hyperparameters on the support set (``x [n, d]``, ``y [n]``).
+
+        Raises:
+            ValueError: an invalid support set, or (tanimoto kernel) negative entries in the
+                columns it sees: pass ``columns=(start, stop)`` selecting the counts.
+        """
         x, y = check_support(
             support_x, support_y, self.kind, dtype=torch.float64, device=self.device
         )
-        x = _columns(x, self.config["columns"])
-        return GPSTPredictor(self.head.fit(x, y), self.config["columns"])
+        columns = self.config["columns"]
+        counts = self.config["kernel"] == "tanimoto"
+        x = _check_counts(x, "support_x", columns) if counts else _columns(x, columns)
+        return GPSTPredictor(self.head.fit(x, y), columns, counts)
 
 
 class SklearnPredictor:
@@ -173,6 +208,13 @@ class RandomForest(_SklearnBaseline):
 
     name = "RF"
     options = _SklearnBaseline.options | {"n_estimators", "grid"}
+
+    def __init__(self, kind: str = "classification", seed: int = 0, device=None, **config: Any):
+        if "grid" in config:  # bool("no") was True: the ~6x slower grid search ran
+            check_bool(config["grid"], "grid")
+        if "n_estimators" in config:
+            check_positive_int(config["n_estimators"], "n_estimators")
+        super().__init__(kind, seed, device, **config)
 
     def _estimator(self):
         cls = RandomForestClassifier if self.kind == "classification" else RandomForestRegressor

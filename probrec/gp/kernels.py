@@ -142,6 +142,25 @@ def rbf(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor) -> torch.
     return rbf_from_sqdist(squared_distance(x1, x2), lengthscale)
 
 
+def _check_counts(x: torch.Tensor) -> None:
+    """Refuses inputs the Tanimoto kernel is not defined on, saying what to do instead.
+
+    Raises:
+        ValueError: ``x`` has negative or non-finite entries (NaN would give similarity 1).
+    """
+    if bool(((x >= 0) & torch.isfinite(x)).all()):
+        return
+    n_neg = int((x < 0).sum())
+    n_bad = int((~torch.isfinite(x)).sum())
+    raise ValueError(
+        "the tanimoto kernel needs finite, non-negative inputs (fingerprint counts), got "
+        f"{n_neg} negative and {n_bad} non-finite entries: give it only the fingerprint-count "
+        "columns (e.g. GPST(columns=(start, stop)) when standardised descriptors follow the "
+        "counts), or use kernel='matern52' or 'rbf' for real-valued features (such as the "
+        "output of an encoder's linear layer)"
+    )
+
+
 def tanimoto(
     x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -154,10 +173,7 @@ def tanimoto(
         ValueError: an input has negative or non-finite entries.
     """
     for x in (x1, x2):
-        if not bool(((x >= 0) & torch.isfinite(x)).all()):  # NaN would give similarity 1
-            raise ValueError(
-                "the tanimoto kernel needs finite, non-negative inputs (fingerprint counts)"
-            )
+        _check_counts(x)
     s1 = x1.sum(-1, keepdim=True)
     s2 = x2.sum(-1, keepdim=True).transpose(-1, -2)
     l1 = torch.cdist(x1, x2, p=1.0)
@@ -175,10 +191,7 @@ def tanimoto_diag(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         ValueError: an input has negative or non-finite entries.
     """
     for x in (x1, x2):
-        if not bool(((x >= 0) & torch.isfinite(x)).all()):
-            raise ValueError(
-                "the tanimoto kernel needs finite, non-negative inputs (fingerprint counts)"
-            )
+        _check_counts(x)
     smin = torch.minimum(x1, x2).sum(-1)
     smax = torch.maximum(x1, x2).sum(-1)
     return torch.where(smax > 0, smin / smax.clamp_min(1e-12), torch.ones_like(smax))
