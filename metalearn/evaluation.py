@@ -25,6 +25,7 @@ import numpy as np
 
 from metalearn.base import MetaLearner
 from metalearn.metrics import delta_auprc, mean_and_se, r2_os
+from metalearn.training import check_tasks
 from probrec.checks import check_positive_int, host_array
 from probrec.data.tasks import Episode, RowView, Task, sample_episode
 from probrec.progress import track
@@ -81,6 +82,10 @@ class EvalResult:
     def to_markdown(self) -> str:
         """A table: learners as rows, support sizes as columns, ``mean +- se``."""
         summ = self.summary()
+        title = f"metric: {self.metric} (mean +- s.e. across tasks, number of tasks)\n\n"
+        if not summ:  # a header without rows or columns read as a broken table
+            skipped = ", ".join(f"{len(v)} at size {k}" for k, v in sorted(self.skipped.items()))
+            return title + "no results" + (f" (tasks skipped: {skipped})" if skipped else "")
         sizes = sorted({s for d in summ.values() for s in d})
         head = "| learner | " + " | ".join(str(s) for s in sizes) + " |"
         lines = [head, "|---" * (len(sizes) + 1) + "|"]
@@ -93,10 +98,7 @@ class EvalResult:
                     "-" if c is None else f"{c['mean']:.3f} +- {c['se']:.3f} ({c['n_tasks']})"
                 )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return (
-            f"metric: {self.metric} (mean +- s.e. across tasks, number of tasks)\n\n"
-            + "\n".join(lines)
-        )
+        return title + "\n".join(lines)
 
     def to_json(self, path: str | Path | None = None) -> dict[str, Any]:
         data = {
@@ -194,7 +196,12 @@ def evaluate(
             this process. Scores do not depend on ``n_jobs``.
 
     Returns:
-        An :class:`EvalResult` (``to_markdown``, ``to_json``, ``plot``).
+        An :class:`EvalResult` (``to_markdown``, ``to_json``, ``plot``); a ``UserWarning``
+        when every task is skipped at every support size (the result has no scores).
+
+    Raises:
+        ValueError: ``tasks`` is empty, holds tasks that are not featurised, of two kinds,
+            or of another kind than a learner's, or repeats a task name.
     """
     if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0 or n_jobs < -1:
         raise ValueError(f"n_jobs must be a positive int or -1, got {n_jobs!r}")
@@ -212,6 +219,10 @@ def evaluate(
                 "learner to score several of one kind"
             )
         learners = dict(zip(names, learners))
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("tasks is empty: evaluate needs at least one (featurised) test task")
+    check_tasks(tasks, "tasks")
     task_names = [t.name for t in tasks]
     repeated = sorted({n for n in task_names if task_names.count(n) > 1})
     if repeated:  # results and encoded inputs are keyed by name: tasks were mixed up
@@ -220,6 +231,13 @@ def evaluate(
     if len(kinds) != 1:
         raise ValueError(f"tasks must all have one kind, got {sorted(kinds)}")
     kind = kinds.pop()
+    for name, learner in learners.items():  # before any episode: it failed after an adapt
+        learner_kind = getattr(learner, "kind", None)
+        if learner_kind is not None and learner_kind != kind:
+            raise ValueError(
+                f"tasks are {kind} tasks, but learner {name!r} has kind {learner_kind!r}: "
+                f"evaluate it on {learner_kind} tasks, or make it with kind={kind!r}"
+            )
     res = EvalResult("delta_auprc" if kind == "classification" else "r2_os")
     episodes = []
     for size in support_sizes:
@@ -241,6 +259,14 @@ def evaluate(
                 res.skipped[size].append(t.name)
                 continue
             episodes += [(size, ep) for ep in eps]
+    if not episodes:  # the table would be empty with no word of why
+        warnings.warn(
+            f"evaluate: every task was skipped at every support size {list(support_sizes)} "
+            f"({len(tasks)} task(s) skipped at each: too few rows for the support set, a query "
+            "set without both classes, or tied labels); the result has no scores",
+            UserWarning,
+            stacklevel=2,
+        )
     for name, learner in learners.items():
         t0 = time.perf_counter()
         encoded = _encoded_tasks(learner, tasks)

@@ -266,6 +266,39 @@ def check_resumable(
         _check_resumable(saved, learner, config, ckpt)
 
 
+def check_tasks(tasks: list[Task], name: str, kind: str | None = None) -> None:
+    """Checks that every task of ``tasks`` is featurised and (if given) of kind ``kind``.
+
+    Args:
+        tasks: the tasks.
+        name: the argument they came in (``"train_tasks"``, ``"valid_tasks"``, ``"tasks"``).
+        kind: the learner's kind, or ``None`` not to check the tasks' kinds.
+
+    Raises:
+        ValueError: a task's inputs are not a numeric ``[n, d]`` matrix (SMILES, say: see
+            :func:`probrec.data.featurize_tasks`), or a task's kind is not ``kind``. The
+            message names ``name`` and the first tasks at fault.
+    """
+    raw = [t.name for t in tasks if not t.is_featurized]
+    if raw:
+        raise ValueError(
+            f"{name} {raw[:5]}{' ...' if len(raw) > 5 else ''} ({len(raw)} of {len(tasks)}) are "
+            "not featurised: their inputs must be a numeric [n, d] matrix, not SMILES; "
+            "featurise them first with probrec.data.featurize_tasks"
+        )
+    if kind is None:
+        return
+    wrong = [t for t in tasks if t.kind != kind]
+    if wrong:
+        names = [t.name for t in wrong[:5]]
+        kinds = sorted({t.kind for t in wrong})
+        raise ValueError(
+            f"{name} {names}{' ...' if len(wrong) > 5 else ''} ({len(wrong)} of {len(tasks)}) "
+            f"are {' / '.join(kinds)} tasks, but the learner's kind is {kind!r}: make the "
+            f"learner with kind={kinds[0]!r}, or pass {kind} tasks"
+        )
+
+
 def meta_train(
     learner: EpisodicLearner,
     train_tasks: list[Task],
@@ -292,6 +325,11 @@ def meta_train(
         per-task inner fit, ``inner_unconverged``: ``[step, tasks]`` for every meta-step
         whose batch had inner fits that did not reach the tolerance, with a warning at the
         end), also in ``learner.history``.
+
+    Raises:
+        ValueError: ``train_tasks`` or ``valid_tasks`` holds a task that is not featurised,
+            of another kind than the learner, or of another input width; no training task is
+            large enough for ``config.support_size``.
     """
     rank, world = _dist_info()
     if config.batch_size < world:  # a rank without tasks would fail alone; the others would hang
@@ -299,6 +337,10 @@ def meta_train(
             f"batch_size={config.batch_size} is smaller than the torch.distributed world size "
             f"{world}: every rank needs at least one task of each meta-batch"
         )
+    # before the tasks are read: SMILES tasks failed with an IndexError, tasks of the other
+    # kind with a label error, and validation tasks only eval_every steps into training
+    check_tasks(train_tasks, "train_tasks", learner.kind)
+    check_tasks(valid_tasks or [], "valid_tasks", learner.kind)
     train = eligible_tasks(train_tasks, config.support_size)
     if not train:
         raise ValueError(
