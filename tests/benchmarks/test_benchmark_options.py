@@ -51,6 +51,9 @@ BAD = [
     ("mala_vs_blackjax", ["--threads", "0"], "--threads"),
     ("mala_vs_blackjax", ["--steps", "0"], "--steps"),
     ("mala_vs_blackjax", ["--step-size", "0"], "--step-size"),
+    ("hmc_vs_pyro", ["--chains", "0"], "--chains"),
+    ("hmc_vs_pyro", ["--transitions", "0"], "--transitions"),
+    ("hmc_vs_pyro", ["--n-leapfrog", "1.5"], "--n-leapfrog"),
     ("samplers_mog40", ["--regimes", "c"], "--regimes"),
     ("samplers_mog40", ["--regimes", "a,a"], "--regimes"),
     ("samplers_mog40", ["--seeds", "0,0"], "--seeds"),
@@ -231,6 +234,7 @@ def test_neural_samplers_help_is_whole(bench, capsys: pytest.CaptureFixture) -> 
         "samplers_targets",
         "neural_samplers",
         "mala_vs_blackjax",
+        "hmc_vs_pyro",
         "featurize_toxcast",
     ],
 )

@@ -143,3 +143,22 @@ def test_annotator_flows(bench, tmp_path: Path) -> None:
         assert r["epoch_ratio_to_head"]["ratio_of_medians"] > 0
         assert r["epoch_peak_memory_bytes"] is None
     assert res["softmax head"]["epoch_ratio_to_head"]["per_repeat"] == [1.0]
+
+
+def test_hmc_vs_pyro(bench, tmp_path: Path) -> None:
+    pytest.importorskip("pyro")
+    out = tmp_path / "hmc.json"
+    args = ["--chains", "2", "--transitions", "8", "--warmup-transitions", "20"]
+    bench("hmc_vs_pyro").main(args + ["--repeats", "1", "--warmup", "0", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["config"]["dim"] == 550 and saved["config"]["step_size"] > 0
+    # the one-chain runs and Pyro's used the same random stream: the same path
+    assert saved["transitions_together_ours_one_chain_vs_pyro"] == [8, 8]
+    assert saved["max_abs_gap_before_apart"] < 1e-4
+    agree = saved["agreement"]
+    assert agree["ours_one_chain"]["accepted"] == agree["pyro"]["accepted"]
+    # our closed-form and autograd gradients drive the same batched run
+    assert abs(agree["ours"]["test_nll"] - agree["ours_autograd"]["test_nll"]) < 1e-4
+    # each side counts its own gradient evaluations: 1 at the start + L per transition
+    assert saved["grad_evals"]["pyro"] == saved["grad_evals"]["ours"] == 2 * (1 + 8 * 10)
+    assert math.isfinite(saved["ratios"]["ours_over_pyro"]["ratio_of_medians"])
