@@ -132,6 +132,12 @@ class AnnotatorModel(nn.Module, ABC):
         for k, v in kwargs.items():
             self._config[k] = list(v) if isinstance(v, tuple) else v
 
+    @classmethod
+    def _saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments of a saved file's ``config`` (a subclass maps settings
+        that older files hold and the constructor now refuses)."""
+        return dict(config)
+
     def _register_hermite_grid(self, nodes_per_dim: int, dim: int) -> None:
         """Registers :func:`hermite_grid`'s ``nodes`` ``[Q**dim, dim]`` and ``log_weights``
         ``[Q**dim]`` as buffers, in the model's dtype."""
@@ -384,7 +390,8 @@ class AnnotatorModel(nn.Module, ABC):
         patience = check_positive_int(patience, "patience")
         lr = check_real(lr, "lr", strict=True)
         weight_decay = check_real(weight_decay, "weight_decay")
-        if not 0.0 <= input_dropout < 1.0:
+        input_dropout = check_real(input_dropout, "input_dropout")  # a str: a bare TypeError
+        if not input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
         valid_metric = check_choice(valid_metric, "valid_metric", ("panel", "annotation"))
         seed = self.seed if seed is None else check_seed(seed)
@@ -715,9 +722,16 @@ class AnnotatorModel(nn.Module, ABC):
             map_location: device to load onto (default: CPU).
 
         Raises:
-            ValueError: not a probrec.flows file, or a different class than ``cls``.
+            ValueError: not a probrec.flows file (any file that is not a torch pickle too), or
+                a different class than ``cls``.
+            OSError: the file cannot be read (e.g. ``FileNotFoundError``).
         """
-        blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+        try:
+            blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+        except OSError:  # a missing or unreadable file says so itself
+            raise
+        except Exception as exc:  # not a torch pickle: UnpicklingError, EOFError, RuntimeError...
+            raise ValueError(f"{path} is not a saved probrec.flows model ({exc})") from exc
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved probrec.flows model")
         klass = AnnotatorModel._registry.get(blob["class"])
@@ -725,7 +739,7 @@ class AnnotatorModel(nn.Module, ABC):
             raise ValueError(f"{path} holds unknown model class {blob['class']!r}")
         if cls is not AnnotatorModel and not issubclass(klass, cls):
             raise ValueError(f"{path} holds a {blob['class']}, not a {cls.__name__}")
-        model = klass(**blob["config"])
+        model = klass(**klass._saved_config(blob["config"]))
         model.to(getattr(torch, blob.get("dtype", "float32")))
         model.load_state_dict(blob["state_dict"])
         model.history = list(blob.get("history", []))

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from probrec.backbone import ACTIVATIONS, MLPEncoder, hidden_widths
-from probrec.checks import check_choice, check_positive_int
+from probrec.checks import check_choice, check_positive_int, check_real
 from probrec.flows.base import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN,
@@ -242,7 +242,7 @@ class MCDropoutHead(SoftmaxHead):
         mc_samples: int = 50,
         seed: int = 0,
     ) -> None:
-        if not 0 < dropout < 1:
+        if not 0 < check_real(dropout, "dropout") < 1:  # a str: a bare TypeError
             raise ValueError(f"MC dropout needs 0 < dropout < 1, got {dropout}")
         super().__init__(in_dim, labels, hidden=hidden, dropout=dropout, seed=seed)
         self.mc_samples = check_positive_int(mc_samples, "mc_samples")
@@ -339,7 +339,7 @@ class DeepEnsemble(MemberPanels, AnnotatorModel):
     ) -> None:
         super().__init__(in_dim, labels, seed=seed)
         self.members = check_positive_int(members, "members")
-        if not 0 <= dropout < 1:
+        if not check_real(dropout, "dropout") < 1:  # a str: a bare TypeError
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         self._remember(

@@ -105,7 +105,20 @@ class ConditionalIntegerFlow(AnnotatorModel):
         latent_hidden: width of the networks mapping ``(x, u)`` to parameters and of ``q``.
         n_train_samples: importance samples of the training bound (item latent only).
         n_eval_samples: Monte Carlo samples of ``u`` for ``P(k | x)`` (item latent only).
+        latent_lr: learning-rate multiplier of the item-latent networks (item latent only;
+            :meth:`fit`'s ``lr`` times this).
+        quadrature: Gauss-Hermite nodes ``Q`` per item-latent dimension (0: importance
+            sampling with the amortised ``q``). With ``Q > 0`` the item latent is integrated
+            over a fixed grid of ``Q**L`` nodes: the training objective, ``P(k | x)`` and a
+            panel's joint likelihood are exact for the model (no bound, no proposal network),
+            and sampling draws the nodes with their weights. Needs ``item_latent >= 1`` and
+            ``Q**L <= 4096``.
         seed: initialisation seed.
+
+    Raises:
+        TypeError: a count (``n_layers``, ``n_bins``, ``item_latent``, ``quadrature``, ...) is
+            not an int.
+        ValueError: a setting is out of range, or ``quadrature > 0`` with ``item_latent = 0``.
     """
 
     kind = "ordinal"
@@ -134,14 +147,16 @@ class ConditionalIntegerFlow(AnnotatorModel):
         seed: int = 0,
     ) -> None:
         super().__init__(in_dim, labels, seed=seed)
-        for name, val, low in (
-            ("n_layers", n_layers, 0),
-            ("n_bins", n_bins, 2),
-            ("item_latent", item_latent, 0),
-            ("quadrature", quadrature, 0),
-        ):
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
+        # NumPy integers too (a value from a NumPy grid was refused as "not an int >= 2")
+        n_layers = check_positive_int(n_layers, "n_layers", minimum=0)
+        n_bins = check_positive_int(n_bins, "n_bins", minimum=2)
+        item_latent = check_positive_int(item_latent, "item_latent", minimum=0)
+        quadrature = check_positive_int(quadrature, "quadrature", minimum=0)
+        if quadrature and not item_latent:  # was dropped silently
+            raise ValueError(
+                f"quadrature={quadrature} integrates the item latent, but item_latent=0 (no "
+                "latent): set item_latent >= 1 or quadrature=0"
+            )
         bound = check_real(bound, "bound", strict=True)
         self.base = check_choice(base, "base", BASES)
         self.n_layers, self.n_bins, self.bound = n_layers, n_bins, bound
@@ -313,6 +328,14 @@ class ConditionalIntegerFlow(AnnotatorModel):
             self._replicate_draws(self.encoder(z), generator, n_samples)
         )
         return est, loo
+
+    @classmethod
+    def _saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        # files written before quadrature without an item latent was refused: it was dropped
+        config = dict(config)
+        if not config.get("item_latent"):
+            config["quadrature"] = 0
+        return config
 
     def _width(self) -> int:
         """Widest per-draw intermediate of the latent path (parameters, latent hidden units,

@@ -248,8 +248,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
                 conditioning_weight_decay, "conditioning_weight_decay"
             )
         self.conditioning_weight_decay = conditioning_weight_decay
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
-            raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
+        n_layers = check_positive_int(n_layers, "n_layers", minimum=0)  # NumPy ints too
         self.n_train_samples = check_positive_int(n_train_samples, "n_train_samples")
         self.n_eval_samples = check_positive_int(n_eval_samples, "n_eval_samples", minimum=2)
         self.quadrature = check_quadrature(quadrature, self.n_labels)
