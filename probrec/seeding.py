@@ -56,6 +56,27 @@ def check_generator_device(
     return generator
 
 
+def child_seeds(seed: int, n: int) -> list[int]:
+    """``n`` seeds for independent streams derived from one ``seed`` (NumPy's ``SeedSequence``).
+
+    For code that needs several generators from one user seed: seeding each with ``seed``
+    itself would make them draw the same Mersenne-Twister stream (the initialisation and the
+    minibatch order of one fit, say), and ``seed + k`` would make seed ``s``'s ``k``-th stream
+    seed ``s + k``'s first. The children are fixed functions of ``(seed, n)`` in
+    ``[0, 2**63)``; the ``k``-th does not depend on ``n``.
+
+    Raises:
+        TypeError / ValueError: ``seed`` is not an int in ``[0, 2**63)`` or ``n`` not >= 1.
+    """
+    seed = check_seed(seed)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    return [
+        int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+        for k in range(int(n))
+    ]
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python's, NumPy's and torch's global generators (for scripts, not library code)."""
     random.seed(seed)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from probrec.backbone.mlp import MLPEncoder
 from probrec.checks import ArrayLike, as_float_tensor, check_positive_int
 from probrec.progress import track
-from probrec.seeding import seeded_rng, torch_generator
+from probrec.seeding import child_seeds, seeded_rng, torch_generator
 
 __all__ = ["MultiTaskRegressor", "MultiTaskFit", "fit_multitask"]
 
@@ -136,7 +136,8 @@ def fit_multitask(
         hidden, activation, dropout: encoder architecture.
         epochs, batch_size, lr, weight_decay: optimisation.
         dtype, device: of the model (default: ``x``'s device if a tensor, else CPU).
-        seed: seed of the initialisation, of the minibatch order and of the dropout masks.
+        seed: seed of the initialisation; the minibatch order and the dropout masks draw
+            independent streams derived from it (:func:`probrec.seeding.child_seeds`).
         progress: show a progress bar over epochs.
 
     Returns:
@@ -174,13 +175,16 @@ def fit_multitask(
         seed=seed,
     ).to(device=xt.device, dtype=dtype)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch_generator(seed)
+    # the minibatch order and the dropout masks draw their own streams: seeded with `seed`
+    # itself, both repeated the Mersenne-Twister stream of the encoder's initialisation
+    order_seed, dropout_seed = child_seeds(seed, 2)
+    gen = torch_generator(order_seed)
     n = xt.shape[0]
     losses: list[float] = []
     model.train()
     # dropout masks come from torch's global generators: seeded here (and restored after), so
     # the same seed gives the same fit (they followed the global state, different per call)
-    with seeded_rng(seed, xt.device):
+    with seeded_rng(dropout_seed, xt.device):
         for _ in track(range(epochs), progress=progress, desc="stage 1", unit="epoch"):
             order = torch.randperm(n, generator=gen).to(xt.device)
             total, steps = 0.0, 0

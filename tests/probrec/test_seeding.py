@@ -34,3 +34,41 @@ def test_check_generator_device_names_the_argument_and_both_devices():
     assert check_generator_device(g, "cpu") is g
     with pytest.raises(ValueError, match=r"seed is a torch.Generator on cpu .* made on meta"):
         check_generator_device(g, "meta")
+
+
+def test_child_seeds_are_fixed_distinct_and_independent_of_how_many() -> None:
+    from probrec.seeding import child_seeds
+
+    a = child_seeds(5, 3)
+    assert a == child_seeds(5, 3) and a[:2] == child_seeds(5, 2)
+    assert len(set(a)) == 3 and all(0 <= s < 2**63 for s in a)
+    # neither the parent nor its neighbours' children: no stream shared with seed 5 or seed 6
+    assert 5 not in a and not set(a) & set(child_seeds(6, 3))
+    with pytest.raises(TypeError, match="seed"):
+        child_seeds(1.5, 2)
+    with pytest.raises(ValueError, match="n must be"):
+        child_seeds(1, 0)
+
+
+def test_fit_multitask_draws_its_minibatch_order_apart_from_its_initialisation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The order generator was seeded with the initialisation's seed: the first epoch's
+    permutation was the one a fresh ``Generator(seed)`` draws first."""
+    from metalearn.identifiability import fit_multitask
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3), torch.randn(64, 2)
+    seen = []
+    real = torch.randperm
+
+    def spy(n, *args, **kwargs):
+        out = real(n, *args, **kwargs)
+        seen.append(out.clone())
+        return out
+
+    monkeypatch.setattr(torch, "randperm", spy)
+    fit_multitask(x, y, 2, hidden=(4,), epochs=1, batch_size=16, seed=3)
+    monkeypatch.undo()
+    assert len(seen) == 1
+    assert not torch.equal(seen[0], torch.randperm(64, generator=torch.Generator().manual_seed(3)))
