@@ -3,6 +3,11 @@
 Each subcommand lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 the module is imported only when its subcommand runs, so ``probrec --help`` is instant and
 ``probrec`` never imports :mod:`metalearn` or :mod:`samplers` unless asked to.
+
+Checks argparse cannot make when it parses one option (options that cannot go together) are
+made in ``run``, which raises :class:`UsageError`; :func:`main` reports it as a usage error
+(exit status 2) of the parser stored under the ``_usage_parser`` default (a subcommand's own
+parser), else of the command's parser, not as a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "featurize": ("probrec.data.featurize_cli", "featurize a molecule CSV into a cached matrix"),
     "info": ("probrec.info", "print versions, devices and where the data folders are"),
 }
+
+
+class UsageError(ValueError):
+    """Command-line options that cannot go together (raised by a subcommand's ``run``; the
+    message names the options). A ``ValueError``, for code calling ``run`` directly."""
 
 
 def _usage() -> str:
@@ -54,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"probrec {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except UsageError as exc:  # was a traceback (exit status 1)
+        getattr(args, "_usage_parser", parser).error(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

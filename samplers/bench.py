@@ -49,6 +49,7 @@ from probrec.argtypes import (
     seed_list,
     whole,
 )
+from probrec.cli import UsageError
 from probrec.progress import track
 from probrec.reporting import json_safe, mean_and_se
 
@@ -354,11 +355,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="cpu",
+        type=device_option,
         help="torch device the samplers run on (default: %(default)s); the metrics are computed "
         "on the CPU against the same CPU reference draws whatever the device",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    # the checks across options (--chains against --n-samples, --targets dw4 against --data)
+    # come after parsing: the probrec CLI reports them as usage errors of this parser
+    parser.set_defaults(_usage_parser=parser)
+
+
+def _device(value: str | torch.device) -> torch.device:
+    """``value`` as a torch device that this machine has.
+
+    Raises:
+        ValueError: not a device name, or a device torch cannot use here.
+    """
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{str(device)!r} was asked for but torch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"{str(device)!r} was asked for but torch sees {torch.cuda.device_count()} CUDA "
+            "device(s)"
+        )
+    if device.type not in ("cpu", "cuda"):
+        try:  # mps, xpu, ...: whether this build and machine have one
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(f"{str(device)!r} is not available here: {exc}") from None
+    return device
+
+
+def device_option(text: str) -> torch.device:
+    """argparse type of ``--device``: a torch device this machine has (a name torch does not
+    know, or ``cuda`` without a GPU, was a traceback from :func:`run`)."""
+    try:
+        return _device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+device_option.__name__ = "device"
 
 
 def _listed(value: Any, parse: Callable[[str], Any], name: str) -> Any:
@@ -369,7 +411,7 @@ def _listed(value: Any, parse: Callable[[str], Any], name: str) -> Any:
     try:
         return parse(value)
     except argparse.ArgumentTypeError as exc:
-        raise ValueError(f"--{name}: {exc}") from None
+        raise UsageError(f"--{name}: {exc}") from None
 
 
 def add_run_options(parser: argparse.ArgumentParser, out: Path, out_help: str) -> None:
@@ -415,34 +457,39 @@ def _accepted_options(cls: type) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the benchmark described by ``args`` (see :func:`add_arguments`)."""
+    """Runs the benchmark described by ``args`` (see :func:`add_arguments`).
+
+    Raises:
+        UsageError: (a ``ValueError``) options that cannot go together or name what this
+            machine lacks (``--chains`` above ``--n-samples``, an unavailable ``--device``,
+            ``--targets dw4`` / ``lj13`` without their reference samples under ``--data``);
+            the ``probrec`` command line reports it as a usage error (exit status 2).
+    """
     targets = _listed(args.targets, choice_list(TARGETS), "targets")
     names = _listed(args.samplers, choice_list([*SAMPLERS, "map"]), "samplers")
     budgets = _listed(args.budgets, float_list(0.0), "budgets")
     seeds = _listed(args.seeds, seed_list, "seeds")
     if args.n_samples < 1 or args.chains < 0:
-        raise ValueError("--n-samples must be >= 1 and --chains >= 0")
+        raise UsageError("--n-samples must be >= 1 and --chains >= 0")
     if args.chains > args.n_samples:  # the extra chains' samples were dropped, their cost kept
-        raise ValueError(f"--chains ({args.chains}) must not exceed --n-samples ({args.n_samples})")
+        raise UsageError(f"--chains ({args.chains}) must not exceed --n-samples ({args.n_samples})")
     overrides = _listed(args.settings, sampler_settings, "settings") or {}
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise ValueError(f"--device: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+        device = _device(args.device)
+    except ValueError as exc:
+        raise UsageError(f"--device: {exc}") from None
     data = Path(args.data) if args.data else None
     if data is not None and not data.is_dir():
-        raise ValueError(f"--data folder {str(data)!r} does not exist")
+        raise UsageError(f"--data folder {str(data)!r} does not exist")
     needs_reference = [t for t in targets if t in ("dw4", "lj13")]
     missing = [t for t in needs_reference if _ref_path(data, t) is None]
     if missing:  # their rows held no W1 metric and the summary table was empty
-        raise ValueError(
+        raise UsageError(
             f"--targets {','.join(missing)} are scored against reference samples: pass --data "
             f"with {', '.join(REFERENCE_FILES[t] for t in missing)} under it"
         )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     compile_opt: bool | str = {"auto": "auto", "on": True, "off": False}[args.compile]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
