@@ -368,9 +368,13 @@ class ADKFIFT(_DeepKernelBase):
             def inner_grad(th: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
                 return inner_objective_grad(th, c, geometry(c, zs, zs), t_s, None, centres)
 
-            theta = implicit_argmin(
+            held = fit.held
+            theta_ift = implicit_argmin(
                 inner, theta, [z_s], solver="block", hessian=fit.hessian, inner_grad=inner_grad
             )
+            # a task with constant support targets keeps the prior modes, not a stationary
+            # point of its inner objective: its theta is a constant, without an implicit term
+            theta = theta_ift if held is None else torch.where(held[:, None], theta, theta_ift)
         return self._outer_loss(theta, z_s, z_q, t_s, t_q, batch.query_mask)
 
 
