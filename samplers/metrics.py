@@ -235,12 +235,30 @@ def expected_squared_norm(x: Tensor) -> float:
 
 
 def relative_error(estimate: float, truth: float) -> float:
-    """``|estimate - truth| / |truth|``."""
-    if not (np.isfinite(estimate) and np.isfinite(truth)):
-        raise ValueError(f"relative_error needs finite values, got {estimate} and {truth}")
-    if truth == 0:
-        raise ValueError("relative_error needs a non-zero true value")
-    return abs(float(estimate) - float(truth)) / abs(float(truth))
+    """``|estimate - truth| / |truth|``.
+
+    Raises:
+        ValueError: ``estimate`` or ``truth`` is not one finite number, or ``truth`` is 0.
+    """
+    est, tru = _scalar(estimate, "estimate"), _scalar(truth, "truth")
+    if tru == 0:
+        raise ValueError("truth must be non-zero (relative_error divides by it)")
+    return abs(est - tru) / abs(tru)
+
+
+def _scalar(value: float, name: str) -> float:
+    """``value`` (a number, 0-d array or one-element tensor) as a finite float."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.size != 1 or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must be one finite number, got {value!r}")
+    out = float(arr.reshape(-1)[0])
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    return out
 
 
 # ------------------------------------------------------------------------------ histograms
@@ -254,19 +272,36 @@ def wasserstein_1d(
     """``W_p`` between two weighted discrete distributions on the line (via quantile functions).
 
     ``W_p^p = int_0^1 |F_u^-1(t) - F_v^-1(t)|^p dt``, exact for discrete distributions.
+
+    Raises:
+        ValueError: values or weights not 1-D, empty, of unequal lengths or not finite,
+            a negative weight, weights summing to 0, or ``p < 1``.
     """
-    u_values, v_values = np.asarray(u_values, float), np.asarray(v_values, float)
-    u_w, v_w = np.asarray(u_weights, float), np.asarray(v_weights, float)
-    if u_w.shape != u_values.shape or v_w.shape != v_values.shape or u_values.ndim != 1:
-        raise ValueError("values and weights must be 1-D and of equal lengths")
-    if (
-        not (np.isfinite(u_w).all() and np.isfinite(v_w).all())
-        or (u_w < 0).any()
-        or (v_w < 0).any()
+    arrays = {}
+    for name, a in (
+        ("u_values", u_values),
+        ("v_values", v_values),
+        ("u_weights", u_weights),
+        ("v_weights", v_weights),
     ):
-        raise ValueError("weights must be finite and non-negative")
-    if u_w.sum() <= 0 or v_w.sum() <= 0:
-        raise ValueError("weights must have a positive sum")
+        arr = np.asarray(a, float)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+        if not np.isfinite(arr).all():  # a NaN value gave a NaN distance
+            raise ValueError(f"{name} contains non-finite values")
+        arrays[name] = arr
+    u_values, v_values = arrays["u_values"], arrays["v_values"]
+    u_w, v_w = arrays["u_weights"], arrays["v_weights"]
+    for side, vals, w in (("u", u_values, u_w), ("v", v_values, v_w)):
+        if w.shape != vals.shape:
+            raise ValueError(
+                f"{side}_values and {side}_weights must have equal lengths, got "
+                f"{len(vals)} and {len(w)}"
+            )
+        if (w < 0).any():
+            raise ValueError(f"{side}_weights must be non-negative")
+        if w.sum() <= 0:
+            raise ValueError(f"{side}_weights must have a positive sum")
     p = check_positive_int(p, "p")
     iu, iv = np.argsort(u_values), np.argsort(v_values)
     u_values, u_w = u_values[iu], u_w[iu] / u_w.sum()
@@ -334,11 +369,40 @@ def histogram_distance(
 def energy_distance(
     samples: Tensor, reference: Tensor, target: Target, metric: str = "w1", bins: int = 200
 ) -> float:
-    """:func:`histogram_distance` between energies ``target.energy`` of samples and reference."""
+    """:func:`histogram_distance` between energies ``target.energy`` of samples and reference.
+
+    ``samples`` and ``reference`` are ``[n, target.dim]`` arrays or tensors; the energies are
+    computed in the target's dtype.
+
+    Raises:
+        ValueError: a shape other than ``[n, target.dim]``, NaN in ``samples`` or non-finite
+            ``reference`` (samples at infinity count in the edge bin, see
+            :func:`histogram_distance`).
+    """
+    if not isinstance(target, Target):
+        raise TypeError(f"target must be a samplers Target, got {type(target).__name__}")
+    check_choice(metric, "metric", ["w1", "w2", "tv"])
+    xs = _points(samples, "samples", target.dim, finite=False)
+    xr = _points(reference, "reference", target.dim, finite=True)
     with torch.no_grad():
-        e_s = target.energy(samples.to(target._dtype()))
-        e_r = target.energy(reference.to(target._dtype()))
+        e_s = target.energy(xs.to(target._dtype()))
+        e_r = target.energy(xr.to(target._dtype()))
     return histogram_distance(e_s, e_r, metric, bins)
+
+
+def _points(x: Tensor | np.ndarray, name: str, dim: int, *, finite: bool) -> Tensor:
+    """``x`` as a tensor of shape ``[n, dim]`` (``n >= 1``) without NaN (without inf too if
+    ``finite``); the error names ``name``."""
+    t = torch.as_tensor(x)
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] != dim:
+        raise ValueError(f"{name} must be a non-empty [n, {dim}] array, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.double()
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} contains NaN")
+    if finite and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains non-finite values")
+    return t
 
 
 def interatomic_distance_distance(
@@ -349,6 +413,9 @@ def interatomic_distance_distance(
         raise TypeError(
             f"interatomic distances need a ParticleSystem target, got {type(target).__name__}"
         )
+    check_choice(metric, "metric", ["w1", "w2", "tv"])
+    xs = _points(samples, "samples", target.dim, finite=False)
+    xr = _points(reference, "reference", target.dim, finite=True)
     return histogram_distance(
-        target.interatomic_distances(samples), target.interatomic_distances(reference), metric, bins
+        target.interatomic_distances(xs), target.interatomic_distances(xr), metric, bins
     )
