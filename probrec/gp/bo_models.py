@@ -31,6 +31,7 @@ import torch
 from botorch.models.gpytorch import GPyTorchModel
 from botorch.models.model import FantasizeMixin, Model
 from botorch.models.transforms.outcome import Standardize
+from botorch.models.utils import gpt_posterior_settings
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from linear_operator.operators import DiagLinearOperator
 
@@ -157,12 +158,21 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
 
     def condition_on_observations(self, X: torch.Tensor, Y: torch.Tensor, **kwargs: Any):
         """BoTorch's conditioning, after one gpytorch prediction has built the caches it needs
-        (the direct ``q = 1`` path of :meth:`posterior` does not build them)."""
+        (the direct ``q = 1`` path of :meth:`posterior` does not build them).
+
+        With ``noise`` (per-observation variances, as ``fantasize(observation_noise=...)``
+        passes), the conditioned model predicts through gpytorch's fantasy caches only: the
+        direct ``q = 1`` path knows one homoscedastic noise, and gave other variances than
+        gpytorch's (and ``SingleTaskGP``'s) path on the same model.
+        """
         if self.prediction_strategy is None:
             self.eval()
             with torch.no_grad():
                 self(self.train_inputs[0][:1])
-        return super().condition_on_observations(X, Y, **kwargs)
+        model = super().condition_on_observations(X, Y, **kwargs)
+        if kwargs.get("noise") is not None:
+            model._per_point_noise = True
+        return model
 
     @classmethod
     def fit(
@@ -214,26 +224,55 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         """
         train = self.train_inputs[0]
         _check_candidates(X, train.shape[-1], train.device, train.dtype)
+        if output_indices is not None and list(output_indices) != [0]:  # BoTorch ignored them
+            raise ValueError(
+                f"output_indices must be None or [0] (one output), got {output_indices}"
+            )
+        if isinstance(observation_noise, torch.Tensor):
+            return self._posterior_with_noise(X, observation_noise, posterior_transform)
         direct = (
-            X.dim() >= 2
-            and X.shape[-2] == 1
-            and self.train_inputs[0].dim() == 2
-            and output_indices in (None, [0])
-            and isinstance(observation_noise, bool)
+            X.shape[-2] == 1
+            and train.dim() == 2
+            and not getattr(self, "_per_point_noise", False)
             and not kwargs
         )
         if not direct:
             return super().posterior(
                 X,
-                output_indices=output_indices,
-                observation_noise=observation_noise,
+                observation_noise=bool(observation_noise),
                 posterior_transform=posterior_transform,
                 **kwargs,
             )
         self.eval()
-        mean, var = self._marginals(X[..., 0, :], observation_noise)
+        mean, var = self._marginals(X[..., 0, :], bool(observation_noise))
         post = self.outcome_transform.untransform_posterior(_independent(X, mean, var), X=X)
-        return post if posterior_transform is None else posterior_transform(post)
+        return post if posterior_transform is None else posterior_transform(posterior=post, X=X)
+
+    def _posterior_with_noise(
+        self, X: torch.Tensor, noise: torch.Tensor, posterior_transform
+    ) -> GPyTorchPosterior:
+        """gpytorch's posterior plus the observation-noise variances ``noise`` (outcome-
+        transformed units) on the diagonal, broadcast as ``SingleTaskGP`` does: ``(batch) x q x
+        1``, a shared ``(batch) x 1 x 1``, or (one dimension fewer than ``X``) ``(batch) x q``.
+        (``GPyTorchModel.posterior`` added a ``... x 1 x 1`` noise, as ``fantasize`` passes it,
+        to every entry of the covariance: noise fully correlated across the ``q`` points.)"""
+        if not all_finite(noise) or bool((noise < 0).any()):
+            raise ValueError("observation_noise must hold finite variances >= 0")
+        self.eval()
+        with gpt_posterior_settings():
+            mvn = self(X)
+            shape = mvn.batch_shape + mvn.event_shape
+            try:
+                flat = noise.squeeze(-1) if noise.dim() >= X.dim() else noise
+                per_point = flat.to(mvn.mean).expand(shape)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"observation_noise of shape {tuple(noise.shape)} does not broadcast to "
+                    f"the posterior's {tuple(shape)} (+ a trailing output dimension of 1)"
+                ) from err
+            mvn = self.likelihood(mvn, X, noise=per_point)
+        post = self.outcome_transform.untransform_posterior(GPyTorchPosterior(mvn), X=X)
+        return post if posterior_transform is None else posterior_transform(posterior=post, X=X)
 
     def _marginals(
         self, x: torch.Tensor, observation_noise: bool
