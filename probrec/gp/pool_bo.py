@@ -23,7 +23,13 @@ from botorch.acquisition import (
 )
 from botorch.models.model import Model
 
-from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
+from probrec.checks import (
+    as_float_tensor,
+    check_choice,
+    check_positive_int,
+    check_real,
+    check_seed,
+)
 from probrec.seeding import numpy_rng
 
 ACQUISITIONS = ("logei", "ei", "ucb")
@@ -87,7 +93,8 @@ def pool_bo(
         n_init: random initial points (drawn with ``seed``; the same seed gives every
             surrogate the same initial design).
         n_iter: acquisitions after the initial design.
-        seed: seed of the initial design (and of random search / the surrogate).
+        seed: int seed of the initial design (and of random search; surrogate ``it`` is
+            built with ``seed * 1000 + it``).
         acquisition: ``"logei"`` (log expected improvement; the same maximiser as EI wherever
             EI is representable, and it still ranks candidates where EI underflows to 0),
             ``"ei"`` or ``"ucb"`` (with ``beta``).
@@ -99,14 +106,17 @@ def pool_bo(
     Raises:
         ValueError: shapes disagree, ``y`` is not finite, or the pool is smaller than
             ``n_init + n_iter``.
+        TypeError: ``n_init``, ``n_iter`` or ``seed`` is not an int.
     """
     x = as_float_tensor(X, "X", dtype=torch.float64)
     t = as_float_tensor(y, "y", dtype=torch.float64, device=x.device)
     check_positive_int(n_init, "n_init")
     check_choice(acquisition, "acquisition", ACQUISITIONS)
     check_real(beta, "beta")  # NaN failed after a model fit; a negative weight is not UCB
-    if n_iter < 0:
-        raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+    check_positive_int(n_iter, "n_iter", minimum=0)  # 2.5 failed in range(), True ran once
+    # an int: it seeds the design and, as seed * 1000 + iteration, each surrogate (None or a
+    # Generator passed numpy_rng and failed at the first surrogate with a bare TypeError)
+    check_seed(seed)
     if x.dim() != 2 or t.shape != (x.shape[0],):
         raise ValueError(f"X must be [N, d] and y [N]; got {tuple(x.shape)} and {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):

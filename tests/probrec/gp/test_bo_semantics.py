@@ -303,3 +303,19 @@ def test_pool_bo_picks_as_with_single_task_gp_and_keeps_its_books():
         np.testing.assert_array_equal(ours.values, y[ours.order].numpy())
         best = [float(y[ours.order[: 5 + i]].max()) for i in range(7)]
         np.testing.assert_array_equal(ours.best_so_far, best)
+
+
+def test_pool_bo_names_a_seed_or_iteration_count_that_is_not_an_int():
+    x = torch.rand(20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    y = -(x**2).sum(-1)
+    # seed=None passed the initial design and failed at the first surrogate (None * 1000)
+    for seed in (None, np.random.default_rng(0), 1.5):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            pool_bo(x, y, _hyperparameters_factory(False), n_init=3, n_iter=2, seed=seed)
+    with pytest.raises(ValueError, match="seed must be in"):
+        pool_bo(x, y, None, n_init=3, n_iter=2, seed=-1)
+    for n_iter in (2.5, True):  # range(2.5) failed unnamed; True ran one iteration
+        with pytest.raises(TypeError, match="n_iter must be an int"):
+            pool_bo(x, y, None, n_init=3, n_iter=n_iter)
+    with pytest.raises(ValueError, match="n_iter must be >= 0"):
+        pool_bo(x, y, None, n_init=3, n_iter=-1)
