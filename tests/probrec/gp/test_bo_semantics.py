@@ -19,6 +19,7 @@ from botorch.acquisition import (
     PosteriorMean,
     UpperConfidenceBound,
     qExpectedImprovement,
+    qKnowledgeGradient,
     qLogNoisyExpectedImprovement,
     qNoisyExpectedImprovement,
 )
@@ -167,6 +168,10 @@ def _sampler():
     return SobolQMCNormalSampler(torch.Size([128]), seed=0)
 
 
+def _fantasies():
+    return SobolQMCNormalSampler(torch.Size([4]), seed=0)
+
+
 ACQUISITIONS = {
     "ei": (lambda m, x, best: ExpectedImprovement(m, best), 1),
     "logei": (lambda m, x, best: LogExpectedImprovement(m, best), 1),
@@ -177,6 +182,8 @@ ACQUISITIONS = {
     "qnei": (lambda m, x, best: qNoisyExpectedImprovement(m, x, sampler=_sampler()), 3),
     "qlognei": (lambda m, x, best: qLogNoisyExpectedImprovement(m, x, sampler=_sampler()), 2),
     "qlognei_q1": (lambda m, x, best: qLogNoisyExpectedImprovement(m, x, sampler=_sampler()), 1),
+    # one point + 4 fantasies' maximisers: fantasize, and posteriors of the fantasy models
+    "qkg": (lambda m, x, best: qKnowledgeGradient(m, num_fantasies=4, sampler=_fantasies()), 5),
 }
 
 
