@@ -219,8 +219,11 @@ class DeepKernelGP(gpytorch.models.ExactGP, GPyTorchModel, FantasizeMixin):
         computed directly with one ``[batch, n]`` cross-covariance instead of gpytorch's
         batched path, which concatenates a copy of the training inputs to every candidate (for
         2048-d fingerprints and a pool of 2,000 molecules: a 1 GB tensor). Same numbers, from
-        the same gpytorch modules (a test checks it against gpytorch's path); anything else
-        (``q > 1``, fantasy models, output indices, heteroscedastic noise) goes through BoTorch.
+        the same gpytorch modules (tests check it against gpytorch's path and ``SingleTaskGP``
+        with the same hyperparameters); ``q > 1``, batched (fantasy) models and models
+        conditioned with per-point noise go through gpytorch's path. A tensor
+        ``observation_noise`` (outcome-transformed variances) is added per point, as
+        ``SingleTaskGP`` adds it. ``output_indices``: ``None`` or ``[0]`` (one output).
         """
         train = self.train_inputs[0]
         _check_candidates(X, train.shape[-1], train.device, train.dtype)
