@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from probrec.checks import host_array
+from probrec.checks import check_positive_int, host_array
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -106,10 +106,14 @@ def _values(values: Any, k: int) -> np.ndarray:
     return v
 
 
-def _normalise(p: np.ndarray) -> np.ndarray:
+def _normalise(p: np.ndarray, name: str = "probs") -> np.ndarray:
     s = p.sum(-1, keepdims=True)
     if (s <= 0).any():
-        raise ValueError("a row of probabilities or counts sums to zero")
+        rows = np.flatnonzero(s[..., 0] <= 0)
+        raise ValueError(
+            f"{name}: {len(rows)} row(s) sum to zero (first: row {int(rows[0])}); every item "
+            "needs a label distribution" + (" (an annotation)" if name == "counts" else "")
+        )
     return p / s
 
 
@@ -160,7 +164,7 @@ def kl_to_truth(true_probs: Any, probs: Any) -> float:
         raise ValueError(f"true_probs {t.shape} and probs {p.shape} must have the same shape")
     if (t < 0).any() or (p < 0).any():
         raise ValueError("true_probs and probs must be non-negative")
-    t, p = _normalise(t), _normalise(p)
+    t, p = _normalise(t, "true_probs"), _normalise(p, "probs")
     with np.errstate(divide="ignore"):
         used = t > 0
         terms = np.where(
@@ -171,7 +175,11 @@ def kl_to_truth(true_probs: Any, probs: Any) -> float:
 
 def distribution_moments(probs: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation ``[n]`` of per-item distributions over ``values``."""
-    p = _normalise(_np(probs, "probs"))
+    return _moments(_normalise(_np(probs, "probs"), "probs"), values)
+
+
+def _moments(p: np.ndarray, values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation ``[n]`` of normalised rows ``p`` over ``values``."""
     v = _values(values, p.shape[1])
     mean = p @ v
     var = np.clip(p @ v**2 - mean**2, 0.0, None)
@@ -179,13 +187,16 @@ def distribution_moments(probs: Any, values: Any) -> tuple[np.ndarray, np.ndarra
 
 
 def mean_rmse(probs: Any, counts: Any, values: Any) -> float:
-    """RMSE of the predicted mean label vs the annotators' mean, over items."""
+    """RMSE of the predicted mean label vs the annotators' mean, over items.
+
+    Raises:
+        ValueError: an item without annotations (its mean is undefined), or a row of
+            ``probs`` summing to zero.
+    """
     p, c = _check_pair(probs, counts)
-    return float(
-        np.sqrt(
-            np.mean((distribution_moments(p, values)[0] - distribution_moments(c, values)[0]) ** 2)
-        )
-    )
+    mp = _moments(_normalise(p, "probs"), values)[0]
+    mc = _moments(_normalise(c, "counts"), values)[0]
+    return float(np.sqrt(np.mean((mp - mc) ** 2)))
 
 
 def std_rmse(probs: Any, counts: Any, values: Any, *, min_annotations: int = 2) -> float:
@@ -195,30 +206,45 @@ def std_rmse(probs: Any, counts: Any, values: Any, *, min_annotations: int = 2) 
     standard deviation is 0 by construction).
     """
     p, c = _check_pair(probs, counts)
+    min_annotations = check_positive_int(min_annotations, "min_annotations")
     keep = c.sum(-1) >= min_annotations
     if not keep.any():
-        raise ValueError(f"no item has >= {min_annotations} annotations")
-    sp = distribution_moments(p[keep], values)[1]
-    sc = distribution_moments(c[keep], values)[1]
+        raise ValueError(f"counts: no item has >= {min_annotations} annotations")
+    sp = _moments(_normalise(p, "probs")[keep], values)[1]
+    sc = _moments(_normalise(c[keep], "counts"), values)[1]
     return float(np.sqrt(np.mean((sp - sc) ** 2)))
 
 
 def wasserstein1(probs: Any, counts: Any, values: Any) -> np.ndarray:
-    """Per-item Wasserstein-1 distance ``[n]`` between predicted and empirical distributions."""
+    """Per-item Wasserstein-1 distance ``[n]`` between predicted and empirical distributions.
+
+    Raises:
+        ValueError: an item without annotations, or a row of ``probs`` summing to zero.
+    """
     p, c = _check_pair(probs, counts)
     v = _values(values, p.shape[1])
-    fp = np.cumsum(_normalise(p), -1)[:, :-1]
-    fc = np.cumsum(_normalise(c), -1)[:, :-1]
+    fp = np.cumsum(_normalise(p, "probs"), -1)[:, :-1]
+    fc = np.cumsum(_normalise(c, "counts"), -1)[:, :-1]
     return np.abs(fp - fc) @ np.diff(v)
 
 
 def majority_accuracy(probs: Any, counts: Any) -> float:
     """Fraction of items whose most likely predicted label is a most frequent human label
-    (items without annotations are left out)."""
+    (items without annotations are left out).
+
+    Ties: a prediction that hits any of the item's tied most frequent human labels counts as
+    a hit; among tied most likely predicted labels the first (lowest) one is the prediction
+    (``argmax``), so a uniform prediction predicts the lowest label.
+
+    Raises:
+        ValueError: no item has annotations, or a row of ``probs`` sums to zero (it has no
+            most likely label).
+    """
     p, c = _check_pair(probs, counts)
     has = c.sum(-1) > 0
     if not has.any():
         raise ValueError("counts has no annotations")
+    _normalise(p, "probs")  # an all-zero row predicted the first label
     pred = p[has].argmax(-1)
     hit = c[has][np.arange(int(has.sum())), pred] == c[has].max(-1)
     return float(hit.mean())
@@ -238,12 +264,12 @@ def fleiss_kappa(counts: Any) -> float:
     c = c[n_i >= 2]
     n_i = n_i[n_i >= 2]
     if len(c) == 0:
-        raise ValueError("Fleiss' kappa needs items with at least two ratings")
+        raise ValueError("counts: Fleiss' kappa needs items with at least two ratings")
     p_i = ((c**2).sum(-1) - n_i) / (n_i * (n_i - 1))
     p_j = c.sum(0) / c.sum()
     p_e = float((p_j**2).sum())
     if p_e >= 1 - 1e-12:
-        raise ValueError("all ratings fall in one category; Fleiss' kappa is undefined")
+        raise ValueError("counts: all ratings fall in one category; Fleiss' kappa is undefined")
     return float((p_i.mean() - p_e) / (1 - p_e))
 
 
@@ -273,8 +299,6 @@ def panel_std(
     Returns:
         ``[n]`` Monte Carlo estimates (standard error about ``sd / sqrt(panels)``).
     """
-    from probrec.checks import check_positive_int
-
     panels = check_positive_int(panels, "panels")
     xs = _np(x, "x")
     sizes = np.asarray(panel_sizes)
@@ -362,7 +386,7 @@ def evaluate(
     values = np.asarray(model.labels, dtype=np.float64)
     logp_t, loo = model.label_log_probs_loo(x, seed=seed, n_samples=n_samples)
     logp = logp_t.double().cpu().numpy()
-    probs = _normalise(np.exp(logp))
+    probs = _normalise(np.exp(logp), "label_log_probs")
     # expected spread within one simulated item (for independent annotators: of p(y | x))
     item_sd = model.item_moments(x, seed=seed, n_samples=n_samples)[1].double().cpu().numpy()
     human_sd = distribution_moments(counts[has2], values)[1]
