@@ -12,22 +12,9 @@ from metalearn import ADKF, ADKFIFT, DKT
 from metalearn.dkl import DKL
 from metalearn.protonet import ProtoNet
 from metalearn.single_task import GPST, RandomForest
-from probrec.data import latent_feature_tasks
+from tests.metalearn.conftest import TINY_META
 
-KW = dict(
-    n_steps=4,
-    batch_size=4,
-    support_size=16,
-    query_size=32,
-    hidden=(16,),
-    eval_every=2,
-    valid_support_size=16,
-)
-
-
-@pytest.fixture(scope="module")
-def cls_tasks():
-    return latent_feature_tasks(8, 64, dim=8, seed=0)
+KW = TINY_META
 
 
 # ---------------------------------------------------------------- F4: flags
