@@ -34,8 +34,13 @@ printed; ``tests/samplers/test_hmc_vs_pyro.py`` checks the coincidence in float6
 draws all chains' momenta at once, a different stream, so its agreement with ``pyro`` is a
 statistical one.
 
+With ``--nuts W`` Pyro's NUTS (its defaults, identity mass) also runs once per chain from the
+same start states, ``W`` adaptation transitions then ``--transitions`` draws, and the log-density
+ESS (summed over chains) per second and per gradient of its sampling phase is set beside our
+fixed-length HMC's: what a Pyro user would run instead of a hand-set trajectory length.
+
 Usage: ``python benchmarks/hmc_vs_pyro.py [--chains 10] [--transitions 200] [--n-leapfrog 10]
-[--repeats 3] [--threads 1]``. Pyro (``pyro-ppl``) is installed with BoTorch.
+[--repeats 3] [--threads 1] [--nuts 200]``. Pyro (``pyro-ppl``) is installed with BoTorch.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import argparse
 import math
 import statistics
 import sys
+import time
 from typing import Any
 
 import torch
@@ -170,6 +176,60 @@ def chain_summary(target: BNNPosterior, chains: torch.Tensor, x0: torch.Tensor) 
     }
 
 
+def run_pyro_nuts(
+    target: BNNPosterior, x0: torch.Tensor, warmup: int, transitions: int, seed: int
+) -> dict[str, Any]:
+    """Pyro's NUTS (its defaults: step size adapted to 0.8 acceptance, trees up to depth 10;
+    identity mass matrix, as ours) from the rows of ``x0``, one chain after another.
+
+    Returns the draws ``[C, T, dim]`` and, for the sampling phase alone (after ``warmup``
+    adaptation transitions), the seconds and gradient evaluations it took, counted by a
+    wrapper around the potential (Pyro evaluates it once per gradient).
+    """
+    import pyro
+    from pyro.infer.mcmc import MCMC, NUTS
+
+    base = autograd_potential(target)
+    chains, seconds, grads = [], 0.0, 0
+    for c in range(x0.shape[0]):
+        pyro.set_rng_seed(seed + c)
+        calls = [0]
+        mark: dict[str, float] = {}
+
+        def potential(params: dict, calls: list = calls) -> torch.Tensor:
+            calls[0] += 1
+            return base(params)
+
+        def hook(kernel, samples, stage, i, mark=mark, calls=calls) -> None:
+            if stage == "Warmup" and i == warmup - 1:  # the sampling phase starts
+                mark["t"], mark["calls"] = time.perf_counter(), calls[0]
+
+        kernel = NUTS(potential_fn=potential, adapt_step_size=True, adapt_mass_matrix=False)
+        mcmc = MCMC(
+            kernel,
+            num_samples=transitions,
+            warmup_steps=warmup,
+            initial_params={"w": x0[c].clone()},
+            disable_progbar=True,
+            hook_fn=hook,
+        )
+        mcmc.run()
+        seconds += time.perf_counter() - mark["t"]
+        grads += calls[0] - mark["calls"]
+        chains.append(mcmc.get_samples()["w"].detach())
+    return {"chains": torch.stack(chains), "seconds": seconds, "grad_evals": grads}
+
+
+def log_density_ess(target: BNNPosterior, chains: torch.Tensor) -> float:
+    """Bulk ESS of the log-density trace, summed over chains (each chain on its own: the
+    posterior's weight-permutation modes make chains disagree in every weight, while the
+    log-density is the same function in every mode)."""
+    from samplers.diagnostics import ess
+
+    lp = torch.stack([target.log_prob(ch) for ch in chains])  # [C, T]
+    return float(sum(float(ess(row[None].double())[0]) for row in lp))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -182,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--transitions", type=whole(1), default=200, help="timed HMC transitions per chain"
     )
     p.add_argument("--n-leapfrog", type=whole(1), default=10, help="leapfrog steps L")
+    p.add_argument(
+        "--nuts",
+        type=whole(0),
+        default=0,
+        help="also run Pyro's NUTS once: this many adaptation transitions per chain from the "
+        "same start states, then --transitions draws, and compare the log-density ESS per "
+        "second and per gradient of its sampling phase with our fixed-step HMC's (0: skip)",
+    )
+    p.add_argument(
+        "--nuts-chains",
+        type=whole(1),
+        default=4,
+        help="chains of the NUTS run (the first of the start states; NUTS builds trees of up "
+        "to 1,023 gradients per transition on this target, so it is slow)",
+    )
     p.add_argument(
         "--warmup-transitions",
         type=whole(1),
@@ -259,6 +334,45 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "ours_autograd_over_pyro": ratio_summary(seconds["pyro"], seconds["ours_autograd"]),
     }
+    nuts_row = None
+    if args.nuts:
+        print(
+            f"Pyro NUTS: {min(args.nuts_chains, args.chains)} chains, {args.nuts} adaptation + "
+            f"{T} transitions each ...",
+            flush=True,
+        )
+        nuts = run_pyro_nuts(target, x0[: args.nuts_chains], args.nuts, T, args.seed + 99)
+        hmc_s = statistics.median(seconds["ours"])
+        pyro_s = statistics.median(seconds["pyro"])
+        ess_of = {
+            "ours": log_density_ess(target, last["ours"]["chains"]),
+            "pyro": log_density_ess(target, last["pyro"]["chains"]),
+            "pyro_nuts": log_density_ess(target, nuts["chains"]),
+        }
+        secs = {"ours": hmc_s, "pyro": pyro_s, "pyro_nuts": nuts["seconds"]}
+        grads = {"ours": evals["ours"], "pyro": evals["pyro"], "pyro_nuts": nuts["grad_evals"]}
+        nuts_row = {
+            k: {
+                "log_density_ess": ess_of[k],
+                "seconds": secs[k],
+                "grad_evals": grads[k],
+                "ess_per_second": ess_of[k] / secs[k],
+                "ess_per_1000_grads": 1000 * ess_of[k] / grads[k],
+            }
+            for k in ess_of
+        }
+        nuts_row["pyro_nuts"].update(
+            chains=int(nuts["chains"].shape[0]),
+            test_nll=chain_summary(target, nuts["chains"], x0[: nuts["chains"].shape[0]])[
+                "test_nll"
+            ],
+        )
+        for k, r in nuts_row.items():
+            print(
+                f"{k:10s} log-density ESS {r['log_density_ess']:7.1f} in {r['seconds']:6.2f} s "
+                f"and {r['grad_evals']:,} gradients: {r['ess_per_second']:6.2f} ESS / s, "
+                f"{r['ess_per_1000_grads']:.2f} ESS / 1000 gradients"
+            )
     rows = [
         [
             name,
@@ -309,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             "transitions_together_ours_one_chain_vs_pyro": together,
             "max_abs_gap_before_apart": float(torch.where(apart.cumsum(1) > 0, 0.0, gap).max()),
             "ratios": ratios,
+            "nuts": nuts_row,
         },
     )
     print(f"-> {path}")

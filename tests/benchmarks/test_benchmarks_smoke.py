@@ -149,6 +149,7 @@ def test_hmc_vs_pyro(bench, tmp_path: Path) -> None:
     pytest.importorskip("pyro")
     out = tmp_path / "hmc.json"
     args = ["--chains", "2", "--transitions", "8", "--warmup-transitions", "20"]
+    args += ["--nuts", "3", "--nuts-chains", "1"]
     bench("hmc_vs_pyro").main(args + ["--repeats", "1", "--warmup", "0", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["config"]["dim"] == 550 and saved["config"]["step_size"] > 0
@@ -162,3 +163,7 @@ def test_hmc_vs_pyro(bench, tmp_path: Path) -> None:
     # each side counts its own gradient evaluations: 1 at the start + L per transition
     assert saved["grad_evals"]["pyro"] == saved["grad_evals"]["ours"] == 2 * (1 + 8 * 10)
     assert math.isfinite(saved["ratios"]["ours_over_pyro"]["ratio_of_medians"])
+    nuts = saved["nuts"]
+    assert nuts["pyro_nuts"]["chains"] == 1 and nuts["pyro_nuts"]["grad_evals"] >= 8
+    assert nuts["ours"]["grad_evals"] == saved["grad_evals"]["ours"]
+    assert all(r["log_density_ess"] > 0 for r in nuts.values())
