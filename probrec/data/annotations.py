@@ -388,27 +388,54 @@ def load_popquorn(path: str | Path) -> AnnotationSet:
     Args:
         path: the CSV file.
 
+    Rows without a rating are left out and reported: ``metadata["n_unrated_rows"]`` counts
+    them and ``metadata["unrated_items"]`` lists the items left with no rating at all (dropped).
+
     Returns:
         :class:`AnnotationSet` named ``"POPQUORN"``, ``label_values = (1, ..., 5)``, kind
         ordinal, with ``annotators`` holding each annotator's demographics.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: required columns missing, or ratings outside 1-5.
+        ValueError: an unreadable or empty file, required columns missing, a row without
+            ``instance_id`` or ``user_id``, an annotator rating an item twice, an item with two
+            texts, an annotator with two values of a demographic, or ratings outside 1-5.
     """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"POPQUORN CSV not found: {path}")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        # an empty file said only "No columns to parse from file", a gzip that is not one
+        # "Not a gzipped file": neither named the file
+        raise ValueError(f"path {str(path)!r} is not a readable POPQUORN CSV: {exc}") from exc
     need = {"instance_id", "user_id", "text", "offensiveness"}
     missing = need - set(df.columns)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    for col in ("instance_id", "user_id"):  # groupby dropped rows without an instance_id
+        absent = np.flatnonzero(df[col].isna().to_numpy())
+        if absent.size:
+            raise ValueError(
+                f"{path}: {absent.size} row(s) have no {col} (first: data row "
+                f"{int(absent[0]) + 1}); every rating needs its item and its annotator"
+            )
     # texts verbatim: pandas would read a text "NA" or "null" (or an empty one) as missing
     df["text"] = pd.read_csv(path, usecols=["text"], dtype=str, keep_default_na=False)["text"]
-    df = df.dropna(subset=["offensiveness"]).sort_values(["instance_id", "user_id"])
+    unrated = df["offensiveness"].isna()
+    all_items = set(df["instance_id"].astype(str))
+    df = df[~unrated].sort_values(["instance_id", "user_id"])
+    unrated_items = sorted(all_items - set(df["instance_id"].astype(str)))
+    texts_per_item = df.groupby("instance_id")["text"].nunique()
+    if (texts_per_item > 1).any():  # the first text was kept, silently
+        iid = texts_per_item.index[texts_per_item.to_numpy() > 1][0]
+        raise ValueError(
+            f"{path}: instance_id {iid} has {int(texts_per_item[iid])} different texts; an "
+            "instance_id names one item"
+        )
     twice = df.duplicated(["instance_id", "user_id"])
     if twice.any():
         first = df[twice].iloc[0]
@@ -417,6 +444,14 @@ def load_popquorn(path: str | Path) -> AnnotationSet:
             f"({first['instance_id']}, {first['user_id']}): an annotator rates an item once"
         )
     demo_cols = [c for c in ("gender", "race", "age", "occupation", "education") if c in df.columns]
+    for c in demo_cols:  # the first row's value was kept, silently
+        per_user = df.groupby("user_id")[c].nunique(dropna=False)
+        if (per_user > 1).any():
+            uid = per_user.index[per_user.to_numpy() > 1][0]
+            raise ValueError(
+                f"{path}: user_id {uid} has {int(per_user[uid])} different {c!r} values; an "
+                "annotator's demographics are one per annotator"
+            )
     annotators = {
         str(uid): {c: str(row[c]) for c in demo_cols}
         for uid, row in df.drop_duplicates("user_id").set_index("user_id").iterrows()
@@ -442,7 +477,11 @@ def load_popquorn(path: str | Path) -> AnnotationSet:
         texts=texts,
         annotator_ids=ann.astype(str),
         annotators=annotators,
-        metadata={"source": str(path)},
+        metadata={
+            "source": str(path),
+            "n_unrated_rows": int(unrated.sum()),
+            "unrated_items": unrated_items,
+        },
     )
 
 
@@ -488,7 +527,10 @@ def load_lewidi(
 
     Raises:
         FileNotFoundError: a split's file is missing.
-        ValueError: unknown dataset or split, malformed annotations.
+        ValueError: unknown dataset or split, a file that is not a JSON object of items,
+            malformed annotations (non-integer, an empty entry, outside the label set, an
+            item without any), or ``annotators`` that do not name one distinct annotator per
+            annotation (an item without ``annotators`` keeps anonymous annotations).
     """
     check_choice(dataset, "dataset", tuple(LEWIDI_DATASETS))
     if isinstance(splits, str):
@@ -507,16 +549,37 @@ def load_lewidi(
         f = folder / f"lewidi2023_{dataset}_{s}.json"
         if not f.is_file():
             raise FileNotFoundError(f"LeWiDi file not found: {f}")
-        items = json.loads(f.read_text(encoding="utf-8"))
+        try:
+            items = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # named no file before
+            raise ValueError(f"LeWiDi file {f} is not valid JSON: {exc}") from exc
         if not isinstance(items, dict):
             raise ValueError(f"{f}: expected a JSON object of items, got {type(items).__name__}")
         for key, it in items.items():
             if not isinstance(it, dict) or not {"text", "annotations"} <= set(it):
                 raise ValueError(f"{f.name} item {key}: needs 'text' and 'annotations'")
-            anns = [a.strip() for a in str(it["annotations"]).split(",") if a.strip()]
-            people = [a.strip() for a in str(it.get("annotators", "")).split(",")]
-            if len(people) != len(anns):
+            anns = [a.strip() for a in str(it["annotations"]).split(",")]
+            if anns == [""]:
+                anns = []  # no annotation at all: pad_annotations names the item
+            if "" in anns:  # "0,,1": the empty slot was dropped and the annotators blanked
+                raise ValueError(
+                    f"{f.name} item {key}: an empty entry in annotations {it['annotations']!r}"
+                )
+            people = [a.strip() for a in str(it.get("annotators") or "").split(",")]
+            if people == [""]:  # no annotator ids given: annotations stay anonymous
                 people = [""] * len(anns)
+            elif len(people) != len(anns) or "" in people:
+                # a count mismatch blanked every annotator id of the item, silently
+                raise ValueError(
+                    f"{f.name} item {key}: {len(anns)} annotation(s) {it['annotations']!r} but "
+                    f"annotators {it.get('annotators')!r}; give one annotator per annotation"
+                )
+            twice = sorted({a for a in people if a and people.count(a) > 1})
+            if twice:
+                raise ValueError(
+                    f"{f.name} item {key}: annotator(s) {twice} annotate the item twice; an "
+                    "annotator labels an item once"
+                )
             try:
                 values = [int(a) for a in anns]
             except ValueError as exc:

@@ -1,0 +1,156 @@
+"""Loaders against the raw files read independently (pandas / json / csv), and the errors and
+reports of malformed inputs a user meets (nothing dropped or blanked without being said)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probrec.data.annotations import load_lewidi, load_popquorn, split_items
+
+POPQUORN = "annotators/popquorn_offensiveness_1200.csv"
+LEWIDI = "annotators/lewidi"
+DEMOGRAPHICS = ("gender", "race", "age", "occupation", "education")
+
+
+# ------------------------------------------------------------------------------- POPQUORN
+def test_popquorn_equals_the_csv_read_with_pandas(shared_data):
+    path = shared_data / POPQUORN
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rated = raw[raw["offensiveness"] != ""]
+    data = load_popquorn(path)
+    assert len(data) == raw["instance_id"].nunique() == 1200
+    assert data.n_annotations == len(rated)
+    assert len(data.annotators) == raw["user_id"].nunique() == 262
+    expected: dict[str, list[tuple[str, int]]] = {}
+    for r in rated.itertuples():
+        expected.setdefault(r.instance_id, []).append((r.user_id, int(float(r.offensiveness))))
+    text = dict(zip(raw["instance_id"], raw["text"]))
+    for i, iid in enumerate(data.item_ids):
+        got = zip(data.annotator_ids[i][data.mask[i]], data.labels[i][data.mask[i]].tolist())
+        assert sorted(got) == sorted(expected[iid]), iid
+        assert data.texts[i] == text[iid]
+    users = raw.drop_duplicates("user_id").set_index("user_id")
+    for uid, demo in data.annotators.items():
+        assert demo == {c: users.loc[uid, c] for c in DEMOGRAPHICS}
+    assert data.metadata["n_unrated_rows"] == 0 and data.metadata["unrated_items"] == []
+
+
+def _popquorn(tmp_path, body: str, header: str = "instance_id,user_id,text,offensiveness,gender"):
+    p = tmp_path / "popquorn.csv"
+    p.write_text(header + "\n" + body)
+    return p
+
+
+def test_popquorn_reports_the_rows_and_items_it_leaves_out(tmp_path):
+    # item 2's only rating is missing: it was dropped without a word
+    data = load_popquorn(_popquorn(tmp_path, "1,a,t1,2,M\n1,b,t1,,F\n2,a,t2,,M\n"))
+    assert data.item_ids.tolist() == ["1"]
+    assert data.metadata["n_unrated_rows"] == 2
+    assert data.metadata["unrated_items"] == ["2"]
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (",a,t1,2,M\n2,b,t2,3,F\n", "no instance_id"),  # was dropped by groupby, silently
+        ("1,,t1,2,M\n2,b,t2,3,F\n", "no user_id"),  # became an annotator called 'nan'
+        ("1,a,t1,2,M\n1,b,t2,3,F\n", "instance_id 1 has 2 different texts"),
+        ("1,a,t1,2,M\n2,a,t2,3,F\n", "user_id a has 2 different 'gender'"),
+    ],
+)
+def test_popquorn_refuses_rows_it_would_misread(tmp_path, body, match):
+    with pytest.raises(ValueError, match=match):
+        load_popquorn(_popquorn(tmp_path, body))
+
+
+def test_popquorn_unreadable_files_name_the_path(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty.csv"):
+        load_popquorn(empty)
+    fake = tmp_path / "fake.csv.gz"
+    fake.write_text("instance_id,user_id,text,offensiveness\n")
+    with pytest.raises(ValueError, match="fake.csv.gz"):
+        load_popquorn(fake)
+
+
+# ------------------------------------------------------------------------------- LeWiDi
+@pytest.mark.parametrize(
+    "name, n_annotators", [("HS-Brexit", 6), ("ArMIS", 3), ("MD-Agreement", 682), ("ConvAbuse", 8)]
+)
+def test_lewidi_equals_the_json_files(shared_data, name, n_annotators):
+    data = load_lewidi(shared_data / LEWIDI, name)
+    position = {iid: i for i, iid in enumerate(data.item_ids)}
+    n_items = n_annotations = 0
+    for split in ("train", "dev"):
+        items = json.loads((shared_data / LEWIDI / f"lewidi2023_{name}_{split}.json").read_text())
+        for key, item in items.items():
+            i = position[f"{split}/{key}"]
+            labels = [int(v) for v in item["annotations"].split(",")]
+            people = item["annotators"].split(",")
+            assert data.labels[i][data.mask[i]].tolist() == labels
+            assert data.annotator_ids[i][data.mask[i]].tolist() == people
+            assert data.source_split[i] == split
+            if name != "ConvAbuse":  # ConvAbuse's dialogue JSON becomes one string
+                assert data.texts[i] == item["text"]
+            n_items += 1
+            n_annotations += len(labels)
+    assert len(data) == n_items and data.n_annotations == n_annotations
+    assert len(data.annotators) == n_annotators
+    assert set(np.unique(data.labels[data.mask])) <= set(data.label_values)
+
+
+def _lewidi(tmp_path, items):
+    (tmp_path / "lewidi2023_ArMIS_train.json").write_text(json.dumps(items))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "item, match",
+    [
+        # the count mismatch blanked every annotator id of the item
+        ({"text": "a", "annotations": "0,1,1", "annotators": "A,B"}, "one annotator per"),
+        # the empty slot was dropped, then the ids blanked (3 annotators, 2 labels)
+        ({"text": "a", "annotations": "0,,1", "annotators": "A,B,C"}, "empty entry"),
+        ({"text": "a", "annotations": "0,1", "annotators": "A,A"}, r"\['A'\] annotate"),
+    ],
+)
+def test_lewidi_refuses_annotations_it_would_misread(tmp_path, item, match):
+    with pytest.raises(ValueError, match=match):
+        load_lewidi(_lewidi(tmp_path, {"1": item}), "ArMIS", splits="train")
+
+
+def test_lewidi_without_annotator_ids_keeps_anonymous_annotations(tmp_path):
+    data = load_lewidi(
+        _lewidi(tmp_path, {"1": {"text": "a", "annotations": "0,1"}}), "ArMIS", splits="train"
+    )
+    assert data.annotation_lists() == [[0, 1]] and data.annotators == {}
+
+
+def test_lewidi_invalid_json_names_the_file(tmp_path):
+    (tmp_path / "lewidi2023_ArMIS_train.json").write_text("")
+    with pytest.raises(ValueError, match="lewidi2023_ArMIS_train.json is not valid JSON"):
+        load_lewidi(tmp_path, "ArMIS", splits="train")
+
+
+def test_split_items_partitions_real_items_and_keeps_them_whole(shared_data):
+    data = load_lewidi(shared_data / LEWIDI, "ConvAbuse")
+    parts = split_items(data, (0.6, 0.2, 0.2), seed=3)
+    ids = [p.item_ids.tolist() for p in parts]
+    flat = [i for part in ids for i in part]
+    assert len(flat) == len(set(flat)) == len(data)  # disjoint and covering
+    assert [p.item_ids.tolist() for p in split_items(data, (0.6, 0.2, 0.2), seed=3)] == ids
+    assert [p.item_ids.tolist() for p in split_items(data, (0.6, 0.2, 0.2), seed=4)] != ids
+    position = {iid: i for i, iid in enumerate(data.item_ids)}
+    for part in parts:
+        for j, iid in enumerate(part.item_ids):
+            i = position[iid]
+            assert part.labels[j][part.mask[j]].tolist() == data.labels[i][data.mask[i]].tolist()
+            assert (
+                part.annotator_ids[j][part.mask[j]] == data.annotator_ids[i][data.mask[i]]
+            ).all()
+            assert part.texts[j] == data.texts[i]
