@@ -219,8 +219,11 @@ class MoleculeFeaturizer:
         """Content hash of the configuration and the ordered SMILES list."""
         h = hashlib.sha256(json.dumps(self._config(), sort_keys=True).encode())
         for s in smiles:
-            h.update(s.encode())
-            h.update(b"\n")
+            # length-prefixed: with a bare newline separator, ["C\nC", "O"] and ["C", "C\nO"]
+            # (RDKit reads text after whitespace as a name: both valid) shared an entry
+            b = s.encode()
+            h.update(b"%d:" % len(b))
+            h.update(b)
         return h.hexdigest()[:32]
 
     def raw_features(self, smiles: Sequence[str]) -> np.ndarray:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from probrec.data.annotations import load_lewidi, load_popquorn, split_items
+from probrec.data.featurize import MoleculeFeaturizer
 
 POPQUORN = "annotators/popquorn_offensiveness_1200.csv"
 LEWIDI = "annotators/lewidi"
@@ -154,3 +155,41 @@ def test_split_items_partitions_real_items_and_keeps_them_whole(shared_data):
                 part.annotator_ids[j][part.mask[j]] == data.annotator_ids[i][data.mask[i]]
             ).all()
             assert part.texts[j] == data.texts[i]
+
+
+# ------------------------------------------------------------------------------- featurizer
+MOLECULES = ["CCO", "CC(=O)Oc1ccccc1C(=O)O", "C[C@H](N)C(=O)O", "[Na+].[Cl-]", "C1CCC2(CC1)OCCO2"]
+
+
+@pytest.mark.parametrize("radius, n_bits", [(2, 2048), (3, 1024)])
+def test_raw_features_equal_rdkit_called_directly(tmp_path, radius, n_bits):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, Descriptors
+
+    f = MoleculeFeaturizer(radius=radius, n_bits=n_bits, cache_dir=tmp_path, n_jobs=1)
+    for raw in (f.raw_features(MOLECULES), f.raw_features(MOLECULES)):  # computed, then cached
+        for row, smiles in zip(raw, MOLECULES):
+            mol = Chem.MolFromSmiles(smiles)
+            counts = np.zeros(n_bits)
+            legacy = AllChem.GetHashedMorganFingerprint(mol, radius, nBits=n_bits)
+            for bit, c in legacy.GetNonzeroElements().items():
+                counts[bit] = c
+            np.testing.assert_array_equal(row[:n_bits], counts)
+            ref = Descriptors.CalcMolDescriptors(mol)
+            desc = np.array([ref[name] for name, _ in Descriptors._descList], dtype=float)
+            desc[~np.isfinite(desc)] = np.nan
+            np.testing.assert_allclose(row[n_bits:], desc, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+def test_cache_keys_of_different_smiles_lists_differ(tmp_path):
+    from rdkit import Chem
+
+    # RDKit reads text after whitespace as the molecule's name: both lists are valid, and the
+    # newline-joined key made them share one cache entry (the second got the first's rows)
+    first, second = ["C\nC", "O"], ["C", "C\nO"]
+    assert all(Chem.MolFromSmiles(s) is not None for s in first + second)
+    f = MoleculeFeaturizer(fingerprint=True, descriptors=False, cache_dir=tmp_path, n_jobs=1)
+    assert f.cache_key(first) != f.cache_key(second)
+    f.raw_features(first)
+    fresh = MoleculeFeaturizer(fingerprint=True, descriptors=False, cache_dir=False, n_jobs=1)
+    np.testing.assert_array_equal(f.raw_features(second), fresh.raw_features(second))
