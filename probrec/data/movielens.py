@@ -201,10 +201,34 @@ class InteractionLog:
 
 def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="latin-1") as fh:  # type: ignore[operator]
-        lines = [ln.rstrip("\n").split("\t") for ln in fh if ln.strip()]
+    try:
+        with opener(path, "rt", encoding="latin-1") as fh:  # type: ignore[operator]
+            lines = [ln.rstrip("\r\n").split("\t") for ln in fh if ln.strip()]
+    except (OSError, EOFError) as exc:  # "Not a gzipped file" named no file
+        raise ValueError(f"{path} is not a readable atomic file: {exc}") from exc
+    if not lines:  # an IndexError before
+        raise ValueError(f"{path} is empty (no header line)")
     header = [h.split(":")[0] for h in lines[0]]
     return header, lines[1:]
+
+
+def _numbers(path: Path, header: list[str], rows: list[list[str]], column: str) -> np.ndarray:
+    """Column ``column`` as float64; a short row, an empty cell or text is named by line (a
+    rating of "nan" became label 0 silently, "" raised a bare "could not convert")."""
+    j = header.index(column)
+    out = np.empty(len(rows), dtype=np.float64)
+    for i, r in enumerate(rows):
+        cell = r[j].strip() if j < len(r) else None
+        try:
+            out[i] = float(cell) if cell else np.nan
+        except ValueError:
+            out[i] = np.nan
+        if not np.isfinite(out[i]):
+            what = "is missing (the row is short)" if cell is None else f"is {cell!r}"
+            raise ValueError(
+                f"{path}: {column} of data line {i + 1} {what}; expected a finite number"
+            )
+    return out
 
 
 def _find(folder: Path, suffix: str) -> Path:
@@ -230,22 +254,29 @@ def load_movielens(
 
     Raises:
         FileNotFoundError: the folder or a file is missing.
-        ValueError: a file lacks a needed column.
+        ValueError: an empty or unreadable file, a file lacking a needed column, no
+            interactions, or an id, rating or timestamp that is missing or not a number.
     """
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"MovieLens folder {str(folder)!r} does not exist (download_movielens() fetches it)"
         )
-    head, rows = _read_atomic(_find(folder, ".inter"))
+    inter = _find(folder, ".inter")
+    head, rows = _read_atomic(inter)
     need = ("user_id", "item_id", "rating", "timestamp")
     if any(c not in head for c in need):
         raise ValueError(f"the .inter file must have columns {need}, got {head}")
-    cols = {c: [r[head.index(c)] for r in rows] for c in need}
-    user = np.asarray(cols["user_id"], dtype=np.int64)
-    item = np.asarray(cols["item_id"], dtype=np.int64)
-    rating = np.asarray(cols["rating"], dtype=np.float64)
-    time = np.asarray(cols["timestamp"], dtype=np.float64).astype(np.int64)
+    if not rows:
+        raise ValueError(f"{inter} has a header but no interactions")
+    cols = {c: _numbers(inter, head, rows, c) for c in need}
+    for c in ("user_id", "item_id"):
+        if (cols[c] != np.round(cols[c])).any():
+            raise ValueError(f"{inter}: {c} must hold integer ids")
+    user = cols["user_id"].astype(np.int64)
+    item = cols["item_id"].astype(np.int64)
+    rating = cols["rating"]
+    time = cols["timestamp"].astype(np.int64)
 
     ihead, irows = _read_atomic(_find(folder, ".item"))
     year_col = next((c for c in ("release_year", "year") if c in ihead), None)

@@ -193,3 +193,49 @@ def test_cache_keys_of_different_smiles_lists_differ(tmp_path):
     f.raw_features(first)
     fresh = MoleculeFeaturizer(fingerprint=True, descriptors=False, cache_dir=False, n_jobs=1)
     np.testing.assert_array_equal(f.raw_features(second), fresh.raw_features(second))
+
+
+# ------------------------------------------------------------------------------- MovieLens
+def test_movielens_equals_the_atomic_files_read_with_pandas(shared_data):
+    from probrec.data.movielens import GENRES, load_movielens
+
+    folder = shared_data / "recsys" / "ml-100k"
+    inter = pd.read_csv(folder / "ml-100k.inter.gz", sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    items = pd.read_csv(folder / "ml-100k.item", sep="\t", encoding="latin-1", dtype=str)
+    items.columns = [c.split(":")[0] for c in items.columns]
+    log = load_movielens(folder)
+    order = inter.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
+    assert len(log) == len(inter) == 100_000
+    np.testing.assert_array_equal(log.user, order["user_id"])
+    np.testing.assert_array_equal(log.item, order["item_id"])
+    np.testing.assert_array_equal(log.time, order["timestamp"])
+    np.testing.assert_array_equal(log.rating, order["rating"])
+    np.testing.assert_array_equal(log.label, (order["rating"] >= 4).to_numpy())
+    genres = items.set_index("item_id")["class"].fillna("").to_dict()
+    expected = [[g in genres[str(i)].split() for g in GENRES] for i in order["item_id"]]
+    np.testing.assert_array_equal(log.multi_hot.astype(bool), np.array(expected))
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("1\t2\tnan\t5", "rating of data line 1 is 'nan'"),  # was label 0, silently
+        ("1\t2\t\t5", "rating of data line 1 is ''"),
+        ("1\t2\tgood\t5", "rating of data line 1 is 'good'"),
+        ("1\t2\t3", "timestamp of data line 1 is missing"),  # an IndexError before
+    ],
+)
+def test_movielens_refuses_ratings_it_cannot_read(tmp_path, line, match):
+    from probrec.data.movielens import load_movielens
+
+    (tmp_path / "x.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + line + "\n"
+    )
+    (tmp_path / "x.item").write_text("item_id:token\n2\n")
+    (tmp_path / "x.user").write_text("user_id:token\n1\n")
+    with pytest.raises(ValueError, match=match):
+        load_movielens(tmp_path)
+    (tmp_path / "x.inter").write_text("")
+    with pytest.raises(ValueError, match="x.inter is empty"):
+        load_movielens(tmp_path)
