@@ -13,6 +13,7 @@ import gzip
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,16 @@ def load_dockstring_targets(
     if not names or len(set(names)) != len(names):
         raise ValueError(f"targets must be a non-empty list without repeats, got {names}")
     opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", newline="") as fh:  # type: ignore[operator]
+    try:
+        return _read(p, opener, names, smiles_column)
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:  # named no file
+        raise ValueError(f"path {str(p)!r} is not a readable CSV: {exc}") from exc
+
+
+def _read(
+    p: Path, opener: Any, names: list[str], smiles_column: str
+) -> tuple[list[str], list[str], np.ndarray]:
+    with opener(p, "rt", newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:

@@ -591,10 +591,13 @@ def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"assay table {str(path)!r} does not exist")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="", encoding="utf-8") as fh:  # type: ignore[operator]
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8") as fh:  # type: ignore[operator]
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:  # named no file
+        raise ValueError(f"assay table {str(path)!r} is not a readable CSV: {exc}") from exc
     missing = [c for c in CHEMBL_REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ValueError(

@@ -23,15 +23,18 @@ from probrec.data.tasks import Task, TaskSet
 
 def _read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"path {str(p)!r} does not exist")
+    if not p.is_file():  # a folder raised IsADirectoryError
+        raise FileNotFoundError(f"path {str(p)!r} does not exist or is not a file")
     opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", newline="") as fh:  # type: ignore[operator]
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{p} is empty (no header row)")
-        rows = [r for r in reader if r]
+    try:
+        with opener(p, "rt", newline="") as fh:  # type: ignore[operator]
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{p} is empty (no header row)")
+            rows = [r for r in reader if r]
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:  # named no file
+        raise ValueError(f"path {str(p)!r} is not a readable CSV: {exc}") from exc
     if not rows:
         raise ValueError(f"{p} has a header but no data rows")
     return header, rows
@@ -154,8 +157,9 @@ def load_regression_csv(
 ) -> TaskSet:
     """Loads a single-target regression CSV (ESOL, FreeSolv, Lipophilicity, ...) as one task.
 
-    Rows with an invalid SMILES or a missing label are dropped (invalid SMILES are counted in
-    ``skipped``), and so are labels the transform leaves non-finite (their count is the task's
+    Rows with an invalid SMILES or a missing label are dropped (invalid SMILES are listed in
+    ``skipped``, rows without a label counted in the task's ``metadata["n_unlabelled"]``), and
+    so are labels the transform leaves non-finite (their count is the task's
     ``metadata["dropped_labels"]``).
 
     Args:
@@ -185,7 +189,10 @@ def load_regression_csv(
             f"{y.shape}"
         )
     finite = np.isfinite(y)  # a transform may leave labels undefined (log of 0): dropped
-    meta = {**task.metadata, "dropped_labels": int((~finite).sum())}
+    # rows with a valid SMILES but an empty label cell (COVID Moonshot: 136 of 2,062) were left
+    # out without a count
+    unlabelled = len(rows) - len(ts.skipped) - len(task)
+    meta = {**task.metadata, "dropped_labels": int((~finite).sum()), "n_unlabelled": unlabelled}
     task = Task(task.inputs[finite], y[finite], "regression", name or label_column, meta)
     return TaskSet([task], skipped=ts.skipped, source=str(path))
 

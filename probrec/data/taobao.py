@@ -80,10 +80,13 @@ def load_taobao_ad(path: str | Path, *, name: str | None = None) -> InteractionL
     if not p.is_file():
         raise FileNotFoundError(f"TaobaoAd CSV {str(p)!r} does not exist")
     opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", newline="") as fh:  # type: ignore[operator]
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
+    try:
+        with opener(p, "rt", newline="") as fh:  # type: ignore[operator]
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:  # named no file
+        raise ValueError(f"path {str(p)!r} is not a readable CSV: {exc}") from exc
     missing = [c for c in _NEEDED if c not in header]
     if missing:
         raise ValueError(f"{p} lacks the column(s) {missing}; columns are {header}")

@@ -239,3 +239,85 @@ def test_movielens_refuses_ratings_it_cannot_read(tmp_path, line, match):
     (tmp_path / "x.inter").write_text("")
     with pytest.raises(ValueError, match="x.inter is empty"):
         load_movielens(tmp_path)
+
+
+# ------------------------------------------------------------------------------- molecule CSVs
+def test_wide_moleculenet_table_equals_pandas_and_rdkit(shared_data):
+    from rdkit import Chem, RDLogger
+
+    from probrec.data.moleculenet import load_moleculenet
+
+    RDLogger.DisableLog("rdApp.*")
+    path = shared_data / "molecules" / "moleculenet" / "tox21.csv.gz"
+    raw = pd.read_csv(path)
+    valid = np.array([Chem.MolFromSmiles(s) is not None for s in raw["smiles"]])
+    tasks = load_moleculenet(path)
+    assert tasks.skipped == raw["smiles"][~valid].tolist() and (~valid).sum() == 8
+    assert tasks.names == [c for c in raw.columns if c != "smiles"] and tasks.excluded == {}
+    for t in tasks:
+        labelled = valid & raw[t.name].notna().to_numpy()
+        assert t.inputs.tolist() == raw["smiles"][labelled].tolist()
+        np.testing.assert_array_equal(t.labels, raw[t.name][labelled])
+
+
+@pytest.mark.parametrize(
+    "name, n_rows, n_labelled", [("covid_moonshot", 2062, 1926), ("esol", 1128, 1128)]
+)
+def test_regression_sets_count_the_rows_without_a_label(shared_data, name, n_rows, n_labelled):
+    from probrec.data.moleculenet import REGRESSION_SETS, load_regression_set
+
+    rel, column, _ = REGRESSION_SETS[name]
+    raw = pd.read_csv(shared_data / "molecules" / rel)
+    task = load_regression_set(name, shared_data)
+    assert len(raw) == n_rows and raw[column].notna().sum() == n_labelled == len(task)
+    assert task.metadata["n_unlabelled"] == n_rows - n_labelled
+    expected = raw[column].dropna().to_numpy(dtype=float)
+    if name == "covid_moonshot":  # negated pIC50 from the IC50 in uM
+        expected = -(6 - np.log10(expected))
+    np.testing.assert_allclose(task.labels, expected)
+
+
+def test_dockstring_equals_pandas(shared_data):
+    from probrec.data.dockstring import DOCKSTRING_TARGETS, load_dockstring_targets
+
+    path = shared_data / "molecules" / "ood" / "dockstring-dataset-subsampled.csv.gz"
+    raw = pd.read_csv(path)
+    smiles, names, scores = load_dockstring_targets(path)
+    assert smiles == raw["smiles"].tolist() and names == list(DOCKSTRING_TARGETS)
+    np.testing.assert_array_equal(scores, raw[list(DOCKSTRING_TARGETS)].to_numpy(float))
+
+
+def test_taobao_equals_pandas_with_repeats_merged(shared_data):
+    from probrec.data.taobao import load_taobao_ad
+
+    path = shared_data / "recsys" / "ctr_samples" / "taobaoad_tiny_train.csv"
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    raw["t"] = (pd.to_datetime(raw["time_stamp"]) - pd.Timestamp("1970-01-01")).dt.total_seconds()
+    raw["clk"] = raw["clk"].astype(int)
+    for c in ("userid", "adgroup_id", "t"):
+        raw[c] = raw[c].astype(np.int64)
+    merged = raw.groupby(["userid", "adgroup_id", "t"], as_index=False)["clk"].max()
+    merged = merged.sort_values(["t", "userid", "adgroup_id"])
+    log = load_taobao_ad(path)
+    assert log.metadata["merged_rows"] == len(raw) - len(merged) == 1
+    np.testing.assert_array_equal(log.user, merged["userid"])
+    np.testing.assert_array_equal(log.item, merged["adgroup_id"])
+    np.testing.assert_array_equal(log.time, merged["t"])
+    np.testing.assert_array_equal(log.label, merged["clk"])
+
+
+def test_csv_loaders_name_a_file_that_is_not_gzip(tmp_path):
+    from probrec.data.dockstring import load_dockstring_targets
+    from probrec.data.fsmol import clean_chembl_assay_table
+    from probrec.data.moleculenet import load_moleculenet
+    from probrec.data.taobao import load_taobao_ad
+
+    fake = tmp_path / "table.csv.gz"  # plain text under a .gz name
+    fake.write_text("smiles,y\nCC,1\n")
+    for load in (load_moleculenet, load_dockstring_targets, load_taobao_ad):
+        with pytest.raises(ValueError, match="table.csv.gz' is not a readable CSV"):
+            load(fake)
+    with pytest.raises(ValueError, match="table.csv.gz' is not a readable CSV"):
+        clean_chembl_assay_table(fake)
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        load_moleculenet(tmp_path)  # a folder: IsADirectoryError before
