@@ -9,6 +9,8 @@ warm-up the step size is frozen at the dual-averaging iterate ``exp(log_eps_bar)
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -82,15 +84,41 @@ class DualAveraging:
         return torch.where(self.t > 0, torch.exp(self.log_eps_bar), torch.exp(self.log_eps))
 
     def update(self, accept_rate: Tensor | float, group: int | None = None) -> None:
-        """Updates with mean acceptance ``accept_rate`` (``G``-dim, or a float for ``group``).
+        """Updates with mean acceptance ``accept_rate`` (``G``-dim or one value for all groups,
+        or one value for ``group``).
 
-        Non-finite acceptance values (no chain in the group) are ignored.
+        A non-finite acceptance value (no chain in its group) leaves that group unchanged; the
+        other groups are updated.
+
+        Raises:
+            ValueError: ``accept_rate`` has neither 1 nor ``G`` values (one with ``group``), or
+                ``group`` is not a group index.
         """
-        a = torch.as_tensor(accept_rate, dtype=torch.float64).reshape(-1)
-        idx = slice(None) if group is None else slice(group, group + 1)
-        a = a.cpu()
-        if not bool(torch.isfinite(a).all()):
+        a = torch.as_tensor(accept_rate, dtype=torch.float64).reshape(-1).cpu()
+        g = self.n_groups
+        if group is None:
+            if a.numel() not in (1, g):
+                raise ValueError(
+                    f"accept_rate must have 1 or {g} values (one per group), got {a.numel()}"
+                )
+            idx = torch.arange(g)
+            a = a.expand(g)
+        else:
+            try:
+                gi = None if isinstance(group, bool) else operator.index(group)
+            except TypeError:
+                gi = None
+            if gi is None or not 0 <= gi < g:
+                raise ValueError(f"group must be an int in [0, {g}), got {group!r}")
+            if a.numel() != 1:
+                raise ValueError(f"accept_rate for one group must be one value, got {a.numel()}")
+            idx = torch.tensor([gi])
+        # a group whose chains gave no value keeps its state (before, one NaN group skipped
+        # the update of every group)
+        ok = torch.isfinite(a)
+        if not bool(ok.any()):
             return
+        idx, a = idx[ok], a[ok]
         t = self.t[idx] + 1
         eta = 1.0 / (t + self.t0)
         h = (1 - eta) * self.h_bar[idx] + eta * (self.target_accept - a)
