@@ -52,6 +52,7 @@ from samplers.targets import (
     MoG40,
 )
 from samplers.tempering import ParallelTempering, geometric_ladder, swap_step
+from tests.samplers.test_targets import _loop_energy_dw4, _loop_energy_lj
 
 F64 = torch.float64
 
@@ -135,39 +136,19 @@ def test_gaussian_exact_samples_have_the_gaussian_marginals_and_projections():
         assert ss.kstest((x @ a).numpy(), "norm", args=(float(a @ mean), sd)).pvalue > 1e-3
 
 
-def _dw4_loop(x: np.ndarray) -> float:
-    p = x.reshape(4, 2)
-    e = 0.0
-    for i in range(4):
-        for j in range(i + 1, 4):
-            r = np.linalg.norm(p[i] - p[j])
-            e += 0.9 * (r - 4) ** 4 - 4 * (r - 4) ** 2
-    return e
-
-
-def _lj_loop(x: np.ndarray, n: int) -> float:
-    """ANCHORS: sum over ordered pairs i != j (each pair twice) plus the harmonic term."""
-    p = x.reshape(n, 3)
-    e = 0.0
-    for i in range(n):
-        for j in range(n):
-            if i != j:
-                r = np.linalg.norm(p[i] - p[j])
-                e += r**-12 - 2 * r**-6
-    return e + 0.5 * float(((p - p.mean(0)) ** 2).sum())
-
-
 def test_particle_energies_match_the_pair_loops():
+    """DW-4 and LJ-5 / LJ-13 energies against the pair loops of test_targets (ANCHORS: LJ counts
+    each pair twice, plus the harmonic term), and LJ log_prob = -energy - the COM term."""
     rng = np.random.default_rng(0)
     x = 2.0 * rng.normal(size=(20, 8))
     e = DoubleWell4().energy(torch.tensor(x)).numpy()
-    np.testing.assert_allclose(e, [_dw4_loop(r) for r in x], rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(e, [_loop_energy_dw4(r) for r in x], rtol=1e-12, atol=1e-10)
     for n in (5, 13):
         lj = LennardJones(n)
         g = torch.Generator().manual_seed(n)
         x = lj.init_positions(10, g).double() + 0.1 * torch.randn(10, 3 * n, generator=g, dtype=F64)
         e = lj.energy(x).numpy()
-        np.testing.assert_allclose(e, [_lj_loop(r, n) for r in x.numpy()], rtol=1e-12)
+        np.testing.assert_allclose(e, [_loop_energy_lj(r, n) for r in x.numpy()], rtol=1e-12)
         # log_prob adds only the centre-of-mass Gaussian (com_scale 1)
         c = x.reshape(10, n, 3).mean(1)
         lp = lj.log_prob(x)
