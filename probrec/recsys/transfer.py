@@ -88,9 +88,16 @@ def vm_loss(
         aux_logit: ``[B]`` auxiliary-head logits (ExFM).
         aux_weight: ``w_aux >= 0``.
     """
-    if not 0.0 <= kd_weight <= 1.0:
-        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
-    aux_weight = check_real(aux_weight, "aux_weight")  # a negative or NaN weight was ignored
+    # a str weight failed in a comparison naming no argument; a NaN temperature passed when
+    # unused
+    check_loss_settings(kd_weight, temperature, aux_weight)
+    kd_weight, aux_weight = float(kd_weight), float(aux_weight)
+    if not isinstance(logit, Tensor) or not isinstance(label, Tensor):
+        raise TypeError("logit and label must be tensors")
+    if label.shape != logit.shape:  # torch's error named neither
+        raise ValueError(
+            f"label {tuple(label.shape)} must have the shape of logit {tuple(logit.shape)}"
+        )
     if (kd_weight > 0 or aux_weight > 0) and teacher_logit is None:
         raise ValueError("teacher_logit is needed when kd_weight or aux_weight is positive")
     # integer labels failed inside torch ("result type Float can't be cast to Long")
@@ -133,10 +140,11 @@ def transfer_ratio(auc_transfer: float, auc_vm: float, auc_fm: float) -> float:
     Raises:
         ValueError: ``AUC(FM) == AUC(VM)`` (the ratio is undefined).
     """
-    if not all(np.isfinite(a) for a in (auc_transfer, auc_vm, auc_fm)):
-        raise ValueError(
-            f"transfer ratio needs finite AUCs, got {auc_transfer}, {auc_vm}, {auc_fm}"
-        )
+    for name, a in (("auc_transfer", auc_transfer), ("auc_vm", auc_vm), ("auc_fm", auc_fm)):
+        if isinstance(a, bool) or not isinstance(a, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real number, got {type(a).__name__}")
+        if not np.isfinite(a):
+            raise ValueError(f"transfer ratio needs finite AUCs, got {name} = {a}")
     gap = auc_fm - auc_vm
     if gap == 0:
         raise ValueError("transfer ratio is undefined when the FM and the VM have equal AUC")
