@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probrec.backbone.store import EmbeddingStore, MissingKeyError, canonical_key
-from probrec.checks import as_bool_mask, check_bool, check_choice, check_positive_int
+from probrec.checks import (
+    as_bool_mask,
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_real,
+)
 from probrec.seeding import torch_generator
 
 __all__ = ["HistoryBatch", "HistoryEncoder", "build_history_batch", "recency_rank"]
@@ -96,7 +102,13 @@ def build_history_batch(
         flat = [k for h in rows for k in (h.tolist() if isinstance(h, np.ndarray) else h)]
     lengths = np.fromiter((len(h) for h in rows), dtype=np.int64, count=len(rows))
     row_of = np.repeat(np.arange(len(rows)), lengths)
-    key_rows = store.rows(flat) if len(flat) else np.zeros(0, dtype=np.int64)
+    try:
+        key_rows = store.rows(flat) if len(flat) else np.zeros(0, dtype=np.int64)
+    except TypeError:  # name the history and position of the bad key (it said "keys[i]")
+        for i in range(len(flat)):
+            b = int(row_of[i])
+            canonical_key(_raw_key(flat, i), f"histories[{b}][{i - int(lengths[:b].sum())}]")
+        raise
     found = key_rows >= 0
     if missing == "error" and not found.all():
         pos = np.flatnonzero(~found)
@@ -138,6 +150,12 @@ def build_history_batch(
     mask[r, p] = True
     dev = device if device is not None else "cpu"
     return HistoryBatch(values.to(dev), mask.to(dev))
+
+
+def _raw_key(flat: Any, i: int) -> Any:
+    """The key at position ``i`` of a flat key list or key array, as given."""
+    key = flat[i]
+    return key.tolist() if isinstance(key, np.ndarray) else key
 
 
 def _key_at(flat: Any, i: int) -> Any:
@@ -227,7 +245,7 @@ class HistoryEncoder(nn.Module):
         if self.dim % self.num_heads:
             raise ValueError(f"num_heads = {num_heads} must divide dim = {dim}")
         check_choice(empty, "empty", ("learned", "zeros"))
-        if not 0.0 <= float(dropout) < 1.0:
+        if not check_real(dropout, "dropout") < 1.0:  # a str failed in float() unnamed
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         recency_bias = check_bool(recency_bias, "recency_bias")  # bool("no") was True
         if self.pooling == "mean" and (max_positions is not None or recency_bias or num_heads != 1):

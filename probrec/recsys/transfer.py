@@ -62,6 +62,8 @@ def kd_loss(student_logit: Tensor, teacher_logit: Tensor, temperature: float = 1
             f"student_logit {tuple(student_logit.shape)} and teacher_logit "
             f"{tuple(teacher_logit.shape)} must have the same shape"
         )
+    if not bool(torch.isfinite(teacher_logit).all()):  # the loss was NaN, silently
+        raise ValueError("teacher_logit contains NaN/inf")
     t = float(temperature)
     soft = torch.sigmoid(teacher_logit.detach() / t)
     return t * t * F.binary_cross_entropy_with_logits(student_logit / t, soft)

@@ -385,3 +385,17 @@ def test_argument_validation_names_the_argument():
         HashedEmbedding(0, 2)
     with pytest.raises(TypeError, match="ids"):
         HashedEmbedding(3, 2).bucket(torch.zeros(2))
+
+
+def test_validation_of_history_keys_dropout_and_teacher():
+    store = EmbeddingStore.from_arrays([1, 2], np.eye(2))
+    with pytest.raises(TypeError, match=r"histories\[1\]\[0\]"):
+        build_history_batch(store, [[1], np.array([2.0, 1.0])])
+    with pytest.raises(TypeError, match=r"histories\[0\]\[1\]"):
+        build_history_batch(store, [[1, 1.5]])
+    with pytest.raises(TypeError, match="dropout"):
+        HistoryEncoder(4, dropout="0.1")
+    with pytest.raises(ValueError, match="dropout"):
+        HistoryEncoder(4, dropout=1.0)
+    with pytest.raises(ValueError, match="teacher_logit"):
+        kd_loss(torch.zeros(2), torch.tensor([float("nan"), 0.0]))
