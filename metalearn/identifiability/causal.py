@@ -46,7 +46,9 @@ from torch import Tensor, nn
 
 from probrec.checks import (
     ArrayLike,
+    all_finite,
     as_float_tensor,
+    check_bool,
     check_choice,
     check_positive_int,
     check_real,
@@ -182,8 +184,68 @@ def causal_log_marginal(
         ``[..., T]`` log-likelihoods (differentiable in every parameter).
 
     Raises:
-        ValueError: the model covariance is not positive definite.
+        TypeError: a parameter is not a floating tensor of ``moments``' dtype.
+        ValueError: naming the argument: shapes that disagree with ``moments`` (``[..., D, d]``,
+            ``[..., D]``, ``[...]``, ``[..., T, d]``), non-finite values, ``noise <= 0``,
+            ``causal`` outside ``[0, 1]``, ``sigma_s <= 0``, or ``rho`` making ``Cov[z | y]``
+            indefinite (``||rho_t|| > 1`` for binary indicators); or the model covariance is
+            not positive definite.
     """
+    sigma_s = check_real(sigma_s, "sigma_s", strict=True)
+    dim, n_tasks = moments.h.shape[1], moments.h.shape[0]
+    dtype = moments.h.dtype
+    if not isinstance(mixing, Tensor) or mixing.dim() < 2 or mixing.shape[-2] != dim:
+        got = tuple(mixing.shape) if isinstance(mixing, Tensor) else type(mixing).__name__
+        raise ValueError(f"mixing must have shape [..., {dim}, d], got {got}")
+    d = mixing.shape[-1]
+    lead = mixing.shape[:-2]
+    if not isinstance(noise, Tensor):
+        noise = torch.as_tensor(check_real(noise, "noise", strict=True), dtype=dtype)
+        noise = noise.to(mixing.device).expand(lead)
+    expected = {
+        "mixing": (mixing, (*lead, dim, d)),
+        "offset": (offset, (*lead, dim)),
+        "noise": (noise, tuple(lead)),
+        "causal": (causal, (*lead, n_tasks, d)),
+        "gamma": (gamma, (*lead, n_tasks, d)),
+    }
+    if rho is not None:
+        expected["rho"] = (rho, (*lead, n_tasks, d))
+    for name, (value, shape) in expected.items():
+        if not isinstance(value, Tensor) or value.dtype != dtype:
+            got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"{name} must be a {dtype} tensor (the moments' dtype), got {got}")
+        if tuple(value.shape) != shape:  # no silent broadcasting over tasks or latents
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+        if not all_finite(value):
+            raise ValueError(f"{name} contains non-finite values")
+    if bool((noise <= 0).any()):
+        raise ValueError("noise (the observation noise variance) must be > 0")
+    if bool(((causal < 0) | (causal > 1)).any()):
+        raise ValueError("causal indicators must lie in [0, 1]")
+    if rho is not None:
+        # Cov[z | y] = diag(v) - r r^T is PSD iff r^T diag(v)^{-1} r <= 1
+        var = causal + (1.0 - causal) * sigma_s**2
+        r = causal * rho
+        if bool(((r**2 / var).sum(-1) > 1.0 + 1e-12).any()):
+            raise ValueError(
+                "rho makes Cov[z | y] indefinite for some task (need ||causal_t * rho_t|| <= 1)"
+            )
+    return _causal_log_marginal(moments, mixing, offset, noise, causal, gamma, rho, sigma_s)
+
+
+def _causal_log_marginal(
+    moments: TaskMoments,
+    mixing: Tensor,
+    offset: Tensor,
+    noise: Tensor,
+    causal: Tensor,
+    gamma: Tensor,
+    rho: Tensor | None,
+    sigma_s: float,
+) -> Tensor:
+    """:func:`causal_log_marginal` without the argument checks (the fitting loop's path,
+    whose parameters are valid by construction)."""
     mu, k = latent_moments(causal, gamma, rho, sigma_s)
     a = torch.einsum("...td,...ed->...te", mu, mixing)  # [..., T, D]
     dim = mixing.shape[-2]
@@ -251,7 +313,7 @@ class LinearCausalModel(nn.Module):
             raise ValueError(f"latent_dim must be <= obs_dim = {d}, got {dd}")
         self.sigma_s, self.condition_causal, self.min_noise = (
             check_real(sigma_s, "sigma_s", strict=True),
-            bool(condition_causal),
+            check_bool(condition_causal, "condition_causal"),
             check_real(min_noise, "min_noise"),
         )
         lead = (check_positive_int(batch, "batch", minimum=0),) if batch else ()
@@ -294,7 +356,7 @@ class LinearCausalModel(nn.Module):
 
     def log_marginal(self, moments: TaskMoments) -> Tensor:
         """``[..., T]`` log marginal likelihood of (standardised-label) moments."""
-        return causal_log_marginal(
+        return _causal_log_marginal(
             moments,
             self.mixing,
             self.offset,
@@ -302,7 +364,7 @@ class LinearCausalModel(nn.Module):
             self.causal_probs(),
             self.gamma,
             self.rho(),
-            sigma_s=self.sigma_s,
+            self.sigma_s,
         )
 
     def select(self, index: int) -> LinearCausalModel:
@@ -464,6 +526,9 @@ def fit_causal_model(
     check_positive_int(refine_steps, "refine_steps", minimum=0)
     check_positive_int(restarts, "restarts")
     check_real(lr, "lr", strict=True)
+    check_bool(condition_causal, "condition_causal")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     m, y_mean, y_std = _standardise(task_moments(h, y, dtype=dtype))
     # compared on the labels themselves: E[y^2] - E[y]^2 leaves rounding residue (a task of
     # labels all 1.0 read a std of ~1e-8 and was fitted on noise)

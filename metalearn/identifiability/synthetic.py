@@ -167,10 +167,12 @@ def make_synthetic_tasks(
     d = check_positive_int(latent_dim, "latent_dim")
     check_positive_int(obs_dim, "obs_dim")
     check_choice(mixing, "mixing", ("linear", "nonlinear"))
-    if not 0.0 < causal_prob < 1.0:
+    if not 0.0 < check_real(causal_prob, "causal_prob") < 1.0:
         raise ValueError(f"causal_prob must be in (0, 1), got {causal_prob}")
     label_noise = check_real(label_noise, "label_noise")
     sigma_s = check_real(sigma_s, "sigma_s", strict=True)
+    if isinstance(gamma_range, (str, bytes)) or np.shape(gamma_range) != (2,):
+        raise ValueError(f"gamma_range must be a pair (low, high), got {gamma_range!r}")
     lo, hi = (check_real(v, "gamma_range") for v in gamma_range)
     if not lo <= hi:
         raise ValueError(f"gamma_range must satisfy 0 <= low <= high, got {gamma_range}")
