@@ -344,7 +344,9 @@ class ForestModel(Model):
     Posterior at a point: mean of the trees' predictions; variance = variance across trees plus
     the out-of-bag mean squared residual on the observed points (an estimate of the noise the
     tree spread does not see). Independent across points (diagonal covariance). No gradients
-    with respect to the inputs: use it with discrete acquisition optimisation.
+    with respect to the inputs: use it with discrete acquisition optimisation. No
+    ``condition_on_observations`` / ``fantasize`` either, so acquisitions built on fantasy
+    models (``qKnowledgeGradient``) need :class:`DeepKernelGP`.
 
     Args:
         forest: a fitted ``sklearn.ensemble.RandomForestRegressor``.
