@@ -57,14 +57,24 @@ def kd_loss(student_logit: Tensor, teacher_logit: Tensor, temperature: float = 1
         temperature: ``T > 0``.
     """
     check_real(temperature, "temperature", strict=True)
-    if student_logit.shape != teacher_logit.shape:
-        raise ValueError(
-            f"student_logit {tuple(student_logit.shape)} and teacher_logit "
-            f"{tuple(teacher_logit.shape)} must have the same shape"
-        )
+    _check_student_shape(student_logit, teacher_logit, "student_logit")
     if not bool(torch.isfinite(teacher_logit).all()):  # the loss was NaN, silently
         raise ValueError("teacher_logit contains NaN/inf")
-    t = float(temperature)
+    return _kd_term(student_logit, teacher_logit, float(temperature))
+
+
+def _check_student_shape(student: Tensor, teacher: Tensor, name: str) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{name} {tuple(student.shape)} and teacher_logit {tuple(teacher.shape)} must have "
+            "the same shape"
+        )
+
+
+def _kd_term(student_logit: Tensor, teacher_logit: Tensor, t: float) -> Tensor:
+    """:func:`kd_loss` without its checks: the per-step path of :func:`vm_loss`, whose
+    settings are checked once per call and whose teacher logits :func:`train_ctr` checks once
+    for the whole table (a finiteness test per step would synchronise a GPU every step)."""
     soft = torch.sigmoid(teacher_logit.detach() / t)
     return t * t * F.binary_cross_entropy_with_logits(student_logit / t, soft)
 
@@ -84,7 +94,8 @@ def vm_loss(
     Args:
         logit: ``[B]`` serving-head logits.
         label: ``[B]`` 0/1 labels.
-        teacher_logit: ``[B]`` FM logits (needed when a weight is positive).
+        teacher_logit: ``[B]`` FM logits (needed when a weight is positive; finite: not
+            checked here, on the per-step path; :func:`train_ctr` checks its table once).
         kd_weight: ``w_kd`` in ``[0, 1]``.
         temperature: KD temperature.
         aux_logit: ``[B]`` auxiliary-head logits (ExFM).
@@ -104,12 +115,15 @@ def vm_loss(
         raise ValueError("teacher_logit is needed when kd_weight or aux_weight is positive")
     # integer labels failed inside torch ("result type Float can't be cast to Long")
     loss = (1.0 - kd_weight) * F.binary_cross_entropy_with_logits(logit, label.to(logit.dtype))
+    t = float(temperature)
     if kd_weight > 0:
-        loss = loss + kd_weight * kd_loss(logit, teacher_logit, temperature)
+        _check_student_shape(logit, teacher_logit, "logit")
+        loss = loss + kd_weight * _kd_term(logit, teacher_logit, t)
     if aux_weight > 0:
         if aux_logit is None:
             raise ValueError("aux_weight > 0 needs a model with an auxiliary head")
-        loss = loss + aux_weight * kd_loss(aux_logit, teacher_logit, temperature)
+        _check_student_shape(aux_logit, teacher_logit, "aux_logit")
+        loss = loss + aux_weight * _kd_term(aux_logit, teacher_logit, t)
     return loss
 
 
