@@ -548,7 +548,10 @@ class EmbeddingStore:
             raise ValueError(f"{meta_file} is damaged: {exc!r}") from exc
         store = cls(dim, dtype=meta["dtype"], metadata=meta.get("metadata"))
         mode = "r" if mmap else None
-        vectors = np.load(path / "vectors.npy", mmap_mode=mode, allow_pickle=False)
+        try:
+            vectors = np.load(path / "vectors.npy", mmap_mode=mode, allow_pickle=False)
+        except (ValueError, EOFError) as exc:  # a truncated file: "mmap length is greater ..."
+            raise ValueError(f"{path / 'vectors.npy'} is damaged: {exc}") from exc
         if vectors.shape != (n, dim) or vectors.dtype != store._dtype:
             raise ValueError(
                 f"{path / 'vectors.npy'} has shape {vectors.shape} and dtype "
@@ -569,7 +572,10 @@ class EmbeddingStore:
             if n > 1 and bool((np.diff(store._sorted[0]) == 0).any()):
                 raise ValueError(f"{path / 'keys.npy'} contains repeated keys")
         elif key_format == "json":
-            raw = json.loads((path / "keys.json").read_text())
+            try:
+                raw = json.loads((path / "keys.json").read_text())
+            except ValueError as exc:  # a truncated file: a bare JSONDecodeError
+                raise ValueError(f"{path / 'keys.json'} is damaged: {exc}") from exc
             if not isinstance(raw, list) or len(raw) != n:
                 raise ValueError(f"{path / 'keys.json'} must be a list of {n} keys")
             store._keys = _canonical_keys(raw, "keys.json")
@@ -713,6 +719,7 @@ class EmbeddingStoreWriter:
         self._seen: set[Hashable] = set()
         self._all_int = True
         self._closed = False
+        self._aborted = False
 
     @property
     def written(self) -> int:
@@ -757,8 +764,11 @@ class EmbeddingStoreWriter:
         """Finishes the store and returns it loaded (memory-mapped).
 
         Raises:
-            ValueError: fewer than ``n`` rows were written (the partial store is discarded).
+            ValueError: fewer than ``n`` rows were written (the partial store is discarded),
+                or the writer was aborted (nothing was saved).
         """
+        if self._aborted:  # it returned whatever store was at ``path`` before, or none
+            raise ValueError(f"this writer was aborted: no store was written to {self.path}")
         if self._closed:
             return EmbeddingStore.load(self.path)
         if len(self._keys) != self.n:
@@ -807,7 +817,8 @@ class EmbeddingStoreWriter:
         return EmbeddingStore.load(self.path)
 
     def abort(self) -> None:
-        """Discards the partial store."""
+        """Discards the partial store (a store already closed stays saved)."""
+        self._aborted = self._aborted or not self._closed
         self._closed = True
         self.__dict__.pop("_vectors", None)
         shutil.rmtree(self._tmp, ignore_errors=True)
