@@ -64,6 +64,18 @@ def _load_sentence_transformer(model_path: str | None, device: str | None) -> An
     return SentenceTransformer(str(model_path), device=device)
 
 
+def _position_limit(model: Any) -> int | None:
+    """Tokens the transformer of a SentenceTransformer can take (its position-embedding
+    table, ``max_position_embeddings`` of its config); ``None`` when it does not say."""
+    try:
+        first = model[0]
+    except (TypeError, IndexError, KeyError):
+        return None
+    config = getattr(getattr(first, "auto_model", None), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
 class TextEmbedder:
     """Embeds texts with all-MiniLM-L6-v2 (offline), with an on-disk cache.
 
@@ -84,7 +96,8 @@ class TextEmbedder:
         model_id: name recorded in the cache key; required with ``model_path`` so that
             different models never share cache entries.
         max_seq_length: token limit (texts are truncated; default: the model's, 256 for
-            MiniLM); part of the cache key.
+            MiniLM; at most the model's positions, 512 for MiniLM, checked when the model
+            loads); part of the cache key.
         chunk_size: texts embedded between two cache writes.
     """
 
@@ -129,9 +142,18 @@ class TextEmbedder:
     def model(self) -> Any:
         """The SentenceTransformer, loaded on first use."""
         if self._model is None:
-            self._model = _load_sentence_transformer(self.model_path, self.device)
+            model = _load_sentence_transformer(self.model_path, self.device)
             if self.max_seq_length is not None:
-                self._model.max_seq_length = self.max_seq_length
+                limit = _position_limit(model)
+                if limit is not None and self.max_seq_length > limit:
+                    # a longer text failed inside the model ("The size of tensor a (802) must
+                    # match the size of tensor b (512)"); shorter texts passed
+                    raise ValueError(
+                        f"max_seq_length must be at most {limit}, the number of positions "
+                        f"of the model {self.model_id!r}, got {self.max_seq_length}"
+                    )
+                model.max_seq_length = self.max_seq_length
+            self._model = model
             get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
                 self._model, "get_sentence_embedding_dimension", None
             )

@@ -100,6 +100,23 @@ def test_bad_texts() -> None:
     assert emb.embed([]).shape == (0, MINILM_DIM)
 
 
+@needs_text
+def test_max_seq_length_beyond_the_models_positions_is_refused(tmp_path: Path) -> None:
+    long_text = "word " * 800  # ~800 tokens
+    # 1000 passed short texts and failed on this one inside the model ("The size of tensor a
+    # (802) must match the size of tensor b (512)")
+    with pytest.raises(ValueError, match="max_seq_length must be at most 512.* got 1000"):
+        TextEmbedder(cache_dir=False, device="cpu", max_seq_length=1000, progress=False).embed(
+            [long_text]
+        )
+    # the limit itself works and equals sentence-transformers' encode at that length
+    emb = TextEmbedder(cache_dir=tmp_path, device="cpu", max_seq_length=512, progress=False)
+    vec = emb.embed([long_text, "short"])
+    assert emb.model.max_seq_length == 512
+    direct = emb.model.encode([long_text, "short"], convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(vec, direct, atol=1e-5)
+
+
 def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import now fails
     emb = TextEmbedder(cache_dir=False)
