@@ -110,6 +110,10 @@ class StoredHistory:
     The vectors are copied to ``device`` once (a GPU-resident copy makes each batch's gather a
     device operation); a batch on another device gets its histories on its own device.
 
+    Raises:
+        ValueError: the store holds a non-finite vector (a damaged file; as
+            :meth:`~probrec.backbone.store.EmbeddingStore.lookup` refuses it).
+
     Args:
         store: the FM store.
         table: the events whose histories are read.
@@ -122,7 +126,11 @@ class StoredHistory:
         self.store = store
         self.device = torch.device(device)
         self.rows = torch.from_numpy(store.rows(event_key_array(table.log))).to(self.device)
-        vec = torch.from_numpy(np.array(store.vectors, dtype=np.float32))  # a private copy
+        arr = np.array(store.vectors, dtype=np.float32)  # a private copy
+        bad = np.flatnonzero(~np.isfinite(arr).all(1))
+        if bad.size:  # writers refuse these (a damaged file); they became NaN features
+            raise ValueError(f"non-finite stored vectors in {store!r} at rows {bad[:5].tolist()}")
+        vec = torch.from_numpy(arr)
         # last row: absent key
         self.vectors = torch.cat([vec, torch.zeros(1, store.dim)]).to(self.device)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from probrec.backbone.store import EmbeddingStore
@@ -69,3 +70,22 @@ def test_stored_history_equals_serving_lookup(small_log, tmp_path):
     r, c = torch.nonzero(ev >= 0, as_tuple=True)
     want = store.lookup(event_keys(small_log, ev[r, c].numpy()))
     torch.testing.assert_close(fast["fm_hist"][r, c], want, rtol=0, atol=0)
+
+
+def test_a_damaged_stored_vector_is_refused_by_both_read_paths(small_log, tmp_path):
+    table = EventTable.build(small_log, np.arange(1500), user_history=6, item_history=4)
+    write_fm_store(_fm(table), table, tmp_path / "fm")
+    arr = np.load(tmp_path / "fm" / "vectors.npy", mmap_mode="r+")
+    arr[5, 0] = np.nan  # the writers refuse this: only damage puts it there
+    arr.flush()
+    del arr
+    store = EmbeddingStore.load(tmp_path / "fm")
+    b = table.batch(np.arange(len(small_log)))
+    readers = (b["hist_event"] == 5).any(1) | (b["ihist_event"] == 5).any(1)
+    assert int(readers.sum()) > 0  # events whose histories hold event 5
+    rows = torch.nonzero(readers).flatten()[:3].numpy()
+    with pytest.raises(ValueError, match=r"non-finite stored vectors.*rows \[5\]"):
+        lookup_histories(store, table, table.batch(rows))
+    # the training / prediction path gave those events NaN history features silently
+    with pytest.raises(ValueError, match=r"non-finite stored vectors.*rows \[5\]"):
+        StoredHistory(store, table)
