@@ -246,14 +246,27 @@ class _DeepKernelBase(MetaLearner):
         )
 
     # ------------------------------------------------------------------ episodes
+    def _encode_real_rows(self, batch: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support ``[B, n_s, k]`` and query ``[B, n_q, k]`` features (encoder dtype) from one
+        encoder call over the support rows and the real query rows only.
+
+        With ``norm="batch"`` the batch statistics (and the running statistics kept for
+        adaptation) then cover the meta-batch's points, not the zero rows that pad shorter
+        query sets (which get zero features, masked out of every loss).
+        """
+        b, n_s, d = batch.support_x.shape
+        mask = batch.query_mask
+        z = self.encoder(torch.cat([batch.support_x.reshape(-1, d), batch.query_x[mask]]))
+        z_q = z.new_zeros(*mask.shape, z.shape[-1]).masked_scatter(mask[..., None], z[b * n_s :])
+        return z[: b * n_s].reshape(b, n_s, -1), z_q
+
     def _features(self, batch: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoded support ``[B, n_s, k]`` and query ``[B, n_q, k]`` features (GP dtype)."""
         b, n_s, d = batch.support_x.shape
         n_q = batch.query_x.shape[1]
         if self.config["norm"] == "batch":  # one call, so batch statistics cover the episode
-            flat = torch.cat([batch.support_x.reshape(-1, d), batch.query_x.reshape(-1, d)])
-            z = self.encoder(flat).to(self.gp_dtype)
-            return z[: b * n_s].reshape(b, n_s, -1), z[b * n_s :].reshape(b, n_q, -1)
+            z_s, z_q = self._encode_real_rows(batch)
+            return z_s.to(self.gp_dtype), z_q.to(self.gp_dtype)
         # two calls avoid a concatenated copy of the inputs being kept for backward
         z_s = self.encoder(batch.support_x.reshape(-1, d)).to(self.gp_dtype)
         z_q = self.encoder(batch.query_x.reshape(-1, d)).to(self.gp_dtype)

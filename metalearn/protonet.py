@@ -114,11 +114,14 @@ class ProtoNet(_DeepKernelBase):
     def episode_loss(self, batch: MetaBatch) -> torch.Tensor:
         """Sum over tasks of the mean query cross-entropy."""
         b, n_s, d = batch.support_x.shape
-        flat = torch.cat([batch.support_x.reshape(-1, d), batch.query_x.reshape(-1, d)])
-        z = self.encoder(flat)
-        z_s = z[: b * n_s].reshape(b, n_s, -1)
-        z_q = z[b * n_s :].reshape(b, batch.query_x.shape[1], -1)
-        logits = _logits(z_s, batch.support_y.to(z.dtype), z_q, self.config["distance"])
+        if self.config["norm"] == "batch":  # batch statistics of the real rows, not padding
+            z_s, z_q = self._encode_real_rows(batch)
+        else:
+            flat = torch.cat([batch.support_x.reshape(-1, d), batch.query_x.reshape(-1, d)])
+            z = self.encoder(flat)
+            z_s = z[: b * n_s].reshape(b, n_s, -1)
+            z_q = z[b * n_s :].reshape(b, batch.query_x.shape[1], -1)
+        logits = _logits(z_s, batch.support_y.to(z_s.dtype), z_q, self.config["distance"])
         ce = F.cross_entropy(
             logits.reshape(-1, 2), batch.query_y.long().reshape(-1), reduction="none"
         )

@@ -1,0 +1,61 @@
+"""Meta-training internals against independent computations: batch-norm statistics of padded
+meta-batches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from metalearn import ADKFIFT, DKT
+from metalearn.episodes import MetaBatch, stack_episodes
+from metalearn.protonet import ProtoNet
+from probrec.data import latent_feature_tasks, sample_episode
+
+
+def _padded_batch() -> tuple[MetaBatch, MetaBatch]:
+    """Four episodes whose query sets have 20 and 110 rows (padded to 110), and the same
+    batch padded with 40 more zero rows."""
+    tasks = latent_feature_tasks(2, 30, dim=5, seed=1) + latent_feature_tasks(2, 120, dim=5, seed=2)
+    batch = stack_episodes([sample_episode(t, 10, seed=i) for i, t in enumerate(tasks)])
+    b, n_q, d = batch.query_x.shape
+    more = MetaBatch(
+        batch.support_x,
+        batch.support_y,
+        torch.cat([batch.query_x, torch.zeros(b, 40, d)], 1),
+        torch.cat([batch.query_y, torch.zeros(b, 40)], 1),
+        torch.cat([batch.query_mask, torch.zeros(b, 40, dtype=torch.bool)], 1),
+        batch.names,
+    )
+    return batch, more
+
+
+@pytest.mark.parametrize("cls", [ADKFIFT, DKT, ProtoNet])
+def test_batch_norm_statistics_cover_the_real_rows_not_the_padding(cls):
+    """With ``norm="batch"`` the zero rows padding short query sets went through the encoder in
+    the batch-norm call: 180 of 480 rows here, moving every support feature by up to 0.31 and
+    the running statistics kept for adaptation; the loss depended on how much padding there
+    was. Now the statistics are those of the real rows, as batch norm over them alone gives."""
+    batch, more = _padded_batch()
+    m = cls(hidden=(16,), out_dim=4, norm="batch")
+    m.build(5)
+    reference = copy.deepcopy(m.encoder)
+    b, n_s, d = batch.support_x.shape
+    real = torch.cat([batch.support_x.reshape(-1, d), batch.query_x[batch.query_mask]])
+    m.encoder.train()
+    reference.train()
+    with torch.no_grad():
+        z_ref = reference(real)  # batch norm over the real rows only
+    loss = m.episode_loss(batch)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.encoder.parameters())
+    for name, buf in reference.named_buffers():  # running mean / var / count
+        torch.testing.assert_close(dict(m.encoder.named_buffers())[name], buf, rtol=0, atol=0)
+    if cls is not ProtoNet:
+        with torch.no_grad():
+            z_s, z_q = m._features(batch)
+        torch.testing.assert_close(z_s.reshape(-1, z_s.shape[-1]).float(), z_ref[: b * n_s])
+        torch.testing.assert_close(z_q[batch.query_mask].float(), z_ref[b * n_s :])
+    with torch.no_grad():  # the amount of padding changes nothing
+        torch.testing.assert_close(m.episode_loss(more), loss.detach(), rtol=1e-6, atol=0)
