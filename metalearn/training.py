@@ -257,13 +257,20 @@ def check_resumable(
     resuming ``checkpoint_dir/last.pt`` (another learner, kind, seed or option, or a run past
     ``n_steps``); does nothing when there is no checkpoint.
 
+    Only the checkpoint's small record (learner, options, step) is read: its tensors (weights,
+    optimizer moments, best weights) are memory-mapped and never touched, so the checkpoint is
+    loaded once, by :func:`meta_train`, not here as well.
+
     Raises:
         ValueError: the checkpoint's run is not the one ``learner`` would continue.
     """
     ckpt = Path(checkpoint_dir) / "last.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        _check_resumable(saved, learner, config, ckpt)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        try:
+            _check_resumable(saved, learner, config, ckpt)
+        finally:
+            del saved  # unmaps the file before meta_train replaces it
 
 
 def check_tasks(tasks: list[Task], name: str, kind: str | None = None) -> None:
