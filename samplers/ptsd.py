@@ -395,7 +395,9 @@ class PTSD(NeuralSampler):
         sub = iter(range(1_000_000))  # sub-seeds of the run, one per random stage
 
         def next_seed() -> int:
-            return seed * 1_000_003 + next(sub)
+            # within [0, 2**63), the seeds check_seed takes (a run seed above ~9.2e12 gave
+            # sub-seeds past it: a ValueError naming a seed the caller never passed)
+            return (seed * 1_000_003 + next(sub)) % 2**63
 
         # 1. parallel tempering on the two hottest temperatures
         ev0 = target.n_evals
