@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probrec.checks import check_choice, check_positive_int, check_real
+from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
 from probrec.progress import track
 from probrec.seeding import seeded_rng, torch_generator
 
@@ -63,7 +63,7 @@ from .diffusion import (
 )
 from .kernels import ChainState, MALAKernel
 from .score_nets import GeneratorMLP, ScoreMLP
-from .targets.base import Target
+from .targets.base import Target, check_positions
 
 __all__ = [
     "DiKL",
@@ -114,6 +114,25 @@ def _mix_weight(alpha: Tensor, sigma: Tensor, precision: float) -> Tensor:
     return v / (alpha * alpha + v)
 
 
+def _kernel_param(value: Tensor | float, name: str, u_t: Tensor) -> Tensor:
+    """``value`` (a scalar or one entry per row of ``u_t``) as an ``n`` tensor like ``u_t``.
+
+    Raises:
+        ValueError: wrong shape, or an entry that is not positive and finite (``sigma = 0``
+            or ``alpha = 0`` made every score NaN; a negative ``sigma`` passed as its absolute
+            value).
+    """
+    n = u_t.shape[0]
+    v = as_float_tensor(value, name, dtype=u_t.dtype, device=u_t.device)
+    if v.dim() == 0:
+        v = v.expand(n)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {tuple(v.shape)}")
+    if not bool((v > 0).all()):
+        raise ValueError(f"{name} must be positive, got minimum {float(v.min()):g}")
+    return v
+
+
 def noisy_target_score(
     target: Target,
     u_t: Tensor,
@@ -130,7 +149,8 @@ def noisy_target_score(
 
     Args:
         target: ``log p`` (in the coordinates of ``u_t``).
-        u_t: ``n x d`` noisy points; alpha, sigma: ``n`` kernel parameters per row.
+        u_t: ``n x d`` noisy points; alpha, sigma: ``n`` positive kernel parameters per row
+            (or scalars shared by all rows).
         generator: random stream.
         n_is: importance samples per row from ``N(u_t / alpha, sigma^2 / alpha^2 I)``.
         n_mcmc: MALA steps on the posterior after resampling (0: the self-normalised
@@ -143,12 +163,21 @@ def noisy_target_score(
 
     Returns:
         ``(score [n, d], stats)`` with the mean importance ESS fraction and MALA acceptance.
+
+    Raises:
+        ValueError: ``u_t`` is not ``n x target.dim``; ``alpha`` or ``sigma`` is not a scalar
+            or ``n`` positive finite values; ``step_scale`` is not positive or
+            ``target_precision`` is negative (both were used as given: a negative precision
+            gave NaN or a silently wrong score).
+        TypeError: ``u_t`` is not a floating tensor.
     """
-    n, d = u_t.shape
+    n, d = check_positions(u_t, target.dim, "u_t").shape
     n_is = check_positive_int(n_is, "n_is")
     n_mcmc = check_positive_int(n_mcmc, "n_mcmc", minimum=0)
     p = check_positive_int(n_posterior, "n_posterior")
-    a, s = alpha.to(u_t), sigma.to(u_t)
+    step_scale = check_real(step_scale, "step_scale", strict=True)
+    target_precision = check_real(target_precision, "target_precision")
+    a, s = _kernel_param(alpha, "alpha", u_t), _kernel_param(sigma, "sigma", u_t)
     noise = torch.randn(n, n_is, d, generator=generator, dtype=u_t.dtype, device=u_t.device)
     props = (u_t / a[:, None])[:, None] + (s / a)[:, None, None] * noise
     with torch.no_grad():
@@ -235,6 +264,7 @@ def sample_times(
     ``exponent = 1`` is uniform, ``exponent > 1`` puts more noise levels near ``t = 1`` (high
     noise). Drawing ``t`` this way multiplies the loss's noise-level weighting by that density.
     """
+    n = check_positive_int(n, "n", minimum=0)
     exponent = check_real(exponent, "exponent", strict=True)
     u = torch.rand(n, generator=generator, dtype=dtype, device=device)
     return u if exponent == 1.0 else u.pow(1.0 / exponent)
@@ -345,7 +375,9 @@ class DiKL(NeuralSampler):
             (:func:`sample_times`; density ``t_exponent t^(t_exponent - 1)``; 1: uniform in
             ``log sigma``, > 1: more weight on high noise, where the modes of ``p_t`` merge
             and mass can move between them).
-        schedule: ``"ve"`` (``sigma`` in ``[sigma_min, sigma_max]``) or ``"vp"``.
+        schedule: ``"ve"`` (``sigma`` in ``[sigma_min, sigma_max]``) or ``"vp"`` (``t`` mapped
+            to ``[t_min, 1]``, ``t_min = 1e-3``, where the score network is trained: ``sigma_0 =
+            0``).
         sigma_min, sigma_max: VE noise range (model coordinates).
         n_is, n_mcmc, n_posterior, step_scale, target_precision: the noisy target score
             estimator (:func:`noisy_target_score`).
@@ -519,6 +551,11 @@ class DiKL(NeuralSampler):
                 loss_s.backward()
                 opt_s.step()
             t = sample_times(self.batch_size, self.t_exponent, gen, dt, dev)
+            if self.schedule == "vp":
+                # VP's sigma_0 is 0: a draw t = 0 (1 in 2^24 float32 draws, ~7% of a 5000 x 256
+                # run) made the score NaN and with it every generator weight; below t_min the
+                # score network is not trained either
+                t = model.t_min + (1 - model.t_min) * t
             eps = torch.randn(u.shape, generator=gen, dtype=dt, device=dev)
             box: dict[str, float] = {}
 
