@@ -289,6 +289,9 @@ class TextEmbedder:
                     fresh.update(zip(chunk, vecs))
             finally:
                 bar.close()
+        if self._dim is None and texts and not todo:  # all cached: the shards give the width
+            shard, _ = self._index[keys[0]]  # (loading the model for it broke cache hits)
+            self._dim = int(self._shards[shard].shape[1])
         dim = self.dim if texts else (self._dim or MINILM_DIM)
         out = np.empty((len(texts), dim), dtype=np.float32)
         for i, k in enumerate(keys):

@@ -146,6 +146,30 @@ def _embedder(root: Path) -> TextEmbedder:
     return emb
 
 
+class _NarrowStandIn(_StandIn):
+    """A stand-in for another model (``model_path``): 7-dimensional vectors."""
+
+    def encode(self, texts: list[str], **_: object) -> np.ndarray:
+        return super().encode(texts)[:, :7]
+
+
+def test_a_cache_hit_of_another_model_needs_neither_the_model_nor_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = ["one", "two", "one"]
+    first = TextEmbedder(cache_dir=tmp_path, model_path="/no/model", model_id="m", progress=False)
+    first._model, first._dim = _NarrowStandIn(), 7
+    vec = first.embed(texts)
+    assert vec.shape == (3, 7)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import now fails
+    reader = TextEmbedder(cache_dir=tmp_path, model_path="/no/model", model_id="m", progress=False)
+    # the width was asked of the model: ImportError (or a load of the model) on a full hit
+    np.testing.assert_array_equal(reader.embed(texts[::-1]), vec[::-1])
+    assert reader._model is None and reader.dim == 7
+    with pytest.raises(ImportError, match="sentence-transformers"):
+        reader.embed(["three"])  # not cached: needs the model
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty", "narrow", "nan", "no_keys"])
 def test_a_damaged_cache_shard_is_skipped_named_and_rebuilt(tmp_path: Path, damage: str) -> None:
     texts = ["one", "two", "three"]
