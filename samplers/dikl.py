@@ -162,7 +162,10 @@ def noisy_target_score(
             ``c = P sigma^2 / (alpha^2 + P sigma^2)`` of Tweedie's identity.
 
     Returns:
-        ``(score [n, d], stats)`` with the mean importance ESS fraction and MALA acceptance.
+        ``(score [n, d], stats)``: ``is_ess_fraction``, the importance ESS over ``n_is``
+        averaged over the rows (0 for a row none of whose proposals lies in the target's
+        support) and, with ``n_mcmc``, ``mcmc_acceptance``, the mean MALA acceptance
+        probability of the chains run.
 
     Raises:
         ValueError: ``u_t`` is not ``n x target.dim``; ``alpha`` or ``sigma`` is not a scalar
@@ -199,6 +202,9 @@ def noisy_target_score(
             target, u_t[live], a[live], s[live], props[live], log_w[live], generator, n_mcmc,
             p, step_scale, target_precision,
         )  # fmt: skip
+        # a dead row has no importance sample (ESS 0), as when every row is dead: the mean
+        # over the live rows alone read 0.96 with 199 of 200 rows dead
+        stats["is_ess_fraction"] *= float(live.sum()) / n
     return out, stats
 
 

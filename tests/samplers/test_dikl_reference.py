@@ -201,3 +201,31 @@ def test_float64_runs_reproduce_and_a_saved_sampler_reloads_to_identical_samples
     loaded = torch.load(buf, weights_only=False)
     torch.testing.assert_close(loaded.sample(30, 7), s.sample(30, 7), rtol=0, atol=0)
     assert loaded.sample(30, 7).dtype == F64
+
+
+def test_importance_ess_counts_rows_outside_a_bounded_support_as_zero():
+    """199 of 200 rows with no proposal in the support reported the live row's ESS (0.96),
+    while 200 of 200 reported 0: the mean over all rows, by hand from the same draws."""
+    from samplers.targets import from_log_prob
+
+    base = Gaussian(MU, COV)
+
+    def fn(x):
+        lp = base.log_prob(x)
+        return torch.where(x[:, 0] > -10.0, lp, torch.full_like(lp, -float("inf")))
+
+    target = from_log_prob(fn, 2, grad_fn=lambda x: base.log_prob_and_grad(x)[1])
+    n_is = 16
+    for n_live in (1, 100, 200):
+        g = torch.Generator().manual_seed(0)
+        u_t = torch.cat(
+            [MU + 0.3 * torch.randn(n_live, 2, generator=g, dtype=F64),
+             torch.tensor([[-50.0, 0.0]], dtype=F64).expand(200 - n_live, 2)]
+        )  # fmt: skip
+        state = g.get_state()
+        _, stats = noisy_target_score(target, u_t, 1.0, 0.3, g, n_is=n_is, n_mcmc=1)
+        g.set_state(state)
+        props = u_t[:, None] + 0.3 * torch.randn(200, n_is, 2, generator=g, dtype=F64)
+        w = torch.softmax(base.log_prob(props[:n_live].reshape(-1, 2)).reshape(n_live, n_is), -1)
+        ess = float((1 / (w * w).sum(-1)).sum()) / 200 / n_is
+        assert stats["is_ess_fraction"] == pytest.approx(ess, rel=1e-10)
