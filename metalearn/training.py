@@ -392,6 +392,7 @@ def meta_train(
             m.load_state_dict(saved["learner"]["modules"][k])
         opt.load_state_dict(saved["optimizer"])
         hist = saved["history"]
+        hist["config"] = asdict(config)  # a longer run: its own n_steps, not the checkpoint's
         best_state = saved["best_modules"]
         start = int(saved["step"])
     t0 = time.perf_counter() - float(hist.get("seconds", 0.0))

@@ -110,3 +110,35 @@ def test_check_resumable_leaves_the_checkpoint_tensors_on_disk(cls_tasks, tmp_pa
     longer.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path)
     assert longer.history["step"] == [0, 1, 2, 3]
     assert int(np.asarray(load(ckpt, weights_only=False)["step"])) == 4
+
+
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [(ADKFIFT, {"norm": "batch", "dropout": 0.2}), (DKT, {"dropout": 0.2}), (ProtoNet, {})],
+)
+def test_an_extended_run_equals_an_uninterrupted_one_bit_for_bit(cls_tasks, tmp_path, cls, extra):
+    """A run resumed from a shorter run's checkpoint ends with the uninterrupted run's weights,
+    optimizer state and history, bit for bit; its history recorded the shorter run's config
+    (``n_steps`` 4 for a run of 6 steps)."""
+    tr, va = cls_tasks[:6], cls_tasks[6:]
+    cfg = {**TINY_META, "lr": 1e-2, **extra}
+    full = cls(**{**cfg, "n_steps": 6})
+    full.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "a")
+    cls(**cfg).meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
+    torch.rand(3)  # the global stream moves on between the runs, as in a new process
+    resumed = cls(**{**cfg, "n_steps": 6})
+    resumed.meta_fit(tr, va, progress=False, checkpoint_dir=tmp_path / "b")
+    a, b = (torch.load(p / "last.pt", weights_only=False) for p in (tmp_path / "a", tmp_path / "b"))
+    for k, mod in a["learner"]["modules"].items():
+        for name, t in mod.items():
+            assert torch.equal(t, b["learner"]["modules"][k][name]), (k, name)
+    for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(s_a[k], s_b[k]) for k in s_a)
+    for m_a, m_b in zip(full.modules().values(), resumed.modules().values()):  # the best state
+        assert all(
+            torch.equal(x, y) for x, y in zip(m_a.state_dict().values(), m_b.state_dict().values())
+        )
+    assert {k: v for k, v in full.history.items() if k != "seconds"} == {
+        k: v for k, v in resumed.history.items() if k != "seconds"
+    }
+    assert resumed.history["config"]["n_steps"] == 6
