@@ -365,7 +365,8 @@ class DiKL(NeuralSampler):
     Args:
         n_iters: training iterations (without ``budget``).
         budget: target evaluations per returned sample spent in training (sets ``n_iters``).
-        data_scale, data_shift: the fixed normaliser ``u = (x - shift) / scale``.
+        data_scale, data_shift: the fixed normaliser ``u = (x - shift) / scale`` (a particle
+            system ignores ``data_shift``: its configurations are centred, shift 0).
         latent_dim: latent noise dimension (``d`` if ``None``).
         gen_init_std: initial per-coordinate spread of the generator's outputs in model
             coordinates (:class:`~samplers.score_nets.GeneratorMLP` ``output_std``; ``None``:
