@@ -348,15 +348,19 @@ class DiGS(Sampler):
         return state[0]
 
     def _diagnostics(self) -> dict[str, Any]:
+        # a level with no sweep after warm-up has no rate (NaN): it was reported as 0.0 and
+        # pulled the overall acceptance_rate down (halved with two levels)
+        ran = [s > 0 for s in self._level_steps]
         steps = torch.tensor([max(1, s) for s in self._level_steps], dtype=torch.float64)
-        init = (self._init_acc.cpu() / steps).tolist()
-        mala = (self._mala_acc.cpu() / steps).tolist()
+        init = [a if r else math.nan for a, r in zip((self._init_acc.cpu() / steps).tolist(), ran)]
+        mala = [a if r else math.nan for a, r in zip((self._mala_acc.cpu() / steps).tolist(), ran)]
+        mala_ran = [a for a, r in zip(mala, ran) if r]
         rates = {}
-        if sum(self._level_steps):
+        if any(ran):
             if self.mwg_init:
-                rates["of the initialisation (best level)"] = max(init)
+                rates["of the initialisation (best level)"] = max(a for a, r in zip(init, ran) if r)
             if self.n_mala:
-                rates["of MALA (best level)"] = max(mala)
+                rates["of MALA (best level)"] = max(mala_ran)
         warn_if_stuck(
             self.name,
             rates,
@@ -364,7 +368,8 @@ class DiGS(Sampler):
             "small for the initialisation (a larger alpha proposes closer to the chain)?",
         )
         return {
-            "acceptance_rate": sum(mala) / len(mala) if self.n_mala else None,
+            # the mean over the levels that ran after warm-up
+            "acceptance_rate": sum(mala_ran) / len(mala_ran) if self.n_mala and mala_ran else None,
             "init_acceptance_per_level": init if self.mwg_init else None,
             "mala_acceptance_per_level": mala if self.n_mala else None,
             "step_size_per_level": [float(e) for e in self._eps],

@@ -232,7 +232,12 @@ class ParallelTempering(Sampler):
 
     def _diagnostics(self) -> dict[str, Any]:
         steps = max(1, self._acc_steps)
-        swap = (self._swap_sum / self._swap_tries.clamp_min(1)).tolist()
+        # a pair never proposed after warm-up (one sweep proposes one parity) has no rate:
+        # NaN, not 0.0, and the mean is over the pairs that were proposed
+        tried = (self._swap_tries > 0).tolist()
+        rates = (self._swap_sum / self._swap_tries.clamp_min(1)).tolist()
+        swap = [r if ok else math.nan for r, ok in zip(rates, tried)]
+        swap_tried = [r for r, ok in zip(rates, tried) if ok]
         # swaps only exchange states between temperatures: without local moves the set of
         # states is the starting one
         warn_if_stuck(
@@ -246,7 +251,7 @@ class ParallelTempering(Sampler):
             "acceptance_rate": float(self._acc_sum[0]) / steps,
             "acceptance_rate_per_temperature": (self._acc_sum / steps).tolist(),
             "swap_rate_per_pair": swap,
-            "swap_rate": sum(swap) / len(swap) if swap else None,
+            "swap_rate": sum(swap_tried) / len(swap_tried) if swap_tried else None,
             "step_size_per_temperature": self._final_eps.tolist(),
             "temperatures": self.temperatures,
         }

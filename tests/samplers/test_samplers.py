@@ -237,6 +237,39 @@ def test_parallel_tempering_mixes_between_separated_modes_where_mala_does_not():
     assert len(rates) == 5 and all(0.0 < r <= 1.0 for r in rates)
 
 
+def test_parallel_tempering_reports_no_swap_rate_for_pairs_never_proposed():
+    """One sweep (burn_in=0) proposes only the even pairs: pair (1, 2) of three temperatures
+    was reported with swap rate 0.0 and the mean swap rate halved (0.474 for 0.948); it is
+    now NaN (None in JSON) and the mean is over the pairs proposed, here the swap
+    probabilities of pair (0, 1) averaged over the chains, recomputed from the sweep."""
+    from samplers import tempering
+
+    probs = []
+    swap = tempering.swap_step
+
+    def spy(*args):
+        out = swap(*args)
+        probs.append(out[3])
+        return out
+
+    target = Gaussian(torch.zeros(2, dtype=torch.float64))
+    kw = dict(n_temperatures=3, max_temperature=4.0, n_chains=200, thin=1, progress=False)
+    tempering.swap_step = spy
+    try:
+        one = samplers.ParallelTempering("mala", burn_in=0, **kw).run(target, 200, seed=0)
+    finally:
+        tempering.swap_step = swap
+    d = one.diagnostics
+    assert d["n_transitions"] == 1 and len(probs) == 1
+    rates = d["swap_rate_per_pair"]
+    assert math.isnan(rates[1])
+    assert rates[0] == pytest.approx(float(probs[0][0].mean()), rel=1e-12)
+    assert d["swap_rate"] == pytest.approx(rates[0], rel=1e-12)
+    assert one.summary()["diagnostics"]["swap_rate_per_pair"][1] is None
+    two = samplers.ParallelTempering("mala", burn_in=1, **kw).run(target, 200, seed=0)
+    assert all(0.0 < r <= 1.0 for r in two.diagnostics["swap_rate_per_pair"])
+
+
 def test_digs_on_a_gaussian_from_the_origin_matches_exact_moments():
     cov = torch.tensor([[2.0, 1.2], [1.2, 1.0]])
     target = Gaussian(torch.tensor([3.0, -2.0]), cov)
@@ -406,6 +439,43 @@ def test_digs_noise_schedule_and_validation():
             samplers.DiGS(**bad)
     with pytest.raises(ValueError, match="one value per noise level"):
         samplers.DiGS(alphas=(0.1, 0.5), step_size=(0.1,))
+
+
+def test_digs_levels_not_run_after_warm_up_have_no_acceptance_rate():
+    """Two levels of 20 sweeps, 40 burn-in sweeps, all of them warm-up (two cycles through
+    the levels, ``DiGS._min_warmup``), and 10 kept: only level 0 runs after warm-up. Level 1
+    was reported with acceptance 0.0 and the overall rate was the mean over both levels
+    (0.280 for a MALA acceptance of 0.560); it is now NaN (None in JSON) and the rate is the
+    mean over the sweeps that ran, recomputed here from every sweep's acceptance."""
+    s = samplers.DiGS(
+        alphas=(0.3, 0.9),
+        sweeps_per_level=20,
+        n_chains=50,
+        burn_in=40,
+        thin=1,
+        compile=False,
+        progress=False,
+    )
+    seen = []
+    sweep = s._sweep
+
+    def spy(*args):
+        out = sweep(*args)
+        seen.append(float(out[4].mean()))
+        return out
+
+    s._sweep = spy
+    target = Gaussian(torch.zeros(2, dtype=torch.float64))
+    assert s.plan(target, 500).warmup == 40
+    res = s.run(target, 500, seed=0)
+    d = res.diagnostics
+    post = seen[40:]  # the sweeps after warm-up, all at level 0
+    assert len(post) == 10 and d["n_transitions"] == 50
+    assert math.isnan(d["mala_acceptance_per_level"][1])
+    assert math.isnan(d["init_acceptance_per_level"][1])
+    assert d["acceptance_rate"] == pytest.approx(sum(post) / len(post), rel=1e-12)
+    assert d["mala_acceptance_per_level"][0] == pytest.approx(d["acceptance_rate"], rel=1e-12)
+    assert res.summary()["diagnostics"]["mala_acceptance_per_level"][1] is None
 
 
 def test_map_estimate_finds_the_mode():
