@@ -27,7 +27,7 @@ import torch.distributed as dist
 from metalearn.base import MetaLearner, check_support
 from metalearn.episodes import MetaBatch
 from metalearn.hypergrad import implicit_argmin
-from metalearn.training import TrainConfig, _dist_info, meta_train
+from metalearn.training import TrainConfig, _dist_info, as_task_list, meta_train
 from probrec.backbone import MLPEncoder, hidden_widths
 from probrec.backbone.mlp import ACTIVATIONS
 from probrec.checks import (
@@ -237,8 +237,8 @@ class _DeepKernelBase(MetaLearner):
         """Meta-trains the encoder (and DKT's hyperparameters) episodically."""
         return meta_train(
             self,
-            list(train_tasks),
-            list(valid_tasks or []),
+            as_task_list(train_tasks, "train_tasks"),
+            [] if valid_tasks is None else as_task_list(valid_tasks, "valid_tasks"),
             self.train_config,
             checkpoint_dir=checkpoint_dir,
             resume=resume,

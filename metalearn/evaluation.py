@@ -25,7 +25,7 @@ import numpy as np
 
 from metalearn.base import MetaLearner
 from metalearn.metrics import delta_auprc, mean_and_se, r2_os
-from metalearn.training import check_tasks
+from metalearn.training import as_task_list, check_tasks
 from probrec.checks import check_positive_int, host_array
 from probrec.data.tasks import Episode, RowView, Task, sample_episode
 from probrec.progress import track
@@ -207,9 +207,21 @@ def evaluate(
         raise ValueError(f"n_jobs must be a positive int or -1, got {n_jobs!r}")
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
     n_seeds = check_positive_int(n_seeds, "n_seeds")
+    if isinstance(support_sizes, (str, bytes)) or not hasattr(support_sizes, "__iter__"):
+        raise TypeError(
+            f"support_sizes must be a sequence of ints such as (16, 64), got "
+            f"{type(support_sizes).__name__}"
+        )
     support_sizes = [check_positive_int(s, "support_sizes") for s in support_sizes]
     if not support_sizes:
         raise ValueError("support_sizes is empty")
+    if isinstance(learners, MetaLearner):
+        raise TypeError(
+            "learners must be a mapping {name: learner} or a list of learners, got a single "
+            f"{type(learners).__name__}: pass [learner]"
+        )
+    if not learners:  # the result had no rows, without a word
+        raise ValueError("learners is empty: evaluate needs at least one learner")
     if not isinstance(learners, Mapping):
         names = [m.name for m in learners]
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -219,7 +231,7 @@ def evaluate(
                 "learner to score several of one kind"
             )
         learners = dict(zip(names, learners))
-    tasks = list(tasks)
+    tasks = as_task_list(tasks, "tasks")
     if not tasks:
         raise ValueError("tasks is empty: evaluate needs at least one (featurised) test task")
     check_tasks(tasks, "tasks")
@@ -231,6 +243,11 @@ def evaluate(
     if len(kinds) != 1:
         raise ValueError(f"tasks must all have one kind, got {sorted(kinds)}")
     kind = kinds.pop()
+    if kind == "classification" and min(support_sizes) < 2:  # every task was skipped
+        raise ValueError(
+            f"support_sizes {support_sizes} holds {min(support_sizes)}: a stratified "
+            "classification support set needs at least 2 rows (one of each class)"
+        )
     for name, learner in learners.items():  # before any episode: it failed after an adapt
         learner_kind = getattr(learner, "kind", None)
         if learner_kind is not None and learner_kind != kind:

@@ -273,6 +273,30 @@ def check_resumable(
             del saved  # unmaps the file before meta_train replaces it
 
 
+def as_task_list(tasks: Any, name: str) -> list[Task]:
+    """``tasks`` (any iterable of :class:`~probrec.data.tasks.Task`) as a list.
+
+    Args:
+        tasks: the tasks.
+        name: the argument they came in (``"train_tasks"``, ``"tasks"``, ...).
+
+    Raises:
+        TypeError: ``tasks`` is a single task, not iterable, or holds something that is not a
+            task; the message names ``name``.
+    """
+    if isinstance(tasks, (Task, str, bytes)) or not hasattr(tasks, "__iter__"):
+        hint = " (wrap a single task in a list)" if isinstance(tasks, Task) else ""
+        raise TypeError(f"{name} must be a list of Task objects, got {type(tasks).__name__}{hint}")
+    out = list(tasks)
+    wrong = [i for i, t in enumerate(out) if not isinstance(t, Task)]
+    if wrong:
+        raise TypeError(
+            f"{name} must hold Task objects, but {name}[{wrong[0]}] is a "
+            f"{type(out[wrong[0]]).__name__}"
+        )
+    return out
+
+
 def check_tasks(tasks: list[Task], name: str, kind: str | None = None) -> None:
     """Checks that every task of ``tasks`` is featurised and (if given) of kind ``kind``.
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import metalearn.training as training
-from metalearn import ADKFIFT, DKT
+from metalearn import ADKFIFT, DKT, KNN, evaluate
 from metalearn.episodes import MetaBatch, stack_episodes
 from metalearn.protonet import ProtoNet
 from probrec.data import latent_feature_tasks, sample_episode
@@ -142,3 +142,32 @@ def test_an_extended_run_equals_an_uninterrupted_one_bit_for_bit(cls_tasks, tmp_
         k: v for k, v in resumed.history.items() if k != "seconds"
     }
     assert resumed.history["config"]["n_steps"] == 6
+
+
+def test_evaluate_and_meta_fit_name_the_argument_on_bad_input(cls_tasks):
+    """Each of these failed with a bare ``'int' / 'KNN' / 'Task' object is not iterable``, or
+    returned an empty result (no learners; a classification support size of 1, whose every
+    task was skipped, with a warning blaming the tasks)."""
+    knn = {"kNN": KNN()}
+    with pytest.raises(TypeError, match="support_sizes must be a sequence"):
+        evaluate(knn, cls_tasks, 16, 1)
+    with pytest.raises(TypeError, match="learners must be .* got a single KNN"):
+        evaluate(KNN(), cls_tasks, (16,), 1)
+    with pytest.raises(ValueError, match="learners is empty"):
+        evaluate({}, cls_tasks, (16,), 1)
+    with pytest.raises(ValueError, match="support_sizes \\[1, 16\\] holds 1"):
+        evaluate(knn, cls_tasks, (1, 16), 1)
+    with pytest.raises(TypeError, match="tasks must be a list of Task objects, got Task"):
+        evaluate(knn, cls_tasks[0], (16,), 1)
+    with pytest.raises(TypeError, match="tasks must hold Task objects, but tasks\\[1\\] is"):
+        evaluate(knn, [cls_tasks[0], "assay"], (16,), 1)
+    m = ADKFIFT(**TINY_META)
+    with pytest.raises(TypeError, match="train_tasks must be a list of Task objects, got Task"):
+        m.meta_fit(cls_tasks[0], progress=False)
+    with pytest.raises(TypeError, match="valid_tasks must be a list of Task objects, got Task"):
+        m.meta_fit(cls_tasks[:6], cls_tasks[6], progress=False)
+    assert not m.trainable_modules()  # refused before anything was built
+    # what worked still does: arrays and ranges of sizes, tuples of tasks, a list of learners
+    a = evaluate(knn, tuple(cls_tasks), np.array([16]), 2).summary()
+    b = evaluate([KNN()], cls_tasks, range(16, 17), 2).summary()
+    assert a["kNN"] == b["kNN"] and a["kNN"][16]["n_tasks"] == len(cls_tasks)
