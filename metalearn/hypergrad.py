@@ -121,7 +121,8 @@ def _solve(
         return torch.linalg.solve(h, v[..., None])[..., 0]
     # exact dense solve
     if spec.hessian is not None:
-        h = spec.hessian.reshape(n, n).to(theta.dtype)
+        h = spec.hessian.to(theta.dtype)
+        h = torch.block_diag(*h) if h.dim() == 3 else h  # per-task blocks: block diagonal
         h = h + spec.damping * torch.eye(n, dtype=theta.dtype, device=theta.device)
     else:
         eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
@@ -190,7 +191,9 @@ def implicit_argmin(
             of independent tasks: ``T`` solves of ``p x p``), ``"cg"`` (conjugate gradients on
             Hessian-vector products, large ``theta``) or ``"auto"``.
         hessian: optional precomputed Hessian at ``theta_star`` (``[n, n]`` dense, or
-            ``[T, p, p]`` blocks), e.g. from a Newton inner solver; saves recomputing it.
+            ``[T, p, p]`` blocks for ``theta [T, p]``, which the exact solver assembles
+            block-diagonally), e.g. from a Newton inner solver; saves recomputing it (the
+            conjugate-gradient solver uses Hessian-vector products instead).
         cg_tol: relative residual tolerance of conjugate gradients.
         cg_max_iter: iteration cap of conjugate gradients.
         damping: ``lambda`` added to the Hessian's diagonal (0 for the exact IFT).
@@ -206,8 +209,8 @@ def implicit_argmin(
         ``-H^-1 d2 L_in / dtheta dphi``.
 
     Raises:
-        ValueError: unknown ``solver``, ``cg_tol`` not positive, ``damping`` negative or
-            ``cg_max_iter`` below 1.
+        ValueError: unknown ``solver``, ``cg_tol`` not positive, ``damping`` negative,
+            ``cg_max_iter`` below 1, or ``hessian`` of neither shape.
 
     Example:
         >>> phi = torch.tensor([2.0], requires_grad=True)
@@ -222,6 +225,17 @@ def implicit_argmin(
     # 0 iterations would solve H w = v with w = 0: a hypergradient without the IFT correction
     cg_max_iter = check_positive_int(cg_max_iter, "cg_max_iter")
     damping = check_real(damping, "damping")
+    if hessian is not None:  # a wrong shape failed inside loss.backward(), far from here
+        n = theta_star.numel()
+        dense = (n, n)
+        blocks = (*theta_star.shape, theta_star.shape[-1]) if theta_star.dim() == 2 else None
+        if tuple(hessian.shape) not in (dense, blocks):
+            raise ValueError(
+                f"hessian must be the dense {list(dense)} Hessian of theta_star "
+                f"{list(theta_star.shape)}"
+                + (f" or its {list(blocks)} per-task blocks" if blocks else "")
+                + f", got {list(hessian.shape)}"
+            )
     if theta_star.requires_grad:
         theta_star = theta_star.detach()
     spec = _Spec(inner, inner_grad, solver, hessian, cg_tol, cg_max_iter, damping)

@@ -13,6 +13,7 @@ import torch
 import metalearn.training as training
 from metalearn import ADKFIFT, DKT, KNN, evaluate
 from metalearn.episodes import MetaBatch, stack_episodes
+from metalearn.hypergrad import implicit_argmin
 from metalearn.protonet import ProtoNet
 from probrec.data import latent_feature_tasks, sample_episode
 
@@ -171,3 +172,29 @@ def test_evaluate_and_meta_fit_name_the_argument_on_bad_input(cls_tasks):
     a = evaluate(knn, tuple(cls_tasks), np.array([16]), 2).summary()
     b = evaluate([KNN()], cls_tasks, range(16, 17), 2).summary()
     assert a["kNN"] == b["kNN"] and a["kNN"][16]["n_tasks"] == len(cls_tasks)
+
+
+def test_exact_solver_takes_per_task_hessian_blocks_and_wrong_shapes_are_named():
+    """``hessian`` may be ``[T, p, p]`` blocks (documented), but the exact solver reshaped them
+    to ``[n, n]`` inside ``loss.backward()`` (RuntimeError "shape '[6, 6]' is invalid for input
+    of size 12"); a wrong shape failed there too. Now the blocks are assembled block-diagonally
+    and the hypergradient is the closed form; other shapes are refused at the call."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
+    a = m @ m.transpose(-1, -2) + 2 * torch.eye(2, dtype=torch.float64)  # SPD per task
+    phi = torch.randn(3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def inner(th, ph):  # theta_t* = A_t^-1 sin(phi_t)
+        return (0.5 * (th[:, None] @ a @ th[..., None]).sum() - (ph.sin() * th).sum()).sum()
+
+    star = torch.linalg.solve(a, phi.detach().sin()[..., None])[..., 0]
+    w = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    # d/dphi of sum(w * theta*) = cos(phi) * A^-1 w (A symmetric)
+    want = phi.detach().cos() * torch.linalg.solve(a, w[..., None])[..., 0]
+    for solver in ("exact", "block", "auto"):
+        phi.grad = None
+        (implicit_argmin(inner, star, [phi], solver=solver, hessian=a) * w).sum().backward()
+        torch.testing.assert_close(phi.grad, want, rtol=1e-12, atol=1e-12)
+    for bad in (a[:2], torch.eye(5, dtype=torch.float64), a[0]):
+        with pytest.raises(ValueError, match=r"hessian must be the dense \[6, 6\] Hessian"):
+            implicit_argmin(inner, star, [phi], solver="exact", hessian=bad)
