@@ -14,7 +14,9 @@ the model itself:
 * :meth:`~AnnotatorModel.label_log_probs`, :meth:`~AnnotatorModel.predict_proba`,
   :meth:`~AnnotatorModel.log_prob`, :meth:`~AnnotatorModel.nll` and
   :meth:`~AnnotatorModel.sample` (simulated annotations), batched over items;
-* :meth:`~AnnotatorModel.save` / :meth:`AnnotatorModel.load`.
+* :meth:`~AnnotatorModel.save` / :meth:`AnnotatorModel.load`;
+* the fitted state (:attr:`~AnnotatorModel.fitted`): every prediction before :meth:`fit`
+  (or loading) raises, rather than answering with the random initial weights.
 
 Annotators are exchangeable given ``x``, so an item's annotations enter only through its label
 counts ``n_ik``; the training loss is ``-sum_ik n_ik log p(k | x_i) / sum_ik n_ik``.
@@ -36,7 +38,7 @@ import copy
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +49,7 @@ from torch.nn import functional as F
 
 from probrec.checks import (
     as_float_tensor,
+    check_bool,
     check_choice,
     check_positive_int,
     check_real,
@@ -104,6 +107,9 @@ class AnnotatorModel(nn.Module, ABC):
     #: (``None``: ``valid_samples``)
     valid_marginal_samples: ClassVar[int | None] = None
     _registry: ClassVar[dict[str, type[AnnotatorModel]]] = {}
+    #: instances start unfitted (``__init__``); a model pickled whole before the flag existed
+    #: reads this class default
+    _fitted: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,6 +126,7 @@ class AnnotatorModel(nn.Module, ABC):
         self.register_buffer("x_loc", torch.zeros(self.in_dim, dtype=dtype))
         self.register_buffer("x_scale", torch.ones(self.in_dim, dtype=dtype))
         self.history: list[dict[str, float]] = []
+        self._fitted = False
         self._hermite: tuple[int, int] | None = None
         self._config: dict[str, Any] = {
             "in_dim": self.in_dim,
@@ -168,6 +175,43 @@ class AnnotatorModel(nn.Module, ABC):
 
     def _generator(self, seed: int | None) -> torch.Generator:
         return torch_generator(seed, self.device)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the model may predict: set by :meth:`fit` (cleared while it trains), by
+        :meth:`load` and by ``load_state_dict``. Predictions, log-probabilities and samples of
+        a model that is not fitted raise ``ValueError``: its initial weights are random.
+
+        Set it to ``True`` by hand to predict with weights that came from elsewhere (set
+        directly, or a subclass whose parameters are fixed); this marks ensemble members too.
+        """
+        return self._fitted
+
+    @fitted.setter
+    def fitted(self, value: bool) -> None:
+        self._set_fitted(check_bool(value, "fitted"))
+
+    def _set_fitted(self, fitted: bool = True) -> None:
+        """Marks this model and every annotator model inside it (ensemble members)."""
+        for m in self.modules():
+            if isinstance(m, AnnotatorModel):
+                m._fitted = fitted
+
+    def _check_fitted(self) -> None:
+        """Raises unless the model is :attr:`fitted` (its initial weights are random)."""
+        if not self._fitted:
+            raise ValueError(
+                f"{type(self).__name__} is not fitted: call fit() first (or load a saved "
+                "model with load_model / load_state_dict); its initial weights are random"
+            )
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """``nn.Module.load_state_dict``; the model then counts as :attr:`fitted`."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._set_fitted()
+        return result
 
     def _features(self, x: Any, name: str = "x") -> Tensor:
         """Checked ``[n, in_dim]`` features on the model's device and dtype, standardised."""
@@ -337,8 +381,9 @@ class AnnotatorModel(nn.Module, ABC):
                 at (1e-3, 1e-4, 128, 0.1) in 15 of 17 (dataset, model) cells, by 0.007 on
                 average (the ordinal-logistic head and the discretised Gaussian on POPQUORN
                 0.002-0.004 worse).
-            patience: epochs without improvement before stopping; the best epoch's weights
-                are restored.
+            patience: training stops once more than ``patience`` epochs in a row (that is,
+                ``patience + 1``) have not improved on the best score by 1e-6; the best
+                epoch's weights are restored.
             input_dropout: dropout on the standardised input features of every training
                 batch (each feature zeroed with this probability, the rest scaled by
                 ``1 / (1 - p)``; one mask per item, shared by an ensemble's members); a
@@ -363,7 +408,10 @@ class AnnotatorModel(nn.Module, ABC):
             progress: progress bar over epochs (``None``: when attached to a terminal).
 
         Returns:
-            ``self``, in evaluation mode; ``self.history`` lists the per-epoch losses.
+            ``self``, in evaluation mode and :attr:`fitted`; ``self.history`` lists the
+            per-epoch losses. A second call continues from the current weights (a warm
+            start; the standardisation is recomputed from the new training features): build
+            a new model for an independent fit.
 
         Raises:
             ValueError / TypeError: bad features (shape, NaN), labels outside the label set,
@@ -398,6 +446,7 @@ class AnnotatorModel(nn.Module, ABC):
         if valid is not None and zv_raw.shape[1] != self.in_dim:
             raise ValueError(f"valid x must have {self.in_dim} features, got {tuple(zv_raw.shape)}")
 
+        self._set_fitted(False)  # until training ends (a failed fit leaves it unfitted)
         # standardise with the training statistics (undo the current ones first)
         raw = z * self.x_scale + self.x_loc
         loc = raw.mean(0)
@@ -474,6 +523,7 @@ class AnnotatorModel(nn.Module, ABC):
         bar.close()
         if best is not None:
             self.load_state_dict(best)
+        self._set_fitted()
         self.eval()
         return self
 
@@ -522,6 +572,7 @@ class AnnotatorModel(nn.Module, ABC):
         same points in every batch; otherwise the batches draw in turn (independent draws
         per item, as simulated annotations need).
         """
+        self._check_fitted()
         z = self._features(x)
         batch_size = check_positive_int(batch_size, "batch_size")
         seed = check_seed(seed, optional=True)
@@ -743,6 +794,7 @@ class AnnotatorModel(nn.Module, ABC):
         model.to(getattr(torch, blob.get("dtype", "float32")))
         model.load_state_dict(blob["state_dict"])
         model.history = list(blob.get("history", []))
+        model._set_fitted()
         if map_location is not None:
             model.to(map_location)
         model.eval()

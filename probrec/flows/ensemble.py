@@ -55,6 +55,8 @@ class ModelEnsemble(MemberPanels, AnnotatorModel):
     Example:
         >>> import torch
         >>> ens = ModelEnsemble(4, range(1, 6), model="ConditionalIntegerFlow", members=3)
+        >>> x, y = torch.randn(32, 4), torch.randint(1, 6, (32, 3))
+        >>> _ = ens.fit(x, y, epochs=2, progress=False)
         >>> p = ens.predict_proba(torch.randn(8, 4))
         >>> p.shape, bool(torch.allclose(p.sum(-1), torch.ones(8)))
         (torch.Size([8, 5]), True)
@@ -132,9 +134,11 @@ class ModelEnsemble(MemberPanels, AnnotatorModel):
         self._features(x, "x")  # shape and finiteness checks before any member trains
         seeds = member_seeds(self.seed if seed is None else check_seed(seed), self.n_members)
         self.history = []
+        self._set_fitted(False)  # until every member has trained
         for i, (member, s) in enumerate(zip(self.members, seeds)):
             member.fit(x, annotations, mask, seed=s, progress=progress, **kwargs)
             self.history += [{**rec, "member": i} for rec in member.history]
+        self._set_fitted()
         self.eval()
         return self
 

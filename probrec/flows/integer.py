@@ -86,6 +86,7 @@ class ConditionalIntegerFlow(AnnotatorModel):
         >>> import torch
         >>> flow = ConditionalIntegerFlow(in_dim=4, labels=range(1, 6), seed=0)
         >>> x = torch.randn(8, 4)
+        >>> _ = flow.fit(x, torch.randint(1, 6, (8, 3)), epochs=2, progress=False)
         >>> p = flow.predict_proba(x)
         >>> p.shape, bool(torch.allclose(p.sum(-1), torch.ones(8)))
         (torch.Size([8, 5]), True)
@@ -261,15 +262,19 @@ class ConditionalIntegerFlow(AnnotatorModel):
     def cdf_at_cuts(self, x: Any) -> Tensor:
         """``T_x(c_k)``, the cut points in base coordinates, ``[n, K - 1]`` (increasing).
 
-        ``P(y <= labels[k] | x) = F_0(T_x(c_k))``; with an item latent, at ``u = 0``.
+        ``P(y <= labels[k] | x) = F_0(T_x(c_k))``; with an item latent, at ``u = 0``. Like
+        every prediction, in evaluation mode (no dropout, whatever the model's mode) and
+        only once the model is fitted.
         """
-        z = self._features(x)
-        with torch.no_grad():
-            h = self.encoder(z)
-            u = None
-            if self.item_latent:
-                u = torch.zeros(*h.shape[:-1], self.item_latent, dtype=h.dtype, device=h.device)
-            return self._cut_images(self._params(h, u))
+        return torch.cat(self._run(self._cut_images_at_zero, x, 512, 0), 0)
+
+    def _cut_images_at_zero(self, z: Tensor, generator: torch.Generator) -> Tensor:
+        """:meth:`cdf_at_cuts` of standardised features ``z`` (``u = 0``)."""
+        h = self.encoder(z)
+        u = None
+        if self.item_latent:
+            u = torch.zeros(*h.shape[:-1], self.item_latent, dtype=h.dtype, device=h.device)
+        return self._cut_images(self._params(h, u))
 
     def _conditional_log_probs(self, prm: Tensor) -> Tensor:
         """``[..., K]`` exact label log-probabilities for parameters ``[..., P]``."""

@@ -175,6 +175,7 @@ class ConditionalSoftmaxFlow(AnnotatorModel):
         >>> import torch
         >>> flow = ConditionalSoftmaxFlow(in_dim=4, labels=(0, 1, 2), seed=0)
         >>> x = torch.randn(6, 4)
+        >>> _ = flow.fit(x, torch.randint(0, 3, (6, 3)), epochs=2, progress=False)
         >>> flow.predict_proba(x, n_samples=256).shape
         torch.Size([6, 3])
         >>> flow.sample(x, 5, seed=0).shape

@@ -18,6 +18,7 @@ def _x(n: int = 9, d: int = 4) -> torch.Tensor:
 
 def test_gaussian_head_is_the_rounded_gaussian_and_trains_on_the_density():
     model = GaussianHead(4, (1, 2, 3, 4, 5), hidden=(8,), seed=1).double().eval()
+    model.fitted = True  # initial (or hand-set) weights, no fit
     x = _x()
     z = model._features(x)
     mu, sd = (t.detach().numpy() for t in model.mean_std(z))
@@ -37,6 +38,7 @@ def test_gaussian_head_is_the_rounded_gaussian_and_trains_on_the_density():
 
 def test_ordinal_logistic_head_is_a_cumulative_link_model():
     model = OrdinalLogisticHead(4, (-3, -2, -1, 0, 1), hidden=(8,), seed=2).double().eval()
+    model.fitted = True  # initial (or hand-set) weights, no fit
     with torch.no_grad():
         model.log_gaps.add_(torch.tensor([0.3, -0.5, 1.0], dtype=torch.float64))
     x = _x()
@@ -50,6 +52,7 @@ def test_ordinal_logistic_head_is_a_cumulative_link_model():
 
 def test_deep_ensemble_averages_its_members():
     model = DeepEnsemble(4, (0, 1, 2), members=3, hidden=(6,), dropout=0.0, seed=3).double()
+    model.fitted = True  # initial (or hand-set) weights, no fit
     x = _x()
     z = model._features(x).numpy()
     lin = [m for m in model.net if hasattr(m, "weight")]
@@ -74,6 +77,7 @@ def test_ensemble_panels_answer_under_one_member():
     with torch.no_grad():  # member 0 always answers 1, member 1 always 3
         model.net[-1].weight.zero_()
         model.net[-1].bias.copy_(torch.tensor([[[30.0, 0, 0]], [[0, 0, 30.0]]]))
+    model.fitted = True  # initial (or hand-set) weights, no fit
     draws = model.sample(np.zeros((3000, 4)), 5, seed=1).numpy()  # [5, 3000]
     assert (draws == draws[:1]).all() and set(np.unique(draws)) == {1, 3}
     share = (draws[0] == 1).mean()  # the member is uniform over items
@@ -96,6 +100,7 @@ def test_ensemble_keeps_each_members_best_weights():
 
 def test_mc_dropout_is_seeded_and_averages_stochastic_passes():
     model = MCDropoutHead(4, (0, 1, 2), hidden=(32,), dropout=0.5, mc_samples=200, seed=0)
+    model.fitted = True  # initial (or hand-set) weights, no fit
     x = _x().float()
     a = model.predict_proba(x, seed=1)
     assert torch.equal(a, model.predict_proba(x, seed=1))

@@ -171,6 +171,7 @@ def test_chunked_monte_carlo_estimates_equal_one_pass(kind, monkeypatch):
     else:
         model = ConditionalIntegerFlow(5, range(1, 6), item_latent=1, n_eval_samples=64, seed=1)
     monkeypatch.setitem(base.CHUNK_ELEMENTS, "cpu", 2**40)
+    model.fitted = True  # initial (or hand-set) weights, no fit
     whole, whole_se = model.label_log_probs_se(x, seed=3)
     whole_moments = model.item_moments(x, seed=3, n_samples=64)
     ann = torch.randint(0, 3, (23, 4), generator=torch.Generator().manual_seed(2))

@@ -67,6 +67,7 @@ def test_panels_share_one_member(population):
         for m, mu in zip(ens.members, (1.0, 5.0)):
             m.head.weight.zero_()
             m.head.bias.copy_(torch.tensor([mu, -20.0]))  # sigma ~ 1e-3: one label
+    ens.fitted = True  # hand-set weights, no fit (marks the members too)
     draws = ens.sample(np.repeat(x, 2000, 0), 6, seed=0).numpy()  # [6, 2000]
     assert set(np.unique(draws)) == {1, 5}
     assert (draws == draws[:1]).all()  # every panel answers with one member

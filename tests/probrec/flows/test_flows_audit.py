@@ -83,6 +83,7 @@ def test_nll_monte_carlo_standard_error_matches_the_spread_over_seeds(klass, kwa
     with torch.no_grad():  # a latent that matters (the initialisation is near a point mass)
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    model.fitted = True  # hand-set weights, no fit
     x, counts = data.features, data.counts()
     nlls, jack = [], []
     for seed in range(30):
@@ -112,7 +113,9 @@ def test_leave_one_replicate_out_estimates_match_a_direct_loop():
                 mean = mean - mean.exp().sum(-1, keepdim=True).log()
             torch.testing.assert_close(loo[r], mean)
     torch.testing.assert_close(replicate_loo(log_w[:1]), log_w[:1].exp().mean(1).log())
-    assert ConditionalIntegerFlow(4).label_log_probs_loo(np.zeros((2, 4)))[1] is None
+    flow = ConditionalIntegerFlow(4)
+    flow.fitted = True  # initial weights, no fit
+    assert flow.label_log_probs_loo(np.zeros((2, 4)))[1] is None
 
 
 @pytest.mark.parametrize(
@@ -124,6 +127,7 @@ def test_evaluate_draws_the_label_estimate_once(klass, kwargs):
     were drawn twice, the same numbers, once for the estimate and once for its replicates)."""
     data = synthetic_annotations(60, dim=4, per_item=(3, 6), seed=2)
     model = klass(4, range(1, 6), hidden=(16,), n_eval_samples=16, seed=1, **kwargs)
+    model.fitted = True  # initial weights, no fit
     with mock.patch.object(
         klass, "_replicate_draws", autospec=True, side_effect=klass._replicate_draws
     ) as spy:

@@ -20,6 +20,7 @@ def _scrambled(model: ConditionalIntegerFlow, seed: int, scale: float) -> Condit
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    model.fitted = True  # hand-set weights, no fit
     return model.eval()
 
 
@@ -153,6 +154,7 @@ def test_quadrature_integrates_the_item_latent():
     ).eval()  # the manual Monte Carlo below calls the encoder directly: no dropout
     with torch.no_grad():  # a sizeable random effect, so the latent matters
         quad.u_scale.bias.fill_(0.7)
+    quad.fitted = True  # hand-set weights, no fit
     x = torch.randn(4, 3)
     p = quad.predict_proba(x).double()
     torch.testing.assert_close(p.sum(-1), torch.ones(4, dtype=torch.float64))

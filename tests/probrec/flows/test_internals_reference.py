@@ -142,12 +142,14 @@ _LABELS = (1, 2, 4, 5, 7)  # not consecutive: cut points halfway between the val
 
 def _perturbed(model, scale: float = 0.7, seed: int = 1):
     """``model`` in float64, eval mode, every parameter moved by ``scale`` N(0, 1) noise so
-    that the splines, scales and latent effects are far from their initial identity."""
+    that the splines, scales and latent effects are far from their initial identity; marked
+    fitted."""
     model = model.double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    model.fitted = True  # weights set by hand: predictions allowed without fit
     return model.eval()
 
 

@@ -169,6 +169,7 @@ class _Lookup(AnnotatorModel):
     def __init__(self, probs: np.ndarray) -> None:
         super().__init__(1, (1, 2, 3), seed=0)
         self.register_buffer("table", torch.as_tensor(probs, dtype=torch.float32))
+        self.fitted = True  # nothing to train
 
     def _label_log_probs(self, z, generator, n_samples):
         idx = torch.round(z[:, 0] * self.x_scale[0] + self.x_loc[0]).long()

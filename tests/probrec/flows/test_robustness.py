@@ -37,6 +37,7 @@ def test_item_latent_integer_flow_stays_finite_far_from_the_training_features(qu
     model = ConditionalIntegerFlow(
         6, LABELS, item_latent=1, quadrature=quadrature, n_eval_samples=64, seed=0, **SMALL
     )
+    model.fitted = True  # initial weights, no fit
     for scale in (1e3, 1e6):
         x = _x(200, scale)
         logp = model.label_log_probs(x)
@@ -71,6 +72,7 @@ def test_a_fit_refused_for_its_validation_set_leaves_the_model_unchanged(populat
     ids=["integer_flow", "softmax_flow", "ensemble"],
 )
 def test_quadrature_models_moved_to_float64_sum_to_one_in_float64(model):
+    model.fitted = True  # initial weights, no fit
     x = _x(30, 3.0).double()
     for moved in (model.double(), model.float().double()):
         total = moved.predict_proba(x).sum(-1)
@@ -94,6 +96,7 @@ def test_quadrature_models_moved_to_float64_sum_to_one_in_float64(model):
 def test_monte_carlo_estimates_do_not_depend_on_the_batching(model):
     # the points are shared by all items: before, each batch drew its own, so an item's
     # estimate moved with batch_size and with its position in x
+    model.fitted = True  # initial weights, no fit
     x = _x(11, 2.0)
     for call in (model.label_log_probs, model.label_log_probs_se, model.item_moments):
         whole = call(x, seed=3)
@@ -109,6 +112,8 @@ def test_bad_sample_counts_and_seeds_are_refused_by_name(population):
     latent = ConditionalIntegerFlow(6, LABELS, item_latent=1, n_eval_samples=64, **SMALL)
     softmax = ConditionalSoftmaxFlow(6, (0, 1, 2), latent="item", n_eval_samples=64, **SMALL)
     mc = MCDropoutHead(6, LABELS, mc_samples=4, **SMALL)
+    for model in (latent, softmax, mc):
+        model.fitted = True  # initial weights, no fit
     for model in (latent, softmax, mc):
         for bad in (0, -3):
             with pytest.raises(ValueError, match="n_samples must be >= 1"):
@@ -132,6 +137,7 @@ def test_bad_sample_counts_and_seeds_are_refused_by_name(population):
 def test_metrics_refuse_inputs_they_cannot_score(population):
     test = population[2]
     model = SoftmaxHead(6, LABELS, **SMALL)
+    model.fitted = True  # initial weights, no fit
     x = test.features[:3]
     with pytest.raises(ValueError, match="x has 6 items but annotations has 3"):
         metrics.evaluate(model, test.features[:6], [[1, 2], [2, 3], [3, 3]])
