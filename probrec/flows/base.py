@@ -182,10 +182,12 @@ class AnnotatorModel(nn.Module, ABC):
         :meth:`load` and by ``load_state_dict``. Predictions, log-probabilities and samples of
         a model that is not fitted raise ``ValueError``: its initial weights are random.
 
-        Set it to ``True`` by hand to predict with weights that came from elsewhere (set
-        directly, or a subclass whose parameters are fixed); this marks ensemble members too.
+        An ensemble is fitted when it and every member are (a member whose fit failed part
+        way is not). Set it to ``True`` by hand to predict with weights that came from
+        elsewhere (set directly, or a subclass whose parameters are fixed); this marks
+        ensemble members too.
         """
-        return self._fitted
+        return all(m._fitted for m in self.modules() if isinstance(m, AnnotatorModel))
 
     @fitted.setter
     def fitted(self, value: bool) -> None:
@@ -199,7 +201,7 @@ class AnnotatorModel(nn.Module, ABC):
 
     def _check_fitted(self) -> None:
         """Raises unless the model is :attr:`fitted` (its initial weights are random)."""
-        if not self._fitted:
+        if not self.fitted:
             raise ValueError(
                 f"{type(self).__name__} is not fitted: call fit() first (or load a saved "
                 "model with load_model / load_state_dict); its initial weights are random"

@@ -134,7 +134,8 @@ class ModelEnsemble(MemberPanels, AnnotatorModel):
         self._features(x, "x")  # shape and finiteness checks before any member trains
         seeds = member_seeds(self.seed if seed is None else check_seed(seed), self.n_members)
         self.history = []
-        self._set_fitted(False)  # until every member has trained
+        # each member's fit unmarks it once its checks pass: a fit refused for its arguments
+        # leaves a fitted ensemble fitted, one that fails part way leaves it unfitted
         for i, (member, s) in enumerate(zip(self.members, seeds)):
             member.fit(x, annotations, mask, seed=s, progress=progress, **kwargs)
             self.history += [{**rec, "member": i} for rec in member.history]

@@ -130,6 +130,32 @@ def test_a_failed_fit_leaves_the_model_unfitted(data, monkeypatch):
         model.predict_proba(test.features)
 
 
+def test_an_ensemble_is_fitted_when_every_member_is(data, monkeypatch):
+    """A refit refused for its arguments leaves a fitted ``ModelEnsemble`` fitted, with the
+    same predictions (it was marked unfitted, as a single model is not); a refit in which a
+    later member fails part way leaves it unfitted."""
+    train, _, test = data
+    ens = _make("model_ensemble").fit(train.features, train.labels, train.mask, **FIT)
+    before = ens.predict_proba(test.features)
+    with pytest.raises(ValueError, match="outside the label set"):
+        ens.fit(train.features, train.labels + 10, train.mask, **FIT)
+    assert ens.fitted
+    torch.testing.assert_close(ens.predict_proba(test.features), before, rtol=0, atol=0)
+    second = ens.members[1]
+    loss = GaussianHead._train_loss
+
+    def fails_in_member_1(self, z, c, g):
+        out = loss(self, z, c, g)
+        return out * float("nan") if self is second else out
+
+    monkeypatch.setattr(GaussianHead, "_train_loss", fails_in_member_1)
+    with pytest.raises(FloatingPointError):
+        ens.fit(train.features, train.labels, train.mask, **FIT)
+    assert ens.members[0].fitted and not second.fitted and not ens.fitted
+    with pytest.raises(ValueError, match="ModelEnsemble is not fitted"):
+        ens.predict_proba(test.features)
+
+
 def test_cdf_at_cuts_is_the_evaluation_mode_cdf_of_predict_proba(data):
     """``cdf_at_cuts`` of a fitted flow left in training mode: the evaluation-mode cut images,
     whose base-CDF differences are ``predict_proba`` (it ran the encoder with dropout on:
