@@ -6,12 +6,14 @@ features of an event ``(u, i, t)`` come from the frozen FM store and never from 
 labels (which belong to the task's support / query sets):
 
 * FM-store block ``[2d + 2]``: the mean of the stored FM embeddings of the item's ``K`` most
-  recent earlier events (any user), the mean over those of them that were positives, the
-  item's positive rate among them and ``log(1 + count)``;
+  recent earlier events (other users': the user's own earlier events of the item, in logs
+  where a user meets an item twice, are left out, so the history can hold fewer), the mean
+  over those of them that were positives, the item's positive rate among them and
+  ``log(1 + count)``;
 * VM block: the hidden layer ``[h]`` and logit of a trained vertical model run with an empty
-  user history (the user is new when the task starts);
-* popularity: the item's smoothed positive rate over *all* its earlier events,
-  ``(pos + 1) / (n + 2)``.
+  user history (the user is new when the task starts) and that item history;
+* popularity: the item's smoothed positive rate over *all* its earlier events of other
+  users, ``(pos + 1) / (n + 2)``.
 
 Baselines with the ``adapt`` / ``predict_proba`` interface of :mod:`metalearn` (duck-typed:
 ``probrec`` does not import ``metalearn``): :class:`ColumnScore` (popularity, the VM without
@@ -45,14 +47,50 @@ __all__ = [
 ]
 
 
-def item_popularity(item: np.ndarray, time: np.ndarray, label: np.ndarray) -> np.ndarray:
+def _earlier_counts(groups: tuple[np.ndarray, ...], t: np.ndarray, y: np.ndarray):
+    """Per event, the number of strictly earlier events of its group and their positives.
+
+    Args:
+        groups: ``[n]`` arrays whose values together name an event's group (an item; an
+            (item, user) pair).
+        t: ``[n]`` times; y: ``[n]`` 0/1 labels (float).
+
+    Returns:
+        ``(count [n], positives [n])`` in the events' order.
+    """
+    n = len(t)
+    order = np.lexsort((t, *groups))
+    ts, ys = t[order], y[order]
+    new_group = np.zeros(n, dtype=bool)
+    new_group[0:1] = True
+    for g in groups:
+        gs = g[order]
+        new_group[1:] |= gs[1:] != gs[:-1]
+    new_tie = new_group | np.r_[True, ts[1:] != ts[:-1]]
+    csum = np.r_[0.0, np.cumsum(ys)]  # csum[k] = positives among sorted[:k]
+    idx = np.arange(n)
+    group_start = np.maximum.accumulate(np.where(new_group, idx, 0))
+    tie_start = np.maximum.accumulate(np.where(new_tie, idx, 0))
+    count, pos = np.empty(n), np.empty(n)
+    count[order] = tie_start - group_start
+    pos[order] = csum[tie_start] - csum[group_start]
+    return count, pos
+
+
+def item_popularity(
+    item: np.ndarray, time: np.ndarray, label: np.ndarray, user: np.ndarray | None = None
+) -> np.ndarray:
     """Smoothed positive rate ``(pos + 1) / (n + 2)`` of each event's item over the item's
-    strictly earlier events ``[n]``.
+    strictly earlier events ``[n]`` (with ``user``: those of other users only).
 
     Args:
         item: ``[n]`` item of each event.
         time: ``[n]`` event times (finite).
         label: ``[n]`` 0/1 labels.
+        user: optional ``[n]`` user of each event; the rate of an event then leaves out the
+            same user's earlier events of the item, whose labels belong to that user's
+            cold-start task (logs where a user meets an item more than once, like TaobaoAd's
+            impressions).
 
     Returns:
         ``[n]`` rates in ``(0, 1)``.
@@ -63,28 +101,26 @@ def item_popularity(item: np.ndarray, time: np.ndarray, label: np.ndarray) -> np
             other than 0 or 1.
     """
     it, t, y = np.asarray(item), np.asarray(time), np.asarray(label, dtype=float)
-    n = len(it)
-    if it.ndim != 1 or t.shape != it.shape or y.shape != it.shape:  # a longer label was cut
-        raise ValueError(
-            f"item, time and label must be 1-D of one length, got {it.shape}, {t.shape}, {y.shape}"
-        )
+    us = None if user is None else np.asarray(user)
+    if (
+        it.ndim != 1
+        or t.shape != it.shape
+        or y.shape != it.shape
+        or (us is not None and us.shape != it.shape)
+    ):  # a longer label was cut
+        shapes = f"{it.shape}, {t.shape}, {y.shape}" + ("" if us is None else f", {us.shape}")
+        raise ValueError("item, time, label (and user) must be 1-D of one length, got " + shapes)
     if t.dtype.kind == "f" and not np.isfinite(t).all():  # NaN sorts last: later events leaked
         raise ValueError("time contains NaN or infinite values")
     if not ((y == 0) | (y == 1)).all():  # NaN or a 3 gave a "rate" outside [0, 1]
         raise ValueError("label must hold only 0 and 1 (no NaN)")
-    order = np.lexsort((t, it))
-    its, ts, ys = it[order], t[order], y[order]
-    new_item = np.r_[True, its[1:] != its[:-1]]
-    new_tie = new_item | np.r_[True, ts[1:] != ts[:-1]]
-    csum = np.r_[0.0, np.cumsum(ys)]  # csum[k] = positives among sorted[:k]
-    idx = np.arange(n)
-    item_start = np.maximum.accumulate(np.where(new_item, idx, 0))
-    tie_start = np.maximum.accumulate(np.where(new_tie, idx, 0))
-    count = tie_start - item_start
-    pos = csum[tie_start] - csum[item_start]
-    out = np.empty(n)
-    out[order] = (pos + 1.0) / (count + 2.0)
-    return out
+    if len(it) == 0:
+        return np.empty(0)
+    count, pos = _earlier_counts((it,), t, y)
+    if us is not None:
+        own_count, own_pos = _earlier_counts((us, it), t, y)
+        count, pos = count - own_count, pos - own_pos
+    return (pos + 1.0) / (count + 2.0)
 
 
 @dataclass
@@ -124,8 +160,19 @@ class ColdStartFeatures:
         return out
 
 
-def _without_user_history(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def _without_user_labels(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``batch`` with no trace of its users' own labels: an empty user history, and the item
+    histories without the same user's earlier events of the item (a user who meets an item
+    twice, as in TaobaoAd's impressions, would otherwise see one of its task's labels in the
+    features of another of its rows)."""
     out = dict(batch)
+    own = batch["ihist_mask"] & (batch["ihist_user"] == batch["user"][:, None])
+    if bool(own.any()):
+        keep = ~own
+        out["ihist_event"] = torch.where(keep, batch["ihist_event"], -1)
+        out["ihist_mask"] = batch["ihist_mask"] & keep
+        for key in ("ihist_label", "ihist_user", "ihist_fm_user"):
+            out[key] = torch.where(keep, batch[key], torch.zeros_like(batch[key]))
     out["hist_event"] = torch.full_like(batch["hist_event"], -1)
     out["hist_mask"] = torch.zeros_like(batch["hist_mask"])
     out["hist_label"] = torch.zeros_like(batch["hist_label"])
@@ -161,7 +208,7 @@ def cold_start_features(
     for vm in vms.values():
         vm.eval()
     for s in range(0, len(index), batch_size):
-        b = stored(_without_user_history(table.batch(index[s : s + batch_size])))
+        b = stored(_without_user_labels(table.batch(index[s : s + batch_size])))
         m = b["ihist_mask"].float()
         pos = m * b["ihist_label"]
         cnt, npos = m.sum(-1, keepdim=True), pos.sum(-1, keepdim=True)
@@ -175,7 +222,7 @@ def cold_start_features(
             hid[name].append(h.cpu())
             logit[name].append(z.cpu())
     lg = table.log
-    pop = item_popularity(lg.item, lg.time, lg.label)[index]
+    pop = item_popularity(lg.item, lg.time, lg.label, lg.user)[index]
     return ColdStartFeatures(
         torch.cat(fm).cpu().numpy(),
         {k: torch.cat(v).numpy() for k, v in hid.items()},

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
+from probrec.data.movielens import InteractionLog
 from probrec.recsys import (
     ColumnScore,
     EventTable,
@@ -32,6 +33,14 @@ def test_item_popularity_brute_force():
         assert got[e] == pytest.approx((y[prev].sum() + 1) / (prev.sum() + 2))
     with pytest.raises(ValueError, match="one length"):  # a longer label was cut
         item_popularity(item[:3], time[:3], y[:5])
+    # with users: the same user's earlier events of the item are left out
+    user = rng.integers(0, 4, n)
+    got = item_popularity(item, time, y, user)
+    for e in range(n):
+        prev = (item == item[e]) & (time < time[e]) & (user != user[e])
+        assert got[e] == pytest.approx((y[prev].sum() + 1) / (prev.sum() + 2))
+    with pytest.raises(ValueError, match="one length"):
+        item_popularity(item, time, y, user[:-1])
 
 
 def test_head_finetune_matches_scipy():
@@ -80,9 +89,8 @@ def test_column_score():
     torch.testing.assert_close(p, torch.sigmoid(torch.tensor([0.3, -2.0], dtype=p.dtype)))
 
 
-def test_cold_start_tasks_and_features(small_log, tmp_path):
-    log = small_log
-    table = EventTable.build(log, np.arange(1500), user_history=5, item_history=4)
+def _stored_and_vm(table: EventTable, path) -> tuple[StoredHistory, VerticalModel]:
+    """An untrained FM's store and a vertical model over ``table`` (seeded)."""
     fm = FoundationModel(
         int(table.fm_user.max()) + 1,
         int(table.fm_item.max()) + 1,
@@ -93,8 +101,21 @@ def test_cold_start_tasks_and_features(small_log, tmp_path):
         max_history=5,
         seed=0,
     )
-    stored = StoredHistory(write_fm_store(fm, table, tmp_path / "fm"), table)
+    stored = StoredHistory(write_fm_store(fm, table, path), table)
     vm = VerticalModel(table.field_cardinalities, 3, emb_dim=4, hidden=(6,), fm_dim=24, seed=0)
+    return stored, vm
+
+
+def _with_labels(log: InteractionLog, label: np.ndarray) -> InteractionLog:
+    return InteractionLog(
+        log.user, log.item, log.time, label, dict(log.fields), log.cardinality, log.multi_hot
+    )
+
+
+def test_cold_start_tasks_and_features(small_log, tmp_path):
+    log = small_log
+    table = EventTable.build(log, np.arange(1500), user_history=5, item_history=4)
+    stored, vm = _stored_and_vm(table, tmp_path / "fm")
     test_idx = np.arange(2000, len(log))
     feats = cold_start_features(table, stored, {"vm": vm}, test_idx)
     x = feats.matrix()
@@ -103,14 +124,9 @@ def test_cold_start_tasks_and_features(small_log, tmp_path):
     assert cols["vm/hidden"] == (51, 57) and cols["vm/logit"] == (57, 58)
     # flipping every test-period label changes no feature of events whose item histories
     # lie before the test period: features never read a user's own (task) labels
-    from probrec.data.movielens import InteractionLog
-
     y2 = log.label.copy()
     y2[test_idx] = 1 - y2[test_idx]
-    flipped = InteractionLog(
-        log.user, log.item, log.time, y2, dict(log.fields), log.cardinality, log.multi_hot
-    )
-    t2 = EventTable.build(flipped, np.arange(1500), user_history=5, item_history=4)
+    t2 = EventTable.build(_with_labels(log, y2), np.arange(1500), user_history=5, item_history=4)
     f2 = cold_start_features(t2, StoredHistory(stored.store, t2), {"vm": vm}, test_idx)
     ih = table.item_hist[test_idx]
     clean = ((ih < test_idx[0]) | (ih < 0)).all(1)
@@ -128,3 +144,28 @@ def test_cold_start_tasks_and_features(small_log, tmp_path):
         np.testing.assert_array_equal(t.inputs, x[np.searchsorted(test_idx, ev)])
     with pytest.raises(ValueError, match="rows"):
         cold_start_tasks(table, test_idx, x[:-1])
+
+
+def test_cold_start_features_never_read_the_users_own_labels(small_log, tmp_path):
+    """A user who met an item twice: the later event's item history and popularity held the
+    earlier event's label, another row of the user's own task. Flipping every label of one
+    cold-start user now changes none of that user's features (store and models frozen)."""
+    log = small_log
+    table = EventTable.build(log, np.arange(1500), user_history=5, item_history=4)
+    stored, vm = _stored_and_vm(table, tmp_path / "fm")
+    test_idx = np.arange(2000, len(log))
+    x = cold_start_features(table, stored, {"vm": vm}, test_idx).matrix()
+    tasks = cold_start_tasks(table, test_idx, x, min_events=3, min_per_class=1)
+    repeats = 0
+    for t in tasks:
+        ev = np.array(t.metadata["events"])
+        pairs = log.item[ev]
+        repeats += len(pairs) - len(np.unique(pairs))
+        y2 = log.label.copy()
+        y2[ev] = 1 - y2[ev]
+        t2 = EventTable.build(
+            _with_labels(log, y2), np.arange(1500), user_history=5, item_history=4
+        )
+        x2 = cold_start_features(t2, StoredHistory(stored.store, t2), {"vm": vm}, ev).matrix()
+        np.testing.assert_array_equal(x[np.searchsorted(test_idx, ev)], x2)
+    assert repeats > 0  # the log has users meeting an item again
