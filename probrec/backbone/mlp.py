@@ -163,9 +163,10 @@ class MLPEncoder(nn.Module):
         norm: ``None`` (or ``"none"``), ``"batch"`` or ``"layer"``.
         gmp: use geometric parameterization for every linear layer.
         bias: learn biases in the linear layers.
-        sparse_input: ``"auto"`` (default): on CPU, multiply batches with at most 5% non-zero
-            entries (fingerprints) as CSR matrices in the first layer; ``True``: always (any
-            device); ``False``: never. Inputs that require gradients always take the dense path.
+        sparse_input: ``"auto"`` (default): on CPU, multiply float32 / float64 batches with
+            at most 5% non-zero entries (fingerprints) as CSR matrices in the first layer;
+            ``True``: always (any device; on CPU float32 / float64 only); ``False``: never.
+            Inputs that require gradients always take the dense path.
         seed: seed (or ``torch.Generator``) of the weight initialisation; ``None`` uses torch's
             global generator. Dropout masks use torch's global generator as usual.
 
@@ -254,12 +255,19 @@ class MLPEncoder(nn.Module):
             ``[..., out_dim]`` features.
 
         Raises:
-            ValueError: the last dimension of ``x`` is not ``in_dim``, or ``x`` is floating
-                in another dtype than the parameters (a bare matmul error before).
+            ValueError: the last dimension of ``x`` is not ``in_dim``, ``x`` is floating in
+                another dtype than the parameters (a bare matmul error before), ``x`` is on
+                another device than the parameters, or ``sparse_input=True`` with half-precision
+                parameters on CPU (which has no half-precision CSR product).
         """
         if x.dim() == 0 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must have shape [..., {self.in_dim}], got {tuple(x.shape)}")
         w = next(self.parameters())
+        if x.device != w.device:  # a bare "not on the expected device" error inside a matmul
+            raise ValueError(
+                f"x is on device {x.device} but the encoder's parameters are on {w.device}: "
+                f"move x there first (x.to({str(w.device)!r}))"
+            )
         if not (x.is_floating_point() or x.is_complex()):
             x = x.to(w.dtype)  # integer counts failed in the sparse product
         elif x.dtype != w.dtype:
@@ -280,9 +288,17 @@ class MLPEncoder(nn.Module):
         mode = getattr(self, "sparse_input", "auto")  # encoders pickled before the option
         if mode is False or x.requires_grad or x.shape[0] == 0:
             return False
+        # CPU CSR products exist for float32 / float64 only: a half-precision encoder failed
+        # with NotImplementedError on a large batch while a small one (dense) went through
+        cpu_half = x.device.type == "cpu" and x.dtype not in (torch.float32, torch.float64)
         if mode is True:
+            if cpu_half:
+                raise ValueError(
+                    f"sparse_input=True multiplies CSR matrices, which torch does not do in "
+                    f"{x.dtype} on CPU: use sparse_input='auto' or False for this encoder"
+                )
             return True
-        if x.device.type != "cpu" or x.numel() < SPARSE_MIN_NUMEL:
+        if cpu_half or x.device.type != "cpu" or x.numel() < SPARSE_MIN_NUMEL:
             return False
         # the density is estimated on an evenly strided sample of about 64 rows: counting the
         # non-zeros of the whole batch would cost a quarter of the conversion it decides on

@@ -207,3 +207,30 @@ def test_seeded_encoder_leaves_the_global_stream_alone():
         w = torch.empty(lin.weight.shape).uniform_(-b, b, generator=g)
         bias = torch.empty(lin.bias.shape).uniform_(-b, b, generator=g)
         assert torch.equal(lin.weight, w) and torch.equal(lin.bias, bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_encoder_encodes_a_row_alike_in_any_batch(dtype) -> None:
+    """A half-precision encoder on CPU sent a large fingerprint batch ("auto": sparse) to a CSR
+    product torch lacks ('"addmm_out_sparse_csr_impl_mkl" not implemented for 'Half''), while
+    16 of its rows (dense) went through; both now take the dense product, and a row's features
+    equal the float64 encoder's up to the dtype's rounding, whatever else is in the batch."""
+    x = _fingerprints((256, 2048), 0.02, torch.float32)
+    enc = MLPEncoder(2048, hidden=(64,), out_dim=8, seed=0).eval()
+    ref = enc.double()(x.double())[:16]
+    half = MLPEncoder(2048, hidden=(64,), out_dim=8, seed=0).to(dtype).eval()
+    with torch.no_grad():
+        whole, part = half(x.to(dtype))[:16], half(x[:16].to(dtype))
+    torch.testing.assert_close(whole, part, rtol=0, atol=0)
+    torch.testing.assert_close(whole.double(), ref, rtol=0.05, atol=0.02)
+    forced = MLPEncoder(2048, hidden=(64,), seed=0, sparse_input=True).to(dtype)
+    with pytest.raises(ValueError, match="sparse_input=True"):
+        forced(x.to(dtype))
+
+
+def test_inputs_on_another_device_than_the_weights_are_named() -> None:
+    """x on another device than the parameters failed inside the first matmul with torch's
+    'Tensor on device cpu is not on the expected device meta!'; now a ValueError naming x."""
+    enc = MLPEncoder(2048, hidden=(8,), seed=0)
+    with pytest.raises(ValueError, match="x is on device meta but the encoder's parameters"):
+        enc(torch.zeros(4, 2048, device="meta"))
