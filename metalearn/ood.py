@@ -28,7 +28,13 @@ import torch
 from botorch.models.model import Model
 
 from metalearn.metrics import mean_and_se, r2_os
-from probrec.checks import as_float_tensor, check_choice, check_positive_int, check_real
+from probrec.checks import (
+    as_float_tensor,
+    check_choice,
+    check_positive_int,
+    check_real,
+    check_seed,
+)
 from probrec.gp.bo_models import DeepKernelGP, ForestModel
 from probrec.gp.exact import GPConfig
 from probrec.gp.kernels import KERNELS
@@ -140,6 +146,12 @@ def standardised_nll(y: np.ndarray, mean: np.ndarray, var: np.ndarray, mu: float
     return float(np.mean(0.5 * (np.log(2 * math.pi * v) + r**2 / v)))
 
 
+def _repeat_seed(seed: int, r: int) -> int:
+    """Seed of repeat ``r``: ``seed + r`` within ``[0, 2**63)``, the seeds ``check_seed`` takes
+    (``seed + r`` itself for every seed below ``2**63 - r``)."""
+    return (seed + r) % 2**63
+
+
 def predict_out_of_domain(
     inputs: Mapping[str, torch.Tensor],
     y: np.ndarray,
@@ -153,7 +165,7 @@ def predict_out_of_domain(
     """Few-shot out-of-domain regression: fit on ``n_train`` random points, score the rest.
 
     Every surrogate sees the same random training sets (repeat ``r`` draws with seed
-    ``seed + r``), so differences between models are paired.
+    ``(seed + r) mod 2**63``), so differences between models are paired.
 
     Args:
         inputs: ``{key: [N, d_key]}`` input matrices (tensors or arrays; integer / bool
@@ -172,11 +184,12 @@ def predict_out_of_domain(
     y = _check_inputs(inputs, y, surrogates)
     check_positive_int(repeats, "repeats")
     check_positive_int(n_train, "n_train", minimum=2)
+    check_seed(seed)
     if n_train >= len(y):
         raise ValueError(f"n_train ({n_train}) must be smaller than the data set ({len(y)})")
     out = {s.name: {"r2": np.empty(repeats), "nll": np.empty(repeats)} for s in surrogates}
     for r in track(range(repeats), progress=progress, desc=f"predict n={n_train}"):
-        rng = numpy_rng(seed + r)
+        rng = numpy_rng(_repeat_seed(seed, r))
         train = rng.choice(len(y), size=n_train, replace=False)
         rest = np.setdiff1d(np.arange(len(y)), train)
         y_tr, y_te = y[train], y[rest]
@@ -187,7 +200,7 @@ def predict_out_of_domain(
             tr = torch.as_tensor(train, device=X.device)
             te = torch.as_tensor(rest, device=X.device)
             Y = torch.as_tensor(y_tr, dtype=X.dtype, device=X.device)[:, None]
-            model = s.fit(X[tr], Y, seed + r)
+            model = s.fit(X[tr], Y, _repeat_seed(seed, r))
             mean, var = predictive_moments(model, X[te])
             out[s.name]["r2"][r] = r2_os(y_te, mean, mu)
             out[s.name]["nll"][r] = standardised_nll(y_te, mean, var, mu, sd)
@@ -208,7 +221,8 @@ def optimise_out_of_domain(
 ) -> dict[str, np.ndarray]:
     """Pool Bayesian optimisation (expected improvement, maximisation) with each surrogate.
 
-    Repeat ``r`` uses seed ``seed + r`` for the initial design, shared by every surrogate.
+    Repeat ``r`` uses seed ``(seed + r) mod 2**63`` for the initial design, shared by every
+    surrogate.
 
     Args:
         inputs: ``{key: [N, d_key]}`` input matrices.
@@ -226,6 +240,8 @@ def optimise_out_of_domain(
     inputs = _float_inputs(inputs)
     y = _check_inputs(inputs, objective, surrogates)
     check_positive_int(repeats, "repeats")
+    check_positive_int(n_iter, "n_iter", minimum=0)  # sizes the result arrays below
+    check_seed(seed)
     runs: list[tuple[str, Surrogate | None]] = [(s.name, s) for s in surrogates]
     if random_search:
         if "random" in dict(runs):
@@ -242,7 +258,7 @@ def optimise_out_of_domain(
                 factory,
                 n_init=n_init,
                 n_iter=n_iter,
-                seed=seed + r,
+                seed=_repeat_seed(seed, r),
             )
             out[name][r] = trace.best_so_far
     return out

@@ -35,7 +35,7 @@ from botorch.models.utils import gpt_posterior_settings
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from linear_operator.operators import DiagLinearOperator
 
-from probrec.checks import all_finite, as_float_tensor
+from probrec.checks import all_finite, as_float_tensor, check_seed
 from probrec.gp.exact import GPConfig
 from probrec.gp.head import FittedGP, GPHead
 from probrec.gp.linalg import robust_cholesky
@@ -378,9 +378,20 @@ class ForestModel(Model):
         seed: int = 0,
         **forest_kwargs,
     ) -> ForestModel:
-        """Fits ``RandomForestRegressor(n_estimators, random_state=seed, **forest_kwargs)``."""
+        """Fits ``RandomForestRegressor(n_estimators, random_state=seed, **forest_kwargs)``.
+
+        ``seed`` is an int in ``[0, 2**63)``; scikit-learn takes seeds below ``2**32``, so the
+        forest's ``random_state`` is ``seed mod 2**32`` (the seed itself below ``2**32``).
+
+        Raises:
+            TypeError / ValueError: ``seed`` is not an int in ``[0, 2**63)``.
+        """
         from sklearn.ensemble import RandomForestRegressor
 
+        # a seed from 2**32 on (pool_bo gives surrogate `it` the seed `seed * 1000 + it`)
+        # failed inside scikit-learn with "random_state ... must be an int in the range
+        # [0, 4294967295]"
+        seed = check_seed(seed) % 2**32
         x, y = _check_xy(train_X, train_Y)
         fixed = {"bootstrap", "oob_score", "random_state"} & set(forest_kwargs)
         if fixed:  # sklearn's "got multiple values for keyword argument"

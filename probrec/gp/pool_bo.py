@@ -93,8 +93,8 @@ def pool_bo(
         n_init: random initial points (drawn with ``seed``; the same seed gives every
             surrogate the same initial design).
         n_iter: acquisitions after the initial design.
-        seed: int seed of the initial design (and of random search; surrogate ``it`` is
-            built with ``seed * 1000 + it``).
+        seed: int seed in ``[0, 2**63)`` of the initial design (and of random search;
+            surrogate ``it`` is built with ``(seed * 1000 + it) mod 2**63``).
         acquisition: ``"logei"`` (log expected improvement; the same maximiser as EI wherever
             EI is representable, and it still ranks candidates where EI underflows to 0),
             ``"ei"`` or ``"ucb"`` (with ``beta``).
@@ -134,7 +134,9 @@ def pool_bo(
             pick = int(rng.choice(remaining))
         else:
             idx = torch.as_tensor(order, device=x.device)
-            model = make_model(x[idx], t[idx, None], seed * 1_000 + it)
+            # within [0, 2**63), the seeds check_seed takes (seeds from ~9.2e15 on gave
+            # surrogate seeds past it; smaller seeds keep theirs)
+            model = make_model(x[idx], t[idx, None], (seed * 1_000 + it) % 2**63)
             acq = _acquisition(acquisition, model, t[idx].max(), beta)
             scores = score_pool(acq, x[torch.as_tensor(remaining, device=x.device)])
             if not bool(torch.isfinite(scores).any()):

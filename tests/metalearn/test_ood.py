@@ -113,3 +113,39 @@ def test_integer_bool_and_array_inputs_score_as_their_float_copies():
         got["RF"]["r2"],
         predict_out_of_domain({"fp": bits.double()}, y, models[:1], **kw)["RF"]["r2"],
     )
+
+
+def test_every_seed_runs_and_repeats_draw_the_documented_designs():
+    """Repeat ``r`` used ``seed + r``: the forest passed it (and pool_bo's ``seed * 1000 + it``)
+    to scikit-learn, which takes seeds below 2**32, so seed 2**32 failed in both protocols
+    ("random_state ... must be an int in the range [0, 4294967295]"), and ``seed + r`` left
+    ``[0, 2**63)`` near its end. Now any seed in ``[0, 2**63)`` runs; repeat ``r``'s training
+    set / initial design is ``default_rng((seed + r) mod 2**63)``'s draw."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    from metalearn.metrics import r2_os
+
+    inputs, y = _problem(n=50)
+    rf = [Surrogate("RF", "good", "forest")]
+    for seed in (2**32, 2**63 - 1):
+        res = predict_out_of_domain(inputs, y, rf, n_train=10, repeats=2, seed=seed)
+        for r in range(2):
+            s = (seed + r) % 2**63
+            train = np.random.default_rng(s).choice(len(y), size=10, replace=False)
+            rest = np.setdiff1d(np.arange(len(y)), train)
+            x = inputs["good"].numpy()
+            ref = RandomForestRegressor(100, random_state=s % 2**32, oob_score=True, n_jobs=1)
+            pred = ref.fit(x[train], y[train]).predict(x[rest])
+            assert res["RF"]["r2"][r] == pytest.approx(r2_os(y[rest], pred, y[train].mean()))
+        curves = optimise_out_of_domain(
+            inputs, y, rf, n_init=4, n_iter=2, repeats=2, seed=seed, progress=False
+        )
+        for r in range(2):
+            design = np.random.default_rng((seed + r) % 2**63).choice(len(y), 4, replace=False)
+            assert curves["random"][r, 0] == curves["RF"][r, 0] == y[design].max()
+    with pytest.raises(ValueError, match="n_iter must be >= 0"):  # "negative dimensions"
+        optimise_out_of_domain(inputs, y, rf, n_iter=-2, repeats=1)
+    with pytest.raises(TypeError, match="n_iter must be an int"):  # "'float' object cannot"
+        optimise_out_of_domain(inputs, y, rf, n_iter=2.5, repeats=1)
+    with pytest.raises(ValueError, match="seed"):
+        predict_out_of_domain(inputs, y, rf, n_train=10, repeats=1, seed=-1)
