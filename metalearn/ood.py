@@ -264,6 +264,27 @@ def optimise_out_of_domain(
     return out
 
 
-def summarise(values: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """``{name: (mean, standard error)}`` over the first axis (repeats)."""
-    return {k: mean_and_se(v) for k, v in values.items()}
+def summarise(
+    values: Mapping[str, np.ndarray],
+) -> dict[str, tuple[float, float] | tuple[np.ndarray, np.ndarray]]:
+    """``{name: (mean, standard error)}`` over the first axis (repeats).
+
+    Args:
+        values: ``{name: [repeats]}`` (e.g. :func:`predict_out_of_domain`'s ``"r2"``) or
+            ``{name: [repeats, ...]}`` (e.g. :func:`optimise_out_of_domain`'s curves
+            ``[repeats, n_iter + 1]``).
+
+    Returns:
+        Floats for ``[repeats]`` values; for ``[repeats, ...]`` values two arrays of shape
+        ``[...]``: the mean and the standard error ``std(ddof=1) / sqrt(repeats)`` of each
+        entry (one per iteration of a curve) over the repeats.
+    """
+    out: dict[str, tuple[float, float] | tuple[np.ndarray, np.ndarray]] = {}
+    for k, v in values.items():
+        v = np.asarray(v, dtype=float)
+        if v.ndim <= 1:
+            out[k] = mean_and_se(v)
+        else:  # a 2-d curve was pooled over iterations and repeats into one mean and se
+            stats = np.array([mean_and_se(c) for c in v.reshape(len(v), -1).T])
+            out[k] = (stats[:, 0].reshape(v.shape[1:]), stats[:, 1].reshape(v.shape[1:]))
+    return out

@@ -11,6 +11,7 @@ from metalearn.ood import (
     optimise_out_of_domain,
     predict_out_of_domain,
     standardised_nll,
+    summarise,
 )
 
 
@@ -149,3 +150,18 @@ def test_every_seed_runs_and_repeats_draw_the_documented_designs():
         optimise_out_of_domain(inputs, y, rf, n_iter=2.5, repeats=1)
     with pytest.raises(ValueError, match="seed"):
         predict_out_of_domain(inputs, y, rf, n_train=10, repeats=1, seed=-1)
+
+
+def test_summarise_is_over_the_repeats_only():
+    """``summarise`` of :func:`optimise_out_of_domain`'s curves ``[repeats, n_iter + 1]``
+    pooled iterations and repeats into one mean and standard error ((3.0, 0.577) for the two
+    curves below, whose per-iteration means are 2, 3, 4 with standard error 1 each); it is now
+    over the first axis, as documented, and unchanged for 1-d values."""
+    from scipy.stats import sem
+
+    curves = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
+    r2 = np.array([0.1, 0.4, 0.3])
+    got = summarise({"bo": curves, "r2": r2})
+    np.testing.assert_allclose(got["bo"][0], curves.mean(0), rtol=1e-15)
+    np.testing.assert_allclose(got["bo"][1], sem(curves, axis=0), rtol=1e-12)
+    assert got["r2"][0] == pytest.approx(r2.mean()) and got["r2"][1] == pytest.approx(sem(r2))
