@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from probrec.backbone.gmp import GmPLinear
-from probrec.checks import check_bool, check_choice, check_positive_int
+from probrec.checks import check_bool, check_choice, check_positive_int, check_real
 from probrec.seeding import torch_generator
 
 __all__ = ["ACTIVATIONS", "MLPEncoder", "hidden_widths", "sparse_linear"]
@@ -172,7 +172,8 @@ class MLPEncoder(nn.Module):
 
     Raises:
         TypeError: ``gmp``, ``bias`` or ``sparse_input`` is not a bool (``sparse_input`` may
-            also be ``"auto"``).
+            also be ``"auto"``), or ``dropout`` is not a real number.
+        ValueError: ``dropout`` is not in ``[0, 1)``.
     """
 
     def __init__(
@@ -201,7 +202,8 @@ class MLPEncoder(nn.Module):
             raise ValueError("MLPEncoder needs hidden layers or an out_dim; both are empty")
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.norm = check_choice("none" if norm is None else norm, "norm", _NORMS)
-        if not 0.0 <= float(dropout) < 1.0:
+        # float(dropout) read the string "0.1" as 0.1 and failed on None with a bare TypeError
+        if not check_real(dropout, "dropout") < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = float(dropout)
         # a flag read with bool() took "no" / "False" for True (GmP layers, biases)

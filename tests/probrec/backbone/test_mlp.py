@@ -130,6 +130,9 @@ def test_bad_arguments() -> None:
         MLPEncoder(3, norm="group")
     with pytest.raises(ValueError, match="dropout"):
         MLPEncoder(3, dropout=1.0)
+    for bad in (None, "0.1"):  # a bare float() TypeError / read as 0.1
+        with pytest.raises(TypeError, match="dropout must be a real number"):
+            MLPEncoder(3, dropout=bad)
     with pytest.raises(ValueError, match="hidden layers or an out_dim"):
         MLPEncoder(3, hidden=())
     with pytest.raises(ValueError, match=r"hidden\[1\]"):
