@@ -413,7 +413,8 @@ def featurize_tasks(
         TypeError: a task's inputs are not SMILES strings (e.g. already featurised).
         ValueError: ``fit_on`` would change the statistics of a featurizer already fitted
             (they were replaced, silently, so features no longer matched an encoder trained
-            on them).
+            on them), or a task holds a SMILES string RDKit cannot parse (the message names
+            the task and row).
 
     Returns:
         New tasks (same order) whose inputs are :class:`~probrec.data.tasks.RowView` s of one
@@ -434,7 +435,25 @@ def featurize_tasks(
         {s for t in tasks for s in t.inputs} | {s for t in (fit_on or []) for s in t.inputs}
     )
     index = {s: i for i, s in enumerate(unique)}
-    raw = featurizer.raw_features(unique)
+    try:
+        raw = featurizer.raw_features(unique)
+    except ValueError as exc:  # its index is a position in the sorted unique list: name the task
+        _, bad = parse_smiles(unique)
+        if not bad:
+            raise
+        invalid = {unique[i] for i in bad}
+        where = [
+            f"row {j} of task {t.name!r} ({what}): {s!r}"
+            for what, group in (("tasks", tasks), ("fit_on", fit_on or []))
+            for t in group
+            for j, s in enumerate(t.inputs)
+            if s in invalid
+        ]
+        raise ValueError(
+            f"{len(invalid)} SMILES string(s) RDKit cannot parse ({len(where)} row(s)), first "
+            f"in {where[0]}; drop those rows before featurising (the loaders skip them and "
+            "list them in .skipped)"
+        ) from exc
     if fit_on is not None:
         rows = sorted({index[s] for t in fit_on for s in t.inputs})
         before = featurizer.stats_

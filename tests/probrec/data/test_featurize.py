@@ -93,6 +93,19 @@ def test_invalid_smiles_named(tmp_path):
         f.transform(["CCO"])
 
 
+def test_featurize_tasks_names_the_task_and_row_of_an_invalid_smiles():
+    # the message gave the position in featurize_tasks' sorted list of unique molecules
+    # ("first at index 6" for row 2 of a 4-row task), naming no task
+    f = MoleculeFeaturizer(cache_dir=False, n_jobs=1, progress=False)
+    a = Task(SMILES[:4], [0, 1, 0, 1], "classification", "assayA")
+    b = Task(["CCCC", "C1CC1", "Xx(C)", "OCC"], [0, 1, 0, 1], "classification", "assayB")
+    assert Chem.MolFromSmiles("Xx(C)") is None
+    with pytest.raises(ValueError, match=r"row 2 of task 'assayB' \(tasks\): 'Xx\(C\)'"):
+        featurize_tasks([a, b], f, fit_on=[a])
+    with pytest.raises(ValueError, match=r"row 2 of task 'assayB' \(fit_on\)"):
+        featurize_tasks([a], f, fit_on=[b])
+
+
 def test_featurize_tasks_shares_rows(tmp_path):
     f = MoleculeFeaturizer(cache_dir=tmp_path, n_jobs=1, progress=False)
     t1 = Task(np.array(SMILES[:3], dtype=object), [0, 1, 0], "classification", "a")
