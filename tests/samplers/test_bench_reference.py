@@ -1,0 +1,137 @@
+"""The benchmark runner against independent counts and closed forms: every target evaluation
+charged (counted by a wrapper around the target, not by the samplers' own bookkeeping), the
+MAP baseline scored as a point mass, refused settings before the first run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from probrec.cli import UsageError
+from samplers import bench
+from samplers.optimize import map_estimate
+from samplers.targets import MoG40
+
+
+def _args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(["--out", str(tmp_path), "--no-progress", "--no-plots", *extra])
+
+
+class _Counting(MoG40):
+    """MoG-40 that counts the rows it evaluates, per seed of the run it serves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, int]] = []
+        self._inner = 0
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if self._inner == 0 and self.rows:
+            self.rows[-1]["lp"] += x.shape[0]
+        return super().log_prob(x)
+
+    def log_prob_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._inner == 0 and self.rows:
+            self.rows[-1]["grad"] += x.shape[0]
+        self._inner += 1
+        try:
+            return super().log_prob_and_grad(x)
+        finally:
+            self._inner -= 1
+
+
+def test_every_target_evaluation_is_charged_and_printed(tmp_path, monkeypatch, capsys):
+    target = _Counting()
+    monkeypatch.setattr(bench, "make_target", lambda name, data, seed=0: target)
+    runs = []
+    real = bench.make_sampler
+
+    def counted_sampler(*a, **kw):  # a fresh count per run (the runner builds one per run)
+        sampler = real(*a, **kw)
+        run = sampler.run
+
+        def counted_run(tgt, n, seed=0):
+            target.rows.append({"lp": 0, "grad": 0})
+            runs.append((sampler, seed))
+            return run(tgt, n, seed=seed)
+
+        sampler.run = counted_run
+        return sampler
+
+    n = 40
+    monkeypatch.setattr(bench, "make_sampler", counted_sampler)
+    args = _args(
+        tmp_path,
+        *("--samplers", "digs,pt,pt_hmc,mala,hmc,rwm", "--budgets", "20,120"),
+        *("--seeds", "0,1", "--n-samples", str(n), "--compile", "off"),
+    )
+    assert bench.run(args) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    done = [r for r in rows if "skipped" not in r]
+    assert len(runs) == len(done) == len(target.rows) == 6 * 2 * 2 - 2  # pt_hmc skips 20
+    for r, counted in zip(done, target.rows):
+        assert (r["n_log_prob_evals"], r["n_grad_evals"]) == (counted["lp"], counted["grad"])
+        spent = (counted["lp"] + counted["grad"]) / n
+        assert r["evals_per_sample"] == pytest.approx(spent) and spent <= r["budget"]
+    # the printed table shows what was spent, which is below the budget where a transition
+    # does not divide it (PT with HMC inside: 50 evaluations per transition and chain)
+    out = capsys.readouterr().out
+    pt_hmc = [r["evals_per_sample"] for r in done if r["sampler"] == "pt_hmc"]
+    assert pt_hmc == [pt_hmc[0]] * 2 and pt_hmc[0] < 120
+    line = next(t for t in out.splitlines() if t.startswith("mog40   pt_hmc"))
+    assert line.split()[2:4] == ["120", f"{pt_hmc[0]:.1f}"]
+    # and the runs skipped (budget below one transition) instead of leaving them out
+    assert "skipped: mog40 pt_hmc at budget 20: budget 20 evaluations per sample is too" in out
+
+
+def test_map_is_scored_as_a_point_mass_against_the_same_reference(tmp_path):
+    n, seed = 50, 3
+    args = _args(
+        tmp_path,
+        *("--samplers", "mala,map", "--budgets", "10", "--seeds", str(seed)),
+        *("--n-samples", str(n)),
+    )
+    assert bench.run(args) == 0
+    rows = {r["sampler"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    mala, mp = rows["mala"], rows["map"]
+    assert mp["mmd2_floor"] == mala["mmd2_floor"]  # one floor for every row of a seed
+    target = MoG40()
+    theta, _ = map_estimate(target, n_starts=8, steps=3000, lr=1e-2, seed=seed)
+    a = theta.double().numpy()[None]
+    y = target.sample(n, seed=10_000 + seed).double().numpy()  # the runner's reference draws
+    # MMD^2 (V-statistic) of the point mass at a: sum over bandwidths of
+    # k(a, a) - 2 mean_j k(a, y_j) + mean_jk k(y_j, y_k)
+    d_ay, d_yy = cdist(a, y, "sqeuclidean"), cdist(y, y, "sqeuclidean")
+    expected = sum(
+        1.0 - 2 * np.exp(-d_ay / (2 * h**2)).mean() + np.exp(-d_yy / (2 * h**2)).mean()
+        for h in (1.0, 2.0, 5.0, 10.0, 20.0)
+    )
+    assert mp["mmd2"] == pytest.approx(expected, rel=1e-6)
+    assert mp["mmd2_over_floor"] > 10  # a point mass is far from 40 modes (was 0.98x)
+    assert mp["modes_covered"] == 1 and mp["mode_weight_tv"] == pytest.approx(0.975, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--samplers", "mala,ptsd", "--chains", "10"), "ptsd draws independent samples"),
+        (("--samplers", "mala,dikl", "--chains", "10"), "dikl draws independent samples"),
+        (
+            ("--samplers", "mala,hmc", "--settings", '{"hmc": {"n_leapfrog": 0}}'),
+            "--samplers hmc on --targets mog40 (--settings): n_leapfrog must be >= 1",
+        ),
+    ],
+)
+def test_settings_a_sampler_refuses_are_refused_before_any_run(tmp_path, extra, message):
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bench.run(_args(out, "--budgets", "50", "--seeds", "0", "--n-samples", "20", *extra))
+    assert not out.exists()  # nothing ran (MALA's runs came first, then a traceback)
