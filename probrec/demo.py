@@ -139,8 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from probrec import __version__
     from probrec.reporting import json_safe
+    from probrec.runrecord import code_version
 
     wanted = args.sections
     if isinstance(wanted, str):  # code calling run() directly
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out, args.seed, False if args.no_progress else True, args.quick)
     report: dict[str, Any] = {
-        "probrec": __version__,
+        **code_version(),  # probrec version and git commit
         "python": platform.python_version(),
         "torch": torch.__version__,
         "seed": args.seed,

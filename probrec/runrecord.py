@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "META_TRAINING_OPTION_NAMES",
     "RECORD",
     "check_run_record",
+    "code_version",
     "file_sha256",
     "meta_training_options",
     "write_run_record",
@@ -45,6 +47,37 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def code_version() -> dict[str, Any]:
+    """The code a result comes from, for the environment a results file records.
+
+    Returns:
+        ``{"probrec": version, "git_commit": hash, "git_dirty": bool}``; the last two are
+        ``None`` where probrec is not run from the root of a git checkout (an installed wheel)
+        or ``git`` is missing. ``git_dirty``: tracked files differ from the commit.
+    """
+    from probrec import __version__
+
+    here = Path(__file__).resolve().parent
+
+    def git(*cmd: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(here), *cmd], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")  # the checkout probrec/ sits in, not any repo
+    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == here.parent else None
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "probrec": __version__,
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+    }
 
 
 def meta_training_options(

@@ -52,6 +52,7 @@ from probrec.argtypes import (
 from probrec.cli import UsageError
 from probrec.progress import track
 from probrec.reporting import json_safe, mean_and_se
+from probrec.runrecord import code_version
 
 from . import metrics
 from .base import Sampler, SamplerResult
@@ -520,6 +521,8 @@ def run(args: argparse.Namespace) -> int:
             }
             for t in targets
         },
+        "compile": args.compile,
+        **code_version(),  # probrec version, git commit (results.json named no code version)
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),

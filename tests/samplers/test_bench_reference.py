@@ -1,11 +1,15 @@
 """The benchmark runner against independent counts and closed forms: every target evaluation
 charged (counted by a wrapper around the target, not by the samplers' own bookkeeping), the
-MAP baseline scored as a point mass, refused settings before the first run."""
+MAP baseline scored as a point mass, refused settings before the first run, the code version
+in the run record."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +139,34 @@ def test_settings_a_sampler_refuses_are_refused_before_any_run(tmp_path, extra, 
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         bench.run(_args(out, "--budgets", "50", "--seeds", "0", "--n-samples", "20", *extra))
     assert not out.exists()  # nothing ran (MALA's runs came first, then a traceback)
+
+
+def _git_head() -> str:
+    root = Path(bench.__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    return subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_results_and_demo_report_name_the_code_they_come_from(tmp_path):
+    head = _git_head()
+    args = _args(tmp_path, "--samplers", "mala", "--budgets", "5", "--seeds", "0,1")
+    args.n_samples = 10
+    assert bench.run(args) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["git_commit"] == head and isinstance(res["git_dirty"], bool)
+    assert res["probrec"] == version("probrec")
+    assert res["seeds"] == [0, 1] and [r["seed"] for r in res["rows"]] == [0, 1]
+    assert res["compile"] == "auto"
+
+    from probrec import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    out = tmp_path / "demo"
+    demo.run(parser.parse_args(["--out", str(out), "--quick", "--sections", "samplers"]))
+    report = json.loads((out / "report.json").read_text())
+    assert report["git_commit"] == head and report["probrec"] == version("probrec")
+    assert (out / report["sections"]["samplers"]["figure"]).is_file()
