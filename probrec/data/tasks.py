@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from probrec.checks import check_choice, check_positive_int, check_seed
+from probrec.checks import check_choice, check_positive_int, check_seed, host_array
 from probrec.seeding import SeedLike, numpy_rng
 
 KINDS = ("classification", "regression")
@@ -110,7 +110,8 @@ class Task:
     Attributes:
         inputs: ``[n]`` array of strings (e.g. SMILES), ``[n, d]`` float feature matrix, or a
             :class:`RowView` of a shared feature matrix.
-        labels: ``[n]`` float array; in {0, 1} for classification.
+        labels: ``[n]`` float array; in {0, 1} for classification (a tensor, on any device
+            and with or without gradients, is copied to the host as the inputs are).
         kind: ``"classification"`` or ``"regression"``.
         name: task identifier (e.g. an assay name).
         metadata: free-form information (source file, units, threshold, ...).
@@ -127,8 +128,8 @@ class Task:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         inputs = _as_inputs(self.inputs)
-        try:
-            labels = np.asarray(self.labels, dtype=np.float64)
+        try:  # tensors on any device, with or without gradients, as the inputs are taken
+            labels = host_array(self.labels)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"labels of task {self.name!r} must be numeric") from exc
         if sum(d != 1 for d in labels.shape) > 1:  # [n, 1] or [1, n]: one label per row

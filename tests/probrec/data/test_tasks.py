@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from probrec.data import Episode, RowView, Task, TaskSet, sample_episode, split_tasks
 from probrec.data.tasks import stratified_counts
@@ -31,6 +32,29 @@ def test_task_labels_are_one_per_row():
     for shape in [(6,), (6, 1), (1, 6)]:
         t = Task(np.zeros((6, 2)), np.arange(6.0).reshape(shape), "regression", "a")
         np.testing.assert_array_equal(t.labels, np.arange(6.0))
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+        ),
+    ],
+)
+def test_label_tensors_are_taken_from_any_device_like_the_inputs(device):
+    # inputs were detached and copied to the host, but labels with gradients raised NumPy's
+    # RuntimeError and labels on a GPU "labels of task 't' must be numeric"
+    x = torch.randn(6, 3, device=device, requires_grad=True)
+    y = torch.tensor([0.0, 1, 0, 1, 1, 0], device=device, requires_grad=True)
+    for kind in ("classification", "regression"):
+        t = Task(x, y * 1, kind, "t")
+        assert t.labels.dtype == np.float64 and isinstance(t.inputs, np.ndarray)
+        np.testing.assert_array_equal(t.labels, [0, 1, 0, 1, 1, 0])
+        np.testing.assert_array_equal(t.inputs, x.detach().cpu().numpy())
+    with pytest.raises(TypeError, match="labels of task 's' must be numeric"):
+        Task(np.zeros((2, 1)), ["a", "b"], "regression", "s")
 
 
 @pytest.mark.parametrize("size", [2, 16, 50])
