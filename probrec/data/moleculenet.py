@@ -102,7 +102,8 @@ def load_moleculenet(
     Args:
         path: ``.csv`` or ``.csv.gz`` with a SMILES column and one label column per task.
         smiles_column: name of the SMILES column (default: found by name).
-        tasks: label columns to load (default: every other column); unknown names raise.
+        tasks: label columns to load (default: every other column); unknown or repeated
+            names and an empty list raise ``ValueError``, a single string ``TypeError``.
         kind: ``"classification"`` (labels 0/1) or ``"regression"``.
         min_size: tasks with fewer labelled molecules are dropped.
 
@@ -124,6 +125,14 @@ def load_moleculenet(
         raise ValueError(f"{path}: data row {short + 1} has no SMILES cell (too few columns)")
     label_cols = [i for i in range(len(header)) if i != s_col]
     if tasks is not None:
+        if isinstance(tasks, str):  # read as one task per character: "unknown ['C', 'T', ...]"
+            raise TypeError(f"tasks must be a sequence of column names, got the string {tasks!r}")
+        tasks = list(tasks)
+        if not tasks:  # an empty TaskSet came back without a word
+            raise ValueError("tasks is empty: name at least one label column, or pass None")
+        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        if repeated:  # two identical tasks of one name, which evaluate / select then refuse
+            raise ValueError(f"tasks repeats the column name(s) {repeated}")
         unknown = [t for t in tasks if t not in header or header.index(t) == s_col]
         if unknown:
             raise ValueError(f"unknown task name(s) {unknown} in {path}")

@@ -393,7 +393,10 @@ class TaskSet(list):
         raise ValueError(f"unknown task name {name!r} in {self.source or 'this task set'}")
 
     def select(self, names: Iterable[str]) -> TaskSet:
-        """Returns the tasks called ``names`` in that order; unknown names raise ``ValueError``."""
+        """Returns the tasks called ``names`` in that order; unknown names raise ``ValueError``,
+        a single name string ``TypeError`` (it was read as one name per character)."""
+        if isinstance(names, str):
+            raise TypeError(f"names must be a sequence of task names, got the string {names!r}")
         return TaskSet(
             [self.get(n) for n in names],
             skipped=self.skipped,

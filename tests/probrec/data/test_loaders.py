@@ -89,6 +89,25 @@ def test_csv_loaders_missing_markers_and_arguments(tmp_path):
         load_regression_csv(p, "b")  # an IndexError
 
 
+def test_task_columns_given_as_one_string_repeated_or_none_are_refused(tmp_path):
+    # tasks="a" was read per character ("unknown task name(s) ['C', 'T', '_', ...]" for
+    # "CT_TOX"), tasks=["a", "a"] gave two tasks named "a" and tasks=[] an empty TaskSet
+    p = tmp_path / "m.csv"
+    p.write_text("smiles,a,b\nCCO,0,1\nCCN,1,0\nCCC,1,1\n")
+    with pytest.raises(TypeError, match="got the string 'a'"):
+        load_moleculenet(p, tasks="a")
+    with pytest.raises(ValueError, match=r"repeats the column name\(s\) \['a'\]"):
+        load_moleculenet(p, tasks=["a", "b", "a"])
+    with pytest.raises(ValueError, match="tasks is empty"):
+        load_moleculenet(p, tasks=[])
+    ts = load_moleculenet(p, tasks=("b", "a"))  # any sequence, in its order
+    assert ts.names == ["b", "a"]
+    np.testing.assert_array_equal(ts.get("a").labels, [0, 1, 1])
+    with pytest.raises(TypeError, match="got the string 'a'"):
+        ts.select("a")  # passed only as a one-letter name ("CT_TOX": "unknown task name 'C'")
+    assert ts.select(["a"]).names == ["a"]
+
+
 def test_embedded_chembl_assay():
     reg = load_rdkit_chembl_assay()
     assert len(reg) == 1017 and reg.kind == "regression"
