@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import cdist
+from scipy.stats import sem
 
 from probrec.cli import UsageError
 from samplers import bench
@@ -170,3 +171,23 @@ def test_results_and_demo_report_name_the_code_they_come_from(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["git_commit"] == head and report["probrec"] == version("probrec")
     assert (out / report["sections"]["samplers"]["figure"]).is_file()
+
+
+def test_lj55_table_and_figure_report_the_mean_energy_over_seeds(tmp_path, capsys):
+    # LJ-55 has no reference file: its rows hold the mean energy only, and the table and the
+    # figure of the W1 they looked for were empty
+    args = _args(tmp_path, "--targets", "lj55", "--samplers", "mala", "--budgets", "10,20")
+    args.seeds, args.n_samples, args.no_plots = [0, 1, 2], 10, False
+    assert bench.run(args) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    out = capsys.readouterr().out
+    for budget in (10, 20):
+        e = [r["energy_mean"] for r in res["rows"] if r["budget"] == budget]
+        assert len(e) == 3
+        line = next(t for t in out.splitlines() if t.startswith(f"lj55    mala        {budget} "))
+        cells = line.split()
+        assert cells[4] == "energy_mean" and cells[7] == "3"
+        assert float(cells[5]) == pytest.approx(np.mean(e), rel=1e-4)
+        assert float(cells[6]) == pytest.approx(sem(e), rel=1e-2)  # ddof 1
+    assert res["figures"] == ["lj55_independent_energy_mean_vs_budget.png"]
+    assert (tmp_path / res["figures"][0]).stat().st_size > 1000
