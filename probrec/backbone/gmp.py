@@ -21,8 +21,9 @@ layer has :math:`W = \mathrm{diag}(\lambda) U` and :math:`b = \lambda \odot \bet
 
 Numerical approach (wide inputs, e.g. 2048 + 217 molecular features):
 
-* **Angles to unit vector** (:func:`hyperspherical_to_cartesian`). Sines and cosines are taken
-  in the parameter dtype; the prefix products :math:`\prod_{j<k}\sin\theta_j` are a cumulative
+* **Angles to unit vector** (:func:`hyperspherical_to_cartesian`). Sines and cosines are taken in
+  the parameter dtype (float32 for float16 / bfloat16 parameters, whose rounded sines compound
+  over thousands of factors); the prefix products :math:`\prod_{j<k}\sin\theta_j` are a cumulative
   product in float64, cast back. Two reasons. (1) Accuracy does not depend on how a backend
   accumulates a float32 scan over thousands of factors; what is left is the rounding of the
   sines (measured at :math:`n = 2265` with float32 angles from a default initialisation:
@@ -77,10 +78,16 @@ def hyperspherical_to_cartesian(angles: Tensor, radius: Tensor | None = None) ->
     Returns:
         ``[..., n]`` vectors :math:`\lambda\, u(\theta)` (unit norm when ``radius`` is omitted).
     """
-    ones = angles.new_ones(angles.shape[:-1] + (1,))
-    sines = torch.sin(angles)
-    prefix = torch.cumprod(sines.to(_work_dtype(sines)), dim=-1).to(angles.dtype)
-    u = torch.cat([ones, prefix], dim=-1) * torch.cat([torch.cos(angles), ones], dim=-1)
+    # half-precision angles: trigonometry in float32 (sines rounded to float16 / bfloat16
+    # compound over the product: unit vectors of 2048 inputs were off by up to 0.62 in norm
+    # in bfloat16, 0.035 in float16, against 0.0018 / 0.0002 for rounding the exact map)
+    low = angles.dtype not in (torch.float32, torch.float64)
+    a = angles.float() if low else angles
+    ones = a.new_ones(a.shape[:-1] + (1,))
+    sines = torch.sin(a)
+    prefix = torch.cumprod(sines.to(_work_dtype(sines)), dim=-1).to(a.dtype)
+    u = torch.cat([ones, prefix], dim=-1) * torch.cat([torch.cos(a), ones], dim=-1)
+    u = u.to(angles.dtype) if low else u
     return u if radius is None else radius.unsqueeze(-1) * u
 
 

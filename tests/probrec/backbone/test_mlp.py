@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +239,22 @@ def test_inputs_on_another_device_than_the_weights_are_named() -> None:
     enc = MLPEncoder(2048, hidden=(8,), seed=0)
     with pytest.raises(ValueError, match="x is on device meta but the encoder's parameters"):
         enc(torch.zeros(4, 2048, device="meta"))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
+def test_half_precision_gmp_layer_computes_its_own_parameters_function(dtype, tol) -> None:
+    """GmP unit vectors from half-precision angles took the sines in that precision, and their
+    rounding compounds over the 2047-factor prefix products: a bfloat16 GmP encoder on 2048
+    inputs was 25% off (relative feature error; 1.2% in float16) the float64 map of its own
+    angles, against 0.2% for a standard bfloat16 encoder. Now the trigonometry runs in
+    float32, and the features match the float64 evaluation of the same parameters to the
+    dtype's rounding."""
+    x = _fingerprints((64, 2048), 0.02, torch.float32)
+    enc = MLPEncoder(2048, hidden=(64,), out_dim=8, gmp=True, seed=0).to(dtype).eval()
+    ref = copy.deepcopy(enc).double()  # the same (rounded) parameters, evaluated in float64
+    for lin, lin64 in zip(enc.linear_layers(), ref.linear_layers(), strict=True):
+        err = (lin.direction.double() - lin64.direction).norm(dim=-1).max()
+        assert float(err) < 2 * tol  # unit vectors, rounded once to the dtype
+    with torch.no_grad():
+        y, y64 = enc(x.to(dtype)).double(), ref(x.double())
+    assert float((y - y64).norm() / y64.norm()) < 10 * tol
