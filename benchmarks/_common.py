@@ -40,6 +40,7 @@ import torch
 
 from probrec.argtypes import path_or_word, single_seed, whole
 from probrec.reporting import json_safe
+from probrec.runrecord import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOXCAST = (
@@ -488,8 +489,10 @@ def task_batch(
 
 # ---------------------------------------------------------------------------- output
 def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, threads, processor and load of the machine the numbers come from."""
+    """Versions (probrec's git commit included), threads, processor and load of the machine
+    the numbers come from."""
     info: dict[str, Any] = {
+        **code_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),

@@ -31,6 +31,10 @@ def test_inner_loop(bench, tmp_path: Path) -> None:
     payload = bench("inner_loop").main(args)
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "inner_loop" and len(saved["times_s"]["ours"]) == 1
+    from probrec import __version__
+
+    assert saved["environment"]["probrec"] == __version__  # the code the numbers come from
+    assert set(saved["environment"]) >= {"git_commit", "git_dirty"}
     # the batched Newton fit and the per-task gpytorch / BoTorch fit find the same MAP optimum
     assert all(saved["ours"]["converged"])
     assert max(saved["ours"]["grad_norm"]) <= saved["tolerance"]
