@@ -47,6 +47,7 @@ import torch
 import samplers
 from probrec.argtypes import number, whole
 from probrec.reporting import json_safe
+from probrec.runrecord import code_version
 from samplers.targets import MoG40
 
 
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "jax_device": jax_device,
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "cpu_count": os.cpu_count(),
+        **code_version(),  # probrec version and git commit
         "torch": torch.__version__,
         "jax": jax_v,
         "blackjax": bjx_v,

@@ -43,6 +43,7 @@ import torch
 
 from probrec.argtypes import choice_list, existing_path, json_objects_by_name, seed_list, whole
 from probrec.reporting import format_mean_se, json_safe, mean_and_se, mean_se_summary
+from probrec.runrecord import code_version
 from samplers import bench, metrics
 from samplers.dikl import DiKL
 
@@ -509,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "seeds": seeds,
         "threads": args.threads,
+        **code_version(),  # probrec version and git commit
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
