@@ -13,13 +13,20 @@ import numpy as np
 import torch
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | Sequence[float]
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)  # floating dtypes NumPy has
 
 
 def host_array(value: Any, dtype: Any = np.float64) -> np.ndarray:
     """``value`` -- a tensor on any device (with or without gradients) or any array-like -- as a
-    NumPy array of ``dtype`` (for metrics and libraries that work on the host)."""
+    NumPy array of ``dtype`` (for metrics and libraries that work on the host).
+
+    Floating dtypes NumPy lacks (``bfloat16``, the ``float8`` types) are read through float32,
+    which holds each of their values exactly."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dtype not in _NUMPY_FLOATS:
+            value = value.float()
+        value = value.numpy()
     return np.asarray(value, dtype=dtype)
 
 

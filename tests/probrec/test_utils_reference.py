@@ -1,0 +1,29 @@
+"""The shared utility layer against independent references: exact values, NumPy's and
+Python's own generators, and the arguments the checks must name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probrec.checks import host_array
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_host_array_reads_floating_dtypes_numpy_lacks_exactly(dtype):
+    """bfloat16 and float8 tensors raised torch's 'Got unsupported ScalarType BFloat16', so a
+    bfloat16 model's predictions failed r2_os as 'not an array of numbers'."""
+    t = torch.tensor([0.15625, -2.5, 448.0, 0.0]).to(dtype)
+    exact = [float(v) for v in t.float()]  # each value of the narrow dtype, exactly
+    out = host_array(t.requires_grad_(False))
+    assert out.dtype == np.float64 and out.tolist() == exact
+    assert host_array(t, dtype=np.float32).tolist() == exact
+
+
+def test_metrics_take_bfloat16_predictions_as_their_float32_values():
+    from metalearn.metrics import r2_os
+
+    y = torch.tensor([0.1, 0.5, 0.9, 1.3])
+    p = torch.tensor([0.2, 0.4, 1.0, 1.2]).bfloat16()
+    assert r2_os(y, p, 0.0) == r2_os(y, p.float(), 0.0)
