@@ -45,7 +45,8 @@ def as_float_tensor(
         value: array, tensor or nested sequence of numbers.
         name: argument name used in error messages.
         ndim: required number of dimensions, or ``None`` for any.
-        dtype: floating dtype to cast to; defaults to the input's floating dtype, else float32.
+        dtype: floating dtype to cast to; defaults to the input's floating dtype (float64 for
+            NumPy's long double), else the default dtype (float32).
         device: device to move to; defaults to the input's device.
         allow_nonfinite: if ``False`` (default) NaN or inf raise ``ValueError``.
 
@@ -53,10 +54,12 @@ def as_float_tensor(
         The validated tensor.
 
     Raises:
-        TypeError: ``value`` is not numeric.
+        TypeError: ``value`` is not numeric, or is complex.
         ValueError: wrong number of dimensions, empty, or non-finite entries.
     """
     if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must be real, got complex dtype {value.dtype}")
         t = value
     else:
         try:
@@ -67,6 +70,10 @@ def as_float_tensor(
             ) from exc
         if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
             raise TypeError(f"{name} must be numeric array-like, got dtype {arr.dtype}")
+        if arr.dtype.kind == "c":  # (the cast below would drop the imaginary part silently)
+            raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+            arr = arr.astype(np.float64)  # (torch has no long double)
         # (ascontiguousarray makes a 0-d array 1-d: the reshape keeps a scalar a scalar)
         t = torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape))
     if dtype is None:

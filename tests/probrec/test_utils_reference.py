@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from probrec.checks import host_array
+from probrec.checks import as_float_tensor, host_array
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
@@ -27,3 +27,27 @@ def test_metrics_take_bfloat16_predictions_as_their_float32_values():
     y = torch.tensor([0.1, 0.5, 0.9, 1.3])
     p = torch.tensor([0.2, 0.4, 1.0, 1.2]).bfloat16()
     assert r2_os(y, p, 0.0) == r2_os(y, p.float(), 0.0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([1.0 + 2.0j, 3.0]),
+        np.array([1.0 + 2.0j], dtype=np.clongdouble),
+        torch.tensor([1.0 + 2.0j, 3.0]),
+        [1.0, 2j],
+    ],
+)
+def test_as_float_tensor_refuses_complex_values_by_name(value):
+    """Complex input was cast to real: [1+2j, 3] became [1., 3.] (a tensor without even
+    NumPy's ComplexWarning), the imaginary parts dropped silently."""
+    with pytest.raises(TypeError, match="scales must be real, got complex"):
+        as_float_tensor(value, "scales")
+
+
+def test_as_float_tensor_reads_long_double_as_float64():
+    """torch has no long double: 'can't convert np.ndarray of type numpy.longdouble'."""
+    x = np.array([0.1, 2.5], dtype=np.longdouble)
+    t = as_float_tensor(x, "x")
+    assert t.dtype == torch.float64 and t.tolist() == x.astype(np.float64).tolist()
+    assert as_float_tensor(x, "x", dtype=torch.float32).dtype == torch.float32
