@@ -200,8 +200,12 @@ def check_real(value: float, name: str, *, minimum: float = 0.0, strict: bool = 
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not np.isfinite(value):
+    try:
+        out = float(value)  # (an int beyond float's range overflows; a long double becomes inf)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an int too large for a float") from None
+    if not np.isfinite(out):
         raise ValueError(f"{name} must be finite, got {value}")
     if value < minimum or (strict and value == minimum):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
-    return float(value)
+    return out

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from probrec.checks import as_float_tensor, host_array
+from probrec.checks import as_float_tensor, check_real, host_array
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
@@ -51,3 +51,16 @@ def test_as_float_tensor_reads_long_double_as_float64():
     t = as_float_tensor(x, "x")
     assert t.dtype == torch.float64 and t.tolist() == x.astype(np.float64).tolist()
     assert as_float_tensor(x, "x", dtype=torch.float32).dtype == torch.float32
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), np.longdouble("1e4000")])
+def test_check_real_refuses_numbers_beyond_float_range_by_name(value):
+    """An int beyond float's range raised NumPy's 'ufunc isfinite not supported' TypeError
+    naming nothing, and a long double of 1e4000 passed as ``inf``."""
+    with pytest.raises(ValueError, match="lr must be finite"):
+        check_real(value, "lr", minimum=-np.inf)
+
+
+def test_check_real_keeps_large_finite_values():
+    assert check_real(2**1000, "lr") == 2.0**1000
+    assert check_real(np.longdouble("1e300"), "lr") == 1e300
