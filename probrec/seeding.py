@@ -78,9 +78,18 @@ def child_seeds(seed: int, n: int) -> list[int]:
 
 
 def seed_everything(seed: int) -> None:
-    """Seeds Python's, NumPy's and torch's global generators (for scripts, not library code)."""
+    """Seeds Python's, NumPy's and torch's global generators (for scripts, not library code).
+
+    ``seed`` is an int in ``[0, 2**63)`` (a NumPy integer too). NumPy's global generator takes
+    32-bit seeds: one below ``2**32`` seeds it as ``np.random.seed(seed)``, a larger one by its
+    two 32-bit words, so that distinct seeds never share a stream.
+
+    Raises:
+        TypeError / ValueError: ``seed`` is not an int in ``[0, 2**63)``.
+    """
+    seed = check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])
     torch.manual_seed(seed)
 
 

@@ -3,6 +3,8 @@ Python's own generators, and the arguments the checks must name."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -53,7 +55,9 @@ def test_as_float_tensor_reads_long_double_as_float64():
     assert as_float_tensor(x, "x", dtype=torch.float32).dtype == torch.float32
 
 
-@pytest.mark.parametrize("value", [10**400, -(10**400), np.longdouble("1e4000")])
+@pytest.mark.parametrize(
+    "value", [10**400, -(10**400), np.longdouble("1e4000")], ids=["1e400", "-1e400", "ld1e4000"]
+)
 def test_check_real_refuses_numbers_beyond_float_range_by_name(value):
     """An int beyond float's range raised NumPy's 'ufunc isfinite not supported' TypeError
     naming nothing, and a long double of 1e4000 passed as ``inf``."""
@@ -64,3 +68,34 @@ def test_check_real_refuses_numbers_beyond_float_range_by_name(value):
 def test_check_real_keeps_large_finite_values():
     assert check_real(2**1000, "lr") == 2.0**1000
     assert check_real(np.longdouble("1e300"), "lr") == 1e300
+
+
+def _global_draws(seed) -> tuple[list[float], float, list[float]]:
+    from probrec.seeding import seed_everything
+
+    seed_everything(seed)
+    return np.random.rand(4).tolist(), random.random(), torch.rand(4).tolist()
+
+
+def test_seed_everything_seeds_each_global_generator_as_its_own_seeding_does():
+    np.random.seed(12345)
+    random.seed(12345)
+    torch.manual_seed(12345)
+    ref = np.random.rand(4).tolist(), random.random(), torch.rand(4).tolist()
+    assert _global_draws(12345) == ref  # seeds below 2**32: unchanged
+    assert _global_draws(np.int64(12345)) == ref  # random.seed refused NumPy integers
+
+
+def test_seed_everything_gives_distinct_seeds_distinct_numpy_streams():
+    """np.random.seed(seed % 2**32) gave seeds 0 and 2**32 the same NumPy stream."""
+    draws = [_global_draws(s)[0] for s in (0, 2**32, 2**32 + 1, 2**62 + 7)]
+    assert all(a != b for i, a in enumerate(draws) for b in draws[i + 1 :])
+    assert _global_draws(2**62 + 7) == _global_draws(2**62 + 7)
+
+
+@pytest.mark.parametrize(
+    ("seed", "error"), [(1.5, TypeError), (-1, ValueError), (2**64, ValueError)]
+)
+def test_seed_everything_names_a_bad_seed(seed, error):
+    with pytest.raises(error, match="seed must"):
+        _global_draws(seed)
