@@ -13,12 +13,17 @@ T = TypeVar("T")
 
 
 def progress_enabled(progress: bool | None) -> bool:
-    """``None`` means: on when stderr is a terminal or ``PROBREC_PROGRESS=1``."""
+    """``None`` means: as ``PROBREC_PROGRESS`` says where it is set (off for ``0``, ``false``,
+    ``no``, ``off`` in any case, or empty; on otherwise, e.g. ``1``), else on when stderr is a
+    terminal."""
     if progress is not None:
         return bool(progress)
     if os.environ.get("PROBREC_PROGRESS") is not None:
-        return os.environ["PROBREC_PROGRESS"] not in {"0", "false", ""}
+        return os.environ["PROBREC_PROGRESS"].strip().lower() not in _OFF
     return sys.stderr.isatty()
+
+
+_OFF = frozenset({"0", "false", "no", "off", ""})
 
 
 def track(iterable: Iterable[T] | None = None, *, progress: bool | None = None, **kwargs: Any):

@@ -99,3 +99,18 @@ def test_seed_everything_gives_distinct_seeds_distinct_numpy_streams():
 def test_seed_everything_names_a_bad_seed(seed, error):
     with pytest.raises(error, match="seed must"):
         _global_draws(seed)
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("0", False), ("false", False), ("False", False), ("no", False), ("OFF", False),
+     (" 0 ", False), ("", False), ("1", True), ("true", True), ("yes", True)],
+)  # fmt: skip
+def test_progress_environment_variable_reads_off_words_in_any_case(monkeypatch, value, on):
+    """PROBREC_PROGRESS=False (or no, off, OFF) switched the bars on: only '0', 'false' and ''
+    were read as off."""
+    from probrec.progress import progress_enabled
+
+    monkeypatch.setenv("PROBREC_PROGRESS", value)
+    assert progress_enabled(None) is on
+    assert progress_enabled(True) is True and progress_enabled(False) is False
