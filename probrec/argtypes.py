@@ -178,17 +178,28 @@ fraction.__name__ = "number"
 
 
 def torch_device(text: str) -> str:
-    """A torch device that exists here (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    """A torch device that exists here (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``xpu``, ...).
+
+    Accelerators with a torch module that knows whether they are present (``torch.cuda``,
+    ``torch.mps``, ``torch.xpu``, ``torch.mtia``) are checked, index included; ``meta`` (which
+    holds no data) is refused; devices of out-of-tree backends (``xla``, ``hpu``) are taken as
+    written.
+    """
     import torch
 
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):
         raise _fail(f"not a torch device: {text!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise _fail(f"{text!r}: CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise _fail(f"{text!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "meta":
+        raise _fail(f"{text!r}: the meta device holds no data; use cpu or an accelerator")
+    backend = getattr(torch, dev.type, None) if dev.type != "cpu" else None
+    if backend is not None and hasattr(backend, "is_available"):
+        name = dev.type.upper()
+        if not backend.is_available():
+            raise _fail(f"{text!r}: {name} is not available here")
+        if dev.index is not None and dev.index >= backend.device_count():
+            raise _fail(f"{text!r}: there are {backend.device_count()} {name} device(s)")
     return text
 
 

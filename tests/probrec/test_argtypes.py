@@ -63,3 +63,32 @@ def test_bad_values_are_usage_errors_naming_the_option(argv, message, capsys):
         _parser().parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("meta", "the meta device holds no data"),
+        ("mps", "'mps': MPS is not available here"),
+        ("xpu:0", "'xpu:0': XPU is not available here"),
+    ],
+)
+def test_torch_device_refuses_accelerators_absent_here(text, message, monkeypatch):
+    """'mps', 'xpu' and 'meta' were accepted on a machine without them (the script then
+    failed at its first .to(device), after loading its data)."""
+    import torch
+
+    for mod in (torch.mps, torch.xpu):
+        monkeypatch.setattr(mod, "is_available", lambda: False)
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        at.torch_device(text)
+
+
+def test_torch_device_checks_the_index_of_any_accelerator(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: True)
+    monkeypatch.setattr(torch.xpu, "device_count", lambda: 2)
+    assert at.torch_device("xpu:1") == "xpu:1" and at.torch_device("cpu:0") == "cpu:0"
+    with pytest.raises(argparse.ArgumentTypeError, match="there are 2 XPU device"):
+        at.torch_device("xpu:2")
