@@ -20,16 +20,26 @@ import numpy as np
 __all__ = ["format_mean_se", "json_safe", "mean_and_se", "mean_se_summary"]
 
 
+def _float_array(values: Any) -> np.ndarray:
+    """``values`` (an array, a tensor on any device or any iterable of numbers) as float64."""
+    torch = sys.modules.get("torch")  # (no tensor exists unless torch was imported)
+    if torch is not None and isinstance(values, torch.Tensor):
+        # (list() of a tensor gives 0-d tensors, which NumPy reads only on the CPU without
+        # gradients, and not in bfloat16; a 0-d tensor is not iterable at all)
+        return values.detach().cpu().double().numpy()
+    return np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
+
+
 def mean_and_se(values: Iterable[float] | np.ndarray) -> tuple[float, float]:
     """Mean and standard error of the mean, ``std(ddof=1) / sqrt(n)``.
 
     Args:
-        values: ``n`` numbers.
+        values: ``n`` numbers (a list, an array or a tensor on any device).
 
     Returns:
         ``(mean, se)``; ``se`` is ``nan`` for a single value, both are ``nan`` for none.
     """
-    v = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
+    v = _float_array(values)
     if v.size == 0:
         return math.nan, math.nan
     se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
@@ -38,7 +48,7 @@ def mean_and_se(values: Iterable[float] | np.ndarray) -> tuple[float, float]:
 
 def mean_se_summary(values: Iterable[float] | np.ndarray) -> dict[str, float | int]:
     """``{"mean", "se", "n"}`` of ``values`` (see :func:`mean_and_se`)."""
-    v = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
+    v = _float_array(values)
     mean, se = mean_and_se(v)
     return {"mean": mean, "se": se, "n": int(v.size)}
 

@@ -53,3 +53,24 @@ def test_format_mean_se_leaves_out_an_undefined_standard_error():
     )
     assert format_mean_se(mean_se_summary([0.25]), ".2f") == "0.25"
     assert format_mean_se({"mean": -0.5, "se": None}, ".1f", signed=True) == "-0.5"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.tensor([0.5, 1.25, 3.0], requires_grad=True),
+        torch.tensor([0.5, 1.25, 3.0], dtype=torch.bfloat16),
+        torch.tensor([0.5, 1.25, 3.0], dtype=torch.float64),
+    ],
+)
+def test_mean_and_se_of_tensors_equals_scipy_on_their_values(values):
+    """A tensor with gradients (RuntimeError 'Can't call numpy() on Tensor that requires
+    grad'), a bfloat16 one ('Got unsupported ScalarType BFloat16') and a 0-d one ('iteration
+    over a 0-d tensor') failed; tensors on a GPU failed alike."""
+    from scipy import stats
+
+    ref = [0.5, 1.25, 3.0]  # exact in every dtype above
+    assert mean_and_se(values) == pytest.approx((np.mean(ref), stats.sem(ref)), rel=1e-15)
+    assert mean_se_summary(values)["n"] == 3
+    m, se = mean_and_se(torch.tensor(2.5))
+    assert m == 2.5 and math.isnan(se)
