@@ -179,9 +179,12 @@ def median_lengthscale(
 ) -> torch.Tensor:
     """Median heuristic per task ``sqrt(median_{i<j} ||z_i - z_j||^2 / 2)``, shape ``[T]``.
 
-    Pairs with a padded point and coincident pairs are excluded, as in ADKF-IFT. ``sq``:
-    precomputed ``[T, n, n]`` squared distances of ``z`` (saves recomputing them; ``z`` may
-    then be ``None``).
+    Pairs with a padded point and coincident pairs are excluded, as in ADKF-IFT (a task
+    without any other pair gets 1). ``sq``: precomputed ``[T, n, n]`` squared distances of
+    ``z`` (saves recomputing them). Coincident pairs are recognised by comparing the rows of
+    ``z``: the inner-product expansion of :func:`~probrec.gp.kernels.squared_distance` leaves
+    a rounding residue (``~1e-4`` in float32) for two identical rows. Given ``sq`` alone
+    (``z=None``), only pairs whose squared distance is exactly 0 are excluded.
     """
     if sq is None and z is None:
         raise ValueError("median_lengthscale needs the features z or their squared distances sq")
@@ -192,10 +195,29 @@ def median_lengthscale(
         valid = valid & (sq > 0)
         if mask is not None:
             valid = valid & mask[:, :, None] & mask[:, None, :]
+        if z is not None:
+            valid = valid & ~_coincident_pairs(z.detach(), sq, valid)
         vals = torch.where(valid, sq, torch.full_like(sq, float("nan"))).flatten(1)
         med = torch.nanmedian(vals, dim=1).values
         med = torch.where(torch.isfinite(med), med, torch.full_like(med, 2.0))
         return torch.sqrt(0.5 * med).clamp_min(1e-6)
+
+
+def _coincident_pairs(z: torch.Tensor, sq: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Which of ``pairs [T, n, n]`` (bool) join two identical rows of ``z [T, n, d]``.
+
+    Only pairs whose squared distance ``sq`` is within a bound on the rounding error of the
+    inner-product expansion, ``16 (d + 2) eps (|z_i|^2 + |a_i|^2 + |z_j|^2 + |a_j|^2)`` with
+    ``a`` the centred rows, are compared (element by element), so the check costs
+    ``O(n^2 + k d)`` for ``k`` close pairs; every other pair is reported as distinct.
+    """
+    eps = max(torch.finfo(sq.dtype).eps, torch.finfo(z.dtype).eps)
+    norms = z.pow(2).sum(-1) + (z - z.mean(dim=-2, keepdim=True)).pow(2).sum(-1)  # [T, n]
+    bound = 16.0 * (z.shape[-1] + 2) * eps * (norms[:, :, None] + norms[:, None, :])
+    t, i, j = torch.nonzero(pairs & (sq <= bound.to(sq.dtype)), as_tuple=True)
+    same = torch.zeros_like(pairs)
+    same[t, i, j] = (z[t, i] == z[t, j]).all(-1)
+    return same
 
 
 @dataclass
