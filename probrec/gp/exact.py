@@ -306,7 +306,7 @@ def initial_theta(
     cols.append(torch.full((t,), math.log(noise0), dtype=y.dtype, device=y.device))
     if config.mean == "constant":
         m = mask.to(y.dtype) if mask is not None else torch.ones_like(y)
-        cols.append((y * m).sum(-1) / m.sum(-1))
+        cols.append(_zero_padded(y, mask).sum(-1) / m.sum(-1))
     return torch.stack(cols, dim=-1)
 
 
@@ -343,6 +343,15 @@ def train_covariance(
     )
 
 
+def _zero_padded(r: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``r`` with the entries at padded points (``mask == False``) set to 0.
+
+    Selected rather than multiplied by the mask, so a NaN / inf placeholder at a padded point
+    (a missing label) changes nothing instead of turning the result into NaN.
+    """
+    return r if mask is None else torch.where(mask.bool(), r, r.new_zeros(()))
+
+
 def _n_valid(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return torch.full(y.shape[:1], y.shape[-1], dtype=y.dtype, device=y.device)
@@ -368,9 +377,7 @@ def neg_log_marginal_likelihood(
     _check_batch(theta, geom, y, mask)
     h = unpack(theta, config)
     chol = robust_cholesky(train_covariance(theta, config, geom, mask))
-    r = y - h.mean[:, None]
-    if mask is not None:
-        r = r * mask.to(r.dtype)
+    r = _zero_padded(y - h.mean[:, None], mask)
     rr = r.to(chol.dtype)
     w = torch.linalg.solve_triangular(chol, rr[..., None], upper=False)[..., 0]
     logdet = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
@@ -454,7 +461,7 @@ def inner_objective_derivatives(
     chol = robust_cholesky(cov)
     dt = chol.dtype
     a_inv = torch.cholesky_inverse(chol)
-    r = ((y - h.mean[:, None]) * m).to(dt)
+    r = _zero_padded(y - h.mean[:, None], mask).to(dt)
     alpha = (a_inv @ r[..., None])[..., 0]
     n_valid = m.sum(-1)
 
@@ -601,7 +608,7 @@ def posterior_from_geometry(
     if mask_s is not None:
         m = mask_s.to(k_sq.dtype)
         k_sq = k_sq * m[:, :, None]
-        r = r * m
+        r = _zero_padded(r, mask_s)
     v = torch.linalg.solve_triangular(chol, k_sq.to(dt), upper=False)  # [T, n, m]
     w = torch.linalg.solve_triangular(chol, r.to(dt)[..., None], upper=False)  # [T, n, 1]
     out_dtype = geom_sq.dtype
@@ -667,7 +674,7 @@ def predictive_nll(
                 f"{name} must have the posterior's shape {tuple(post.mean.shape)}, got "
                 f"{tuple(t.shape)}"
             )
-    r = y_q - post.mean
+    r = _zero_padded(y_q - post.mean, mask_q)
     m = mask_q.to(r.dtype) if mask_q is not None else torch.ones_like(r)
     if not joint:
         var = post.var + post.noise[:, None]
@@ -681,4 +688,4 @@ def predictive_nll(
         eye = torch.eye(post.cov.shape[-1], dtype=post.cov.dtype, device=post.cov.device)
         pad = (post.noise[:, None] * m + (1 - m))[:, :, None]
         cov = post.cov * (m[:, :, None] * m[:, None, :]) + eye * pad
-    return gaussian_nll(cov, r * m).to(r.dtype) + 0.5 * m.sum(-1) * LOG_2PI
+    return gaussian_nll(cov, r).to(r.dtype) + 0.5 * m.sum(-1) * LOG_2PI

@@ -104,7 +104,7 @@ def fit_hyperparameters(
     # keeps growing as the outputscale shrinks, so a fit would end, unconverged, at an
     # outputscale near 0 and a GP certain of its mean everywhere. Such tasks keep the prior
     # modes of theta0 (outputscale 1) and count as converged.
-    flat = ~(yy != 0).any(-1)
+    flat = ~((yy != 0) if mask is None else (yy != 0) & mask.bool()).any(-1)
     any_flat = bool(flat.any())
     if not any_flat:
         res = _newton(config, g, yy, mask, cen, th0, tol, max_iter)

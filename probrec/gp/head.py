@@ -61,7 +61,8 @@ def encode_labels(
         ValueError: classification labels outside {0, 1}.
     """
     check_choice(kind, "kind", ("classification", "regression"))  # a typo read as regression
-    m = torch.ones_like(y, dtype=torch.bool) if mask is None else mask
+    m = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.bool()
+    y = torch.where(m, y, y.new_zeros(()))  # a NaN placeholder at a padded point stays out
     if kind == "classification":
         if not bool(((y == 0) | (y == 1) | ~m).all()):
             raise ValueError("classification labels must be 0 or 1")
