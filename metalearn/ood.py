@@ -40,7 +40,7 @@ from probrec.gp.exact import GPConfig
 from probrec.gp.kernels import KERNELS
 from probrec.gp.pool_bo import pool_bo
 from probrec.progress import track
-from probrec.seeding import numpy_rng
+from probrec.seeding import numpy_rng, wrap_seed
 
 
 @dataclass(frozen=True)
@@ -146,12 +146,6 @@ def standardised_nll(y: np.ndarray, mean: np.ndarray, var: np.ndarray, mu: float
     return float(np.mean(0.5 * (np.log(2 * math.pi * v) + r**2 / v)))
 
 
-def _repeat_seed(seed: int, r: int) -> int:
-    """Seed of repeat ``r``: ``seed + r`` within ``[0, 2**63)``, the seeds ``check_seed`` takes
-    (``seed + r`` itself for every seed below ``2**63 - r``)."""
-    return (seed + r) % 2**63
-
-
 def predict_out_of_domain(
     inputs: Mapping[str, torch.Tensor],
     y: np.ndarray,
@@ -189,7 +183,7 @@ def predict_out_of_domain(
         raise ValueError(f"n_train ({n_train}) must be smaller than the data set ({len(y)})")
     out = {s.name: {"r2": np.empty(repeats), "nll": np.empty(repeats)} for s in surrogates}
     for r in track(range(repeats), progress=progress, desc=f"predict n={n_train}"):
-        rng = numpy_rng(_repeat_seed(seed, r))
+        rng = numpy_rng(wrap_seed(seed + r))
         train = rng.choice(len(y), size=n_train, replace=False)
         rest = np.setdiff1d(np.arange(len(y)), train)
         y_tr, y_te = y[train], y[rest]
@@ -200,7 +194,7 @@ def predict_out_of_domain(
             tr = torch.as_tensor(train, device=X.device)
             te = torch.as_tensor(rest, device=X.device)
             Y = torch.as_tensor(y_tr, dtype=X.dtype, device=X.device)[:, None]
-            model = s.fit(X[tr], Y, _repeat_seed(seed, r))
+            model = s.fit(X[tr], Y, wrap_seed(seed + r))
             mean, var = predictive_moments(model, X[te])
             out[s.name]["r2"][r] = r2_os(y_te, mean, mu)
             out[s.name]["nll"][r] = standardised_nll(y_te, mean, var, mu, sd)
@@ -258,7 +252,7 @@ def optimise_out_of_domain(
                 factory,
                 n_init=n_init,
                 n_iter=n_iter,
-                seed=_repeat_seed(seed, r),
+                seed=wrap_seed(seed + r),
             )
             out[name][r] = trace.best_so_far
     return out

@@ -56,6 +56,15 @@ def check_generator_device(
     return generator
 
 
+def wrap_seed(value: int) -> int:
+    """``value`` reduced into ``[0, 2**63)``, the seeds :func:`~probrec.checks.check_seed` takes.
+
+    For seeds derived by arithmetic (``seed * 1000 + it``, ``seed + r``), which leave that range
+    for large run seeds (a ``time.time_ns()`` seed, say); a value already in range is itself.
+    """
+    return value % 2**63
+
+
 def child_seeds(seed: int, n: int) -> list[int]:
     """``n`` seeds for independent streams derived from one ``seed`` (NumPy's ``SeedSequence``).
 

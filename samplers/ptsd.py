@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from probrec.checks import check_choice, check_positive_int, check_real
-from probrec.seeding import seeded_rng, torch_generator
+from probrec.seeding import seeded_rng, torch_generator, wrap_seed
 
 from .diffusion import (
     CountingTarget,
@@ -397,7 +397,7 @@ class PTSD(NeuralSampler):
         def next_seed() -> int:
             # within [0, 2**63), the seeds check_seed takes (a run seed above ~9.2e12 gave
             # sub-seeds past it: a ValueError naming a seed the caller never passed)
-            return (seed * 1_000_003 + next(sub)) % 2**63
+            return wrap_seed(seed * 1_000_003 + next(sub))
 
         # 1. parallel tempering on the two hottest temperatures
         ev0 = target.n_evals

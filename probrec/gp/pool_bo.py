@@ -30,7 +30,7 @@ from probrec.checks import (
     check_real,
     check_seed,
 )
-from probrec.seeding import numpy_rng
+from probrec.seeding import numpy_rng, wrap_seed
 
 ACQUISITIONS = ("logei", "ei", "ucb")
 
@@ -136,7 +136,7 @@ def pool_bo(
             idx = torch.as_tensor(order, device=x.device)
             # within [0, 2**63), the seeds check_seed takes (seeds from ~9.2e15 on gave
             # surrogate seeds past it; smaller seeds keep theirs)
-            model = make_model(x[idx], t[idx, None], (seed * 1_000 + it) % 2**63)
+            model = make_model(x[idx], t[idx, None], wrap_seed(seed * 1_000 + it))
             acq = _acquisition(acquisition, model, t[idx].max(), beta)
             scores = score_pool(acq, x[torch.as_tensor(remaining, device=x.device)])
             if not bool(torch.isfinite(scores).any()):

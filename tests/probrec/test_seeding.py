@@ -72,3 +72,13 @@ def test_fit_multitask_draws_its_minibatch_order_apart_from_its_initialisation(
     monkeypatch.undo()
     assert len(seen) == 1
     assert not torch.equal(seen[0], torch.randperm(64, generator=torch.Generator().manual_seed(3)))
+
+
+def test_wrap_seed_reduces_derived_seeds_into_check_seeds_range() -> None:
+    from probrec.checks import check_seed
+    from probrec.seeding import wrap_seed
+
+    assert wrap_seed(7) == 7 and wrap_seed(2**63 - 1) == 2**63 - 1  # in range: itself
+    for value in (2**63, 2**63 + 5, (2**63 - 1) * 1_000 + 999):
+        assert wrap_seed(value) == value - (value // 2**63) * 2**63
+        assert check_seed(wrap_seed(value)) == wrap_seed(value)
