@@ -174,13 +174,37 @@ def noisy_target_score(
             gave NaN or a silently wrong score).
         TypeError: ``u_t`` is not a floating tensor.
     """
-    n, d = check_positions(u_t, target.dim, "u_t").shape
-    n_is = check_positive_int(n_is, "n_is")
-    n_mcmc = check_positive_int(n_mcmc, "n_mcmc", minimum=0)
-    p = check_positive_int(n_posterior, "n_posterior")
-    step_scale = check_real(step_scale, "step_scale", strict=True)
-    target_precision = check_real(target_precision, "target_precision")
-    a, s = _kernel_param(alpha, "alpha", u_t), _kernel_param(sigma, "sigma", u_t)
+    check_positions(u_t, target.dim, "u_t")
+    return _noisy_target_score(
+        target,
+        u_t,
+        _kernel_param(alpha, "alpha", u_t),
+        _kernel_param(sigma, "sigma", u_t),
+        generator,
+        check_positive_int(n_is, "n_is"),
+        check_positive_int(n_mcmc, "n_mcmc", minimum=0),
+        check_positive_int(n_posterior, "n_posterior"),
+        check_real(step_scale, "step_scale", strict=True),
+        check_real(target_precision, "target_precision"),
+    )
+
+
+def _noisy_target_score(
+    target: Target,
+    u_t: Tensor,
+    a: Tensor,
+    s: Tensor,
+    generator: torch.Generator,
+    n_is: int,
+    n_mcmc: int,
+    p: int,
+    step_scale: float,
+    target_precision: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`noisy_target_score` without its argument checks (``a``, ``s``: ``[n]``), for
+    :class:`DiKL`'s training loop, whose arguments are valid by construction (the checks'
+    finiteness and positivity tests synchronise a GPU on every iteration)."""
+    n, d = u_t.shape
     noise = torch.randn(n, n_is, d, generator=generator, dtype=u_t.dtype, device=u_t.device)
     props = (u_t / a[:, None])[:, None] + (s / a)[:, None, None] * noise
     with torch.no_grad():
@@ -567,11 +591,11 @@ class DiKL(NeuralSampler):
             box: dict[str, float] = {}
 
             def t_score(u_t: Tensor, tt: Tensor, box=box) -> Tensor:
-                sc, st = noisy_target_score(
+                sc, st = _noisy_target_score(
                     utarget,
                     u_t,
-                    sched.alpha(tt),
-                    sched.sigma(tt),
+                    sched.alpha(tt).to(u_t),
+                    sched.sigma(tt).to(u_t),
                     gen,
                     self.n_is,
                     self.n_mcmc,

@@ -127,13 +127,13 @@ def test_vp_run_never_hands_a_zero_noise_level_to_the_scores(monkeypatch):
         dikl, "sample_times", lambda n, e, g, dtype=None, device=None: torch.zeros(n, dtype=dtype)
     )
     seen = []
-    original = dikl.noisy_target_score
+    original = dikl._noisy_target_score  # the training loop's (unchecked) estimator
 
     def spy(target, u_t, alpha, sigma, *args):
         seen.append(float(sigma.min()))
         return original(target, u_t, alpha, sigma, *args)
 
-    monkeypatch.setattr(dikl, "noisy_target_score", spy)
+    monkeypatch.setattr(dikl, "_noisy_target_score", spy)
     s = samplers.DiKL(
         n_iters=5, schedule="vp", gen_hidden=8, gen_layers=1, score_hidden=8, score_layers=1,
         batch_size=16, n_is=4, n_mcmc=1, n_posterior=1, target_precision=1.0,
