@@ -291,7 +291,8 @@ class MLPEncoder(nn.Module):
         if mode is False or x.requires_grad or x.shape[0] == 0:
             return False
         # CPU CSR products exist for float32 / float64 only: a half-precision encoder failed
-        # with NotImplementedError on a large batch while a small one (dense) went through
+        # (torch raised its not-implemented error) on a large batch while a small one (dense)
+        # went through
         cpu_half = x.device.type == "cpu" and x.dtype not in (torch.float32, torch.float64)
         if mode is True:
             if cpu_half:

@@ -346,8 +346,8 @@ def train_covariance(
 def _zero_padded(r: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``r`` with the entries at padded points (``mask == False``) set to 0.
 
-    Selected rather than multiplied by the mask, so a NaN / inf placeholder at a padded point
-    (a missing label) changes nothing instead of turning the result into NaN.
+    Selected rather than multiplied by the mask, so a NaN / inf at a padded point (a missing
+    label) changes nothing instead of turning the result into NaN.
     """
     return r if mask is None else torch.where(mask.bool(), r, r.new_zeros(()))
 

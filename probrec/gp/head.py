@@ -62,7 +62,7 @@ def encode_labels(
     """
     check_choice(kind, "kind", ("classification", "regression"))  # a typo read as regression
     m = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.bool()
-    y = torch.where(m, y, y.new_zeros(()))  # a NaN placeholder at a padded point stays out
+    y = torch.where(m, y, y.new_zeros(()))  # a NaN at a padded point (missing label) stays out
     if kind == "classification":
         if not bool(((y == 0) | (y == 1) | ~m).all()):
             raise ValueError("classification labels must be 0 or 1")
